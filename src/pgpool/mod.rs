@@ -1,0 +1,5 @@
+//! pgpool-II: its configuration file and its PCP control protocol.
+
+pub mod conf;
+pub mod pcp;
+pub mod pcppass;
