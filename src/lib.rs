@@ -10,12 +10,37 @@
 //!   strict host keys, every command quoted and bounded on both ends.
 //! - [`postgres`]: connections to the backends with timeouts and `.pgpass`,
 //!   and what one server says about itself (role, timeline, LSNs, receiver).
-//! - [`exit`]: the exit codes every binary shares.
+//! - [`cluster`]: the topology (pgpool.conf joined with pgha.toml) and the
+//!   observed state of every node.
+//! - [`plan`]: decisions computed from observed state, free of I/O.
+//! - [`steps`]: fence, promote, history file, repoint, wait, attach: each
+//!   written once, each checking first whether it is done.
+//! - [`state`]: the lock and the journal in the state directory.
+//! - One module per command: [`failover`], [`follow`], [`attach`], [`check`];
+//!   [`cli`] holds their arguments, [`report`] their final line, [`exit`]
+//!   their exit codes, [`error`] the error they return.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into here.
 
+use std::sync::LazyLock;
+use std::time::Instant;
+
+pub mod attach;
+pub mod check;
+pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod error;
 pub mod exit;
+pub mod failover;
+pub mod follow;
 pub mod pgpool;
+pub mod plan;
 pub mod postgres;
 pub mod remote;
+pub mod report;
+pub mod state;
+pub mod steps;
+
+/// When this process started: progress lines show the time since.
+pub static START: LazyLock<Instant> = LazyLock::new(Instant::now);

@@ -1,0 +1,282 @@
+//! Command-line definitions of the four binaries, kept in the library so that
+//! man pages and shell completions are generated from the same source.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser};
+
+use crate::exit;
+
+/// Options every pgha binary takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// pgha.toml to read [default: /etc/pgha/pgha.toml; a missing default file means all defaults]
+    #[arg(long, short = 'c', env = "PGHA_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Print the final summary as one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Observe the cluster, print the plan, change nothing.
+    #[arg(long, short = 'n', global = true)]
+    pub dry_run: bool,
+
+    /// Also log debug detail (every remote command, every query).
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+}
+
+/// A node id as pgpool substitutes it: it may come with a leading space, and
+/// `%m` is -1 when no node is alive.
+pub fn node_id(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let n: i64 = t
+        .parse()
+        .map_err(|_| format!("'{s}' is not a node id (a pgpool backend number such as 0, 1, 2)"))?;
+    if n < -1 {
+        return Err(format!("'{s}' is not a node id (negative)"));
+    }
+    Ok(n)
+}
+
+/// `pgha-failover`: pgpool-II's `failover_command`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgha-failover",
+    version,
+    about = "Promote a standby when pgpool-II reports the primary failed; record a failed standby.",
+    long_about = "\
+pgha-failover is what pgpool-II runs as failover_command. It is a drop-in for
+the classic `failover.sh %d %M %m`:
+
+    failover_command = '/usr/bin/pgha-failover %d %M %m --old-primary %P'
+
+When a standby failed it records it (and drops its replication slot when
+failover.replication_slots is on) and exits. When the primary failed it:
+observes every node, guards against split brain (stops the old primary over
+ssh if it still runs, or refuses to promote), promotes the chosen standby and
+waits until it accepts writes, copies the new timeline's history file to the
+other standbys, repoints them (reload on 13+), then returns to pgpool; waiting
+until the standbys stream on the new timeline and attaching them in pgpool go
+on in a detached, bounded phase. Every step first checks whether it is done
+already: running it twice, or twice at once, promotes once.
+
+Progress goes to stderr (pgpool copies it into its log), each action to the
+journal in state_dir, the outcome to the last line.",
+    after_help = exit::HELP
+)]
+pub struct FailoverArgs {
+    /// %d: the id of the node pgpool detached.
+    #[arg(value_name = "FAILED_NODE", value_parser = node_id, allow_negative_numbers = true)]
+    pub failed_node: i64,
+
+    /// %M: the old main node id (pgpool's; accepted for compatibility).
+    #[arg(value_name = "OLD_MAIN", value_parser = node_id, allow_negative_numbers = true)]
+    pub old_main: i64,
+
+    /// %m: the new main node id, -1 when no node is alive. The default candidate.
+    #[arg(value_name = "NEW_MAIN", value_parser = node_id, allow_negative_numbers = true)]
+    pub new_main: i64,
+
+    /// %P: the old primary node id. Without it pgha tells a failed primary from
+    /// a failed standby by looking at the surviving nodes.
+    #[arg(long, value_name = "ID", value_parser = node_id, allow_negative_numbers = true)]
+    pub old_primary: Option<i64>,
+
+    /// %H: the new main node's host (informational; may be "").
+    #[arg(long, value_name = "HOST")]
+    pub new_main_host: Option<String>,
+
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Internal: the detached phase (wait for standbys, attach them).
+    #[arg(long, hide = true)]
+    pub settle: bool,
+}
+
+/// `pgha-follow`: pgpool-II's `follow_primary_command`, or by hand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgha-follow",
+    version,
+    about = "Make one standby follow the current primary, then attach it in pgpool-II.",
+    long_about = "\
+pgha-follow makes node NODE stream from the current primary: repoint (reload
+on 13+), else pg_rewind, else pg_basebackup where follow.rebuild allows it;
+then it verifies the node streams on the primary's timeline and attaches it.
+pgpool runs it for every node it marked down after a failover:
+
+    follow_primary_command = '/usr/bin/pgha-follow %d --new-primary %m --old-primary %P'
+
+A node that is not running is skipped; the old primary rejoins only when
+follow.rejoin_old_primary is on.",
+    after_help = exit::HELP
+)]
+pub struct FollowArgs {
+    /// %d: the node to make follow.
+    #[arg(value_name = "NODE", value_parser = node_id)]
+    pub node: i64,
+
+    /// %m: the new main (primary) node id; found by looking when absent.
+    #[arg(long, value_name = "ID", value_parser = node_id, allow_negative_numbers = true)]
+    pub new_primary: Option<i64>,
+
+    /// %P: the old primary node id.
+    #[arg(long, value_name = "ID", value_parser = node_id, allow_negative_numbers = true)]
+    pub old_primary: Option<i64>,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `pgha-attach`: attach a node in pgpool-II after proving it healthy.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgha-attach",
+    version,
+    about = "Attach a node in pgpool-II only if it is a healthy standby of the current primary.",
+    long_about = "\
+pgha-attach NODE verifies that NODE is in recovery, on the current primary's
+timeline, streaming, with lag under follow.max_lag, and only then runs the PCP
+attach. Otherwise it refuses and says why and what to run.
+
+--rejoin turns a failed old primary into a standby of the current primary
+(stop it, pg_rewind it, configure it, start it, verify) and then attaches it.",
+    after_help = exit::HELP
+)]
+pub struct AttachArgs {
+    /// The pgpool backend id of the node.
+    #[arg(value_name = "NODE", value_parser = node_id)]
+    pub node: i64,
+
+    /// Rewind and restart a diverged old primary as a standby first.
+    #[arg(long)]
+    pub rejoin: bool,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `pgha-check`: the preflight sidecar.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgha-check",
+    version,
+    about = "Prove before pgpool-II starts that failover could work: ssh mesh, binaries, directories, logins.",
+    after_help = exit::HELP
+)]
+pub struct CheckArgs {
+    /// Keep checking at --interval and serve /health and /metrics.
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Time between checks in --watch mode.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub interval: String,
+
+    /// Where --watch serves /health and /metrics (loopback addresses only).
+    #[arg(long, default_value = "127.0.0.1:9187", value_name = "ADDR:PORT")]
+    pub listen: String,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Log progress to stderr: pgpool copies a command's stderr into its own log,
+/// so every line carries the binary's name and the time since it started.
+pub fn init_logging(binary: &str, verbose: bool) {
+    use tracing_subscriber::fmt;
+    std::sync::LazyLock::force(&crate::START);
+    let level = if verbose {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    let prefix = binary.to_string();
+    let _ = fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(false)
+        .event_format(Prefixed(prefix))
+        .try_init();
+}
+
+struct Prefixed(String);
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Prefixed
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = *event.metadata().level();
+        let tag = match level {
+            tracing::Level::ERROR => "ERROR: ",
+            tracing::Level::WARN => "WARNING: ",
+            tracing::Level::DEBUG | tracing::Level::TRACE => "debug: ",
+            tracing::Level::INFO => "",
+        };
+        write!(
+            writer,
+            "{}[{}] {:>7.3}s {}",
+            self.0,
+            std::process::id(),
+            crate::START.elapsed().as_secs_f64(),
+            tag
+        )?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_as_pgpool_sends_them() {
+        assert_eq!(node_id(" 1"), Ok(1));
+        assert_eq!(node_id("-1"), Ok(-1));
+        assert_eq!(node_id("0"), Ok(0));
+        assert!(node_id("").is_err());
+        assert!(node_id("%d").unwrap_err().contains("not a node id"));
+        assert!(node_id("-2").is_err());
+    }
+
+    #[test]
+    fn failover_takes_the_classic_three_arguments() {
+        let a = FailoverArgs::try_parse_from(["pgha-failover", "0", " 0", "1"]).unwrap();
+        assert_eq!((a.failed_node, a.old_main, a.new_main), (0, 0, 1));
+        let a = FailoverArgs::try_parse_from(["pgha-failover", "1", "0", "-1"]).unwrap();
+        assert_eq!(a.new_main, -1);
+        assert!(FailoverArgs::try_parse_from(["pgha-failover", "0", "1"]).is_err());
+        assert!(FailoverArgs::try_parse_from(["pgha-failover", "0", "1", "2", "3"]).is_err());
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        use clap::CommandFactory;
+        FailoverArgs::command().debug_assert();
+        FollowArgs::command().debug_assert();
+        AttachArgs::command().debug_assert();
+        CheckArgs::command().debug_assert();
+    }
+}
+
+/// The async runtime every binary uses: two worker threads are plenty for
+/// a few nodes, and they keep one slow host from stalling the others.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}

@@ -1,0 +1,256 @@
+//! The cluster as pgha sees it: the backends of `pgpool.conf` joined with
+//! `pgha.toml`, and what each of them says about itself right now.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pgpool::conf::PgpoolConf;
+use crate::pgpool::pcp::PcpTarget;
+use crate::pgpool::pcppass;
+use crate::plan::NodeView;
+use crate::postgres::{self, NodeState, PgTarget};
+use crate::remote::{Remote, SshOptions};
+
+/// One backend with everything pgha needs to reach it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Node {
+    /// pgpool's backend id (the N of `backend_hostnameN`).
+    pub id: u32,
+    /// `backend_hostnameN`: where pgpool (and pgha) connect with SQL.
+    pub host: String,
+    /// `backend_portN`.
+    pub port: u16,
+    /// `backend_data_directoryN`, or `[nodes.N] data_directory`.
+    pub data_dir: Option<PathBuf>,
+    /// Where pgha runs ssh to (`[nodes.N] ssh_host`, else `host`).
+    pub ssh_host: String,
+    /// Where the standbys stream from (`[nodes.N] replication_host`, else `host`).
+    pub replication_host: String,
+    /// `backend_application_nameN`: the `application_name` its walreceiver
+    /// must use for pgpool to show its replication state.
+    pub application_name: Option<String>,
+}
+
+impl Node {
+    /// "node 1 (127.0.0.3:5432)", as every message names a node.
+    pub fn label(&self) -> String {
+        format!("node {} ({}:{})", self.id, self.host, self.port)
+    }
+
+    /// The addresses this node may be known by (SQL and replication).
+    pub fn addresses(&self) -> Vec<&str> {
+        let mut v = vec![self.host.as_str(), self.ssh_host.as_str(), self.replication_host.as_str()];
+        v.dedup();
+        v
+    }
+
+    /// The data directory, or an error saying where to configure it.
+    pub fn data_dir(&self) -> Result<&Path> {
+        self.data_dir.as_deref().ok_or_else(|| {
+            Error::Usage(format!(
+                "{} has no data directory: set backend_data_directory{} in pgpool.conf or [nodes.{}] data_directory in pgha.toml",
+                self.label(),
+                self.id,
+                self.id
+            ))
+        })
+    }
+}
+
+/// Configuration and topology, loaded once per invocation.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub config: Config,
+    pub pgpool: PgpoolConf,
+    pub nodes: Vec<Node>,
+}
+
+impl Topology {
+    /// Load `pgha.toml` (explicit path, `PGHA_CONFIG` or the default) and the
+    /// `pgpool.conf` it names.
+    pub fn load(config_path: Option<&Path>) -> Result<Topology> {
+        let config = Config::load(config_path)?;
+        let pgpool = PgpoolConf::load(&config.pgpool_conf)?;
+        Ok(Self::from_parts(config, pgpool))
+    }
+
+    pub fn from_parts(config: Config, pgpool: PgpoolConf) -> Topology {
+        let nodes = pgpool
+            .backends
+            .iter()
+            .map(|b| {
+                let o = config.nodes.get(&b.id).cloned().unwrap_or_default();
+                Node {
+                    id: b.id,
+                    host: b.hostname.clone(),
+                    port: b.port,
+                    data_dir: b.data_directory.clone().or(o.data_directory),
+                    ssh_host: o.ssh_host.unwrap_or_else(|| b.hostname.clone()),
+                    replication_host: o.replication_host.unwrap_or_else(|| b.hostname.clone()),
+                    application_name: b.application_name.clone(),
+                }
+            })
+            .collect();
+        Topology {
+            config,
+            pgpool,
+            nodes,
+        }
+    }
+
+    /// The node with pgpool backend id `id`, or a usage error listing the
+    /// ids that exist.
+    pub fn node(&self, id: i64) -> Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| i64::from(n.id) == id)
+            .ok_or_else(|| {
+                let ids: Vec<String> = self.nodes.iter().map(|n| n.id.to_string()).collect();
+                Error::Usage(format!(
+                    "unknown node id {id}: {} defines backends {}",
+                    self.pgpool.path.display(),
+                    ids.join(", ")
+                ))
+            })
+    }
+
+    /// How pgha connects to a node with SQL.
+    pub fn pg_target(&self, node: &Node) -> PgTarget {
+        self.pg_target_at(node, &node.host)
+    }
+
+    /// Same, at another of the node's addresses.
+    pub fn pg_target_at(&self, node: &Node, host: &str) -> PgTarget {
+        let pg = &self.config.postgres;
+        PgTarget {
+            host: host.to_string(),
+            port: node.port,
+            user: pg.user.clone(),
+            dbname: pg.database.clone(),
+            passfile: pg.passfile.clone(),
+            connect_timeout: pg.connect_timeout,
+            query_timeout: pg.query_timeout,
+            application_name: "pgha".into(),
+        }
+    }
+
+    /// The ssh client for this invocation.
+    pub fn remote(&self) -> Remote {
+        let s = &self.config.ssh;
+        Remote::new(SshOptions {
+            user: s.user.clone(),
+            port: s.port,
+            identity_file: s.identity_file.clone(),
+            known_hosts_file: s.known_hosts_file.clone(),
+            connect_timeout: s.connect_timeout,
+            control_dir: s.control_dir.clone(),
+        })
+    }
+
+    /// Where pgpool's PCP listens and the password from `.pcppass`.
+    pub fn pcp_target(&self) -> Result<PcpTarget> {
+        let c = &self.config.pcp;
+        let host = c
+            .host
+            .clone()
+            .or_else(|| self.pgpool.pcp_listen_address())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let port = c.port.unwrap_or_else(|| self.pgpool.pcp_port());
+        let path = pcppass::default_path(c.pass_file.as_deref()).ok_or_else(|| {
+            Error::Usage("no .pcppass: set pcp.pass_file, PCPPASSFILE or HOME".into())
+        })?;
+        let password = match pcppass::lookup(&path, &host, port, &c.user) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return Err(Error::Usage(format!(
+                    "{} has no line for {host}:{port}:{}: add `{host}:{port}:{}:PASSWORD` (mode 0600)",
+                    path.display(),
+                    c.user,
+                    c.user
+                )));
+            }
+            Err(e) => return Err(Error::Usage(e.to_string())),
+        };
+        Ok(PcpTarget {
+            host,
+            port,
+            user: c.user.clone(),
+            password,
+            timeout: c.timeout,
+        })
+    }
+
+    /// The node whose addresses include `host` (how a standby names its
+    /// upstream in `pg_stat_wal_receiver.sender_host`).
+    pub fn node_by_address(&self, host: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.addresses().contains(&host))
+    }
+}
+
+/// One node and what it said (or why it did not answer).
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub node: Node,
+    pub state: std::result::Result<NodeState, String>,
+    pub took: Duration,
+}
+
+impl Observed {
+    pub fn ok(&self) -> Option<&NodeState> {
+        self.state.as_ref().ok()
+    }
+
+    /// The reduced view the planner works on.
+    pub fn view(&self, topo: &Topology) -> NodeView {
+        match &self.state {
+            Ok(s) => NodeView {
+                id: self.node.id,
+                reachable: true,
+                in_recovery: s.in_recovery,
+                timeline: s.timeline,
+                lsn: s.best_lsn(),
+                upstream: upstream_of(topo, s),
+            },
+            Err(_) => NodeView {
+                id: self.node.id,
+                reachable: false,
+                in_recovery: false,
+                timeline: 0,
+                lsn: None,
+                upstream: None,
+            },
+        }
+    }
+}
+
+/// The backend a standby is streaming from, if it streams from one.
+pub fn upstream_of(topo: &Topology, s: &NodeState) -> Option<u32> {
+    let r = s.wal_receiver.as_ref()?;
+    if r.status != "streaming" {
+        return None;
+    }
+    let host = r.sender_host.as_deref()?;
+    topo.node_by_address(host).map(|n| n.id)
+}
+
+/// Ask every node about itself, all at once; each answer is bounded by the
+/// connect and query timeouts.
+pub async fn observe_all(topo: &Topology) -> Vec<Observed> {
+    let futs = topo.nodes.iter().map(|n| observe_node(topo, n));
+    futures::future::join_all(futs).await
+}
+
+/// Ask one node about itself.
+pub async fn observe_node(topo: &Topology, node: &Node) -> Observed {
+    let start = Instant::now();
+    let state = postgres::observe_target(&topo.pg_target(node))
+        .await
+        .map_err(|e| e.to_string());
+    Observed {
+        node: node.clone(),
+        state,
+        took: start.elapsed(),
+    }
+}

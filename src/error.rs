@@ -1,0 +1,46 @@
+//! The error every command returns, and the exit code each kind maps to.
+
+use crate::exit;
+
+/// Why a command stopped. Module errors carry their own context (host, node,
+/// file and line, time spent); this enum only adds which exit code it means.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `pgha.toml` could not be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// `pgpool.conf` could not be used.
+    #[error(transparent)]
+    PgpoolConf(#[from] crate::pgpool::conf::ConfError),
+    /// The arguments name something that does not exist (e.g. a node id).
+    #[error("{0}")]
+    Usage(String),
+    /// Acting would be unsafe in the observed state; nothing was changed.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A step failed; the message names the step, the node and the cause.
+    #[error("{0}")]
+    Step(String),
+    /// The state directory (lock, journal) is unusable.
+    #[error("state directory {path}: {message}")]
+    State { path: String, message: String },
+}
+
+impl Error {
+    /// The process exit code for this error (see [`crate::exit`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::PgpoolConf(_) => exit::CONFIG,
+            Error::Usage(_) => exit::USAGE,
+            Error::Refused(_) => exit::REFUSED,
+            Error::Step(_) | Error::State { .. } => exit::FAILED,
+        }
+    }
+
+    /// A step error from anything displayable, with the step's name in front.
+    pub fn step(step: &str, cause: impl std::fmt::Display) -> Error {
+        Error::Step(format!("{step}: {cause}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,12 @@
+//! `pgha-follow` (being written).
+
+use crate::cli::FollowArgs;
+use crate::cluster::Topology;
+use crate::error::{Error, Result};
+use crate::report::Summary;
+
+/// Validate the configuration and arguments; the command itself comes next.
+pub async fn run(args: &FollowArgs) -> Result<Summary> {
+    let _topo = Topology::load(args.common.config.as_deref())?;
+    Err(Error::Step("pgha-follow is not implemented in this version".into()))
+}

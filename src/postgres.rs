@@ -1,0 +1,1313 @@
+//! Connections to the backends and what one server says about itself.
+//!
+//! Every network operation here is bounded: the whole connect (TCP and
+//! authentication) by `[postgres] connect_timeout`, every query by
+//! `[postgres] query_timeout`, and each failure names the host, the port and
+//! what was being done. Passwords come from a libpq password file
+//! (`.pgpass`), read here because tokio-postgres does not.
+//!
+//! The queries work on PostgreSQL 12 to 18; where a view differs between
+//! versions (`pg_stat_wal_receiver.received_lsn` became `flushed_lsn` in 13)
+//! the query is chosen by `server_version_num`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::{PostgresConfig, format_duration};
+
+/// Default `application_name` of pgha's own sessions, so they can be told
+/// apart in `pg_stat_activity` and in the server log.
+pub const APPLICATION_NAME: &str = "pgha";
+
+/// Where and how to connect to one PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    /// Host name or address (`host`); a path starting with `/` is the
+    /// directory of a unix socket.
+    pub host: String,
+    /// Port (`port`), also the suffix of the unix socket name.
+    pub port: u16,
+    /// Role to log in as (`user`).
+    pub user: String,
+    /// Database (`dbname`).
+    pub dbname: String,
+    /// libpq password file (`passfile`); `None`: `PGPASSFILE`, else
+    /// `~/.pgpass`.
+    pub passfile: Option<PathBuf>,
+    /// Bound on TCP connect plus authentication (`connect_timeout`).
+    pub connect_timeout: Duration,
+    /// Bound on each query.
+    pub query_timeout: Duration,
+    /// `application_name` of the session.
+    pub application_name: String,
+}
+
+impl PgTarget {
+    /// A target for `host:port` with the users, passfile and timeouts of
+    /// `[postgres]` in `pgha.toml`.
+    pub fn new(host: impl Into<String>, port: u16, cfg: &PostgresConfig) -> PgTarget {
+        PgTarget {
+            host: host.into(),
+            port,
+            user: cfg.user.clone(),
+            dbname: cfg.database.clone(),
+            passfile: cfg.passfile.clone(),
+            connect_timeout: cfg.connect_timeout,
+            query_timeout: cfg.query_timeout,
+            application_name: APPLICATION_NAME.into(),
+        }
+    }
+
+    fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+}
+
+/// Why talking to a server failed. Each variant names the server.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// TCP connect, startup or authentication was refused or failed.
+    #[error("cannot connect to postgresql at {host}:{port}: {message}")]
+    Connect {
+        host: String,
+        port: u16,
+        message: String,
+    },
+    /// Connect or a query did not finish in time (a hung or blackholed
+    /// host, a lock, a slow checkpoint). A timed-out query is also cancelled
+    /// on the server, asynchronously: drop that client rather than reuse it,
+    /// or the cancel may hit its next query.
+    #[error("postgresql at {host}:{port}: {what} timed out after {}", format_duration(*after))]
+    Timeout {
+        host: String,
+        port: u16,
+        what: String,
+        after: Duration,
+    },
+    /// The server answered a query with an error, or with something pgha
+    /// could not read.
+    #[error("postgresql at {host}:{port}: {query} failed: {message}")]
+    Query {
+        host: String,
+        port: u16,
+        query: String,
+        message: String,
+    },
+    /// The password file named in `[postgres] passfile` is missing or
+    /// unreadable.
+    #[error("password file {}: {message}", path.display())]
+    Passfile { path: PathBuf, message: String },
+}
+
+// ---------------------------------------------------------------------------
+// LSN
+
+/// A WAL position (`pg_lsn`), written as PostgreSQL does: `16/B374D848`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Bytes of WAL from `self` up to `ahead`; 0 when `self` is not behind.
+    pub fn bytes_behind(self, ahead: Lsn) -> u64 {
+        ahead.0.saturating_sub(self.0)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+impl FromStr for Lsn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Lsn, String> {
+        let bad = || format!("invalid LSN {s:?}: expected two hex numbers like \"16/B374D848\"");
+        let (hi, lo) = s.split_once('/').ok_or_else(bad)?;
+        let half = |h: &str| {
+            if h.is_empty() || h.len() > 8 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            u64::from_str_radix(h, 16).map_err(|_| bad())
+        };
+        Ok(Lsn(half(hi)? << 32 | half(lo)?))
+    }
+}
+
+impl Serialize for Lsn {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lsn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Lsn, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Observed state
+
+/// One row of `pg_stat_wal_receiver`: the standby's streaming connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalReceiver {
+    /// `status`: `streaming`, `waiting`, `starting`, `restarting`,
+    /// `stopping`, `stopped`.
+    pub status: String,
+    /// `sender_host`: the host the receiver is connected to, as written in
+    /// `primary_conninfo` (a name is not resolved).
+    pub sender_host: Option<String>,
+    /// `sender_port`.
+    pub sender_port: Option<u16>,
+    /// `received_tli`: timeline of the last WAL received and flushed.
+    pub received_tli: u32,
+    /// `flushed_lsn` (13+) or `received_lsn` (12): last WAL flushed to disk.
+    pub flushed_lsn: Option<Lsn>,
+    /// `conninfo` the receiver uses, passwords masked by the server.
+    pub conninfo: Option<String>,
+}
+
+/// One row of `pg_stat_replication`: a standby streaming from this server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// `application_name` of the standby's receiver (pgpool matches it
+    /// against `backend_application_nameN`).
+    pub application_name: String,
+    /// `client_addr`; `None` for a unix socket connection.
+    pub client_addr: Option<String>,
+    /// `state`: `streaming`, `catchup`, `startup`, `backup`, `stopping`.
+    pub state: String,
+    /// `sync_state`: `async`, `potential`, `sync`, `quorum`.
+    pub sync_state: String,
+    /// `replay_lsn`: how far the standby has replayed.
+    pub replay_lsn: Option<Lsn>,
+}
+
+/// What one server says about itself, read in one short session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The host this was observed on, as in the [`PgTarget`].
+    pub host: String,
+    /// The port this was observed on.
+    pub port: u16,
+    /// `server_version_num`, e.g. 150018.
+    pub server_version_num: u32,
+    /// `pg_is_in_recovery()`: a standby (or a server still promoting).
+    pub in_recovery: bool,
+    /// The timeline the server is on.
+    ///
+    /// A primary: the timeline of its current WAL file
+    /// (`pg_walfile_name(pg_current_wal_lsn())`), because the control file
+    /// (`pg_control_checkpoint()`) still shows the old timeline until the
+    /// first checkpoint after a promotion.
+    ///
+    /// A standby: the timeline it is receiving, `received_tli` of its WAL
+    /// receiver when there is one, else the timeline of its last restartpoint
+    /// (`pg_control_checkpoint().timeline_id`), which may lag behind a
+    /// timeline switch it has already replayed from the archive.
+    pub timeline: u32,
+    /// `pg_current_wal_lsn()` on a primary; `None` on a standby.
+    pub current_lsn: Option<Lsn>,
+    /// `pg_last_wal_receive_lsn()` on a standby (`None` on a primary, where
+    /// it is a leftover of the recovery before promotion).
+    pub receive_lsn: Option<Lsn>,
+    /// `pg_last_wal_replay_lsn()` on a standby (`None` on a primary).
+    pub replay_lsn: Option<Lsn>,
+    /// The WAL receiver, when one is running (standbys only).
+    pub wal_receiver: Option<WalReceiver>,
+    /// `primary_conninfo` as configured (12+: a setting, wherever it is set,
+    /// `postgresql.auto.conf` included); `None` when empty.
+    pub primary_conninfo: Option<String>,
+    /// `pg_control_system().system_identifier`: equal on all members of one
+    /// replication cluster, different after an `initdb`.
+    pub system_identifier: u64,
+    /// `data_directory`.
+    pub data_directory: String,
+    /// `wal_log_hints`: with `data_checksums`, what `pg_rewind` requires.
+    pub wal_log_hints: bool,
+    /// `data_checksums`.
+    pub data_checksums: bool,
+    /// `pg_stat_replication` on this server: who streams from it.
+    pub replicas: Vec<Replica>,
+}
+
+impl NodeState {
+    /// The furthest WAL position this server has: `current_lsn` on a
+    /// primary; on a standby the larger of received and replayed (a standby
+    /// restored from the archive has replayed WAL it never received).
+    pub fn best_lsn(&self) -> Option<Lsn> {
+        if self.in_recovery {
+            self.receive_lsn.max(self.replay_lsn)
+        } else {
+            self.current_lsn
+        }
+    }
+
+    /// True when this server's WAL receiver is streaming from `host`
+    /// (compared literally with `sender_host`, i.e. with the host written in
+    /// its `primary_conninfo`).
+    pub fn is_streaming_from(&self, host: &str) -> bool {
+        self.wal_receiver
+            .as_ref()
+            .is_some_and(|w| w.status == "streaming" && w.sender_host.as_deref() == Some(host))
+    }
+}
+
+/// Reads everything [`NodeState`] holds, in three bounded queries.
+pub async fn observe(client: &Client, t: &PgTarget) -> Result<NodeState, PgError> {
+    // pg_is_in_recovery() is read once: a promotion between two reads would
+    // mix a standby's and a primary's answers. pg_walfile_name() fails during
+    // recovery, so it only sees a NULL there (it is strict).
+    const STATE: &str = "\
+WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec),
+     c AS MATERIALIZED (SELECT CASE WHEN rec THEN NULL ELSE pg_current_wal_lsn() END AS cur FROM r)
+SELECT current_setting('server_version_num')::int4,
+       r.rec,
+       current_setting('data_directory'),
+       current_setting('wal_log_hints')::bool,
+       current_setting('data_checksums')::bool,
+       (SELECT system_identifier FROM pg_control_system()),
+       (SELECT timeline_id FROM pg_control_checkpoint()),
+       c.cur::text,
+       pg_walfile_name(c.cur),
+       CASE WHEN r.rec THEN pg_last_wal_receive_lsn()::text END,
+       CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text END,
+       current_setting('primary_conninfo', true)
+FROM r, c";
+    const RECEIVER_13: &str = "SELECT status, sender_host, sender_port, received_tli, \
+         flushed_lsn::text, conninfo FROM pg_stat_wal_receiver";
+    const RECEIVER_12: &str = "SELECT status, sender_host, sender_port, received_tli, \
+         received_lsn::text, conninfo FROM pg_stat_wal_receiver";
+    const REPLICAS: &str = "SELECT application_name, host(client_addr), state, sync_state, \
+         replay_lsn::text FROM pg_stat_replication ORDER BY application_name";
+
+    let what = "server state query";
+    let row = bounded(
+        client,
+        t,
+        what,
+        t.query_timeout,
+        client.query_one(STATE, &[]),
+    )
+    .await?;
+    let bad = |message: String| query_error(t, what, message);
+    let get = |row: &tokio_postgres::Row, i| -> Result<Option<String>, PgError> {
+        row.try_get::<_, Option<String>>(i)
+            .map_err(|e| bad(format!("column {i}: {}", describe(&e))))
+    };
+    let lsn = |v: Option<String>| -> Result<Option<Lsn>, PgError> {
+        v.map(|s| s.parse::<Lsn>()).transpose().map_err(&bad)
+    };
+    let int = |i| -> Result<i32, PgError> {
+        row.try_get::<_, i32>(i)
+            .map_err(|e| bad(format!("column {i}: {}", describe(&e))))
+    };
+    let flag = |i| -> Result<bool, PgError> {
+        row.try_get::<_, bool>(i)
+            .map_err(|e| bad(format!("column {i}: {}", describe(&e))))
+    };
+
+    let server_version_num = int(0)? as u32;
+    let in_recovery = flag(1)?;
+    let data_directory = get(&row, 2)?.unwrap_or_default();
+    let wal_log_hints = flag(3)?;
+    let data_checksums = flag(4)?;
+    let system_identifier =
+        row.try_get::<_, i64>(5)
+            .map_err(|e| bad(format!("column 5: {}", describe(&e))))? as u64;
+    let checkpoint_tli = int(6)? as u32;
+    let current_lsn = lsn(get(&row, 7)?)?;
+    let walfile = get(&row, 8)?;
+    let receive_lsn = lsn(get(&row, 9)?)?;
+    let replay_lsn = lsn(get(&row, 10)?)?;
+    let primary_conninfo = get(&row, 11)?.filter(|s| !s.is_empty());
+
+    let wal_receiver = if in_recovery {
+        let (what, sql) = if server_version_num >= 130000 {
+            ("pg_stat_wal_receiver query", RECEIVER_13)
+        } else {
+            ("pg_stat_wal_receiver query (12)", RECEIVER_12)
+        };
+        let rows = bounded(client, t, what, t.query_timeout, client.query(sql, &[])).await?;
+        match rows.first() {
+            None => None,
+            Some(r) => {
+                let bad = |message: String| query_error(t, what, message);
+                let col = |e: tokio_postgres::Error| bad(describe(&e));
+                Some(WalReceiver {
+                    status: r
+                        .try_get::<_, Option<String>>(0)
+                        .map_err(col)?
+                        .unwrap_or_default(),
+                    sender_host: r.try_get(1).map_err(col)?,
+                    sender_port: r
+                        .try_get::<_, Option<i32>>(2)
+                        .map_err(col)?
+                        .and_then(|p| u16::try_from(p).ok()),
+                    received_tli: r.try_get::<_, Option<i32>>(3).map_err(col)?.unwrap_or(0) as u32,
+                    flushed_lsn: r
+                        .try_get::<_, Option<String>>(4)
+                        .map_err(col)?
+                        .map(|s| s.parse())
+                        .transpose()
+                        .map_err(bad)?,
+                    conninfo: r.try_get(5).map_err(col)?,
+                })
+            }
+        }
+    } else {
+        None
+    };
+
+    let timeline = if in_recovery {
+        match &wal_receiver {
+            Some(w) if w.received_tli > 0 => w.received_tli,
+            _ => checkpoint_tli,
+        }
+    } else {
+        walfile
+            .as_deref()
+            .and_then(|f| f.get(..8))
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or_else(|| bad(format!("unexpected WAL file name {walfile:?}")))?
+    };
+
+    let what = "pg_stat_replication query";
+    let rows = bounded(
+        client,
+        t,
+        what,
+        t.query_timeout,
+        client.query(REPLICAS, &[]),
+    )
+    .await?;
+    let mut replicas = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let bad = |message: String| query_error(t, what, message);
+        let col = |e: tokio_postgres::Error| bad(describe(&e));
+        let text = |i| -> Result<String, PgError> {
+            Ok(r.try_get::<_, Option<String>>(i)
+                .map_err(col)?
+                .unwrap_or_default())
+        };
+        replicas.push(Replica {
+            application_name: text(0)?,
+            client_addr: r.try_get(1).map_err(col)?,
+            state: text(2)?,
+            sync_state: text(3)?,
+            replay_lsn: r
+                .try_get::<_, Option<String>>(4)
+                .map_err(col)?
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(bad)?,
+        });
+    }
+
+    Ok(NodeState {
+        host: t.host.clone(),
+        port: t.port,
+        server_version_num,
+        in_recovery,
+        timeline,
+        current_lsn,
+        receive_lsn,
+        replay_lsn,
+        wal_receiver,
+        primary_conninfo,
+        system_identifier,
+        data_directory,
+        wal_log_hints,
+        data_checksums,
+        replicas,
+    })
+}
+
+/// Connects, observes and disconnects: at most `connect_timeout` plus three
+/// `query_timeout`s.
+pub async fn observe_target(t: &PgTarget) -> Result<NodeState, PgError> {
+    let client = connect(t).await?;
+    observe(&client, t).await
+}
+
+// ---------------------------------------------------------------------------
+// Actions
+
+/// Promotes a standby with `pg_promote(wait, wait_seconds)` (PostgreSQL 12+;
+/// immediate, unlike `promote_trigger_file`, which 15 polls every 5 s).
+/// With `wait`, returns whether promotion finished within `wait_seconds`;
+/// without, whether the signal was sent. Bounded by `wait_seconds` plus
+/// `query_timeout`. Promoting a server that is not in recovery is an error
+/// from the server: observe first.
+pub async fn promote(
+    client: &Client,
+    t: &PgTarget,
+    wait: bool,
+    wait_seconds: u32,
+) -> Result<bool, PgError> {
+    let what = format!("pg_promote(wait => {wait}, wait_seconds => {wait_seconds})");
+    let secs = i32::try_from(wait_seconds).unwrap_or(i32::MAX);
+    let limit = t.query_timeout + Duration::from_secs(u64::from(wait_seconds));
+    let row = bounded(
+        client,
+        t,
+        &what,
+        limit,
+        client.query_one("SELECT pg_promote($1, $2)", &[&wait, &secs]),
+    )
+    .await?;
+    row.try_get::<_, bool>(0)
+        .map_err(|e| query_error(t, &what, describe(&e)))
+}
+
+/// Points a standby at a new upstream: `ALTER SYSTEM SET primary_conninfo`
+/// (written to `postgresql.auto.conf`, which overrides `postgresql.conf`
+/// and its includes, so the change cannot be shadowed) and
+/// `pg_reload_conf()`. A reload applies it on 13+; 12 needs a restart.
+pub async fn set_primary_conninfo(
+    client: &Client,
+    t: &PgTarget,
+    conninfo: &str,
+) -> Result<(), PgError> {
+    let what = "ALTER SYSTEM SET primary_conninfo";
+    let literal = quote_literal(conninfo)
+        .ok_or_else(|| query_error(t, what, "primary_conninfo contains a NUL character".into()))?;
+    // ALTER SYSTEM refuses to run in a transaction block, and a
+    // multi-statement simple query is one: two round trips.
+    let sql = format!("ALTER SYSTEM SET primary_conninfo = {literal}");
+    bounded(client, t, what, t.query_timeout, client.batch_execute(&sql)).await?;
+    bounded(
+        client,
+        t,
+        "pg_reload_conf()",
+        t.query_timeout,
+        client.batch_execute("SELECT pg_reload_conf()"),
+    )
+    .await
+}
+
+/// Runs `CHECKPOINT`, e.g. on a new primary so that `pg_control` (read by
+/// `pg_rewind`) shows the new timeline. Bounded by `query_timeout`.
+pub async fn checkpoint(client: &Client, t: &PgTarget) -> Result<(), PgError> {
+    bounded(
+        client,
+        t,
+        "CHECKPOINT",
+        t.query_timeout,
+        client.batch_execute("CHECKPOINT"),
+    )
+    .await
+}
+
+/// A SQL string literal for `s` in the `E'...'` form, whose escaping does not
+/// depend on `standard_conforming_strings`. `None` if `s` contains NUL,
+/// which no PostgreSQL string can hold.
+pub fn quote_literal(s: &str) -> Option<String> {
+    if s.contains('\0') {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    Some(out)
+}
+
+// ---------------------------------------------------------------------------
+// Connection strings
+
+/// A libpq connection string for a standby's `primary_conninfo`. No password:
+/// the standby finds it in its own `.pgpass`. Values are quoted (single
+/// quotes, `\'` and `\\`) only when they need it.
+pub fn conninfo(host: &str, port: u16, user: &str, application_name: &str) -> String {
+    let port = port.to_string();
+    [
+        ("host", host),
+        ("port", port.as_str()),
+        ("user", user),
+        ("application_name", application_name),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
+    .collect::<Vec<_>>()
+    .join(" ")
+}
+
+fn conninfo_value(v: &str) -> String {
+    if !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
+    {
+        return v.to_string();
+    }
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('\'');
+    for c in v.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// Parses a libpq `key=value` connection string (what `primary_conninfo`
+/// and `pg_stat_wal_receiver.conninfo` hold), as libpq does: whitespace
+/// around `=`, single-quoted values, backslash escapes, a later key
+/// overriding an earlier one. Parsing stops at the first malformed part;
+/// URIs (`postgresql://...`) give an empty map.
+pub fn parse_conninfo(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut it = s.chars().peekable();
+    loop {
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        if it.peek().is_none() {
+            return out;
+        }
+        let mut key = String::new();
+        while let Some(c) = it.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        if it.next() != Some('=') || key.contains("://") {
+            return out;
+        }
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if it.next_if_eq(&'\'').is_some() {
+            loop {
+                match it.next() {
+                    None => return out,
+                    Some('\'') => break,
+                    Some('\\') => match it.next() {
+                        Some(c) => value.push(c),
+                        None => return out,
+                    },
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = it.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    if let Some(n) = it.next() {
+                        value.push(n);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        out.insert(key, value);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connecting
+
+/// Opens a session to `t` without TLS (the lab and typical pgpool setups use
+/// `host`/`scram-sha-256` lines; the password never crosses the wire with
+/// SCRAM). The password comes from the libpq password file
+/// ([`password_for`]). The whole connect is bounded by `connect_timeout`;
+/// the connection is driven by a spawned task that ends when the returned
+/// client is dropped.
+pub async fn connect(t: &PgTarget) -> Result<Client, PgError> {
+    let lookup = password_for(t)?;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&t.host)
+        .port(t.port)
+        .user(&t.user)
+        .dbname(&t.dbname)
+        .application_name(&t.application_name)
+        .connect_timeout(t.connect_timeout);
+    if let Some(p) = &lookup.password {
+        cfg.password(p);
+    }
+    let what = "connect (tcp and authentication)";
+    match tokio::time::timeout(t.connect_timeout, cfg.connect(NoTls)).await {
+        Err(_) => Err(PgError::Timeout {
+            host: t.host.clone(),
+            port: t.port,
+            what: what.into(),
+            after: t.connect_timeout,
+        }),
+        Ok(Err(e)) => {
+            let mut message = describe(&e);
+            if lookup.password.is_none() && is_auth_error(&e) {
+                message.push_str(&format!(" ({})", lookup.why_none()));
+            }
+            Err(PgError::Connect {
+                host: t.host.clone(),
+                port: t.port,
+                message,
+            })
+        }
+        Ok(Ok((client, connection))) => {
+            let (host, port) = (t.host.clone(), t.port);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%host, port, error = %describe(&e), "postgresql connection ended");
+                }
+            });
+            Ok(client)
+        }
+    }
+}
+
+fn is_auth_error(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(c) => {
+            *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        }
+        None => describe(e).contains("password"),
+    }
+}
+
+/// Runs query `fut` of `client` for at most `limit`; on expiry, also asks
+/// the server to cancel it (a local timeout alone leaves it running there),
+/// in the background and bounded by `connect_timeout`.
+async fn bounded<T, F>(
+    client: &Client,
+    t: &PgTarget,
+    what: &str,
+    limit: Duration,
+    fut: F,
+) -> Result<T, PgError>
+where
+    F: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(query_error(t, what, describe(&e))),
+        Err(_) => {
+            let token = client.cancel_token();
+            let (host, port, within) = (t.host.clone(), t.port, t.connect_timeout);
+            tokio::spawn(async move {
+                let sent = tokio::time::timeout(within, token.cancel_query(NoTls)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::debug!(%host, port, "could not cancel a timed-out query");
+                }
+            });
+            Err(PgError::Timeout {
+                host: t.host.clone(),
+                port: t.port,
+                what: what.into(),
+                after: limit,
+            })
+        }
+    }
+}
+
+fn query_error(t: &PgTarget, query: &str, message: String) -> PgError {
+    PgError::Query {
+        host: t.host.clone(),
+        port: t.port,
+        query: query.into(),
+        message,
+    }
+}
+
+/// The server's own words for a database error (severity, message, detail,
+/// hint), else the client error with its causes.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" (detail: {d})"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!(" (hint: {h})"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Password file (.pgpass)
+
+/// Result of a password file lookup, with the reason when nothing was found
+/// (for the error message of a failed login).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswordLookup {
+    /// The password of the first matching line.
+    pub password: Option<String>,
+    /// The file consulted.
+    pub file: Option<PathBuf>,
+    /// Why the file was not used, when it was not.
+    pub skipped: Option<String>,
+    key: String,
+}
+
+impl PasswordLookup {
+    fn why_none(&self) -> String {
+        match (&self.file, &self.skipped) {
+            (Some(f), Some(why)) => format!("no password: {} {why}", f.display()),
+            (Some(f), None) => format!("no line for {} in password file {}", self.key, f.display()),
+            (None, _) => "no password file: HOME is not known".into(),
+        }
+    }
+}
+
+/// The password file libpq would read: `explicit` (libpq's `passfile`),
+/// else `PGPASSFILE`, else `~/.pgpass`.
+pub fn passfile_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("PGPASSFILE").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    home_dir().map(|h| h.join(".pgpass"))
+}
+
+fn home_dir() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(h));
+    }
+    // SAFETY: getpwuid_r writes into the buffers we own and sizes we pass;
+    // `result` points into `pwd`, which lives until we copy pw_dir out.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 || result.is_null() || pwd.pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr(pwd.pw_dir);
+        use std::os::unix::ffi::OsStrExt;
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+    }
+}
+
+/// Looks up `t`'s password the way libpq does. The file is ignored, with a
+/// warning, when it is not a plain file or is group/world accessible (libpq
+/// demands mode 0600 or less). A missing file is no error, unless it was
+/// named in `[postgres] passfile`. A unix socket connection also matches
+/// lines for `localhost`; a host given as an address matches only that
+/// address, never a name it resolves to.
+pub fn password_for(t: &PgTarget) -> Result<PasswordLookup, PgError> {
+    let key = format!("{}:{}:{}:{}", t.host, t.port, t.dbname, t.user);
+    let Some(path) = passfile_path(t.passfile.as_deref()) else {
+        return Ok(PasswordLookup {
+            password: None,
+            file: None,
+            skipped: None,
+            key,
+        });
+    };
+    let mut out = PasswordLookup {
+        password: None,
+        file: Some(path.clone()),
+        skipped: None,
+        key,
+    };
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && t.passfile.is_none() => {
+            out.skipped = Some("does not exist".into());
+            return Ok(out);
+        }
+        Err(e) => {
+            return Err(PgError::Passfile {
+                path,
+                message: e.to_string(),
+            });
+        }
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let skip = if !meta.is_file() {
+        Some("is not a plain file; ignored".to_string())
+    } else if meta.permissions().mode() & 0o077 != 0 {
+        Some(format!(
+            "has group or world access (mode {:04o}); ignored, permissions should be u=rw (0600) or less",
+            meta.permissions().mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = skip {
+        tracing::warn!(file = %path.display(), "password file {why}");
+        out.skipped = Some(why);
+        return Ok(out);
+    }
+    let text = match std::fs::read(&path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            return Err(PgError::Passfile {
+                path,
+                message: e.to_string(),
+            });
+        }
+    };
+    let port = t.port.to_string();
+    let hosts: &[&str] = if t.is_unix_socket() {
+        &[&t.host, "localhost"]
+    } else {
+        &[&t.host]
+    };
+    out.password = pgpass_lookup(&text, hosts, &port, &t.dbname, &t.user);
+    Ok(out)
+}
+
+/// The password of the first line of a `.pgpass` text matching
+/// `host:port:database:user` (`*` matches any value; `\:` and `\\` are a
+/// literal colon and backslash; lines starting with `#` are comments). An
+/// empty password counts as none, as in libpq.
+pub fn pgpass_match(
+    text: &str,
+    host: &str,
+    port: &str,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
+    pgpass_lookup(text, &[host], port, dbname, user)
+}
+
+/// [`pgpass_match`] where the host field may match any of `hosts`.
+fn pgpass_lookup(
+    text: &str,
+    hosts: &[&str],
+    port: &str,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
+    for line in text.lines() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let rest = hosts
+            .iter()
+            .find_map(|h| pgpass_field(line, h))
+            .and_then(|rest| {
+                [port, dbname, user]
+                    .iter()
+                    .try_fold(rest, |rest, token| pgpass_field(rest, token))
+            });
+        if let Some(rest) = rest {
+            let mut password = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    ':' => break,
+                    '\\' => match chars.next() {
+                        Some(n) => password.push(n),
+                        None => password.push('\\'),
+                    },
+                    c => password.push(c),
+                }
+            }
+            return Some(password).filter(|p| !p.is_empty());
+        }
+    }
+    None
+}
+
+/// Matches the first field of `line` against `token`; returns the rest of
+/// the line after the field's `:`.
+fn pgpass_field<'a>(line: &'a str, token: &str) -> Option<&'a str> {
+    if let Some(rest) = line.strip_prefix("*:") {
+        return Some(rest);
+    }
+    let mut want = token.chars();
+    let mut it = line.char_indices();
+    while let Some((i, c)) = it.next() {
+        let (c, escaped) = match c {
+            '\\' => (it.next()?.1, true),
+            c => (c, false),
+        };
+        if c == ':' && !escaped {
+            return want.next().is_none().then(|| &line[i + 1..]);
+        }
+        if want.next() != Some(c) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Proves a new primary accepts writes: `txid_current()` assigns a
+/// transaction id, which a server in recovery (or read-only) refuses.
+pub async fn accepts_writes(client: &Client, t: &PgTarget) -> Result<(), PgError> {
+    bounded(
+        client,
+        t,
+        "SELECT txid_current()",
+        t.query_timeout,
+        client.batch_execute("SELECT txid_current()"),
+    )
+    .await
+}
+
+/// Reads a file under the data directory with `pg_read_binary_file()`
+/// (superuser or `pg_read_server_files`): how pgha fetches a timeline
+/// history file from a new primary without an ssh round trip.
+pub async fn read_binary_file(
+    client: &Client,
+    t: &PgTarget,
+    path: &str,
+) -> Result<Vec<u8>, PgError> {
+    let what = format!("pg_read_binary_file('{path}')");
+    let row = bounded(
+        client,
+        t,
+        &what,
+        t.query_timeout,
+        client.query_one("SELECT pg_read_binary_file($1)", &[&path]),
+    )
+    .await?;
+    row.try_get::<_, Vec<u8>>(0)
+        .map_err(|e| query_error(t, &what, describe(&e)))
+}
+
+/// Drops replication slot `slot` if it exists; returns whether it did.
+pub async fn drop_replication_slot(
+    client: &Client,
+    t: &PgTarget,
+    slot: &str,
+) -> Result<bool, PgError> {
+    let what = format!("pg_drop_replication_slot('{slot}')");
+    let rows = bounded(
+        client,
+        t,
+        &what,
+        t.query_timeout,
+        client.query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        ),
+    )
+    .await?;
+    Ok(!rows.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn lsn_parse_format_order() {
+        let l: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(l.0, 0x16_B374_D848);
+        assert_eq!(l.to_string(), "16/B374D848");
+        assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn(0));
+        assert_eq!(Lsn(0x1_0000_0000).to_string(), "1/0");
+        assert_eq!("FFFFFFFF/FFFFFFFF".parse::<Lsn>().unwrap(), Lsn(u64::MAX));
+        assert_eq!("a/b".parse::<Lsn>().unwrap(), Lsn(0xa_0000_000b));
+        for bad in [
+            "",
+            "16",
+            "16/",
+            "/1",
+            "1/2/3",
+            "G/0",
+            "123456789/0",
+            "1/ 2",
+            "+1/2",
+        ] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad:?} parsed");
+        }
+        // Ordered as WAL positions, not as strings.
+        let a: Lsn = "9/FFFFFFFF".parse().unwrap();
+        let b: Lsn = "A/0".parse().unwrap();
+        assert!(a < b);
+        assert_eq!(a.bytes_behind(b), 1);
+        assert_eq!(b.bytes_behind(a), 0);
+        assert_eq!(serde_json::to_string(&b).unwrap(), "\"A/0\"");
+        assert_eq!(serde_json::from_str::<Lsn>("\"A/0\"").unwrap(), b);
+        assert!(serde_json::from_str::<Lsn>("\"A\"").is_err());
+    }
+
+    const PGPASS: &str = "\
+# comment:*:*:*:nope
+127.0.202.2:5432:postgres:postgres:first
+127.0.202.2:5432:postgres:postgres:second
+*:5433:*:repl:any-host
+127.0.202.3:*:app\\:db:postgres:colon-db
+127.0.202.3:5432:*:back\\\\slash:pa\\:ss\\\\word:trailing
+localhost:5432:*:postgres:socket
+127.0.202.4:5432:*:postgres:
+host.example:5432:*:*:byname\r
+";
+
+    #[test]
+    fn pgpass_first_match_and_wildcards() {
+        let m = |h, p, d, u| pgpass_match(PGPASS, h, p, d, u);
+        assert_eq!(
+            m("127.0.202.2", "5432", "postgres", "postgres").as_deref(),
+            Some("first")
+        );
+        assert_eq!(m("127.0.202.2", "5432", "other", "postgres"), None);
+        assert_eq!(
+            m("127.0.202.9", "5433", "x", "repl").as_deref(),
+            Some("any-host")
+        );
+        assert_eq!(m("127.0.202.9", "5432", "x", "repl"), None);
+        // Comments are not entries even when they would match.
+        assert_eq!(m("# comment", "x", "y", "z"), None);
+        // A prefix is not a match.
+        assert_eq!(m("127.0.202.", "5432", "postgres", "postgres"), None);
+        assert_eq!(m("127.0.202.22", "5432", "postgres", "postgres"), None);
+        // An empty password counts as none.
+        assert_eq!(m("127.0.202.4", "5432", "postgres", "postgres"), None);
+        // CRLF line ends.
+        assert_eq!(
+            m("host.example", "5432", "d", "u").as_deref(),
+            Some("byname")
+        );
+        // `*` is a wildcard only as a whole field.
+        assert_eq!(pgpass_match("12*:1:d:u:pw\n", "123", "1", "d", "u"), None);
+        assert_eq!(
+            pgpass_match("12*:1:d:u:pw\n", "12*", "1", "d", "u").as_deref(),
+            Some("pw")
+        );
+    }
+
+    #[test]
+    fn pgpass_escapes() {
+        let m = |h, p, d, u| pgpass_match(PGPASS, h, p, d, u);
+        assert_eq!(
+            m("127.0.202.3", "6000", "app:db", "postgres").as_deref(),
+            Some("colon-db")
+        );
+        assert_eq!(m("127.0.202.3", "6000", "app\\:db", "postgres"), None);
+        // The password is de-escaped and ends at an unescaped colon.
+        assert_eq!(
+            m("127.0.202.3", "5432", "any", "back\\slash").as_deref(),
+            Some("pa:ss\\word")
+        );
+    }
+
+    fn target(host: &str, passfile: &Path) -> PgTarget {
+        PgTarget {
+            host: host.into(),
+            port: 5432,
+            user: "postgres".into(),
+            dbname: "postgres".into(),
+            passfile: Some(passfile.to_path_buf()),
+            connect_timeout: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(1),
+            application_name: APPLICATION_NAME.into(),
+        }
+    }
+
+    #[test]
+    fn pgpass_file_permissions_and_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pgpass");
+        std::fs::write(&f, PGPASS).unwrap();
+
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let got = password_for(&target("127.0.202.2", &f)).unwrap();
+        assert_eq!(got.password.as_deref(), Some("first"));
+        // A unix socket connection matches `localhost` lines.
+        let got = password_for(&target("/var/run/postgresql", &f)).unwrap();
+        assert_eq!(got.password.as_deref(), Some("socket"));
+        // A TCP connection to an address does not match `localhost`.
+        let got = password_for(&target("127.0.0.1", &f)).unwrap();
+        assert_eq!(got.password, None);
+        assert!(
+            got.why_none()
+                .contains("no line for 127.0.0.1:5432:postgres:postgres"),
+            "{}",
+            got.why_none()
+        );
+
+        for mode in [0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let got = password_for(&target("127.0.202.2", &f)).unwrap();
+            assert_eq!(got.password, None, "mode {mode:o}");
+            assert!(
+                got.why_none().contains("group or world access"),
+                "{}",
+                got.why_none()
+            );
+        }
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let got = password_for(&target("127.0.202.2", &f)).unwrap();
+        assert_eq!(got.password.as_deref(), Some("first"));
+
+        // A directory is not a password file.
+        let got = password_for(&target("127.0.202.2", dir.path())).unwrap();
+        assert_eq!(got.password, None);
+        assert!(got.skipped.unwrap().contains("not a plain file"));
+
+        // A configured file that does not exist is an error naming it.
+        let missing = dir.path().join("missing");
+        let e = password_for(&target("127.0.202.2", &missing)).unwrap_err();
+        assert!(matches!(e, PgError::Passfile { .. }));
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn conninfo_quoting_round_trip() {
+        let s = conninfo("127.0.202.2", 5432, "repl", "node1");
+        assert_eq!(
+            s,
+            "host=127.0.202.2 port=5432 user=repl application_name=node1"
+        );
+        let m = parse_conninfo(&s);
+        assert_eq!(m["host"], "127.0.202.2");
+        assert_eq!(m["port"], "5432");
+        assert_eq!(m["user"], "repl");
+        assert_eq!(m["application_name"], "node1");
+
+        for (user, app) in [
+            ("it's", "a b"),
+            ("back\\slash", ""),
+            ("'", "\\'\\"),
+            ("tab\there", "x=y"),
+        ] {
+            let s = conninfo("/var/run/postgresql", 5433, user, app);
+            let m = parse_conninfo(&s);
+            assert_eq!(m["user"], user, "{s}");
+            assert_eq!(m["application_name"], app, "{s}");
+            assert_eq!(m["host"], "/var/run/postgresql");
+            assert_eq!(m.len(), 4, "{s}");
+        }
+        assert_eq!(
+            conninfo("h", 1, "it's", "a b"),
+            "host=h port=1 user='it\\'s' application_name='a b'"
+        );
+    }
+
+    #[test]
+    fn parse_conninfo_like_libpq() {
+        // What pg_basebackup -R writes, and spacing around '='.
+        let m = parse_conninfo(
+            "user=repl passfile='/var/lib/postgresql/.pgpass' channel_binding=prefer \
+             host = 127.0.202.2  port=5432 sslmode=prefer application_name='node 2' user=other",
+        );
+        assert_eq!(m["passfile"], "/var/lib/postgresql/.pgpass");
+        assert_eq!(m["host"], "127.0.202.2");
+        assert_eq!(m["application_name"], "node 2");
+        // A later key overrides an earlier one.
+        assert_eq!(m["user"], "other");
+        assert!(parse_conninfo("").is_empty());
+        assert!(parse_conninfo("postgresql://repl@127.0.202.2/db").is_empty());
+        // An unterminated quote drops the broken pair, keeps the rest.
+        let m = parse_conninfo("host=h password='oops");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["host"], "h");
+    }
+
+    #[test]
+    fn sql_literal() {
+        assert_eq!(
+            quote_literal("host=h user='x'").unwrap(),
+            "E'host=h user=''x'''"
+        );
+        assert_eq!(quote_literal("a\\b").unwrap(), "E'a\\\\b'");
+        assert_eq!(quote_literal("nul\0"), None);
+    }
+
+    fn standby() -> NodeState {
+        NodeState {
+            host: "127.0.202.3".into(),
+            port: 5432,
+            server_version_num: 150018,
+            in_recovery: true,
+            timeline: 1,
+            current_lsn: None,
+            receive_lsn: Some(Lsn(300)),
+            replay_lsn: Some(Lsn(200)),
+            wal_receiver: Some(WalReceiver {
+                status: "streaming".into(),
+                sender_host: Some("127.0.202.2".into()),
+                sender_port: Some(5432),
+                received_tli: 1,
+                flushed_lsn: Some(Lsn(300)),
+                conninfo: None,
+            }),
+            primary_conninfo: None,
+            system_identifier: 1,
+            data_directory: "/x".into(),
+            wal_log_hints: true,
+            data_checksums: false,
+            replicas: vec![],
+        }
+    }
+
+    #[test]
+    fn best_lsn_and_streaming() {
+        let mut s = standby();
+        assert_eq!(s.best_lsn(), Some(Lsn(300)));
+        s.receive_lsn = None;
+        assert_eq!(s.best_lsn(), Some(Lsn(200)));
+        assert!(s.is_streaming_from("127.0.202.2"));
+        assert!(!s.is_streaming_from("127.0.202.4"));
+        s.wal_receiver.as_mut().unwrap().status = "waiting".into();
+        assert!(!s.is_streaming_from("127.0.202.2"));
+
+        let mut p = standby();
+        p.in_recovery = false;
+        p.current_lsn = Some(Lsn(50));
+        assert_eq!(p.best_lsn(), Some(Lsn(50)));
+    }
+
+    #[tokio::test]
+    async fn connect_timeout_names_the_host() {
+        // A listener that accepts and never answers: the startup hangs.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pgpass");
+        std::fs::write(&f, "").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut t = target("127.0.0.1", &f);
+        t.port = port;
+        t.connect_timeout = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let e = connect(&t).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(matches!(e, PgError::Timeout { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "postgresql at 127.0.0.1:{port}: connect (tcp and authentication) timed out after 200ms"
+            )
+        );
+        hold.abort();
+    }
+}

@@ -1,0 +1,616 @@
+//! The steps every command is made of, each written once: fence, promote,
+//! copy the timeline history, repoint, wait for streaming, attach. Each step
+//! first looks whether it is already done and then does only what is missing.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+use tracing::{debug, info, warn};
+
+use crate::cluster::{Node, Topology};
+use crate::error::{Error, Result};
+use crate::pgpool::pcp::{self, PcpClient};
+use crate::postgres::{self, NodeState};
+use crate::remote::{self, Remote};
+
+/// Time left before `deadline`, capped at `step` (never zero, so a bounded
+/// call still gets a chance to report its own timeout).
+pub fn budget(deadline: Instant, step: Duration) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .min(step)
+        .max(Duration::from_millis(100))
+}
+
+/// How a server of this version is promoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromoteMethod {
+    /// `SELECT pg_promote(true, N)`: 12 and later, no ssh needed.
+    SqlPgPromote,
+    /// `pg_ctl promote` over ssh: 9.1 to 11.
+    PgCtlPromote,
+}
+
+impl PromoteMethod {
+    pub fn for_version(server_version_num: u32) -> PromoteMethod {
+        if server_version_num >= 120000 {
+            PromoteMethod::SqlPgPromote
+        } else {
+            PromoteMethod::PgCtlPromote
+        }
+    }
+}
+
+/// How a standby of this version takes a new `primary_conninfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepointMethod {
+    /// `ALTER SYSTEM` + `pg_reload_conf()`: 13 and later restart the
+    /// walreceiver on reload, so the standby never leaves pgpool.
+    AlterSystemReload,
+    /// `ALTER SYSTEM` + restart: 12 reads `primary_conninfo` only at start.
+    AlterSystemRestart,
+    /// Rewrite `recovery.conf` + restart: before 12.
+    RecoveryConfRestart,
+}
+
+impl RepointMethod {
+    pub fn for_version(server_version_num: u32) -> RepointMethod {
+        match server_version_num {
+            v if v >= 130000 => RepointMethod::AlterSystemReload,
+            v if v >= 120000 => RepointMethod::AlterSystemRestart,
+            _ => RepointMethod::RecoveryConfRestart,
+        }
+    }
+}
+
+/// Name of a timeline's history file (`00000002.history`).
+pub fn history_file_name(timeline: u32) -> String {
+    format!("{timeline:08X}.history")
+}
+
+/// WAL directory name inside the data directory (`pg_xlog` before 10).
+pub fn wal_dir(server_version_num: u32) -> &'static str {
+    if server_version_num >= 100000 {
+        "pg_wal"
+    } else {
+        "pg_xlog"
+    }
+}
+
+/// The `primary_conninfo` a standby needs to follow `primary`: its current
+/// one with host and port replaced, so that everything else the operator
+/// set (user, passfile, sslmode, application_name) is kept.
+pub fn follow_conninfo(
+    current: Option<&str>,
+    primary: &Node,
+    replication_user: &str,
+    application_name: Option<&str>,
+) -> String {
+    let mut kv: BTreeMap<String, String> = current
+        .map(postgres::parse_conninfo)
+        .unwrap_or_default();
+    kv.remove("hostaddr");
+    kv.insert("host".into(), primary.replication_host.clone());
+    kv.insert("port".into(), primary.port.to_string());
+    kv.entry("user".into())
+        .or_insert_with(|| replication_user.to_string());
+    if let Some(a) = application_name {
+        kv.entry("application_name".into())
+            .or_insert_with(|| a.to_string());
+    }
+    format_conninfo(&kv)
+}
+
+/// libpq `key=value` syntax, every value single-quoted with `\` escapes.
+pub fn format_conninfo(kv: &BTreeMap<String, String>) -> String {
+    // host and port first: it reads better in logs.
+    let mut keys: Vec<&String> = kv.keys().collect();
+    keys.sort_by_key(|k| match k.as_str() {
+        "host" => 0,
+        "port" => 1,
+        "user" => 2,
+        _ => 3,
+    });
+    keys.iter()
+        .map(|k| {
+            let v = kv[*k].replace('\\', "\\\\").replace('\'', "\\'");
+            format!("{k}='{v}'")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether a conninfo already points at `primary`.
+pub fn points_at(conninfo: Option<&str>, primary: &Node) -> bool {
+    let Some(c) = conninfo else { return false };
+    let kv = postgres::parse_conninfo(c);
+    let host_ok = kv
+        .get("host")
+        .or_else(|| kv.get("hostaddr"))
+        .is_some_and(|h| primary.addresses().contains(&h.as_str()));
+    let port_ok = kv.get("port").map_or(primary.port == 5432, |p| {
+        p.parse::<u16>().ok() == Some(primary.port)
+    });
+    host_ok && port_ok
+}
+
+/// Rewrite `recovery.conf` text (servers before 12) to a new
+/// `primary_conninfo`, keeping every other line.
+pub fn rewrite_recovery_conf(text: &str, conninfo: &str) -> String {
+    let quoted = conninfo.replace('\'', "''");
+    let line = format!("primary_conninfo = '{quoted}'");
+    let mut out = Vec::new();
+    let mut done = false;
+    for l in text.lines() {
+        let key = l.trim_start().split(['=', ' ', '\t']).next().unwrap_or("");
+        if key == "primary_conninfo" {
+            if !done {
+                out.push(line.clone());
+                done = true;
+            }
+        } else {
+            out.push(l.to_string());
+        }
+    }
+    if !done {
+        out.push(line);
+    }
+    out.join("\n") + "\n"
+}
+
+/// Run `pg_ctl` on a node over ssh, with `-t` and the remote timeout bounded.
+pub async fn pg_ctl(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<remote::Output> {
+    let bin = topo.config.postgres.bin_dir.join("pg_ctl");
+    let data = node.data_dir()?.display().to_string();
+    let secs = timeout.as_secs().max(1).to_string();
+    let mut argv: Vec<&str> = vec![bin.to_str().unwrap_or("pg_ctl"), "-D", &data, "-t", &secs];
+    argv.extend_from_slice(args);
+    remote
+        .run(&node.ssh_host, &argv, timeout + Duration::from_secs(2))
+        .await
+        .map_err(|e| Error::step(&format!("pg_ctl {} on {}", args.join(" "), node.label()), e))
+}
+
+/// The log file `pg_ctl -l` writes to when pgha starts a server: beside the
+/// data directory, so the ssh channel never waits on the server's output.
+pub fn pg_ctl_log(topo: &Topology, node: &Node) -> Result<String> {
+    let data = node.data_dir()?;
+    let parent = data.parent().unwrap_or(data);
+    Ok(parent.join(&topo.config.postgres.log_file).display().to_string())
+}
+
+/// Stop the old primary so that it can never accept writes next to the new
+/// one. Success means: the server was stopped, or was provably not running.
+pub async fn fence(topo: &Topology, remote: &Remote, node: &Node, deadline: Instant) -> Result<String> {
+    let t = budget(deadline, topo.config.failover.promote_timeout);
+    let mut last_err = String::new();
+    let mut hosts = vec![node.ssh_host.clone()];
+    for a in node.addresses() {
+        if !hosts.iter().any(|h| h == a) {
+            hosts.push(a.to_string());
+        }
+    }
+    for host in hosts {
+        let mut n = node.clone();
+        n.ssh_host = host.clone();
+        match pg_ctl(topo, remote, &n, &["stop", "-m", "fast", "-w"], t).await {
+            Ok(out) if out.success() => return Ok(format!("stopped over ssh to {host}")),
+            // pg_ctl exits 3 when no server is running there.
+            Ok(out) if out.status == 3 || out.stderr_str().contains("Is server running?") => {
+                return Ok(format!("not running (pg_ctl over ssh to {host})"));
+            }
+            Ok(out) => last_err = format!("pg_ctl stop on {host} exited {}: {}", out.status, out.stderr_str().trim()),
+            Err(e) => last_err = e.to_string(),
+        }
+    }
+    Err(Error::Refused(format!(
+        "could not stop the old primary {}: {last_err}; it may still accept writes, so nothing was promoted. Stop it by hand (or power it off), then run pgha-failover again",
+        node.label()
+    )))
+}
+
+/// Promote `node` and wait until it accepts writes. Returns its new timeline.
+pub async fn promote(topo: &Topology, remote: &Remote, node: &Node, state: &NodeState, deadline: Instant) -> Result<u32> {
+    let t = budget(deadline, topo.config.failover.promote_timeout);
+    let target = topo.pg_target(node);
+    match PromoteMethod::for_version(state.server_version_num) {
+        PromoteMethod::SqlPgPromote => {
+            let client = postgres::connect(&target)
+                .await
+                .map_err(|e| Error::step(&format!("promote {}", node.label()), e))?;
+            let secs = t.as_secs().clamp(1, 3600) as u32;
+            let done = postgres::promote(&client, &target, true, secs)
+                .await
+                .map_err(|e| Error::step(&format!("promote {}", node.label()), e))?;
+            if !done {
+                return Err(Error::Step(format!(
+                    "promote {}: pg_promote() did not finish within {secs}s; see the server log there",
+                    node.label()
+                )));
+            }
+        }
+        PromoteMethod::PgCtlPromote => {
+            let out = pg_ctl(topo, remote, node, &["promote", "-w"], t).await?;
+            if !out.success() {
+                return Err(Error::Step(format!(
+                    "promote {}: pg_ctl promote exited {}: {}",
+                    node.label(),
+                    out.status,
+                    out.stderr_str().trim()
+                )));
+            }
+        }
+    }
+    // Proof that it accepts writes: out of recovery and able to assign an xid.
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| Error::step(&format!("check promoted {}", node.label()), e))?;
+    let end = Instant::now() + t;
+    loop {
+        let s = postgres::observe(&client, &target)
+            .await
+            .map_err(|e| Error::step(&format!("check promoted {}", node.label()), e))?;
+        if !s.in_recovery {
+            postgres::accepts_writes(&client, &target)
+                .await
+                .map_err(|e| Error::step(&format!("write check on {}", node.label()), e))?;
+            return Ok(s.timeline);
+        }
+        if Instant::now() > end {
+            return Err(Error::Step(format!(
+                "promote {}: still in recovery after {:.1}s",
+                node.label(),
+                t.as_secs_f64()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The history file of `timeline` as the new primary has it.
+pub async fn read_history(topo: &Topology, primary: &Node, state: &NodeState, timeline: u32) -> Result<Vec<u8>> {
+    let target = topo.pg_target(primary);
+    let name = format!("{}/{}", wal_dir(state.server_version_num), history_file_name(timeline));
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| Error::step(&format!("read {name} on {}", primary.label()), e))?;
+    postgres::read_binary_file(&client, &target, &name)
+        .await
+        .map_err(|e| Error::step(&format!("read {name} on {}", primary.label()), e))
+}
+
+/// Put a history file into a standby's WAL directory and archive, unless an
+/// identical copy is there already; verified by md5 on the standby.
+pub async fn put_history(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    state: &NodeState,
+    timeline: u32,
+    data: &[u8],
+    deadline: Instant,
+) -> Result<Vec<String>> {
+    let want: String = Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    let name = history_file_name(timeline);
+    let mut dirs = vec![node.data_dir()?.join(wal_dir(state.server_version_num))];
+    if let Some(a) = &topo.config.postgres.archive_dir {
+        dirs.push(a.clone());
+    }
+    let mut done = Vec::new();
+    for dir in dirs {
+        let path = dir.join(&name).display().to_string();
+        let t = budget(deadline, topo.config.ssh.command_timeout);
+        let have = remote
+            .run(&node.ssh_host, &["md5sum", &path], t)
+            .await
+            .map_err(|e| Error::step(&format!("history file on {}", node.label()), e))?;
+        if have.success() && have.stdout_str().split_whitespace().next() == Some(want.as_str()) {
+            debug!("{}: {path} already there", node.label());
+            continue;
+        }
+        remote
+            .write_file(&node.ssh_host, &path, data, 0o600, t)
+            .await
+            .map_err(|e| Error::step(&format!("copy {name} to {}", node.label()), e))?;
+        let check = remote
+            .run(&node.ssh_host, &["md5sum", &path], t)
+            .await
+            .map_err(|e| Error::step(&format!("verify {name} on {}", node.label()), e))?;
+        let got = check.stdout_str();
+        if got.split_whitespace().next() != Some(want.as_str()) {
+            return Err(Error::Step(format!(
+                "copy {name} to {}: checksum mismatch at {path} (want {want}, got {})",
+                node.label(),
+                got.trim()
+            )));
+        }
+        done.push(path);
+    }
+    Ok(done)
+}
+
+/// Outcome of a repoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repointed {
+    /// Already streaming from the primary on its timeline.
+    AlreadyFollowing,
+    /// Already configured to follow it; it will reconnect by itself.
+    AlreadyPointed,
+    /// `primary_conninfo` changed and applied by reload.
+    Reloaded,
+    /// Changed and applied by restarting the standby.
+    Restarted,
+}
+
+/// Make `node` stream from `primary`.
+pub async fn repoint(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    state: &NodeState,
+    primary: &Node,
+    timeline: u32,
+    deadline: Instant,
+) -> Result<Repointed> {
+    let streaming_from_primary = state.wal_receiver.as_ref().is_some_and(|r| {
+        r.status == "streaming"
+            && r.received_tli == timeline
+            && r.sender_host.as_deref().is_some_and(|h| primary.addresses().contains(&h))
+    });
+    if streaming_from_primary {
+        return Ok(Repointed::AlreadyFollowing);
+    }
+    let current = state.primary_conninfo.as_deref().filter(|c| !c.is_empty());
+    if points_at(current, primary) {
+        return Ok(Repointed::AlreadyPointed);
+    }
+    let conninfo = follow_conninfo(
+        current,
+        primary,
+        &topo.config.postgres.replication_user,
+        node.application_name.as_deref(),
+    );
+    let what = format!("repoint {} to {}", node.label(), primary.label());
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let method = RepointMethod::for_version(state.server_version_num);
+    match method {
+        RepointMethod::AlterSystemReload | RepointMethod::AlterSystemRestart => {
+            let target = topo.pg_target(node);
+            let client = postgres::connect(&target).await.map_err(|e| Error::step(&what, e))?;
+            postgres::set_primary_conninfo(&client, &target, &conninfo)
+                .await
+                .map_err(|e| Error::step(&what, e))?;
+        }
+        RepointMethod::RecoveryConfRestart => {
+            let path = node.data_dir()?.join("recovery.conf").display().to_string();
+            let text = remote
+                .read_file(&node.ssh_host, &path, t)
+                .await
+                .map_err(|e| Error::step(&what, e))?;
+            let new = rewrite_recovery_conf(&String::from_utf8_lossy(&text), &conninfo);
+            remote
+                .write_file(&node.ssh_host, &path, new.as_bytes(), 0o600, t)
+                .await
+                .map_err(|e| Error::step(&what, e))?;
+        }
+    }
+    if method == RepointMethod::AlterSystemReload {
+        return Ok(Repointed::Reloaded);
+    }
+    let log = pg_ctl_log(topo, node)?;
+    let out = pg_ctl(topo, remote, node, &["restart", "-m", "fast", "-w", "-l", &log], t).await?;
+    if !out.success() {
+        return Err(Error::Step(format!(
+            "{what}: pg_ctl restart exited {}: {}",
+            out.status,
+            out.stderr_str().trim()
+        )));
+    }
+    Ok(Repointed::Restarted)
+}
+
+/// Wait until `node` streams from `primary` on `timeline`.
+pub async fn wait_streaming(topo: &Topology, node: &Node, primary: &Node, timeline: u32, deadline: Instant) -> Result<Duration> {
+    let start = Instant::now();
+    let end = Instant::now() + budget(deadline, topo.config.failover.follow_timeout);
+    let target = topo.pg_target(node);
+    let mut last = String::from("not observed yet");
+    while Instant::now() < end {
+        match postgres::observe_target(&target).await {
+            Ok(s) => {
+                if let Some(r) = &s.wal_receiver {
+                    let from_primary = r
+                        .sender_host
+                        .as_deref()
+                        .is_some_and(|h| primary.addresses().contains(&h));
+                    if r.status == "streaming" && r.received_tli == timeline && from_primary {
+                        return Ok(start.elapsed());
+                    }
+                    last = format!(
+                        "wal receiver {} from {} on timeline {}",
+                        r.status,
+                        r.sender_host.as_deref().unwrap_or("?"),
+                        r.received_tli
+                    );
+                } else {
+                    last = if s.in_recovery {
+                        "no wal receiver running".into()
+                    } else {
+                        "it is not in recovery (a primary)".into()
+                    };
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Error::Step(format!(
+        "{} does not stream from {} on timeline {timeline} after {:.1}s: {last}",
+        node.label(),
+        primary.label(),
+        start.elapsed().as_secs_f64()
+    )))
+}
+
+/// Make sure pgpool has `node` attached; attach it if not. Retries while
+/// pgpool says a failover is in progress (it refuses PCP then).
+pub async fn ensure_attached(topo: &Topology, node: &Node, deadline: Instant) -> Result<bool> {
+    let target = topo.pcp_target()?;
+    let retry_for = budget(deadline, topo.config.pcp.busy_retry_for);
+    let end = Instant::now() + retry_for;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let res = async {
+            let mut c = PcpClient::connect(&target).await?;
+            let info = c.node_info(node.id).await?;
+            c.close().await;
+            Ok::<_, pcp::PcpError>(info)
+        }
+        .await;
+        match res {
+            Ok(info) if info.is_up() => return Ok(false),
+            Ok(_) => break,
+            Err(pcp::PcpError::FailoverInProgress { .. }) if Instant::now() < end => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(Error::step(&format!("pcp node info for {}", node.label()), e)),
+        }
+    }
+    let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+    pcp::attach_with_retry(&target, node.id, left)
+        .await
+        .map_err(|e| Error::step(&format!("pcp attach {}", node.label()), e))?;
+    info!("{}: attached in pgpool", node.label());
+    Ok(true)
+}
+
+/// Drop a standby's replication slot on the primary, if it exists.
+pub async fn drop_slot(topo: &Topology, primary: &Node, slot: &str) -> Result<bool> {
+    let target = topo.pg_target(primary);
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| Error::step(&format!("drop slot {slot} on {}", primary.label()), e))?;
+    postgres::drop_replication_slot(&client, &target, slot)
+        .await
+        .map_err(|e| Error::step(&format!("drop slot {slot} on {}", primary.label()), e))
+}
+
+/// The replication slot name pgha uses for a node: its
+/// `backend_application_nameN`, else its host, made a valid slot name.
+pub fn slot_name(node: &Node) -> String {
+    let base = node.application_name.clone().unwrap_or_else(|| node.host.clone());
+    base.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect()
+}
+
+/// Log a warning without failing: used where one node's trouble must not
+/// stop the work on the others.
+pub fn warn_step(node: &Node, e: &Error) {
+    warn!("{}: {e}", node.label());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u32, host: &str, repl: &str) -> Node {
+        Node {
+            id,
+            host: host.into(),
+            port: 5432,
+            data_dir: Some("/var/lib/postgresql/15/main".into()),
+            ssh_host: host.into(),
+            replication_host: repl.into(),
+            application_name: Some(format!("pg{id}")),
+        }
+    }
+
+    #[test]
+    fn methods_by_version() {
+        assert_eq!(PromoteMethod::for_version(150018), PromoteMethod::SqlPgPromote);
+        assert_eq!(PromoteMethod::for_version(110000), PromoteMethod::PgCtlPromote);
+        assert_eq!(RepointMethod::for_version(180000), RepointMethod::AlterSystemReload);
+        assert_eq!(RepointMethod::for_version(130000), RepointMethod::AlterSystemReload);
+        assert_eq!(RepointMethod::for_version(120005), RepointMethod::AlterSystemRestart);
+        assert_eq!(RepointMethod::for_version(90124), RepointMethod::RecoveryConfRestart);
+        assert_eq!(wal_dir(90124), "pg_xlog");
+        assert_eq!(wal_dir(150000), "pg_wal");
+        assert_eq!(history_file_name(2), "00000002.history");
+        assert_eq!(history_file_name(26), "0000001A.history");
+    }
+
+    #[test]
+    fn conninfo_keeps_what_the_operator_set() {
+        let p = node(1, "127.0.0.3", "127.0.1.3");
+        let c = follow_conninfo(
+            Some("user=repl passfile='/var/lib/postgresql/.pgpass' host=127.0.1.2 port=5432 sslmode=prefer application_name=pg2"),
+            &p,
+            "other",
+            Some("ignored"),
+        );
+        let kv = postgres::parse_conninfo(&c);
+        assert_eq!(kv["host"], "127.0.1.3");
+        assert_eq!(kv["port"], "5432");
+        assert_eq!(kv["user"], "repl");
+        assert_eq!(kv["passfile"], "/var/lib/postgresql/.pgpass");
+        assert_eq!(kv["application_name"], "pg2");
+        assert_eq!(kv["sslmode"], "prefer");
+        assert!(c.starts_with("host='127.0.1.3' port='5432'"), "{c}");
+        // Nothing set before: user and application_name are filled in.
+        let kv = postgres::parse_conninfo(&follow_conninfo(None, &p, "repl", Some("pg2")));
+        assert_eq!(kv["user"], "repl");
+        assert_eq!(kv["application_name"], "pg2");
+        // Quotes and backslashes survive.
+        let c = follow_conninfo(Some("password='it\\'s' options='-c a=b'"), &p, "r", None);
+        let kv = postgres::parse_conninfo(&c);
+        assert_eq!(kv["password"], "it's");
+        assert_eq!(kv["options"], "-c a=b");
+    }
+
+    #[test]
+    fn points_at_any_address_of_the_primary() {
+        let p = node(1, "127.0.0.3", "127.0.1.3");
+        assert!(points_at(Some("host=127.0.1.3 port=5432 user=repl"), &p));
+        assert!(points_at(Some("host=127.0.0.3 user=repl"), &p));
+        assert!(!points_at(Some("host=127.0.0.2 port=5432"), &p));
+        assert!(!points_at(Some("host=127.0.0.3 port=5433"), &p));
+        assert!(!points_at(None, &p));
+    }
+
+    #[test]
+    fn recovery_conf_rewrite() {
+        let old = "standby_mode = 'on'\nprimary_conninfo = 'host=127.0.0.2 port=5432'\nrestore_command = 'cp /a/%f %p'\ntrigger_file = '/tmp/pgsql.trigger'";
+        let new = rewrite_recovery_conf(old, "host='127.0.0.3' user='repl'");
+        assert_eq!(
+            new,
+            "standby_mode = 'on'\nprimary_conninfo = 'host=''127.0.0.3'' user=''repl'''\nrestore_command = 'cp /a/%f %p'\ntrigger_file = '/tmp/pgsql.trigger'\n"
+        );
+        let added = rewrite_recovery_conf("standby_mode = 'on'\n", "host=x");
+        assert!(added.ends_with("primary_conninfo = 'host=x'\n"), "{added}");
+    }
+
+    #[test]
+    fn slot_names_are_valid() {
+        let mut n = node(2, "127.0.0.4", "127.0.0.4");
+        assert_eq!(slot_name(&n), "pg2");
+        n.application_name = None;
+        assert_eq!(slot_name(&n), "127_0_0_4");
+    }
+
+    #[test]
+    fn budget_is_capped_and_never_zero() {
+        let d = Instant::now() + Duration::from_secs(10);
+        assert_eq!(budget(d, Duration::from_secs(3)), Duration::from_secs(3));
+        let past = Instant::now() - Duration::from_secs(1);
+        assert_eq!(budget(past, Duration::from_secs(3)), Duration::from_millis(100));
+    }
+}
