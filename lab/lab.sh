@@ -25,8 +25,9 @@ usage: lab.sh COMMAND [ARGS]
      --pg-bin DIR            PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
      --pgha-bin DIR          where pgha-* binaries are (default REPO/target/debug;
                              "system" = /usr/bin, e.g. after installing the .deb)
-     --failover-command CMD  pgpool failover_command (default: pgha-failover %d %M %m)
-     --follow-command CMD    pgpool follow_primary_command (default: none)
+     --failover-command CMD  pgpool failover_command (default: @BIN@/pgha-failover %d %M %m;
+                             @BIN@ stands for the lab's copy of the binaries)
+     --follow-command CMD    pgpool follow_primary_command (default: none; @BIN@ as above)
      --sync                  synchronous replication (ANY 1 of the standbys)
      --no-pgpool             do not start pgpool
   down NAME                  stop everything of lab NAME and remove it
@@ -341,10 +342,14 @@ cmd_up() {
 	if [ -x "$PGHA_BIN/pgha-failover" ]; then
 		cp "$PGHA_BIN"/pgha-* "$LAB_DIR/bin/" 2>/dev/null || true
 	fi
-	cp "$HERE"/classic-failover.sh "$LAB_DIR/bin/" 2>/dev/null || true
+	# Baseline scripts of the benchmark (benches/*.sh), for the same reason.
+	cp "$REPO"/benches/*.sh "$LAB_DIR/bin/" 2>/dev/null || true
 	chmod -R a+rX "$LAB_DIR/bin"
 	chmod 755 "$LAB_ROOT" "$LAB_DIR"
-	[ -n "$FAILOVER_COMMAND" ] || FAILOVER_COMMAND="$LAB_DIR/bin/pgha-failover %d %M %m"
+	[ -n "$FAILOVER_COMMAND" ] || FAILOVER_COMMAND="@BIN@/pgha-failover %d %M %m"
+	# @BIN@ in a command stands for the lab's copy of the binaries.
+	FAILOVER_COMMAND=${FAILOVER_COMMAND//@BIN@/$LAB_DIR/bin}
+	FOLLOW_COMMAND=${FOLLOW_COMMAND//@BIN@/$LAB_DIR/bin}
 	PG_PASSWORD=pg-$RANDOM$RANDOM REPL_PASSWORD=repl-$RANDOM$RANDOM PCP_PASSWORD=pcp-$RANDOM$RANDOM
 	HOSTS="app"
 	for i in $(seq 0 "$STANDBYS"); do HOSTS+=" pg$i"; done
@@ -495,7 +500,7 @@ cmd_down() {
 	done
 	# iptables rules this lab added.
 	local rule
-	{ iptables -S INPUT 2>/dev/null || true; } | { grep -- "--comment pgha-lab:$name\b" || true; } |
+	{ iptables -S INPUT 2>/dev/null || true; } | { grep -F -- "--comment \"pgha-lab:$name\" " || true; } |
 		sed 's/^-A /-D /' | while read -r rule; do eval "iptables $rule" || true; done
 	[ -n "${NET:-}" ] && rm -rf "${LAB_ROOT:?}/nets/$NET"
 	rm -rf "$LAB_DIR"

@@ -593,7 +593,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// that are not whole milliseconds (measured times) come out as fractional
 /// seconds (`"1.0004s"`), for messages only.
 pub fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         let s = format!("{:.6}", d.as_secs_f64());
         let s = s.trim_end_matches('0').trim_end_matches('.');
         return format!("{s}s");
@@ -603,7 +603,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".into();
     }
     for (unit, per) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000)] {
-        if ms % per == 0 {
+        if ms.is_multiple_of(per) {
             return format!("{}{unit}", ms / per);
         }
     }

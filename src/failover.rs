@@ -237,24 +237,11 @@ async fn follow_phase(
     let timeline = pstate.timeline;
     summary.new_primary = Some(primary.id);
     summary.timeline = Some(timeline);
-    let history = if timeline > 1 {
-        match steps::read_history(topo, primary, pstate, timeline).await {
-            Ok(h) => Some(h),
-            Err(e) => {
-                warn!("{e}; the standbys will fetch it over replication");
-                summary.errors.push(e.to_string());
-                None
-            }
-        }
-    } else {
-        None
-    };
     let others: Vec<&Observed> = observed
         .iter()
         .filter(|o| o.node.id != primary.id && o.node.id != failed.id)
         .collect();
     let tasks = others.iter().map(|o| {
-        let history = history.clone();
         async move {
             let n = &o.node;
             let t = Instant::now();
@@ -273,11 +260,6 @@ async fn follow_phase(
                     );
                 }
             };
-            if let Some(h) = &history
-                && let Err(e) = steps::put_history(topo, remote, n, st, timeline, h, deadline).await
-            {
-                warn!("{e}");
-            }
             let r = steps::repoint(topo, remote, n, st, primary, timeline, deadline).await;
             (n.id, r, t.elapsed())
         }
@@ -516,10 +498,31 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
         .filter(|o| o.node.id != primary.id && i64::from(o.node.id) != args.failed_node)
         .filter(|o| o.ok().is_some_and(|s| s.in_recovery))
         .collect();
+    // The history file goes to every standby's WAL directory and archive
+    // here, off pgpool's clock: a streaming standby fetches it from the
+    // primary by itself; the copy serves restores from the archive.
+    let history = match (timeline > 1, p.ok()) {
+        (true, Some(ps)) => match steps::read_history(topo, &primary, ps, timeline).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!("{e}");
+                summary.errors.push(e.to_string());
+                None
+            }
+        },
+        _ => None,
+    };
+    let remote = topo.remote();
     let tasks = standbys.iter().map(|o| {
-        let primary = &primary;
+        let (primary, history, remote) = (&primary, &history, &remote);
         async move {
             let n = &o.node;
+            if let (Some(h), Some(st)) = (history, o.ok()) {
+                let copied = steps::put_history(topo, remote, n, st, timeline, h, deadline).await?;
+                for path in copied {
+                    info!("{}: {path} written and verified (md5)", n.label());
+                }
+            }
             let waited = steps::wait_streaming(topo, n, primary, timeline, deadline).await?;
             info!("{}: streams from {} on timeline {timeline} (waited {:.2}s)", n.label(), primary.label(), waited.as_secs_f64());
             let attached = steps::ensure_attached(topo, n, deadline).await?;
@@ -539,6 +542,7 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
             }
         }
     }
+    remote.close().await;
     summary.message = format!(
         "{} standby(s) streaming from {} on timeline {timeline} and attached",
         standbys.len() - summary.errors.len(),

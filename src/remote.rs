@@ -565,6 +565,20 @@ impl Remote {
 
     async fn connect(&self, host: &str) -> Result<Session, RemoteError> {
         let start = Instant::now();
+        if let Some(key) = &self.opts.identity_file
+            && let Err(e) = std::fs::File::open(key)
+        {
+            // ssh only warns on its stderr, which the master does not keep.
+            return Err(RemoteError::Connect {
+                host: host.to_string(),
+                message: format!(
+                    "cannot read the identity file {}: {e}; hint: {}",
+                    key.display(),
+                    self.hint(host, "Identity file not accessible").unwrap_or_default()
+                ),
+                after: start.elapsed(),
+            });
+        }
         let config = self.prepare_files(host)?;
         let secs = whole_secs(self.opts.connect_timeout);
         let mut builder = SessionBuilder::default();
@@ -592,7 +606,11 @@ impl Remote {
                 Ok(session)
             }
             Ok(Err(e)) => {
-                let message = clean_ssh_message(&error_chain(&e));
+                let text = match &e {
+                    openssh::Error::Connect(inner) => inner.to_string(),
+                    other => error_chain(other),
+                };
+                let message = clean_ssh_message(&text);
                 let message = match self.hint(host, &message) {
                     Some(hint) => format!("{message}; hint: {hint}"),
                     None => message,
@@ -998,7 +1016,7 @@ fn clean_ssh_message(text: &str) -> String {
         .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '@'))
         .filter(|l| !l.starts_with("Warning: Permanently added"))
         .collect();
-    let kept = lines[lines.len().saturating_sub(3)..].join(" | ");
+    let kept = lines[lines.len().saturating_sub(2)..].join(" | ");
     if kept.is_empty() {
         "ssh exited without a message".to_string()
     } else {

@@ -591,6 +591,9 @@ hostname0 = ''
     fn escaped_quote_then_comment_with_quote() {
         let c = parse("backend_hostname0 = 'a\\'b' # it's here\n").unwrap();
         assert_eq!(c.backend(0).unwrap().hostname, "a\\'b");
+        // Like flex's longest match, `\\'` may continue the string.
+        let c = parse("backend_hostname0 = 'a\\\\'b'\n").unwrap();
+        assert_eq!(c.backend(0).unwrap().hostname, "a\\\\'b");
     }
 
     #[test]
