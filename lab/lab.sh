@@ -81,13 +81,21 @@ host_addr() {
 }
 repl_addr() { echo "$NET.$((102 + ${1#pg}))"; }
 
-# Pids of every process living in HOST's mount namespace.
+# Pids of every process living in HOST's mount namespace. A namespace's
+# inode number is reused once it is gone, so a match only counts when the
+# namespace really has this host's home mounted (another lab's host may
+# have the number now).
 host_procs() {
-	local ns p
+	local ns p hd=$LAB_DIR/hosts/$1 verified=""
 	ns=$(host_ns "$1")
 	[ -n "$ns" ] || return 0
 	for p in /proc/[0-9]*; do
-		[ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"
+		[ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
+		if [ -z "$verified" ]; then
+			grep -qF " $hd/home /var/lib/postgresql " "$p/mountinfo" 2>/dev/null || return 0
+			verified=1
+		fi
+		echo "${p#/proc/}"
 	done
 	return 0
 }
@@ -429,7 +437,9 @@ host    all          pgpool   127.0.0.0/8   trust
 host    all          app      127.0.0.0/8   trust
 EOF
 	pg_ctl_start pg0
-	on_host pg0 postgres psql -q -d postgres -v ON_ERROR_STOP=1 <<EOF
+	# synchronous_commit = local: with --sync, no standby exists yet to confirm.
+	on_host pg0 postgres timeout 60 psql -q -d postgres -v ON_ERROR_STOP=1 <<EOF
+SET synchronous_commit = local;
 ALTER ROLE postgres PASSWORD '$PG_PASSWORD';
 CREATE ROLE repl LOGIN REPLICATION PASSWORD '$REPL_PASSWORD';
 CREATE ROLE pgpool LOGIN;
@@ -440,7 +450,7 @@ EOF
 	# The standbys, in parallel.
 	for i in $(seq 1 "$STANDBYS"); do
 		(
-			on_host "pg$i" postgres pg_basebackup -h "$(repl_addr pg0)" -U repl -D "$pd" -R -X stream -c fast -w
+			on_host "pg$i" postgres timeout 120 pg_basebackup -h "$(repl_addr pg0)" -U repl -D "$pd" -R -X stream -c fast -w
 			pg_ctl_start "pg$i"
 		) &
 	done
@@ -514,6 +524,8 @@ cmd_kill() {
 	procs=$(host_procs "$1")
 	# shellcheck disable=SC2086
 	[ -z "$procs" ] || kill -KILL $procs 2>/dev/null || true
+	# The namespace dies with its last process: forget it.
+	rm -f "$LAB_DIR/hosts/$1/mntns"
 	log "$NAME: host $1 killed"
 }
 

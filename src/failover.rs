@@ -75,9 +75,8 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
     let remote = topo.remote();
     let result = act(&topo, &remote, args, &failed, &journal, deadline, &mut summary).await;
     summary.blocked_ms = start.elapsed().as_millis() as u64;
-    if result.is_ok()
-        && !args.common.dry_run
-        && matches!(summary.outcome.as_str(), "promoted" | "already_promoted")
+    // Settle whatever could be repointed, even when another standby failed.
+    if !args.common.dry_run && matches!(summary.outcome.as_str(), "promoted" | "already_promoted")
     {
         spawn_settle(args);
     }
@@ -104,6 +103,7 @@ async fn act(
         failed: failed.id,
         new_main: u32::try_from(args.new_main).ok(),
         old_primary: args.old_primary.and_then(|p| u32::try_from(p).ok()),
+        old_main: u32::try_from(args.old_main).ok(),
         candidate_policy: topo.config.failover.candidate,
         fence_policy: topo.config.failover.fence,
         failed_liveness: Liveness::Dead,

@@ -39,6 +39,8 @@ pub struct FailoverInput {
     pub new_main: Option<u32>,
     /// `%P` when given.
     pub old_primary: Option<u32>,
+    /// `%M`, pgpool's old main node (-1 given as `None`).
+    pub old_main: Option<u32>,
     pub candidate_policy: CandidatePolicy,
     pub fence_policy: FencePolicy,
     pub failed_liveness: Liveness,
@@ -98,13 +100,9 @@ pub fn decide(input: &FailoverInput, nodes: &[NodeView]) -> Decision {
                 primary: Some(p.id),
             };
         }
-        let others_follow = nodes
-            .iter()
-            .filter(|n| n.reachable && n.in_recovery && n.id != failed)
-            .all(|n| n.upstream == Some(p.id));
-        if input.old_primary.is_none() && others_follow {
-            // Nothing tells the failed node was the primary and every
-            // standby already follows `p`: a standby failed.
+        // Without %P, pgpool's old main node (%M) is the best hint: in
+        // streaming replication mode it is the primary.
+        if input.old_primary.is_none() && input.old_main.is_some_and(|m| m != failed) {
             return Decision::StandbyFailed {
                 node: failed,
                 primary: Some(p.id),
@@ -245,6 +243,7 @@ mod tests {
             failed,
             new_main,
             old_primary: None,
+            old_main: Some(0),
             candidate_policy: CandidatePolicy::Pgpool,
             fence_policy: FencePolicy::Stop,
             failed_liveness: Liveness::Dead,
@@ -345,7 +344,7 @@ mod tests {
                 primary: Some(0)
             }
         );
-        // No %P, failed node dead, everyone follows the live primary.
+        // No %P, failed node dead, pgpool's old main was the primary.
         assert_eq!(
             decide(&input(2, Some(0)), &nodes),
             Decision::StandbyFailed {
@@ -385,6 +384,30 @@ mod tests {
             Decision::AlreadyPromoted {
                 primary: 1,
                 timeline: 2
+            }
+        );
+    }
+
+    #[test]
+    fn old_main_tells_a_rerun_from_a_standby_failure() {
+        // Everyone already follows node 1; node 0 was the old main (%M):
+        // a rerun after the promotion, not a standby failure.
+        let nodes = [down(0), primary(1, 2, 300), standby(2, 2, 300, Some(1))];
+        assert_eq!(
+            decide(&input(0, Some(1)), &nodes),
+            Decision::AlreadyPromoted {
+                primary: 1,
+                timeline: 2
+            }
+        );
+        let mut i = input(2, Some(1));
+        i.old_main = Some(1);
+        let nodes = [down(0), primary(1, 2, 300), down(2)];
+        assert_eq!(
+            decide(&i, &nodes),
+            Decision::StandbyFailed {
+                node: 2,
+                primary: Some(1)
             }
         );
     }
