@@ -1,0 +1,485 @@
+//! pgha-failover end to end: real pgpool-II running it as failover_command,
+//! real PostgreSQL servers, real sshd; assertions on what the cluster is
+//! afterwards (roles, timelines, upstreams, rows, pgpool's node status).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::lab::{Lab, LabOptions};
+
+const T: Duration = Duration::from_secs(30);
+
+/// (primary?, timeline) of a node, asked through its local socket.
+fn role(lab: &Lab, host: &str) -> Result<(bool, u32), String> {
+    let out = lab.try_psql(
+        host,
+        "select not pg_is_in_recovery(), case when pg_is_in_recovery() \
+           then coalesce((select received_tli from pg_stat_wal_receiver), 0) \
+           else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
+    )?;
+    let (p, tl) = out.split_once('|').ok_or(out.clone())?;
+    Ok((p == "t", tl.parse().map_err(|_| out.clone())?))
+}
+
+/// Where a standby streams from: (sender host, timeline), when streaming.
+fn upstream(lab: &Lab, host: &str) -> Option<(String, u32)> {
+    let out = lab
+        .try_psql(
+            host,
+            "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'",
+        )
+        .ok()?;
+    let (h, tl) = out.split_once('|')?;
+    Some((h.to_string(), tl.parse().ok()?))
+}
+
+/// Wait until `host` streams from `primary` (either of its addresses) on `tl`.
+fn wait_follows(lab: &Lab, host: &str, primary: &str, tl: u32) {
+    let addrs = [lab.addr(primary), lab.repl_addr(primary)];
+    lab.wait_observing(
+        &format!("{host} streaming from {primary} on timeline {tl}"),
+        T,
+        || match upstream(lab, host) {
+            Some((h, t)) if addrs.contains(&h) && t == tl => Ok(()),
+            other => Err(other),
+        },
+    );
+}
+
+fn wait_primary(lab: &Lab, host: &str, tl: u32) {
+    lab.wait_observing(
+        &format!("{host} primary on timeline {tl}"),
+        T,
+        || match role(lab, host) {
+            Ok((true, t)) if t == tl => Ok(()),
+            other => Err(other),
+        },
+    );
+}
+
+fn wait_pcp_up(lab: &Lab, node: u32, role: &str) {
+    lab.wait_observing(
+        &format!("pgpool: node {node} up as {role}"),
+        T,
+        || match lab.pcp_node(node) {
+            Ok(n) if n.status == "up" && n.role == role => Ok(()),
+            other => Err(other),
+        },
+    );
+}
+
+/// pgha-failover run by hand on the app host, as pgpool would (user postgres).
+fn failover(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> (std::process::Output, Duration) {
+    let bin = lab.bin("pgha-failover");
+    let mut argv: Vec<String> = vec!["env".into()];
+    argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    argv.push(bin);
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    let out = lab.exec("app", &argv);
+    (out, t.elapsed())
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn journal(lab: &Lab) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(lab.host_dir("app").join("home/pgha/journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+        .collect()
+}
+
+fn promotions(lab: &Lab) -> usize {
+    journal(lab)
+        .iter()
+        .filter(|e| e["step"] == "promote" && e["outcome"] == "done")
+        .count()
+}
+
+/// Change a [failover] setting of the lab's pgha.toml (on the app host).
+fn set_failover_option(lab: &Lab, line: &str) {
+    let path = lab.host_dir("app").join("etc-pgha/pgha.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen("[failover]\n", &format!("[failover]\n{line}\n"), 1);
+    std::fs::write(&path, text).unwrap();
+}
+
+/// A lab whose pgpool only detaches (failover_command does nothing), so the
+/// test runs pgha-failover itself.
+fn passive_lab(standbys: u32) -> Lab {
+    Lab::up(LabOptions {
+        standbys,
+        failover_command: Some("/bin/true".into()),
+        ..LabOptions::default()
+    })
+}
+
+fn kill_primary_and_wait_detached(lab: &Lab) {
+    lab.kill_host("pg0");
+    lab.wait_observing("pgpool to detach node 0", T, || match lab.pcp_node(0) {
+        Ok(n) if n.status == "down" => Ok(()),
+        other => Err(other),
+    });
+}
+
+#[test]
+fn primary_killed_pgpool_fails_over_and_no_acknowledged_write_is_lost() {
+    let lab = Lab::up(LabOptions {
+        sync: true,
+        ..LabOptions::default()
+    });
+    // With synchronous replication (ANY 1), only the most advanced standby
+    // is sure to hold every acknowledged commit.
+    set_failover_option(&lab, "candidate = \"most_advanced\"");
+    lab.pgpool_sql("create table acked(id int primary key)")
+        .unwrap();
+
+    // A writer through pgpool records every id whose commit was acknowledged.
+    let acked = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let name = lab.name.clone();
+        let app = lab.addr("app");
+        std::thread::spawn(move || {
+            let mut id = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                let sql = format!("insert into acked values ({id})");
+                let out = std::process::Command::new(crate::util::lab::lab_sh())
+                    .args([
+                        "exec", &name, "app", "--", "timeout", "20", "psql", "-X", "-q", "-h", &app,
+                    ])
+                    .args(["-p", "9999"])
+                    .args([
+                        "-U",
+                        "app",
+                        "-d",
+                        "app",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                        "-c",
+                        &sql,
+                    ])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    acked.lock().unwrap().push(id);
+                }
+            }
+        })
+    };
+    lab.wait_until("a few acknowledged writes", T, || {
+        (acked.lock().unwrap().len() >= 20).then_some(())
+    });
+    let killed = Instant::now();
+    lab.kill_host("pg0");
+    let before = acked.lock().unwrap().len();
+    lab.wait_until("writes through pgpool to resume", T, || {
+        (acked.lock().unwrap().len() >= before + 20).then_some(())
+    });
+    eprintln!(
+        "writes resumed {:.2}s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+
+    let (new, other) = match role(&lab, "pg1") {
+        Ok((true, _)) => ("pg1", "pg2"),
+        _ => ("pg2", "pg1"),
+    };
+    wait_primary(&lab, new, 2);
+    wait_follows(&lab, other, new, 2);
+    let new_id: u32 = new[2..].parse().unwrap();
+    let other_id: u32 = other[2..].parse().unwrap();
+    wait_pcp_up(&lab, new_id, "primary");
+    wait_pcp_up(&lab, other_id, "standby");
+    assert_eq!(lab.pcp_node(0).unwrap().status, "down");
+
+    let ids: std::collections::BTreeSet<u32> = lab
+        .try_psql_db(new, "app", "select id from acked")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let acked = acked.lock().unwrap();
+    let lost: Vec<&u32> = acked.iter().filter(|i| !ids.contains(i)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged ids missing on the new primary {new}: {lost:?}"
+    );
+    lab.pgpool_sql("insert into acked values (1000000)")
+        .unwrap();
+    assert_eq!(
+        lab.try_psql_db(other, "app", "select 1").unwrap(),
+        "1",
+        "the other standby answers"
+    );
+    // The new timeline's history file was put in the other standby's archive.
+    lab.wait_until("00000002.history in the standby's archive", T, || {
+        lab.host_dir(other)
+            .join("home/archive/00000002.history")
+            .exists()
+            .then_some(())
+    });
+    let log = lab.pgpool_log();
+    assert!(log.contains("pgha-failover: OK:"), "{log}");
+    assert_eq!(promotions(&lab), 1);
+}
+
+#[test]
+fn rerun_changes_nothing_and_standby_failure_promotes_nothing() {
+    let lab = Lab::up(LabOptions::default());
+    lab.kill_host("pg0");
+    wait_primary(&lab, "pg1", 2);
+    wait_follows(&lab, "pg2", "pg1", 2);
+    wait_pcp_up(&lab, 2, "standby");
+
+    // The same call again: nothing to do, and it says so.
+    let (out, _) = failover(&lab, &["0", "0", "1"], &[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("already the primary"), "{err}");
+    assert!(err.contains("already streams from it"), "{err}");
+    assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
+    assert_eq!(role(&lab, "pg2").unwrap(), (false, 2));
+    assert_eq!(promotions(&lab), 1);
+
+    // Now a standby dies: pgpool calls pgha-failover for it; no promotion.
+    lab.kill_host("pg2");
+    lab.wait_until("pgpool's call for node 2", T, || {
+        let log = lab.pgpool_log();
+        log.contains("standby node 2").then_some(())
+    });
+    let log = lab.pgpool_log();
+    assert!(log.contains("failed: recorded, no promotion"), "{log}");
+    assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
+    assert_eq!(promotions(&lab), 1);
+    lab.pgpool_sql("create table still_writable(x int)")
+        .unwrap();
+}
+
+#[test]
+fn no_node_alive_does_nothing() {
+    let lab = passive_lab(1);
+    let (out, _) = failover(&lab, &["0", "0", "-1"], &[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("no live node") && err.contains("nothing to promote"),
+        "{err}"
+    );
+    assert_eq!(role(&lab, "pg0").unwrap(), (true, 1));
+    assert_eq!(role(&lab, "pg1").unwrap(), (false, 1));
+    assert!(journal(&lab).is_empty());
+}
+
+#[test]
+fn concurrent_runs_promote_once() {
+    let lab = passive_lab(2);
+    kill_primary_and_wait_detached(&lab);
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let name = lab.name.clone();
+            let bin = lab.bin("pgha-failover");
+            std::thread::spawn(move || {
+                std::process::Command::new(crate::util::lab::lab_sh())
+                    .args(["exec", &name, "app", "--", &bin, "0", "0", "1"])
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for r in runs {
+        let out = r.join().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(
+        role(&lab, "pg1").unwrap(),
+        (true, 2),
+        "timeline went up by one"
+    );
+    wait_follows(&lab, "pg2", "pg1", 2);
+    assert_eq!(promotions(&lab), 1);
+}
+
+#[test]
+fn blackholed_standby_costs_its_timeout_and_the_others_still_follow() {
+    let lab = passive_lab(3);
+    kill_primary_and_wait_detached(&lab);
+    let dark = lab.addr("pg3");
+    lab.blackhole(&dark);
+    lab.blackhole(&lab.repl_addr("pg3"));
+    let (out, took) = failover(&lab, &["0", "0", "1"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "a step failed: {err}");
+    // The run's own last line (the detached settle phase may print after it).
+    let last = err
+        .lines()
+        .rfind(|l| l.starts_with("pgha-failover: "))
+        .unwrap_or_default();
+    assert!(last.starts_with("pgha-failover: FAILED: "), "{err}");
+    assert!(
+        last.contains(&dark),
+        "the last line names the blackholed host: {last}"
+    );
+    // The lab's connect timeout is 2 s; the deadline is 50 s.
+    assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
+    assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
+    wait_follows(&lab, "pg2", "pg1", 2);
+}
+
+#[test]
+fn pgpool_cut_off_from_the_primary_never_makes_two_primaries() {
+    let lab = Lab::up(LabOptions::default());
+    // Every 20 ms, ask each node whether it is writable; remember overlaps.
+    let stop = Arc::new(AtomicBool::new(false));
+    let overlaps = Arc::new(Mutex::new(Vec::<String>::new()));
+    let watcher = {
+        let (stop, overlaps) = (stop.clone(), overlaps.clone());
+        let dir = lab.dir.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let writable: Vec<usize> = (0..3)
+                    .filter(|i| {
+                        // The node's own postmaster.pid/socket: read through its
+                        // host directory with psql -h on the socket dir.
+                        let sock = dir.join(format!("hosts/pg{i}/run"));
+                        std::process::Command::new("runuser")
+                            .args(["-u", "postgres", "--", "psql", "-X", "-Atq", "-h"])
+                            .arg(&sock)
+                            .args(["-d", "postgres", "-c", "select pg_is_in_recovery()"])
+                            .output()
+                            .map(|o| o.status.success() && o.stdout.starts_with(b"f"))
+                            .unwrap_or(false)
+                    })
+                    .collect();
+                if writable.len() > 1 {
+                    overlaps.lock().unwrap().push(format!("{writable:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // pgpool (and pgha on its host) lose pg0's address; the standbys keep
+    // streaming from pg0's replication address.
+    lab.blackhole(&lab.addr("pg0"));
+    lab.wait_until(
+        "pgpool's failover of node 0",
+        Duration::from_secs(60),
+        || lab.pgpool_log().contains("pgha-failover: ").then_some(()),
+    );
+    wait_primary(&lab, "pg1", 2);
+    wait_follows(&lab, "pg2", "pg1", 2);
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    let overlaps = overlaps.lock().unwrap();
+    assert!(
+        overlaps.is_empty(),
+        "two writable primaries seen: {overlaps:?}"
+    );
+    let log = lab.pgpool_log();
+    assert!(log.contains("may still be alive"), "{log}");
+    assert!(log.contains("fencing node 0"), "{log}");
+    assert!(role(&lab, "pg0").is_err(), "the old primary was stopped");
+}
+
+#[test]
+fn most_advanced_picks_the_standby_with_more_wal() {
+    let lab = Lab::up(LabOptions::default());
+    set_failover_option(&lab, "candidate = \"most_advanced\"");
+    // pg1 stops receiving; pg2 gets more WAL.
+    lab.psql("pg1", "alter system set primary_conninfo = ''");
+    lab.psql("pg1", "select pg_reload_conf()");
+    lab.wait_until("pg1 to stop streaming", T, || {
+        upstream(&lab, "pg1").is_none().then_some(())
+    });
+    lab.psql(
+        "pg0",
+        "create table more(x int); insert into more select generate_series(1, 1000)",
+    );
+    let lsn = lab.psql("pg0", "select pg_current_wal_lsn()");
+    lab.wait_until("pg2 to receive it", T, || {
+        let r = lab.psql(
+            "pg2",
+            &format!("select pg_last_wal_receive_lsn() >= '{lsn}'"),
+        );
+        (r == "t").then_some(())
+    });
+    lab.kill_host("pg0");
+    wait_primary(&lab, "pg2", 2);
+    assert_eq!(lab.psql("pg2", "select count(*) from more"), "1000");
+    let log = lab.pgpool_log();
+    assert!(
+        log.contains("promoting node 2") && log.contains("most advanced"),
+        "{log}"
+    );
+    // pg1 had no primary_conninfo at all; it now follows pg2.
+    wait_follows(&lab, "pg1", "pg2", 2);
+    assert_eq!(lab.psql("pg1", "select count(*) from more"), "1000");
+}
+
+#[test]
+fn killed_after_promotion_the_rerun_finishes_the_job() {
+    let lab = passive_lab(2);
+    kill_primary_and_wait_detached(&lab);
+    let (out, _) = failover(
+        &lab,
+        &["0", "0", "1"],
+        &[("PGHA_FAULT", "crash-after:promote")],
+    );
+    assert!(
+        !out.status.success(),
+        "the fault killed it: {}",
+        stderr(&out)
+    );
+    assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
+    assert!(
+        upstream(&lab, "pg2").is_none_or(|(_, tl)| tl == 1),
+        "pg2 not repointed yet"
+    );
+
+    let (out, _) = failover(&lab, &["0", "0", "1"], &[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("already the primary"), "{err}");
+    assert!(err.contains("node 2") && err.contains("repointed"), "{err}");
+    wait_follows(&lab, "pg2", "pg1", 2);
+    assert_eq!(role(&lab, "pg1").unwrap(), (true, 2), "no second promotion");
+    assert_eq!(promotions(&lab), 1);
+    wait_pcp_up(&lab, 2, "standby");
+}
+
+#[test]
+fn bad_input_changes_nothing() {
+    let lab = passive_lab(1);
+    let (out, _) = failover(&lab, &["0", "1"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let (out, _) = failover(&lab, &["7", "0", "1"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown node id 7"),
+        "{}",
+        stderr(&out)
+    );
+    let (out, _) = failover(
+        &lab,
+        &["0", "0", "1", "--config", "/nonexistent/pgha.toml"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/pgha.toml"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(role(&lab, "pg0").unwrap(), (true, 1));
+    assert_eq!(role(&lab, "pg1").unwrap(), (false, 1));
+    assert!(journal(&lab).is_empty(), "nothing recorded");
+}
