@@ -41,8 +41,12 @@ impl Node {
 
     /// The addresses this node may be known by (SQL and replication).
     pub fn addresses(&self) -> Vec<&str> {
-        let mut v = vec![self.host.as_str(), self.ssh_host.as_str(), self.replication_host.as_str()];
-        v.dedup();
+        let mut v: Vec<&str> = Vec::with_capacity(3);
+        for a in [&self.host, &self.ssh_host, &self.replication_host] {
+            if !v.contains(&a.as_str()) {
+                v.push(a);
+            }
+        }
         v
     }
 
@@ -252,5 +256,45 @@ pub async fn observe_node(topo: &Topology, node: &Node) -> Observed {
         node: node.clone(),
         state,
         took: start.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example files shipped in `pgpool/` are valid and agree.
+    #[test]
+    fn the_shipped_examples_load() {
+        let config = Config::from_str(Path::new("pgpool/pgha.toml"), include_str!("../pgpool/pgha.toml")).unwrap();
+        let pool =
+            PgpoolConf::parse(Path::new("pgpool/pgpool.conf"), include_str!("../pgpool/pgpool.conf")).unwrap();
+        let topo = Topology::from_parts(config, pool);
+        let ids: Vec<u32> = topo.nodes.iter().map(|n| n.id).collect();
+        assert_eq!(ids, [0, 1, 2]);
+        assert_eq!(topo.node(1).unwrap().application_name.as_deref(), Some("pg1"));
+        assert!(topo.pgpool.get("failover_command").unwrap().starts_with("/usr/bin/pgha-failover %d %M %m"));
+        assert!(topo.node(3).unwrap_err().to_string().contains("backends 0, 1, 2"));
+    }
+
+    #[test]
+    fn overrides_give_ssh_and_replication_addresses() {
+        let config = Config::from_str(
+            Path::new("t.toml"),
+            "[nodes.1]\nssh_host = \"127.0.0.33\"\nreplication_host = \"127.0.1.3\"\n",
+        )
+        .unwrap();
+        let pool = PgpoolConf::parse(
+            Path::new("p.conf"),
+            "backend_hostname0 = '127.0.0.2'\nbackend_hostname1 = '127.0.0.3'\n",
+        )
+        .unwrap();
+        let topo = Topology::from_parts(config, pool);
+        let n1 = topo.node(1).unwrap();
+        assert_eq!((n1.ssh_host.as_str(), n1.replication_host.as_str()), ("127.0.0.33", "127.0.1.3"));
+        assert_eq!(topo.node_by_address("127.0.1.3").unwrap().id, 1);
+        let n0 = topo.node(0).unwrap();
+        assert_eq!(n0.addresses(), ["127.0.0.2"]);
+        assert!(n0.data_dir().unwrap_err().to_string().contains("backend_data_directory0"));
     }
 }
