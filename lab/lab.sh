@@ -72,6 +72,17 @@ load_env() {
 host_pid() { cat "$LAB_DIR/hosts/$1/sshd.pid" 2>/dev/null || true; }
 host_ns() { cat "$LAB_DIR/hosts/$1/mntns" 2>/dev/null || true; }
 
+# Is PID a live process of HOST? Pids in files (sshd.pid, postmaster.pid)
+# go stale when a host dies and soon name other processes; a namespace's
+# inode number is reused once it is gone. So: same namespace, and that
+# namespace has this host's home mounted.
+pid_on_host() { # PID HOST
+	local ns
+	ns=$(host_ns "$2")
+	[ -n "$1" ] && [ -n "$ns" ] && [ "$(readlink "/proc/$1/ns/mnt" 2>/dev/null)" = "$ns" ] &&
+		grep -qF " $LAB_DIR/hosts/$2/home /var/lib/postgresql " "/proc/$1/mountinfo" 2>/dev/null
+}
+
 host_addr() {
 	case "$1" in
 	app) echo "$NET.20" ;;
@@ -86,13 +97,13 @@ repl_addr() { echo "$NET.$((102 + ${1#pg}))"; }
 # namespace really has this host's home mounted (another lab's host may
 # have the number now).
 host_procs() {
-	local ns p hd=$LAB_DIR/hosts/$1 verified=""
+	local ns p verified=""
 	ns=$(host_ns "$1")
 	[ -n "$ns" ] || return 0
 	for p in /proc/[0-9]*; do
 		[ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
 		if [ -z "$verified" ]; then
-			grep -qF " $hd/home /var/lib/postgresql " "$p/mountinfo" 2>/dev/null || return 0
+			pid_on_host "${p#/proc/}" "$1" || return 0
 			verified=1
 		fi
 		echo "${p#/proc/}"
@@ -106,7 +117,7 @@ on_host() { # on_host HOST USER CMD...
 	local h=$1 u=$2 pid
 	shift 2
 	pid=$(host_pid "$h")
-	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || die "host $h of lab $NAME is not running"
+	pid_on_host "$pid" "$h" || die "host $h of lab $NAME is not running"
 	if [ "$u" = root ]; then
 		nsenter -t "$pid" -m -- "$@"
 	else
@@ -296,7 +307,7 @@ pg_ctl_start() { # HOST
 start_pgpool() {
 	local hd=$LAB_DIR/hosts/app pid
 	pid=$(head -1 "$hd/run/pgpool.pid" 2>/dev/null || true)
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+	if pid_on_host "$pid" app; then
 		kill -TERM "$pid" 2>/dev/null || true
 		wait_for 20 "old pgpool to exit" bash -c "! kill -0 $pid"
 	fi
@@ -485,14 +496,16 @@ cmd_down() {
 	for h in $LAB_DIR/hosts/pg*; do
 		[ -d "$h" ] || continue
 		p=$(head -1 "$h/home/15/main/postmaster.pid" 2>/dev/null || true)
-		[ -n "$p" ] && kill -QUIT "$p" 2>/dev/null || true
+		pid_on_host "$p" "$(basename "$h")" && kill -QUIT "$p" 2>/dev/null || true
 	done
 	for h in "$LAB_DIR"/hosts/*; do
 		[ -d "$h" ] || continue
 		procs=$(host_procs "$(basename "$h")")
-		p=$(cat "$h/sshd.pid" 2>/dev/null || true)
+		# sshd is among procs while it lives; by pid only when up failed
+		# before the namespace was recorded (the pid is fresh then).
+		[ -f "$h/mntns" ] || procs=$(cat "$h/sshd.pid" 2>/dev/null || true)
 		# shellcheck disable=SC2086
-		kill -KILL $procs $p 2>/dev/null || true
+		[ -z "$procs" ] || kill -KILL $procs 2>/dev/null || true
 	done
 	# Wait for them to be gone (the namespaces, and their mounts, go with them).
 	local end=$(($(date +%s) + 10)) left
@@ -524,8 +537,6 @@ cmd_kill() {
 	procs=$(host_procs "$1")
 	# shellcheck disable=SC2086
 	[ -z "$procs" ] || kill -KILL $procs 2>/dev/null || true
-	# The namespace dies with its last process: forget it.
-	rm -f "$LAB_DIR/hosts/$1/mntns"
 	log "$NAME: host $1 killed"
 }
 
