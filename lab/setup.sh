@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 machine for pgha's tests (lab/lab.sh and cargo test).
+# Idempotent; run as root. Installs what the lab calls, makes sure no system
+# sshd / PostgreSQL / pgpool holds the ports or sockets the lab hosts use,
+# and checks that a Rust toolchain is there.
+set -euo pipefail
+
+say() { echo "setup: $*"; }
+die() { echo "setup: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (installs packages, stops services)"
+
+# Package -> what lab/lab.sh or the tests use from it.
+#   postgresql-15          initdb, pg_ctl, pg_basebackup, postgres (/usr/lib/postgresql/15/bin)
+#   postgresql-client-15   psql
+#   pgpool2                pgpool, pg_md5, pcp_* (pcp_node_info, pcp_attach_node, ...)
+#   openssh-server/-client sshd, ssh, ssh-keygen
+#   iptables               blackholed hosts (DROP rules)
+#   util-linux             unshare, nsenter, setsid, runuser
+#   mount                  mount --bind inside each host's namespace
+#   iproute2, procps, psmisc  ip, ps/pgrep, fuser: inspecting a lab by hand
+#   coreutils, grep, sed   everything else lab.sh calls
+#   gcc, libc6-dev         the linker cargo needs
+#   dpkg-dev, binutils     packaging/build-deb.sh: dpkg-shlibdeps, strip
+#   lintian                packaging/build-deb.sh checks the .deb with it
+packages=(
+	postgresql-15 postgresql-client-15 pgpool2 openssh-server openssh-client
+	iptables iproute2 procps util-linux mount psmisc coreutils grep sed
+	gcc libc6-dev dpkg-dev binutils lintian
+)
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
+
+missing=()
+for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
+if [ ${#missing[@]} = 0 ]; then
+	say "packages present: ${packages[*]}"
+else
+	say "installing: ${missing[*]}"
+	# Keep the packages' maintainer scripts from starting services: the lab
+	# runs its own sshd, PostgreSQL and pgpool per host.
+	created_policy=""
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		created_policy=1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	rc=0
+	{ apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } || rc=$?
+	[ -z "$created_policy" ] || rm -f /usr/sbin/policy-rc.d
+	[ "$rc" = 0 ] || die "apt-get failed (exit $rc) installing: ${missing[*]}"
+	say "installed: ${missing[*]}"
+fi
+
+# --- system services that would get in the lab's way ---------------------------
+# Only the machine's own daemons (found by their system pid files, in this
+# mount namespace); lab hosts run theirs with other pid files, in their own
+# namespaces, and are left alone.
+
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+same_ns() { [ "$(readlink "/proc/$1/ns/mnt" 2>/dev/null)" = "$(readlink /proc/self/ns/mnt)" ]; }
+
+# sshd: a system sshd on 0.0.0.0:22 makes every lab sshd fail to bind NET.x:22.
+pid=$(cat /run/sshd.pid 2>/dev/null || true)
+if alive "$pid" && same_ns "$pid"; then
+	service ssh stop >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+	say "stopped the system sshd (pid $pid)"
+fi
+
+# PostgreSQL clusters of the system (pg_lsclusters): stopped, not removed.
+if command -v pg_lsclusters >/dev/null 2>&1; then
+	pg_lsclusters -h 2>/dev/null | while read -r ver cluster _port status _rest; do
+		case "$status" in
+		online*)
+			pg_ctlcluster "$ver" "$cluster" stop -m fast && say "stopped PostgreSQL cluster $ver/$cluster"
+			;;
+		esac
+	done
+fi
+
+# pgpool of the system.
+pid=$(head -1 /run/postgresql/pgpool.pid 2>/dev/null || true)
+if alive "$pid" && same_ns "$pid"; then
+	service pgpool2 stop >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+	say "stopped the system pgpool (pid $pid)"
+fi
+
+# The lab's mount points must exist on the machine.
+mkdir -p /run/sshd /run/postgresql /etc/pgha /etc/pgpool2
+chown postgres:postgres /run/postgresql
+
+# --- Rust ------------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1; then
+	for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin /usr/local/cargo/bin; do
+		[ -x "$d/cargo" ] && { say "cargo is in $d but not on PATH: export PATH=$d:\$PATH"; break; }
+	done
+	die "cargo not found: install a Rust toolchain (>= 1.89, edition 2024), e.g. from https://rustup.rs or the distribution's rustc/cargo packages if new enough, then rerun"
+fi
+say "cargo: $(cargo --version)"
+say "ready"

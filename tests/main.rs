@@ -1,0 +1,22 @@
+//! pgha's one integration test binary (`cargo test --test e2e`).
+//!
+//! # Layout
+//! - `util::cmd`: run a pgha binary and assert on status and output.
+//! - `util::lab`: start and drive a lab (`lab/lab.sh`) of namespaced hosts
+//!   running real PostgreSQL, pgpool-II and sshd.
+//! - `foundation`: the lab itself behaves like separate machines.
+//! - `check`: pgha-check on a healthy lab, on each fault, and `--watch`.
+//! - `deb`: the installed .deb (`lab/test` builds and installs it first).
+//!
+//! The end-to-end tests need root and the packages `lab/setup.sh` installs;
+//! `lab/test` runs everything.
+
+mod util;
+
+mod attach;
+mod check;
+mod cli;
+mod deb;
+mod failover;
+mod follow;
+mod foundation;

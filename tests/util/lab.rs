@@ -1,0 +1,674 @@
+//! A Rust handle on `lab/lab.sh`: a throwaway cluster of "hosts" (mount
+//! namespaces with their own loopback address and sshd) running a real
+//! PostgreSQL primary, real streaming standbys and a real pgpool-II.
+//!
+//! Every [`Lab`] gets its own name and address block from `lab.sh up` and is
+//! torn down by `lab.sh down` when dropped, also while a test panics, so
+//! tests can run in parallel and a failing test leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The lab script, from the checkout the tests were built from
+/// (`PGHA_LAB_SH` overrides it, to try a modified lab).
+pub fn lab_sh() -> PathBuf {
+    match std::env::var_os("PGHA_LAB_SH") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/lab.sh"),
+    }
+}
+
+/// Where `lab.sh` keeps its labs (`PGHA_LAB_ROOT`, default `/run/pgha-lab`).
+pub fn lab_root() -> PathBuf {
+    std::env::var_os("PGHA_LAB_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/pgha-lab"))
+}
+
+/// How to build a lab; each field maps to one `lab.sh up` option.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    /// Number of standbys, 1..=4 (`--standbys`).
+    pub standbys: u32,
+    /// pgpool `failover_command` (`--failover-command`); `None` keeps the
+    /// lab's default, `pgha-failover %d %M %m` from the lab's bin directory.
+    pub failover_command: Option<String>,
+    /// pgpool `follow_primary_command` (`--follow-command`); `None`: unset.
+    pub follow_command: Option<String>,
+    /// Synchronous replication, `synchronous_standby_names = 'ANY 1 (...)'`
+    /// (`--sync`).
+    pub sync: bool,
+    /// Start pgpool on the app host (`--no-pgpool` when false).
+    pub pgpool: bool,
+    /// Directory of the pgha binaries the hosts run (`--pgha-bin`): `None`
+    /// is the target directory of this test build, `"system"` is `/usr/bin`
+    /// (an installed package).
+    pub pgha_bin: Option<String>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            standbys: 2,
+            failover_command: None,
+            follow_command: None,
+            sync: false,
+            pgpool: true,
+            pgha_bin: None,
+        }
+    }
+}
+
+/// One backend as pgpool sees it, from `pcp_node_info -v` (the verbose,
+/// `Key : Value` form: the one-line form shifts columns when a field such
+/// as the replication state is empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `backend_hostnameN`.
+    pub host: String,
+    /// `backend_portN`.
+    pub port: u16,
+    /// pgpool's status ("Status Name"): `up`, `waiting`, `down`, `unused`.
+    pub status: String,
+    /// What pgpool last saw of the backend itself ("Backend Status Name").
+    pub backend_status: String,
+    /// `primary` or `standby`, pgpool's view ("Role").
+    pub role: String,
+    /// The role the backend reports, `pg_is_in_recovery()` ("Backend Role").
+    pub backend_role: String,
+    /// `pg_stat_replication.state` on the primary for this standby, matched
+    /// by `backend_application_nameN` (`streaming`, `none`, or empty).
+    pub replication_state: String,
+    /// `pg_stat_replication.sync_state` (`async`, `sync`, `quorum`, ...).
+    pub sync_state: String,
+    /// The whole output, for messages.
+    pub raw: String,
+}
+
+impl NodeInfo {
+    /// Parses the output of `pcp_node_info -v`.
+    pub fn parse_verbose(out: &str) -> Option<NodeInfo> {
+        let mut n = NodeInfo {
+            raw: out.trim().to_string(),
+            ..NodeInfo::default()
+        };
+        let mut seen = 0;
+        for line in out.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let v = v.trim().to_string();
+            match k.trim() {
+                "Hostname" => n.host = v,
+                "Port" => n.port = v.parse().ok()?,
+                "Status Name" => n.status = v,
+                "Backend Status Name" => n.backend_status = v,
+                "Role" => n.role = v,
+                "Backend Role" => n.backend_role = v,
+                "Replication State" => n.replication_state = v,
+                "Replication Sync State" => n.sync_state = v,
+                _ => continue,
+            }
+            seen += 1;
+        }
+        (seen >= 4 && !n.host.is_empty()).then_some(n)
+    }
+}
+
+/// A running lab. Dropping it runs `lab.sh down`.
+#[derive(Debug)]
+pub struct Lab {
+    /// The lab's name (`--name`), unique per test.
+    pub name: String,
+    /// The address block `127.A.B`: hosts are `NET.2+K` and `NET.20`.
+    pub net: String,
+    /// The lab's directory (`/run/pgha-lab/NAME`), holding `lab.env`,
+    /// `bin/` and each host's private directories under `hosts/`.
+    pub dir: PathBuf,
+    /// Number of standbys: hosts are `pg0` (primary) ... `pgN`.
+    pub standbys: u32,
+    /// Every variable of `lab.env`.
+    pub env: BTreeMap<String, String>,
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+fn fail_prerequisites() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "the end-to-end tests need root (mount namespaces, sshd, iptables): run them as root, \
+             e.g. `sudo lab/test`"
+        );
+    }
+    let tools = [
+        "/usr/bin/unshare",
+        "/usr/bin/nsenter",
+        "/usr/sbin/runuser",
+        "/usr/sbin/sshd",
+        "/usr/bin/ssh",
+        "/usr/bin/ssh-keygen",
+        "/usr/sbin/iptables",
+        "/usr/sbin/pgpool",
+        "/usr/sbin/pg_md5",
+        "/usr/sbin/pcp_node_info",
+        "/usr/bin/psql",
+        "/usr/lib/postgresql/15/bin/initdb",
+    ];
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !Path::new(t).exists())
+        .collect();
+    if !missing.is_empty() {
+        panic!(
+            "the end-to-end tests need {}: run lab/setup.sh as root (apt-get install postgresql-15 \
+             pgpool2 openssh-server iptables util-linux)",
+            missing.join(", ")
+        );
+    }
+}
+
+/// A lab name for the current test: the test function's name (cargo's test
+/// threads carry it), the pid and a counter. `lab.sh` accepts
+/// `[A-Za-z0-9_-]+`.
+fn lab_name() -> String {
+    let thread = std::thread::current();
+    let test = thread
+        .name()
+        .and_then(|n| n.rsplit("::").next())
+        .unwrap_or("lab");
+    let mut short: String = test
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(30)
+        .collect();
+    if short.is_empty() {
+        short.push_str("lab");
+    }
+    format!(
+        "e2e-{short}-{}-{}",
+        std::process::id(),
+        LABS.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Labs left behind by a test process that was killed before its `Drop`
+/// ran (SIGKILL, a timeout in CI): named `e2e-...-PID-N` with PID gone.
+/// They would hold address blocks and ports; take them down.
+fn reap_stale_labs() {
+    let Ok(entries) = std::fs::read_dir(lab_root()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("e2e-") {
+            continue;
+        }
+        let parts: Vec<&str> = name.rsplitn(3, '-').collect();
+        let Some(pid) = parts.get(1).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid as u32 == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        eprintln!("lab: taking down stale lab {name} (its test process {pid} is gone)");
+        let _ = Command::new(lab_sh()).args(["down", &name]).output();
+    }
+}
+
+fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(v);
+            (k.trim().to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn describe(what: &str, out: &Output) -> String {
+    format!(
+        "{what}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+impl Lab {
+    /// Starts a lab (`lab.sh up`) and waits until it is ready: primary up,
+    /// every standby streaming, pgpool answering. Panics with lab.sh's
+    /// output when it cannot.
+    pub fn up(opts: LabOptions) -> Lab {
+        fail_prerequisites();
+        reap_stale_labs();
+        let name = lab_name();
+        let pgha_bin = match &opts.pgha_bin {
+            Some(b) => b.clone(),
+            None => target_dir().to_string_lossy().into_owned(),
+        };
+        let mut cmd = Command::new(lab_sh());
+        cmd.args(["up", "--name", &name])
+            .args(["--standbys", &opts.standbys.to_string()])
+            .args(["--pgha-bin", &pgha_bin]);
+        if let Some(c) = &opts.failover_command {
+            cmd.args(["--failover-command", c]);
+        }
+        if let Some(c) = &opts.follow_command {
+            cmd.args(["--follow-command", c]);
+        }
+        if opts.sync {
+            cmd.arg("--sync");
+        }
+        if !opts.pgpool {
+            cmd.arg("--no-pgpool");
+        }
+        let started = Instant::now();
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", lab_sh().display()));
+        if !out.status.success() {
+            // lab.sh tears a half-built lab down itself, except when it
+            // fails past that point; make sure nothing is left either way.
+            let _ = Command::new(lab_sh()).args(["down", &name]).output();
+            panic!(
+                "{}",
+                describe(&format!("lab.sh up --name {name} failed"), &out)
+            );
+        }
+        let dir = lab_root().join(&name);
+        let env_path = dir.join("lab.env");
+        let env = parse_env(
+            &std::fs::read_to_string(&env_path)
+                .unwrap_or_else(|e| panic!("lab {name}: cannot read {}: {e}", env_path.display())),
+        );
+        let lab = Lab {
+            net: env.get("NET").cloned().expect("lab.env has no NET"),
+            standbys: env
+                .get("STANDBYS")
+                .and_then(|s| s.parse().ok())
+                .expect("lab.env has no STANDBYS"),
+            name,
+            dir,
+            env,
+        };
+        eprintln!(
+            "lab {} up on {}.x in {:.1}s ({})",
+            lab.name,
+            lab.net,
+            started.elapsed().as_secs_f64(),
+            lab.dir.display()
+        );
+        lab
+    }
+
+    /// Host names: `app`, `pg0` .. `pgN`.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut h = vec!["app".to_string()];
+        h.extend(self.pg_hosts());
+        h
+    }
+
+    /// The PostgreSQL hosts `pg0` .. `pgN` (pg0 starts as the primary).
+    pub fn pg_hosts(&self) -> Vec<String> {
+        (0..=self.standbys).map(|k| format!("pg{k}")).collect()
+    }
+
+    /// The host's address: pgpool's `backend_hostnameK` for `pgK`, NET.20
+    /// for the app host (pgpool on :9999, PCP on :9898).
+    pub fn addr(&self, host: &str) -> String {
+        match host {
+            "app" => format!("{}.20", self.net),
+            _ => format!("{}.{}", self.net, 2 + pg_index(host)),
+        }
+    }
+
+    /// The host's replication address (`NET.102+K`): the standbys'
+    /// `primary_conninfo` and pgha's `replication_host` point here, so
+    /// blackholing [`Lab::addr`] cuts pgpool off without cutting replication.
+    pub fn repl_addr(&self, host: &str) -> String {
+        format!("{}.{}", self.net, 102 + pg_index(host))
+    }
+
+    /// The lab's copy of a pgha binary, as the hosts see it.
+    pub fn bin(&self, name: &str) -> String {
+        self.dir
+            .join("bin")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// A host's private directories as seen from outside (e.g.
+    /// `host_dir("pg1").join("home")` is pg1's `/var/lib/postgresql`).
+    pub fn host_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("hosts").join(host)
+    }
+
+    fn lab(&self, args: &[&str]) -> Output {
+        Command::new(lab_sh())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", lab_sh().display()))
+    }
+
+    fn lab_ok(&self, args: &[&str]) -> Output {
+        let out = self.lab(args);
+        if !out.status.success() {
+            panic!("{}", describe(&format!("lab.sh {}", args.join(" ")), &out));
+        }
+        out
+    }
+
+    /// Runs `argv` on `host` as postgres, inside the host's mount namespace
+    /// (`lab.sh exec`). Returns whatever happened; does not panic on failure.
+    pub fn exec(&self, host: &str, argv: &[&str]) -> Output {
+        let mut args = vec!["exec", &self.name, host, "--"];
+        args.extend_from_slice(argv);
+        self.lab(&args)
+    }
+
+    /// Like [`Lab::exec`], as root.
+    pub fn exec_root(&self, host: &str, argv: &[&str]) -> Output {
+        let mut args = vec!["exec", &self.name, host, "--root", "--"];
+        args.extend_from_slice(argv);
+        self.lab(&args)
+    }
+
+    /// `sh -c SCRIPT` on `host` as postgres.
+    pub fn sh(&self, host: &str, script: &str) -> Output {
+        self.exec(host, &["sh", "-c", script])
+    }
+
+    /// `psql -Atc SQL` on `pgK` through the host's local socket, as postgres
+    /// (database postgres). Returns stdout without the final newline; panics
+    /// with psql's stderr on error.
+    pub fn psql(&self, host: &str, sql: &str) -> String {
+        match self.try_psql(host, sql) {
+            Ok(s) => s,
+            Err(e) => panic!("lab {}: psql on {host} failed: {sql}\n{e}", self.name),
+        }
+    }
+
+    /// Like [`Lab::psql`], returning psql's stderr as the error.
+    pub fn try_psql(&self, host: &str, sql: &str) -> Result<String, String> {
+        self.try_psql_db(host, "postgres", sql)
+    }
+
+    /// Like [`Lab::try_psql`] in database `db` (the lab's application
+    /// database is `app`).
+    pub fn try_psql_db(&self, host: &str, db: &str, sql: &str) -> Result<String, String> {
+        let out = self.exec(
+            host,
+            &[
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-Atc",
+                sql,
+            ],
+        );
+        result(out)
+    }
+
+    /// `psql -Atc SQL` through pgpool (NET.20:9999, user app, database app),
+    /// run on the app host: what an application sees.
+    pub fn pgpool_sql(&self, sql: &str) -> Result<String, String> {
+        let app = self.addr("app");
+        let out = self.exec(
+            "app",
+            &[
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &app,
+                "-p",
+                "9999",
+                "-U",
+                "app",
+                "-d",
+                "app",
+                "-Atc",
+                sql,
+            ],
+        );
+        result(out)
+    }
+
+    /// pgpool's own `pcp_node_info -w -n NODE` (non-verbose, one line), run
+    /// on the app host whose `.pcppass` holds the PCP password. Panics if
+    /// pcp fails.
+    pub fn pcp_node_info(&self, node: u32) -> String {
+        match self.try_pcp_node_info(node) {
+            Ok(s) => s,
+            Err(e) => panic!("lab {}: pcp_node_info -n {node} failed: {e}", self.name),
+        }
+    }
+
+    /// Like [`Lab::pcp_node_info`], returning the error instead (pgpool may
+    /// be busy failing over).
+    pub fn try_pcp_node_info(&self, node: u32) -> Result<String, String> {
+        let app = self.addr("app");
+        let n = node.to_string();
+        let out = self.exec(
+            "app",
+            &[
+                "pcp_node_info",
+                "-w",
+                "-h",
+                &app,
+                "-p",
+                "9898",
+                "-U",
+                "pgpool",
+                "-n",
+                &n,
+            ],
+        );
+        result(out)
+    }
+
+    /// `pcp_node_info -w -v -n NODE`, parsed; the error says why pcp
+    /// failed or what it printed instead.
+    pub fn pcp_node(&self, node: u32) -> Result<NodeInfo, String> {
+        let app = self.addr("app");
+        let n = node.to_string();
+        let out = result(self.exec(
+            "app",
+            &[
+                "pcp_node_info",
+                "-w",
+                "-v",
+                "-h",
+                &app,
+                "-p",
+                "9898",
+                "-U",
+                "pgpool",
+                "-n",
+                &n,
+            ],
+        ))?;
+        NodeInfo::parse_verbose(&out)
+            .ok_or_else(|| format!("unexpected pcp_node_info -v output: {out:?}"))
+    }
+
+    /// Kills every process of `host` (`lab.sh kill`): a dead machine.
+    pub fn kill_host(&self, host: &str) {
+        self.lab_ok(&["kill", &self.name, host]);
+    }
+
+    /// Drops every packet to `addr` (`lab.sh blackhole`, an iptables DROP
+    /// rule tagged with the lab's name): a host that hangs instead of
+    /// refusing connections.
+    pub fn blackhole(&self, addr: &str) {
+        self.lab_ok(&["blackhole", &self.name, addr]);
+    }
+
+    /// Removes the rule [`Lab::blackhole`] added.
+    pub fn unblackhole(&self, addr: &str) {
+        self.lab_ok(&["unblackhole", &self.name, addr]);
+    }
+
+    /// `pg_ctl start -w` on `host` (`lab.sh start-pg`).
+    pub fn start_pg(&self, host: &str) {
+        self.lab_ok(&["start-pg", &self.name, host]);
+    }
+
+    /// (Re)starts pgpool on the app host (`lab.sh start-pgpool`).
+    pub fn start_pgpool(&self) {
+        self.lab_ok(&["start-pgpool", &self.name]);
+    }
+
+    /// pgpool's log (its stderr, including what failover_command printed).
+    pub fn pgpool_log(&self) -> String {
+        std::fs::read(self.host_dir("app").join("home/pgpool.log"))
+            .map(|b| text(&b))
+            .unwrap_or_default()
+    }
+
+    /// PostgreSQL's server log on `host` (`pg_ctl -l`).
+    pub fn pg_log(&self, host: &str) -> String {
+        std::fs::read(self.host_dir(host).join("home/15/pgha-postgresql.log"))
+            .map(|b| text(&b))
+            .unwrap_or_default()
+    }
+
+    /// Polls `f` every 100 ms until it returns `Some`; on timeout panics
+    /// naming `what`. Use [`Lab::wait_observing`] to have the panic say
+    /// what was last seen.
+    pub fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        self.wait_observing(what, timeout, || f().ok_or_else(|| "nothing".to_string()))
+    }
+
+    /// Like [`Lab::wait_until`], with `f` returning `Err(observation)` while
+    /// waiting, so that a timeout says what was last seen.
+    pub fn wait_observing<T, E: std::fmt::Debug>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Result<T, E>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            match f() {
+                Ok(v) => return v,
+                Err(last) => {
+                    if start.elapsed() >= timeout {
+                        panic!(
+                            "lab {}: timed out after {:.1}s waiting for {what}; last observed: {last:?}",
+                            self.name,
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = Command::new(lab_sh()).args(["down", &self.name]).output();
+        let ok = matches!(&out, Ok(o) if o.status.success());
+        if !ok {
+            let msg = match &out {
+                Ok(o) => describe(&format!("lab.sh down {} failed", self.name), o),
+                Err(e) => format!("cannot run lab.sh down {}: {e}", self.name),
+            };
+            if std::thread::panicking() {
+                eprintln!("{msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
+    }
+}
+
+fn pg_index(host: &str) -> u32 {
+    host.strip_prefix("pg")
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("unknown lab host {host:?} (app, pg0, pg1, ...)"))
+}
+
+fn result(out: Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(text(&out.stdout).trim_end_matches('\n').to_string())
+    } else {
+        Err(format!("{}: {}", out.status, text(&out.stderr).trim_end()))
+    }
+}
+
+/// The cargo target directory holding this build's binaries (where
+/// `CARGO_BIN_EXE_pgha-failover` points, or `target/debug` derived from the
+/// test executable's own path when cargo did not set it).
+pub fn target_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARGO_BIN_EXE_pgha-failover") {
+        if let Some(d) = Path::new(&p).parent() {
+            return d.to_path_buf();
+        }
+    }
+    let mut p = std::env::current_exe().expect("current_exe");
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lab_env() {
+        let env =
+            parse_env("NAME='x'\nNET='127.0.101'\nPGPOOL_PORT=9999\nHOST_PIDS='app=1 pg0=2 '\n");
+        assert_eq!(env["NET"], "127.0.101");
+        assert_eq!(env["PGPOOL_PORT"], "9999");
+        assert_eq!(env["HOST_PIDS"], "app=1 pg0=2 ");
+    }
+
+    #[test]
+    fn parses_node_info() {
+        let out = "Hostname               : 127.0.101.3\nPort                   : 5432\n\
+                   Status                 : 2\nWeight                 : 0.333333\n\
+                   Status Name            : up\nBackend Status Name    : up\n\
+                   Role                   : standby\nBackend Role           : standby\n\
+                   Replication Delay      : 0\nReplication State      : \n\
+                   Replication Sync State : async\nLast Status Change     : 2026-11-25 18:21:01\n";
+        let n = NodeInfo::parse_verbose(out).unwrap();
+        assert_eq!(n.host, "127.0.101.3");
+        assert_eq!(n.port, 5432);
+        assert_eq!(n.status, "up");
+        assert_eq!(n.role, "standby");
+        assert_eq!(n.replication_state, "");
+        assert_eq!(n.sync_state, "async");
+        assert!(NodeInfo::parse_verbose("garbage").is_none());
+    }
+}

@@ -1,0 +1,6 @@
+//! Helpers shared by the end-to-end tests. Not every test uses every helper.
+
+#[allow(dead_code)]
+pub mod cmd;
+#[allow(dead_code)]
+pub mod lab;
