@@ -117,13 +117,13 @@ async fn act(
         }
         decision = plan::decide(&input, &views);
     }
-    journal.record("observe", None, None, "done", &format!("{decision:?}"), t0.elapsed());
     summary.plan = Some(decision.clone());
     if args.common.dry_run {
         summary.outcome = "dry_run".into();
         summary.message = format!("plan (nothing changed): {}", describe_decision(topo, &decision));
         return Ok(());
     }
+    journal.record("observe", None, None, "done", &format!("{decision:?}"), t0.elapsed());
     info!("plan: {}", describe_decision(topo, &decision));
     match decision {
         Decision::NoNodeAlive => {

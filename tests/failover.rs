@@ -483,3 +483,19 @@ fn bad_input_changes_nothing() {
     assert_eq!(role(&lab, "pg1").unwrap(), (false, 1));
     assert!(journal(&lab).is_empty(), "nothing recorded");
 }
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let lab = passive_lab(2);
+    kill_primary_and_wait_detached(&lab);
+    let (out, _) = failover(&lab, &["0", "0", "1", "--dry-run", "--json"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["outcome"], "dry_run", "{summary}");
+    assert_eq!(summary["plan"]["action"], "promote", "{summary}");
+    assert_eq!(summary["plan"]["candidate"], 1, "{summary}");
+    assert!(stderr(&out).contains("plan (nothing changed): promote node 1"), "{}", stderr(&out));
+    assert_eq!(role(&lab, "pg1").unwrap().0, false, "pg1 is still a standby");
+    assert_eq!(role(&lab, "pg2").unwrap().0, false);
+    assert!(journal(&lab).is_empty(), "a dry run records nothing");
+}
