@@ -210,10 +210,13 @@ async fn act(
             journal.record("promote", Some(c.id), Some(&c.host), "done", &format!("timeline {timeline}"), t.elapsed());
             fault_point("promote");
             summary.outcome = "promoted".into();
-            let st = cluster::observe_node(topo, &c)
-                .await
-                .state
-                .map_err(|e| Error::Step(format!("{} after promotion: {e}", c.label())))?;
+            // No need to ask again: it is out of recovery on `timeline`.
+            let st = crate::postgres::NodeState {
+                in_recovery: false,
+                timeline,
+                wal_receiver: None,
+                ..cstate
+            };
             follow_phase(topo, remote, failed, &c, &st, &observed, journal, deadline, summary).await
         }
     }

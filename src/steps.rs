@@ -226,12 +226,14 @@ pub async fn promote(topo: &Topology, remote: &Remote, node: &Node, state: &Node
                 .await
                 .map_err(|e| Error::step(&format!("promote {}", node.label()), e))?;
             let secs = t.as_secs().clamp(1, 3600) as u32;
-            let done = postgres::promote(&client, &target, true, secs)
+            // Signal only, then poll below every 10 ms: pg_promote(true)
+            // and `pg_ctl promote -w` both poll at 100 ms steps.
+            let sent = postgres::promote(&client, &target, false, secs)
                 .await
                 .map_err(|e| Error::step(&format!("promote {}", node.label()), e))?;
-            if !done {
+            if !sent {
                 return Err(Error::Step(format!(
-                    "promote {}: pg_promote() did not finish within {secs}s; see the server log there",
+                    "promote {}: pg_promote() could not signal the server; see the server log there",
                     node.label()
                 )));
             }
@@ -270,7 +272,7 @@ pub async fn promote(topo: &Topology, remote: &Remote, node: &Node, state: &Node
                 t.as_secs_f64()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -518,6 +520,287 @@ pub fn warn_step(node: &Node, e: &Error) {
     warn!("{}: {e}", node.label());
 }
 
+/// Whether a PCP error is worth another try, `elapsed` into the step:
+/// pgpool refusing during a failover, or a connection its PCP process
+/// dropped (pgpool restarts that process about a second after every
+/// failover and failback) are; a refused connect only within one `[pcp]
+/// timeout` (pgpool restarting), not for as long as pgpool is down.
+pub fn pcp_transient(topo: &Topology, e: &pcp::PcpError, elapsed: Duration) -> bool {
+    match e {
+        pcp::PcpError::FailoverInProgress { .. } | pcp::PcpError::Io { .. } => true,
+        pcp::PcpError::Connect { .. } => elapsed < topo.config.pcp.timeout,
+        _ => false,
+    }
+}
+
+/// One PCP request, retried while [`pcp_transient`] says so, for at most
+/// `[pcp] busy_retry_for`.
+pub async fn pcp_retry<T, F, Fut>(topo: &Topology, deadline: Instant, what: &str, f: F) -> Result<T>
+where
+    F: Fn(pcp::PcpTarget) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, pcp::PcpError>>,
+{
+    let target = topo.pcp_target()?;
+    let start = Instant::now();
+    let end = start + budget(deadline, topo.config.pcp.busy_retry_for);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f(target.clone()).await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() + delay < end && pcp_transient(topo, &e, start.elapsed()) => {
+                debug!("{what}: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(Error::step(what, e)),
+        }
+    }
+}
+
+async fn pcp_retrying<T, F, Fut>(
+    topo: &Topology,
+    node: &Node,
+    deadline: Instant,
+    what: &str,
+    f: F,
+) -> Result<T>
+where
+    F: Fn(pcp::PcpTarget) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, pcp::PcpError>>,
+{
+    pcp_retry(topo, deadline, &format!("{what} for {}", node.label()), f).await
+}
+
+/// Attach `node` in pgpool (`pcp_attach_node`) unless pgpool has it
+/// attached already, retrying as [`pcp_retry`] does; returns whether it
+/// asked. Like [`ensure_attached`], but it also rides out pgpool
+/// restarting its PCP process right after a failover or failback.
+pub async fn attach(topo: &Topology, node: &Node, deadline: Instant) -> Result<bool> {
+    if pgpool_node_info(topo, node, deadline).await?.is_up() {
+        return Ok(false);
+    }
+    let id = node.id;
+    pcp_retrying(topo, node, deadline, "pcp attach", |t| async move {
+        let mut c = PcpClient::connect(&t).await?;
+        let r = c.attach_node(id).await;
+        c.close().await;
+        r
+    })
+    .await?;
+    info!("{}: attached in pgpool", node.label());
+    Ok(true)
+}
+
+/// pgpool's view of `node` (`pcp_node_info`): attached or not, and the
+/// role pgpool gives it.
+pub async fn pgpool_node_info(
+    topo: &Topology,
+    node: &Node,
+    deadline: Instant,
+) -> Result<pcp::NodeInfo> {
+    let id = node.id;
+    pcp_retrying(topo, node, deadline, "pcp node info", |t| async move {
+        let mut c = PcpClient::connect(&t).await?;
+        let info = c.node_info(id).await;
+        c.close().await;
+        info
+    })
+    .await
+}
+
+/// Wait until pgpool shows `node` attached (`up` true) or detached. A PCP
+/// attach only queues a failback request: pgpool's main process applies
+/// it a moment later, also while `follow_primary_command` still runs.
+/// Bounded by `[pcp] busy_retry_for`.
+pub async fn wait_pgpool_status(
+    topo: &Topology,
+    node: &Node,
+    up: bool,
+    deadline: Instant,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let end = start + budget(deadline, topo.config.pcp.busy_retry_for);
+    loop {
+        let info = pgpool_node_info(topo, node, deadline).await?;
+        if info.is_up() == up {
+            return Ok(start.elapsed());
+        }
+        if Instant::now() >= end {
+            return Err(Error::Step(format!(
+                "pgpool still shows {} {} after {:.1}s (wanted {}); see pgpool's log",
+                node.label(),
+                info.status_name(),
+                start.elapsed().as_secs_f64(),
+                if up { "attached" } else { "detached" }
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Detach `node` in pgpool (`pcp_detach_node`, not graceful) so that no
+/// client is sent to a server about to be stopped; pgpool then runs its
+/// `failover_command` for it. Returns false when it was detached already.
+pub async fn detach(topo: &Topology, node: &Node, deadline: Instant) -> Result<bool> {
+    if !pgpool_node_info(topo, node, deadline).await?.is_up() {
+        return Ok(false);
+    }
+    let id = node.id;
+    pcp_retrying(topo, node, deadline, "pcp detach", |t| async move {
+        let mut c = PcpClient::connect(&t).await?;
+        let r = c.detach_node(id, false).await;
+        c.close().await;
+        r
+    })
+    .await?;
+    wait_pgpool_status(topo, node, false, deadline).await?;
+    info!("{}: detached in pgpool", node.label());
+    Ok(true)
+}
+
+/// Bytes of WAL `standby` has yet to replay to reach where `primary` is
+/// (`pg_current_wal_lsn()` minus `pg_last_wal_replay_lsn()`); `None` when
+/// either position is unknown. What `[follow] max_lag` bounds.
+pub fn replay_lag(primary: &NodeState, standby: &NodeState) -> Option<u64> {
+    let p = primary.current_lsn?;
+    let s = standby.replay_lsn.or(standby.receive_lsn)?;
+    Some(s.bytes_behind(p))
+}
+
+/// Wait until `node` has replayed to within `max_lag` bytes of `primary`
+/// (bounded by `[failover] follow_timeout`). Returns the last lag seen.
+pub async fn wait_caught_up(
+    topo: &Topology,
+    node: &Node,
+    primary: &Node,
+    max_lag: u64,
+    deadline: Instant,
+) -> Result<u64> {
+    let start = Instant::now();
+    let end = start + budget(deadline, topo.config.failover.follow_timeout);
+    let (pt, nt) = (topo.pg_target(primary), topo.pg_target(node));
+    loop {
+        let last = match (
+            postgres::observe_target(&pt).await,
+            postgres::observe_target(&nt).await,
+        ) {
+            (Ok(p), Ok(s)) => match replay_lag(&p, &s) {
+                Some(lag) if lag <= max_lag => return Ok(lag),
+                Some(lag) => format!("{lag} bytes behind"),
+                None => "replay position unknown".to_string(),
+            },
+            (Err(e), _) | (_, Err(e)) => e.to_string(),
+        };
+        if Instant::now() >= end {
+            return Err(Error::Step(format!(
+                "{} has not caught up with {} within {:.1}s ({last}; [follow] max_lag is {max_lag} bytes): not attached; run pgha-attach {} once it has",
+                node.label(),
+                primary.label(),
+                start.elapsed().as_secs_f64(),
+                node.id
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Run one statement on `node` (extended protocol, parameters allowed),
+/// bounded by `[postgres] connect_timeout` and `query_timeout`; returns
+/// the rows. For the odd query no step of [`crate::postgres`] covers.
+pub async fn query_node(
+    topo: &Topology,
+    node: &Node,
+    what: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>> {
+    let target = topo.pg_target(node);
+    let step = format!("{what} on {}", node.label());
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    match tokio::time::timeout(target.query_timeout, client.query(sql, params)).await {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(e)) => {
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
+            Err(Error::Step(format!("{step}: {msg}")))
+        }
+        Err(_) => Err(Error::Step(format!(
+            "{step}: timed out after {:.1}s ([postgres] query_timeout)",
+            target.query_timeout.as_secs_f64()
+        ))),
+    }
+}
+
+/// Run one statement on `node` with the simple protocol (what `ALTER
+/// SYSTEM` and `CHECKPOINT` need), bounded like [`query_node`].
+pub async fn execute_node(topo: &Topology, node: &Node, what: &str, sql: &str) -> Result<()> {
+    let target = topo.pg_target(node);
+    let step = format!("{what} on {}", node.label());
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    match tokio::time::timeout(target.query_timeout, client.batch_execute(sql)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string());
+            Err(Error::Step(format!("{step}: {msg}")))
+        }
+        Err(_) => Err(Error::Step(format!(
+            "{step}: timed out after {:.1}s ([postgres] query_timeout)",
+            target.query_timeout.as_secs_f64()
+        ))),
+    }
+}
+
+/// Create the physical replication slot `slot` on `primary` unless it
+/// exists (`pg_create_physical_replication_slot(slot, true)`, reserving
+/// WAL at once). Returns whether it was created.
+pub async fn ensure_slot(topo: &Topology, primary: &Node, slot: &str) -> Result<bool> {
+    let rows = query_node(
+        topo,
+        primary,
+        &format!("create replication slot {slot}"),
+        "SELECT pg_create_physical_replication_slot($1, true) FROM (SELECT 1) s \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+        &[&slot],
+    )
+    .await?;
+    Ok(!rows.is_empty())
+}
+
+/// Set `primary_slot_name` on a running standby (`ALTER SYSTEM` and
+/// reload, which applies it on 13+) unless it is set already. Returns
+/// whether it changed.
+pub async fn set_primary_slot_name(topo: &Topology, node: &Node, slot: &str) -> Result<bool> {
+    let rows = query_node(
+        topo,
+        node,
+        "read primary_slot_name",
+        "SELECT current_setting('primary_slot_name', true)",
+        &[],
+    )
+    .await?;
+    let current: Option<String> = rows.first().and_then(|r| r.get(0));
+    if current.as_deref() == Some(slot) {
+        return Ok(false);
+    }
+    let literal = postgres::quote_literal(slot)
+        .ok_or_else(|| Error::Usage(format!("slot name {slot:?} holds a NUL")))?;
+    // ALTER SYSTEM refuses a transaction block: simple protocol, one
+    // statement per round trip.
+    let set = format!("ALTER SYSTEM SET primary_slot_name = {literal}");
+    execute_node(topo, node, "ALTER SYSTEM SET primary_slot_name", &set).await?;
+    execute_node(topo, node, "pg_reload_conf()", "SELECT pg_reload_conf()").await?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,5 +895,96 @@ mod tests {
         assert_eq!(budget(d, Duration::from_secs(3)), Duration::from_secs(3));
         let past = Instant::now() - Duration::from_secs(1);
         assert_eq!(budget(past, Duration::from_secs(3)), Duration::from_millis(100));
+    }
+
+    fn state(
+        in_recovery: bool,
+        current: Option<&str>,
+        replay: Option<&str>,
+        receive: Option<&str>,
+    ) -> NodeState {
+        let l = |s: Option<&str>| s.map(|s| s.parse().unwrap());
+        NodeState {
+            host: "127.0.0.2".into(),
+            port: 5432,
+            server_version_num: 150000,
+            in_recovery,
+            timeline: 2,
+            current_lsn: l(current),
+            receive_lsn: l(receive),
+            replay_lsn: l(replay),
+            wal_receiver: None,
+            primary_conninfo: None,
+            system_identifier: 1,
+            data_directory: String::new(),
+            wal_log_hints: true,
+            data_checksums: false,
+            replicas: vec![],
+        }
+    }
+
+    #[test]
+    fn replay_lag_in_bytes() {
+        let p = state(false, Some("0/5000100"), None, None);
+        assert_eq!(
+            replay_lag(&p, &state(true, None, Some("0/5000000"), Some("0/5000100"))),
+            Some(0x100)
+        );
+        // Ahead (observed a moment later): no lag, not a wrap-around.
+        assert_eq!(
+            replay_lag(&p, &state(true, None, Some("0/5000200"), None)),
+            Some(0)
+        );
+        // Nothing replayed yet: what it received.
+        assert_eq!(
+            replay_lag(&p, &state(true, None, None, Some("0/5000080"))),
+            Some(0x80)
+        );
+        assert_eq!(replay_lag(&p, &state(true, None, None, None)), None);
+        assert_eq!(replay_lag(&state(true, None, None, None), &p), None);
+    }
+
+    #[test]
+    fn which_pcp_errors_are_retried() {
+        let topo = Topology::from_parts(
+            crate::config::Config::default(),
+            crate::pgpool::conf::PgpoolConf::parse(
+                std::path::Path::new("p.conf"),
+                "backend_hostname0 = '127.0.0.2'\n",
+            )
+            .unwrap(),
+        );
+        let (h, p) = ("127.0.0.20".to_string(), 9898);
+        let busy = pcp::PcpError::FailoverInProgress {
+            host: h.clone(),
+            port: p,
+            detail: String::new(),
+        };
+        let reset = pcp::PcpError::Io {
+            host: h.clone(),
+            port: p,
+            step: "read the md5 salt".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        };
+        let refused = pcp::PcpError::Connect {
+            host: h.clone(),
+            port: p,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        let auth = pcp::PcpError::Auth {
+            host: h,
+            port: p,
+            user: "pgpool".into(),
+            message: "no".into(),
+        };
+        let long = topo.config.pcp.timeout * 2;
+        assert!(pcp_transient(&topo, &busy, long));
+        assert!(pcp_transient(&topo, &reset, long));
+        assert!(pcp_transient(&topo, &refused, Duration::ZERO));
+        assert!(
+            !pcp_transient(&topo, &refused, long),
+            "pgpool down is not retried for long"
+        );
+        assert!(!pcp_transient(&topo, &auth, Duration::ZERO));
     }
 }
