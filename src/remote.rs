@@ -37,8 +37,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// `KILL` that follows when the command ignores it (`timeout -k`).
 const KILL_AFTER_SECS: u64 = 2;
 
-/// How long after the remote `KILL` the local ssh client may still take to
-/// report the exit status before it is killed and the host presumed gone.
+/// How long after the deadline the local ssh client may take to report the
+/// remote `timeout`'s verdict before it is killed and its master presumed
+/// dead. A command that ignores TERM may outlast it; `timeout -k` still
+/// kills it remotely [`KILL_AFTER_SECS`] after the deadline.
 const LOCAL_GRACE: Duration = Duration::from_secs(1);
 
 /// Slack on top of `ConnectTimeout` for the local timer around the whole
@@ -441,7 +443,7 @@ impl Remote {
         let start = Instant::now();
         let secs = whole_secs(timeout);
         let wrapped = wrap(inner, secs);
-        let local_bound = Duration::from_secs(secs + KILL_AFTER_SECS) + LOCAL_GRACE;
+        let local_bound = Duration::from_secs(secs) + LOCAL_GRACE;
         let mut reconnected = false;
         loop {
             let session = self.session(host).await?;
@@ -574,7 +576,8 @@ impl Remote {
                 message: format!(
                     "cannot read the identity file {}: {e}; hint: {}",
                     key.display(),
-                    self.hint(host, "Identity file not accessible").unwrap_or_default()
+                    self.hint(host, "Identity file not accessible")
+                        .unwrap_or_default()
                 ),
                 after: start.elapsed(),
             });
@@ -1389,6 +1392,7 @@ mod tests {
     #[tokio::test]
     async fn a_too_long_control_dir_is_refused_with_its_length() {
         let mut opts = remote().opts.clone();
+        opts.identity_file = None;
         opts.control_dir = PathBuf::from(format!("/tmp/{}", "d".repeat(80)));
         let r = Remote::new(opts);
         let e = r
@@ -1396,6 +1400,21 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("85 bytes long"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_identity_file_is_named_before_ssh_runs() {
+        let r = remote();
+        let e = r
+            .run("127.0.0.2", &["true"], Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RemoteError::Connect { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("cannot read the identity file /k/id_ed25519"),
+            "{e}"
+        );
     }
 
     #[test]
