@@ -1,12 +1,29 @@
-//! `pgha-attach` (being written).
+//! `pgha-attach`: attach a node in pgpool-II only once it is proven a
+//! healthy standby of the current primary: in recovery, on the primary's
+//! timeline, streaming from it, replay lag within `[follow] max_lag`.
+//! Otherwise it refuses, changes nothing and says why and what to run
+//! (`pgha-follow NODE` for a standby that follows the wrong server,
+//! `pgha-attach --rejoin NODE` for a diverged one or an old primary).
+//!
+//! `--rejoin` makes any node but the current primary a standby of it
+//! (stop, `pg_rewind`, configure, start, verify; `pg_basebackup` only
+//! where `[follow] rebuild` allows), then attaches it: the same
+//! observation, decision ([`crate::follow::decide`]) and steps as
+//! `pgha-follow`, in [`Mode::Rejoin`].
 
 use crate::cli::AttachArgs;
 use crate::cluster::Topology;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::follow::{self, Mode};
 use crate::report::Summary;
 
-/// Validate the configuration and arguments; the command itself comes next.
+/// Run `pgha-attach` as the arguments say.
 pub async fn run(args: &AttachArgs) -> Result<Summary> {
-    let _topo = Topology::load(args.common.config.as_deref())?;
-    Err(Error::Step("pgha-attach is not implemented in this version".into()))
+    let topo = Topology::load(args.common.config.as_deref())?;
+    let mode = if args.rejoin {
+        Mode::Rejoin
+    } else {
+        Mode::Attach
+    };
+    follow::run_mode(&topo, args.node, mode, None, None, &args.common, "attach").await
 }

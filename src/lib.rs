@@ -15,6 +15,8 @@
 //! - [`plan`]: decisions computed from observed state, free of I/O.
 //! - [`steps`]: fence, promote, history file, repoint, wait, attach: each
 //!   written once, each checking first whether it is done.
+//! - [`rejoin`]: when repointing is not enough: stop/start over ssh,
+//!   `pg_rewind`, `pg_basebackup`, keeping the node's own configuration.
 //! - [`state`]: the lock and the journal in the state directory.
 //! - One module per command: [`failover`], [`follow`], [`attach`], [`check`];
 //!   [`cli`] holds their arguments, [`report`] their final line, [`exit`]
@@ -37,6 +39,7 @@ pub mod follow;
 pub mod pgpool;
 pub mod plan;
 pub mod postgres;
+pub mod rejoin;
 pub mod remote;
 pub mod report;
 pub mod state;

@@ -461,39 +461,6 @@ pub async fn wait_streaming(topo: &Topology, node: &Node, primary: &Node, timeli
     )))
 }
 
-/// Make sure pgpool has `node` attached; attach it if not. Retries while
-/// pgpool says a failover is in progress (it refuses PCP then).
-pub async fn ensure_attached(topo: &Topology, node: &Node, deadline: Instant) -> Result<bool> {
-    let target = topo.pcp_target()?;
-    let retry_for = budget(deadline, topo.config.pcp.busy_retry_for);
-    let end = Instant::now() + retry_for;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let res = async {
-            let mut c = PcpClient::connect(&target).await?;
-            let info = c.node_info(node.id).await?;
-            c.close().await;
-            Ok::<_, pcp::PcpError>(info)
-        }
-        .await;
-        match res {
-            Ok(info) if info.is_up() => return Ok(false),
-            Ok(_) => break,
-            Err(pcp::PcpError::FailoverInProgress { .. }) if Instant::now() < end => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => return Err(Error::step(&format!("pcp node info for {}", node.label()), e)),
-        }
-    }
-    let left = end.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
-    pcp::attach_with_retry(&target, node.id, left)
-        .await
-        .map_err(|e| Error::step(&format!("pcp attach {}", node.label()), e))?;
-    info!("{}: attached in pgpool", node.label());
-    Ok(true)
-}
-
 /// Drop a standby's replication slot on the primary, if it exists.
 pub async fn drop_slot(topo: &Topology, primary: &Node, slot: &str) -> Result<bool> {
     let target = topo.pg_target(primary);
@@ -573,8 +540,9 @@ where
 
 /// Attach `node` in pgpool (`pcp_attach_node`) unless pgpool has it
 /// attached already, retrying as [`pcp_retry`] does; returns whether it
-/// asked. Like [`ensure_attached`], but it also rides out pgpool
-/// restarting its PCP process right after a failover or failback.
+/// asked. Retries while pgpool says a failover is in progress (it refuses
+/// PCP then) and while it restarts its PCP process right after a failover
+/// or failback.
 pub async fn attach(topo: &Topology, node: &Node, deadline: Instant) -> Result<bool> {
     if pgpool_node_info(topo, node, deadline).await?.is_up() {
         return Ok(false);

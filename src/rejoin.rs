@@ -1,0 +1,1188 @@
+//! Making a node a standby again when repointing is not enough: stop and
+//! start it over ssh, `pg_rewind` it from the primary, or rebuild it with
+//! `pg_basebackup` where `[follow] rebuild` allows; in both cases the
+//! node keeps its own configuration files (`postgresql.conf`,
+//! `postgresql.auto.conf`, `pg_hba.conf`, `pg_ident.conf`), which both
+//! tools overwrite with the source's.
+//!
+//! Every step looks first whether it is done: a stopped server is not
+//! stopped again, and a data directory that `pg_rewind` or
+//! `pg_basebackup` finished but that never started since (its
+//! `backup_label` says so) is not rewound again: a second `pg_rewind`
+//! would first run crash recovery on it and write WAL the primary never
+//! had.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use tracing::info;
+
+use crate::cluster::{Node, Topology};
+use crate::error::{Error, Result};
+use crate::postgres::{self, Lsn};
+use crate::remote::{self, Remote};
+use crate::steps::{self, budget};
+
+/// One line of a timeline history file (`00000002.history`): the
+/// timeline that was left and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The parent timeline (the one that ended).
+    pub parent_tli: u32,
+    /// The WAL position where the history switched away from it.
+    pub switch_point: Lsn,
+}
+
+/// Parse a timeline history file: `parentTLI <tab> switchpoint <tab>
+/// reason` per line; blank and `#` lines are skipped, as the server does.
+pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            if l.is_empty() || l.starts_with('#') {
+                return None;
+            }
+            let mut f = l.split_whitespace();
+            let parent_tli = f.next()?.parse().ok()?;
+            let switch_point = f.next()?.parse().ok()?;
+            Some(HistoryEntry {
+                parent_tli,
+                switch_point,
+            })
+        })
+        .collect()
+}
+
+/// Whether a node on timeline `node_tli` at `node_lsn` can simply stream
+/// from a primary on `primary_tli` whose history is `history`: `Ok` when
+/// its WAL is a prefix of the primary's, `Err` with the reason when it has
+/// WAL the primary never had (it kept writing after the switch point, as
+/// an old primary does, or it is on a timeline the primary does not
+/// descend from) and must be rewound.
+pub fn check_lineage(
+    history: &[HistoryEntry],
+    primary_tli: u32,
+    primary_lsn: Option<Lsn>,
+    node_tli: u32,
+    node_lsn: Option<Lsn>,
+) -> std::result::Result<(), String> {
+    if node_tli == primary_tli {
+        return match (node_lsn, primary_lsn) {
+            (Some(n), Some(p)) if n > p => Err(format!(
+                "it is at {n} on timeline {node_tli}, ahead of the primary ({p}) on the same timeline"
+            )),
+            _ => Ok(()),
+        };
+    }
+    if node_tli > primary_tli {
+        return Err(format!(
+            "it is on timeline {node_tli}, newer than the primary's timeline {primary_tli}"
+        ));
+    }
+    let Some(e) = history.iter().find(|e| e.parent_tli == node_tli) else {
+        return Err(format!(
+            "its timeline {node_tli} is not in the history of the primary's timeline {primary_tli}"
+        ));
+    };
+    match node_lsn {
+        Some(n) if n > e.switch_point => Err(format!(
+            "its WAL diverged: it is at {n} on timeline {node_tli}, past {}, where the primary's history left timeline {node_tli}",
+            e.switch_point
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What `pg_ctl status` says about a node's data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerStatus {
+    /// A postmaster runs on it (exit 0).
+    Running,
+    /// No server runs (exit 3).
+    Stopped,
+    /// No data directory there, or not one pg_ctl can read (exit 4).
+    NoDataDirectory,
+}
+
+/// `pg_ctl status` on the node over ssh, bounded by `[ssh]
+/// command_timeout`.
+pub async fn server_status(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<ServerStatus> {
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let out = steps::pg_ctl(topo, remote, node, &["status"], t).await?;
+    match out.status {
+        0 => Ok(ServerStatus::Running),
+        3 => Ok(ServerStatus::Stopped),
+        4 => Ok(ServerStatus::NoDataDirectory),
+        s => Err(Error::Step(format!(
+            "pg_ctl status on {} exited {s}: {}",
+            node.label(),
+            out.stderr_str().trim()
+        ))),
+    }
+}
+
+/// Prove that ssh to the node reaches the very server pgha talks to with
+/// SQL (the same `postmaster.pid`), before stopping anything: a wrong
+/// `[nodes.N] ssh_host` must never stop, rewind or delete another server.
+pub async fn same_server(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<()> {
+    let target = topo.pg_target(node);
+    let step = format!("identify the server of {}", node.label());
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    let by_sql = postgres::read_binary_file(&client, &target, "postmaster.pid")
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    let path = node
+        .data_dir()?
+        .join("postmaster.pid")
+        .display()
+        .to_string();
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let by_ssh = remote
+        .read_file(&node.ssh_host, &path, t)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    // The first line is the pid, the third the start time (epoch).
+    let key = |b: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(b)
+            .lines()
+            .take(3)
+            .map(str::to_string)
+            .collect()
+    };
+    if key(&by_sql) != key(&by_ssh) || by_sql.is_empty() {
+        return Err(Error::Refused(format!(
+            "ssh to {} finds {path} of another server than SQL to {}:{} does: check [nodes.{}] ssh_host and backend_data_directory{}; nothing was changed",
+            node.ssh_host, node.host, node.port, node.id, node.id
+        )));
+    }
+    Ok(())
+}
+
+/// Stop the node's server (`pg_ctl stop -m fast`, then `-m immediate` if
+/// that does not finish). Returns what happened.
+pub async fn stop(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<String> {
+    if server_status(topo, remote, node, deadline).await? != ServerStatus::Running {
+        return Ok("was not running".into());
+    }
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let out = steps::pg_ctl(topo, remote, node, &["stop", "-m", "fast", "-w"], t).await;
+    if let Ok(o) = &out
+        && o.success()
+    {
+        return Ok("stopped (pg_ctl stop -m fast)".into());
+    }
+    let first = match out {
+        Ok(o) => format!("exited {}: {}", o.status, o.stderr_str().trim()),
+        Err(e) => e.to_string(),
+    };
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let out = steps::pg_ctl(topo, remote, node, &["stop", "-m", "immediate", "-w"], t).await?;
+    if out.success() || out.status == 3 {
+        return Ok(format!(
+            "stopped (pg_ctl stop -m immediate, since -m fast {first})"
+        ));
+    }
+    Err(Error::Step(format!(
+        "stop {}: pg_ctl stop -m fast {first}; -m immediate exited {}: {}",
+        node.label(),
+        out.status,
+        out.stderr_str().trim()
+    )))
+}
+
+/// Start the node's server (`pg_ctl start -w -l LOG`), waiting until it
+/// accepts connections, bounded by `[failover] follow_timeout`.
+pub async fn start(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<String> {
+    if server_status(topo, remote, node, deadline).await? == ServerStatus::Running {
+        return Ok("already running".into());
+    }
+    let log = steps::pg_ctl_log(topo, node)?;
+    let t = budget(deadline, topo.config.failover.follow_timeout);
+    let out = steps::pg_ctl(topo, remote, node, &["start", "-w", "-l", &log], t).await?;
+    if !out.success() {
+        return Err(Error::Step(format!(
+            "start {}: pg_ctl start exited {}: {}; see {log} there",
+            node.label(),
+            out.status,
+            out.stderr_str().trim()
+        )));
+    }
+    Ok(format!("started (log {log})"))
+}
+
+/// Where a node's own configuration files wait while `pg_rewind` or
+/// `pg_basebackup` replace them: beside the data directory, outside it.
+pub fn saved_config_dir(node: &Node) -> Result<String> {
+    let data = node.data_dir()?;
+    let parent = data.parent().unwrap_or(data);
+    Ok(parent.join("pgha-saved-config").display().to_string())
+}
+
+/// The configuration files a data directory may hold that are the node's
+/// own: the tools copy the source's over them.
+pub const CONFIG_FILES: [&str; 5] = [
+    "postgresql.conf",
+    "postgresql.auto.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+    "recovery.conf",
+];
+
+/// Copy the node's configuration files out of its data directory. A copy
+/// still marked pending (an earlier run stopped before restoring it) is
+/// kept: the data directory may hold the source's files by now.
+pub async fn save_config(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<String> {
+    let data = remote::quote(&node.data_dir()?.display().to_string());
+    let dir = saved_config_dir(node)?;
+    let b = remote::quote(&dir);
+    let files = CONFIG_FILES.join(" ");
+    let script = format!(
+        "set -e; mkdir -p {b}; chmod 700 {b}; \
+         if [ -e {b}/.pending ]; then echo kept; exit 0; fi; \
+         rm -f {b}/*.conf; \
+         for f in {files}; do if [ -f {data}/$f ]; then cp -p {data}/$f {b}/$f; fi; done; \
+         sync {b} 2>/dev/null || true; touch {b}/.pending; echo saved"
+    );
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let out = remote
+        .run_script(&node.ssh_host, &script, t)
+        .await
+        .map_err(|e| Error::step(&format!("save the configuration of {}", node.label()), e))?;
+    if !out.success() {
+        return Err(Error::Step(format!(
+            "save the configuration of {} to {dir}: exited {}: {}",
+            node.label(),
+            out.status,
+            out.stderr_str().trim()
+        )));
+    }
+    Ok(if out.stdout_str().trim() == "kept" {
+        format!("kept the copy in {dir} from an unfinished earlier run")
+    } else {
+        format!("saved to {dir}")
+    })
+}
+
+/// Put the saved configuration files back into the data directory and
+/// clear the pending mark. Nothing saved: nothing to do.
+pub async fn restore_config(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<String> {
+    let data = remote::quote(&node.data_dir()?.display().to_string());
+    let dir = saved_config_dir(node)?;
+    let b = remote::quote(&dir);
+    let script = format!(
+        "set -e; [ -d {b} ] || {{ echo none; exit 0; }}; \
+         for f in {b}/*.conf; do if [ -f \"$f\" ]; then cp -p \"$f\" {data}/; fi; done; \
+         rm -f {b}/.pending; echo restored"
+    );
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let out = remote
+        .run_script(&node.ssh_host, &script, t)
+        .await
+        .map_err(|e| Error::step(&format!("restore the configuration of {}", node.label()), e))?;
+    if !out.success() {
+        return Err(Error::Step(format!(
+            "restore the configuration of {} from {dir}: exited {}: {}",
+            node.label(),
+            out.status,
+            out.stderr_str().trim()
+        )));
+    }
+    Ok(format!("own configuration files restored from {dir}"))
+}
+
+/// `BACKUP METHOD` of the data directory's `backup_label`, if it has one:
+/// `pg_rewind` or `streamed` (pg_basebackup) means that tool finished and
+/// the server has not started since.
+pub async fn backup_label_method(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<Option<String>> {
+    let path = node.data_dir()?.join("backup_label").display().to_string();
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let script = format!("cat {} 2>/dev/null || true", remote::quote(&path));
+    let out = remote
+        .run_script(&node.ssh_host, &script, t)
+        .await
+        .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))?;
+    Ok(label_method(&out.stdout_str()))
+}
+
+/// The `BACKUP METHOD:` line of a `backup_label`.
+pub fn label_method(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("BACKUP METHOD:"))
+        .map(|m| m.trim().to_string())
+}
+
+/// Major version of the data directory (`PG_VERSION`), as
+/// `server_version_num` would start: `15` gives 150000, `9.6` 90600.
+pub async fn data_version(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<u32> {
+    let path = node.data_dir()?.join("PG_VERSION").display().to_string();
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let text = remote
+        .read_file(&node.ssh_host, &path, t)
+        .await
+        .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))?;
+    parse_pg_version(&String::from_utf8_lossy(&text))
+        .ok_or_else(|| Error::Step(format!("{path} on {} holds no version", node.label())))
+}
+
+/// `PG_VERSION` text to a `server_version_num`-like number.
+pub fn parse_pg_version(text: &str) -> Option<u32> {
+    let t = text.trim();
+    let mut it = t.split('.');
+    let major: u32 = it.next()?.parse().ok()?;
+    match it.next() {
+        Some(minor) if major < 10 => Some(major * 10000 + minor.parse::<u32>().ok()? * 100),
+        None if major >= 10 => Some(major * 10000),
+        _ => None,
+    }
+}
+
+/// The libpq conninfo `pg_rewind --source-server` uses to read the
+/// primary: pgha's superuser (password from the node's `.pgpass`), the
+/// primary's replication address, which the nodes reach.
+pub fn source_conninfo(topo: &Topology, primary: &Node) -> String {
+    let pg = &topo.config.postgres;
+    let mut kv = BTreeMap::new();
+    kv.insert("host".to_string(), primary.replication_host.clone());
+    kv.insert("port".to_string(), primary.port.to_string());
+    kv.insert("user".to_string(), pg.user.clone());
+    kv.insert("dbname".to_string(), pg.database.clone());
+    kv.insert(
+        "connect_timeout".to_string(),
+        pg.connect_timeout.as_secs().max(1).to_string(),
+    );
+    kv.insert("application_name".to_string(), "pgha-rewind".to_string());
+    steps::format_conninfo(&kv)
+}
+
+/// `pg_rewind` arguments for a server of version `version_num`:
+/// `--restore-target-wal` (13+) lets it fetch the node's missing WAL with
+/// its own `restore_command`.
+pub fn pg_rewind_args(bin: &str, data: &str, source: &str, version_num: u32) -> Vec<String> {
+    let mut v = vec![
+        bin.to_string(),
+        "-D".to_string(),
+        data.to_string(),
+        format!("--source-server={source}"),
+    ];
+    if version_num >= 130000 {
+        v.push("--restore-target-wal".to_string());
+    }
+    v
+}
+
+/// Why `pg_rewind` failed, in words an operator can act on.
+pub fn explain_rewind_failure(stderr: &str) -> String {
+    let s = stderr.trim();
+    let last = s
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    if s.contains("wal_log_hints") || s.contains("data checksums") {
+        format!(
+            "{last}: the node has neither data checksums nor wal_log_hints = on, so it cannot be rewound; \
+             set wal_log_hints = on (a restart) so that later rewinds work"
+        )
+    } else if s.contains("shut down cleanly") {
+        format!("{last}: start and stop the server once cleanly, then run again")
+    } else if s.contains("could not connect") || s.contains("connection to server") {
+        format!(
+            "{last}: the node cannot log in to the primary as the pgha superuser (check its .pgpass and the primary's pg_hba.conf)"
+        )
+    } else if s.contains("same timeline") || s.contains("no rewind required") {
+        "no rewind required".to_string()
+    } else if last.is_empty() {
+        "pg_rewind failed without a message".to_string()
+    } else {
+        last.to_string()
+    }
+}
+
+/// What [`rewind`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewound {
+    /// `pg_rewind` copied the changed blocks.
+    Rewound(String),
+    /// `pg_rewind` found the node's WAL a prefix of the primary's.
+    NotNeeded,
+    /// An earlier run rewound (or copied) it and it has not started since.
+    AlreadyDone,
+}
+
+/// `pg_rewind` the stopped node from `primary`: a `CHECKPOINT` on the
+/// primary first (right after a promotion its control file still names
+/// the old timeline, and pg_rewind reads it), then pg_rewind over ssh on
+/// the node, bounded by `[ssh] command_timeout`. The node's configuration
+/// files must be saved before and restored after (see [`save_config`]).
+pub async fn rewind(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    primary: &Node,
+    deadline: Instant,
+) -> Result<Rewound> {
+    // pg_rewind or pg_basebackup (`streamed`) finished and the server has
+    // not started since: rewinding again would first run crash recovery
+    // on it, writing WAL the primary never had.
+    if matches!(
+        backup_label_method(topo, remote, node, deadline)
+            .await?
+            .as_deref(),
+        Some("pg_rewind" | "streamed")
+    ) {
+        return Ok(Rewound::AlreadyDone);
+    }
+    let target = topo.pg_target(primary);
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| Error::step(&format!("checkpoint {}", primary.label()), e))?;
+    postgres::checkpoint(&client, &target)
+        .await
+        .map_err(|e| Error::step(&format!("checkpoint {}", primary.label()), e))?;
+    drop(client);
+    let version = data_version(topo, remote, node, deadline).await?;
+    let bin = topo
+        .config
+        .postgres
+        .bin_dir
+        .join("pg_rewind")
+        .display()
+        .to_string();
+    let data = node.data_dir()?.display().to_string();
+    let args = pg_rewind_args(&bin, &data, &source_conninfo(topo, primary), version);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let out = remote
+        .run(&node.ssh_host, &argv, t)
+        .await
+        .map_err(|e| Error::step(&format!("pg_rewind {}", node.label()), e))?;
+    let err = out.stderr_str();
+    if !out.success() {
+        return Err(Error::Step(format!(
+            "pg_rewind {} from {} exited {} after {:.1}s: {}",
+            node.label(),
+            primary.label(),
+            out.status,
+            out.elapsed.as_secs_f64(),
+            explain_rewind_failure(&err)
+        )));
+    }
+    if err.contains("no rewind required") {
+        return Ok(Rewound::NotNeeded);
+    }
+    let diverged = err
+        .lines()
+        .find(|l| l.contains("diverged at"))
+        .map(|l| l.trim_start_matches("pg_rewind: ").trim().to_string())
+        .unwrap_or_else(|| "rewound".into());
+    Ok(Rewound::Rewound(diverged))
+}
+
+/// A `postgresql.conf`-style value: single-quoted with `''` or `\'` for a
+/// quote, or a bare word ending at whitespace or `#`.
+fn parse_conf_value(v: &str) -> String {
+    let v = v.trim_start();
+    let mut out = String::new();
+    if let Some(rest) = v.strip_prefix('\'') {
+        let mut it = rest.chars().peekable();
+        while let Some(c) = it.next() {
+            match c {
+                '\'' if it.peek() == Some(&'\'') => {
+                    it.next();
+                    out.push('\'');
+                }
+                '\'' => break,
+                '\\' => {
+                    if let Some(n) = it.next() {
+                        out.push(n);
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+    } else {
+        out = v
+            .split(|c: char| c.is_whitespace() || c == '#')
+            .next()
+            .unwrap_or("")
+            .to_string();
+    }
+    out
+}
+
+/// If `line` sets `key` (case-insensitive, `key = value` or `key value`),
+/// the raw value text.
+fn conf_line_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let l = line.trim_start();
+    let head = l.get(..key.len())?;
+    if !head.eq_ignore_ascii_case(key) {
+        return None;
+    }
+    let rest = &l[key.len()..];
+    let rest_trim = rest.trim_start();
+    if let Some(v) = rest_trim.strip_prefix('=') {
+        Some(v)
+    } else if rest.starts_with(char::is_whitespace) && !rest_trim.is_empty() {
+        Some(rest_trim)
+    } else {
+        None
+    }
+}
+
+/// The value `key` gets in a `postgresql.conf`-style text (the last
+/// setting wins, as in the server).
+pub fn conf_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .rev()
+        .find_map(|l| conf_line_value(l, key))
+        .map(parse_conf_value)
+}
+
+/// `text` with every setting of `key` removed and `key = 'value'` appended
+/// (quotes doubled), as `ALTER SYSTEM` writes `postgresql.auto.conf`.
+pub fn set_conf(text: &str, key: &str, value: &str) -> String {
+    let mut out: Vec<&str> = text
+        .lines()
+        .filter(|l| conf_line_value(l, key).is_none())
+        .collect();
+    while out.last().is_some_and(|l| l.trim().is_empty()) {
+        out.pop();
+    }
+    let line = format!("{key} = '{}'", value.replace('\'', "''"));
+    let mut s = out.join("\n");
+    if !s.is_empty() {
+        s.push('\n');
+    }
+    s.push_str(&line);
+    s.push('\n');
+    s
+}
+
+/// The settings that make a stopped data directory start as a standby of
+/// `conninfo`'s server, applied to the text of `postgresql.auto.conf`
+/// (12+) or `recovery.conf` (before 12, which also needs
+/// `standby_mode`).
+pub fn standby_settings(
+    text: &str,
+    conninfo: &str,
+    slot: Option<&str>,
+    version_num: u32,
+) -> String {
+    let mut t = set_conf(text, "primary_conninfo", conninfo);
+    if let Some(s) = slot {
+        t = set_conf(&t, "primary_slot_name", s);
+    }
+    if version_num < 120000 {
+        t = set_conf(&t, "standby_mode", "on");
+        t = set_conf(&t, "recovery_target_timeline", "latest");
+    }
+    t
+}
+
+/// Configure the stopped node as a standby of `primary`: its
+/// `primary_conninfo` (the one it had, with host and port replaced; see
+/// [`steps::follow_conninfo`]) in `postgresql.auto.conf` and
+/// `standby.signal` (12+), or in `recovery.conf` (before 12). Returns the
+/// conninfo.
+pub async fn configure_standby(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    primary: &Node,
+    slot: Option<&str>,
+    deadline: Instant,
+) -> Result<String> {
+    let step = format!(
+        "configure {} as a standby of {}",
+        node.label(),
+        primary.label()
+    );
+    let version = data_version(topo, remote, node, deadline).await?;
+    let data = node.data_dir()?;
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let read = |name: &str| {
+        let path = data.join(name).display().to_string();
+        let script = format!("cat {} 2>/dev/null || true", remote::quote(&path));
+        async move {
+            remote
+                .run_script(&node.ssh_host, &script, t)
+                .await
+                .map(|o| o.stdout_str())
+                .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))
+        }
+    };
+    let file = if version >= 120000 {
+        "postgresql.auto.conf"
+    } else {
+        "recovery.conf"
+    };
+    let text = read(file).await?;
+    let current = match conf_value(&text, "primary_conninfo") {
+        Some(c) => Some(c),
+        None => conf_value(&read("postgresql.conf").await?, "primary_conninfo"),
+    };
+    let conninfo = steps::follow_conninfo(
+        current.as_deref().filter(|c| !c.is_empty()),
+        primary,
+        &topo.config.postgres.replication_user,
+        node.application_name.as_deref(),
+    );
+    let new = standby_settings(&text, &conninfo, slot, version);
+    let path = data.join(file).display().to_string();
+    remote
+        .write_file(&node.ssh_host, &path, new.as_bytes(), 0o600, t)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    if version >= 120000 {
+        let signal = data.join("standby.signal").display().to_string();
+        remote
+            .write_file(&node.ssh_host, &signal, b"", 0o600, t)
+            .await
+            .map_err(|e| Error::step(&step, e))?;
+        let recovery = data.join("recovery.signal").display().to_string();
+        remote
+            .run(&node.ssh_host, &["rm", "-f", &recovery], t)
+            .await
+            .map_err(|e| Error::step(&step, e))?;
+    }
+    Ok(conninfo)
+}
+
+/// Rename (never delete) the timeline history files of timelines newer
+/// than `primary_tli` in the node's `pg_wal` and `[postgres] archive_dir`
+/// to `*.history.pgha-stale`. A node that was promoted on its own left
+/// such files; with `recovery_target_timeline = 'latest'` the standby
+/// would pick that timeline, which the primary never had, and refuse to
+/// start ("requested timeline N is not a child of this server's
+/// history"). Returns the files renamed.
+pub async fn set_aside_stale_history(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    primary_tli: u32,
+    deadline: Instant,
+) -> Result<Vec<String>> {
+    let version = data_version(topo, remote, node, deadline).await?;
+    let mut dirs = vec![
+        node.data_dir()?
+            .join(steps::wal_dir(version))
+            .display()
+            .to_string(),
+    ];
+    if let Some(a) = &topo.config.postgres.archive_dir {
+        dirs.push(a.display().to_string());
+    }
+    let dirs: Vec<String> = dirs.iter().map(|d| remote::quote(d)).collect();
+    let script = format!(
+        "for d in {}; do [ -d \"$d\" ] || continue; \
+         for f in \"$d\"/*.history; do [ -f \"$f\" ] || continue; \
+         b=$(basename \"$f\" .history); \
+         case \"$b\" in ????????) ;; *) continue ;; esac; \
+         case \"$b\" in *[!0-9A-Fa-f]*) continue ;; esac; \
+         if [ $((0x$b)) -gt {primary_tli} ]; then mv \"$f\" \"$f.pgha-stale\" && echo \"$f\"; fi; \
+         done; done",
+        dirs.join(" ")
+    );
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let out = remote
+        .run_script(&node.ssh_host, &script, t)
+        .await
+        .map_err(|e| {
+            Error::step(
+                &format!("set aside stale history files on {}", node.label()),
+                e,
+            )
+        })?;
+    if !out.success() {
+        return Err(Error::Step(format!(
+            "set aside stale history files on {}: exited {}: {}",
+            node.label(),
+            out.status,
+            out.stderr_str().trim()
+        )));
+    }
+    Ok(out.stdout_str().lines().map(str::to_string).collect())
+}
+
+/// Free space, space needed and what the old data directory holds, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Free on the data directory's filesystem (`df -Pk`), for its owner.
+    pub avail_kb: u64,
+    /// A fresh copy of the primary: its databases, a tenth more and 64 MiB
+    /// of WAL.
+    pub need_kb: u64,
+    /// The old data directory (`du -sk`), 0 when there is none.
+    pub old_kb: u64,
+}
+
+/// What happens to the old data directory before `pg_basebackup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldData {
+    /// No old data directory.
+    None,
+    /// Room for the new copy next to the old one: rename it aside.
+    MoveAside,
+    /// Room only once the old one is gone: delete it.
+    Delete,
+}
+
+/// Decide from `space` whether the old data directory can be kept; `Err`
+/// when even deleting it leaves too little room.
+pub fn old_data_plan(space: &Space) -> std::result::Result<OldData, String> {
+    if space.old_kb == 0 && space.avail_kb >= space.need_kb {
+        return Ok(OldData::None);
+    }
+    if space.avail_kb >= space.need_kb {
+        return Ok(OldData::MoveAside);
+    }
+    if space.avail_kb + space.old_kb >= space.need_kb {
+        return Ok(OldData::Delete);
+    }
+    Err(format!(
+        "not enough space: a copy of the primary needs about {} MiB, {} MiB are free and the old data directory holds {} MiB",
+        space.need_kb / 1024,
+        space.avail_kb / 1024,
+        space.old_kb / 1024
+    ))
+}
+
+/// KiB available from `df -Pk` output (fourth column of the last line).
+pub fn parse_df_avail(text: &str) -> Option<u64> {
+    text.lines().last()?.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Rebuild the stopped node from `primary` with `pg_basebackup` (`-X
+/// stream -c fast`, as the replication user, password from the node's
+/// `.pgpass`), bounded by the overall deadline. Only after proving that
+/// the node is not the primary and no server runs on its data directory,
+/// and that there is room: the old data directory is moved aside when
+/// space allows and deleted only when it does not. Returns what was done.
+pub async fn rebuild(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    primary: &Node,
+    deadline: Instant,
+) -> Result<String> {
+    let step = format!("rebuild {} from {}", node.label(), primary.label());
+    // 1. Not the current primary, and no server on that data directory.
+    if node.id == primary.id
+        || (node.ssh_host == primary.ssh_host && node.data_dir == primary.data_dir)
+    {
+        return Err(Error::Refused(format!(
+            "{step}: {} is (or shares the host and data directory of) the current primary; nothing was deleted",
+            node.label()
+        )));
+    }
+    let status = server_status(topo, remote, node, deadline).await?;
+    if status == ServerStatus::Running {
+        return Err(Error::Refused(format!(
+            "{step}: a server still runs on {}'s data directory; nothing was deleted",
+            node.label()
+        )));
+    }
+    if postgres::observe_target(&topo.pg_target(node))
+        .await
+        .is_ok()
+    {
+        return Err(Error::Refused(format!(
+            "{step}: {}:{} still answers SQL although pg_ctl status says no server runs there: check [nodes.{}] ssh_host; nothing was deleted",
+            node.host, node.port, node.id
+        )));
+    }
+    // 2. Room for a copy.
+    let rows = steps::query_node(
+        topo,
+        primary,
+        "size of the databases",
+        "SELECT sum(pg_database_size(oid))::int8 FROM pg_database",
+        &[],
+    )
+    .await?;
+    let bytes: i64 = rows
+        .first()
+        .and_then(|r| r.get::<_, Option<i64>>(0))
+        .unwrap_or(0);
+    let need_kb = (bytes.max(0) as u64 / 1024) * 11 / 10 + 64 * 1024;
+    let data = node.data_dir()?.display().to_string();
+    let parent = node
+        .data_dir()?
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let df = remote
+        .check(&node.ssh_host, &["df", "-Pk", &parent], t)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    let avail_kb = parse_df_avail(&df.stdout_str()).ok_or_else(|| {
+        Error::Step(format!(
+            "{step}: cannot read df -Pk {parent}: {}",
+            df.stdout_str().trim()
+        ))
+    })?;
+    let du_script = format!(
+        "if [ -d {d} ]; then du -sk {d} | cut -f1; else echo 0; fi",
+        d = remote::quote(&data)
+    );
+    let du = remote
+        .run_script(&node.ssh_host, &du_script, t)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    let old_kb: u64 = du.stdout_str().trim().parse().unwrap_or(0);
+    let space = Space {
+        avail_kb,
+        need_kb,
+        old_kb,
+    };
+    let plan = old_data_plan(&space)
+        .map_err(|why| Error::Refused(format!("{step}: {why}; nothing was deleted")))?;
+    // 3. Out of the way.
+    let what_old = match plan {
+        OldData::None => "no old data directory".to_string(),
+        OldData::MoveAside => {
+            let aside = format!("{data}.pgha-old-{}", compact_now());
+            remote
+                .check(&node.ssh_host, &["mv", &data, &aside], t)
+                .await
+                .map_err(|e| Error::step(&step, e))?;
+            info!("{}: old data directory moved to {aside}", node.label());
+            format!("old data directory moved to {aside}")
+        }
+        OldData::Delete => {
+            remote
+                .check(
+                    &node.ssh_host,
+                    &["rm", "-rf", "--", &data],
+                    budget(deadline, topo.config.failover.deadline),
+                )
+                .await
+                .map_err(|e| Error::step(&step, e))?;
+            info!(
+                "{}: old data directory {data} deleted ({} MiB free were too few to keep it)",
+                node.label(),
+                avail_kb / 1024
+            );
+            format!(
+                "old data directory deleted (too little room to keep it: {} MiB free)",
+                avail_kb / 1024
+            )
+        }
+    };
+    // 4. The copy.
+    let bin = topo
+        .config
+        .postgres
+        .bin_dir
+        .join("pg_basebackup")
+        .display()
+        .to_string();
+    let port = primary.port.to_string();
+    let argv = [
+        bin.as_str(),
+        "-D",
+        &data,
+        "-h",
+        &primary.replication_host,
+        "-p",
+        &port,
+        "-U",
+        &topo.config.postgres.replication_user,
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "-w",
+    ];
+    // The copy takes what is left of the command's deadline.
+    let t = budget(deadline, topo.config.failover.deadline);
+    let out = remote
+        .run(&node.ssh_host, &argv, t)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    if !out.success() {
+        return Err(Error::Step(format!(
+            "{step}: pg_basebackup exited {} after {:.1}s ({what_old}): {}",
+            out.status,
+            out.elapsed.as_secs_f64(),
+            out.stderr_str().trim()
+        )));
+    }
+    Ok(format!(
+        "pg_basebackup from {} in {:.1}s; {what_old}",
+        primary.label(),
+        out.elapsed.as_secs_f64()
+    ))
+}
+
+/// `20261125T183000Z`: a suffix for the moved-aside data directory.
+fn compact_now() -> String {
+    crate::state::rfc3339(std::time::SystemTime::now())
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(15)
+        .collect::<String>()
+        + "Z"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lsn(s: &str) -> Lsn {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn history_files_parse() {
+        let h = parse_history(
+            "1\t0/4018470\tno recovery target specified\n\n# c\n2\t0/5000A0\tbefore 2000-01-01\n",
+        );
+        assert_eq!(
+            h,
+            vec![
+                HistoryEntry {
+                    parent_tli: 1,
+                    switch_point: lsn("0/4018470")
+                },
+                HistoryEntry {
+                    parent_tli: 2,
+                    switch_point: lsn("0/5000A0")
+                },
+            ]
+        );
+        assert!(parse_history("garbage\n").is_empty());
+    }
+
+    #[test]
+    fn lineage_tells_behind_from_diverged() {
+        let h = parse_history("1\t0/4018470\tx\n2\t0/6000000\ty\n");
+        // A standby left behind on the old timeline can follow.
+        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 1, Some(lsn("0/4018470"))).is_ok());
+        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 1, Some(lsn("0/4000000"))).is_ok());
+        // An old primary that wrote past the switch point cannot.
+        let e =
+            check_lineage(&h, 3, Some(lsn("0/7000000")), 1, Some(lsn("0/40184E8"))).unwrap_err();
+        assert!(e.contains("past 0/4018470"), "{e}");
+        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 2, Some(lsn("0/6000001"))).is_err());
+        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 2, Some(lsn("0/6000000"))).is_ok());
+        // Timelines the primary never had.
+        assert!(
+            check_lineage(&h, 3, None, 4, None)
+                .unwrap_err()
+                .contains("newer")
+        );
+        assert!(
+            check_lineage(&h[..1], 2, None, 5, None)
+                .unwrap_err()
+                .contains("newer")
+        );
+        let h2 = parse_history("1\t0/3000000\tx\n");
+        assert!(
+            check_lineage(&h2, 3, None, 2, None)
+                .unwrap_err()
+                .contains("not in the history")
+        );
+        // Same timeline: only ahead of the primary is diverged.
+        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 3, Some(lsn("0/7000000"))).is_ok());
+        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 3, Some(lsn("0/7000001"))).is_err());
+        assert!(check_lineage(&[], 1, Some(lsn("0/7000000")), 1, None).is_ok());
+    }
+
+    #[test]
+    fn conf_values_and_rewrites() {
+        let auto = "# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\nprimary_conninfo = 'user=repl passfile=''/var/lib/postgresql/.pgpass'' host=127.0.0.102 port=5432'\nwal_log_hints = 'off'\n";
+        assert_eq!(
+            conf_value(auto, "primary_conninfo").as_deref(),
+            Some("user=repl passfile='/var/lib/postgresql/.pgpass' host=127.0.0.102 port=5432")
+        );
+        assert_eq!(conf_value(auto, "wal_log_hints").as_deref(), Some("off"));
+        assert_eq!(conf_value(auto, "primary_slot_name"), None);
+        assert_eq!(
+            conf_value("Port 5433 # c\nport=5434\n", "port").as_deref(),
+            Some("5434")
+        );
+        assert_eq!(conf_value("x = 'it\\'s'\n", "x").as_deref(), Some("it's"));
+        // A longer key with the same prefix is another setting.
+        assert_eq!(
+            conf_value("primary_conninfo_x = 'a'\n", "primary_conninfo"),
+            None
+        );
+
+        let new = set_conf(auto, "primary_conninfo", "host='127.0.0.103' user='repl'");
+        assert!(new.starts_with("# Do not edit"), "{new}");
+        assert_eq!(new.matches("primary_conninfo").count(), 1, "{new}");
+        assert!(
+            new.ends_with("primary_conninfo = 'host=''127.0.0.103'' user=''repl'''\n"),
+            "{new}"
+        );
+        assert!(new.contains("wal_log_hints = 'off'\n"));
+        assert_eq!(
+            conf_value(&new, "primary_conninfo").as_deref(),
+            Some("host='127.0.0.103' user='repl'")
+        );
+        assert_eq!(set_conf("", "a", "b"), "a = 'b'\n");
+    }
+
+    #[test]
+    fn standby_settings_by_version() {
+        let t = standby_settings("", "host=x", Some("pg2"), 150000);
+        assert_eq!(
+            t,
+            "primary_conninfo = 'host=x'\nprimary_slot_name = 'pg2'\n"
+        );
+        let old = standby_settings(
+            "restore_command = 'cp /a/%f %p'\nstandby_mode = off\n",
+            "host=x",
+            None,
+            110005,
+        );
+        assert_eq!(conf_value(&old, "standby_mode").as_deref(), Some("on"));
+        assert_eq!(
+            conf_value(&old, "recovery_target_timeline").as_deref(),
+            Some("latest")
+        );
+        assert_eq!(
+            conf_value(&old, "restore_command").as_deref(),
+            Some("cp /a/%f %p")
+        );
+        assert_eq!(old.matches("standby_mode").count(), 1);
+    }
+
+    #[test]
+    fn versions_and_labels() {
+        assert_eq!(parse_pg_version("15\n"), Some(150000));
+        assert_eq!(parse_pg_version("9.6"), Some(90600));
+        assert_eq!(parse_pg_version("9"), None);
+        assert_eq!(parse_pg_version(""), None);
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: pg_rewind\nBACKUP FROM: standby\n";
+        assert_eq!(label_method(label).as_deref(), Some("pg_rewind"));
+        assert_eq!(label_method(""), None);
+    }
+
+    #[test]
+    fn rewind_arguments() {
+        let a = pg_rewind_args("/b/pg_rewind", "/d", "host='h' port='5432'", 150000);
+        assert_eq!(
+            a,
+            [
+                "/b/pg_rewind",
+                "-D",
+                "/d",
+                "--source-server=host='h' port='5432'",
+                "--restore-target-wal"
+            ]
+        );
+        let a = pg_rewind_args("/b/pg_rewind", "/d", "host=h", 120000);
+        assert!(!a.iter().any(|x| x == "--restore-target-wal"));
+    }
+
+    #[test]
+    fn rewind_failures_explained() {
+        let e = explain_rewind_failure(
+            "pg_rewind: error: target server needs to use either data checksums or \"wal_log_hints = on\"\n",
+        );
+        assert!(
+            e.contains("cannot be rewound") && e.contains("wal_log_hints"),
+            "{e}"
+        );
+        let e =
+            explain_rewind_failure("pg_rewind: error: target server must be shut down cleanly\n");
+        assert!(e.contains("cleanly"), "{e}");
+        let e = explain_rewind_failure(
+            "pg_rewind: error: could not connect to server: connection refused\n",
+        );
+        assert!(e.contains(".pgpass"), "{e}");
+        assert_eq!(
+            explain_rewind_failure(""),
+            "pg_rewind failed without a message"
+        );
+        assert_eq!(explain_rewind_failure("a\nb: c\n\n"), "b: c");
+    }
+
+    #[test]
+    fn space_decides_what_happens_to_old_data() {
+        let s = |avail_kb, need_kb, old_kb| Space {
+            avail_kb,
+            need_kb,
+            old_kb,
+        };
+        assert_eq!(old_data_plan(&s(100, 50, 0)), Ok(OldData::None));
+        assert_eq!(old_data_plan(&s(100, 50, 40)), Ok(OldData::MoveAside));
+        assert_eq!(old_data_plan(&s(30, 50, 40)), Ok(OldData::Delete));
+        let e = old_data_plan(&s(3 * 1024, 50 * 1024, 4 * 1024)).unwrap_err();
+        assert!(e.contains("needs about 50 MiB, 3 MiB are free"), "{e}");
+        assert!(old_data_plan(&s(10, 50, 0)).is_err());
+        assert_eq!(
+            parse_df_avail(
+                "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 264212084 14500164 80785724 16% /var/lib/postgresql\n"
+            ),
+            Some(80785724)
+        );
+        assert_eq!(parse_df_avail(""), None);
+        assert_eq!(compact_now().len(), 16);
+    }
+
+    #[test]
+    fn rewind_reads_the_primary_where_the_nodes_reach_it() {
+        let topo = crate::cluster::Topology::from_parts(
+            crate::config::Config::default(),
+            crate::pgpool::conf::PgpoolConf::parse(
+                std::path::Path::new("pgpool.conf"),
+                "backend_hostname0 = '127.0.0.2'\nbackend_port0 = 5433\n",
+            )
+            .unwrap(),
+        );
+        let mut p = topo.nodes[0].clone();
+        p.replication_host = "127.0.1.2".into();
+        let kv = postgres::parse_conninfo(&source_conninfo(&topo, &p));
+        assert_eq!(kv["host"], "127.0.1.2");
+        assert_eq!(kv["port"], "5433");
+        assert_eq!(kv["user"], "postgres");
+        assert_eq!(kv["dbname"], "postgres");
+    }
+}

@@ -1,0 +1,236 @@
+//! pgha-attach end to end: an old primary that comes back by itself after
+//! a failover is refused (nothing changes, pgpool keeps writing to the new
+//! primary only); `--rejoin` makes it a standby of the new primary with
+//! every row written since; bad targets (no such node, the primary
+//! itself, an unreachable node) are refused and left untouched; every
+//! command run twice ends in the same state and says there is nothing to
+//! do.
+
+use crate::follow::{
+    T, assert_follows, in_recovery, journal, pgha, primary_timeline, started_at, upstream,
+    wait_row, write_through_pgpool,
+};
+use crate::util::lab::{Lab, LabOptions};
+
+/// A lab after pg0's server crashed (immediate stop: its host and sshd
+/// stay), pgpool failed over to pg1 with pgha-failover, and pg0 was
+/// started again by itself: a zombie primary on the old timeline with WAL
+/// the new primary never had (its end-of-recovery checkpoint).
+fn zombie_lab() -> Lab {
+    let lab = Lab::up(LabOptions::default());
+    lab.pgpool_sql("create table rows (v text primary key)")
+        .unwrap();
+    lab.pgpool_sql("insert into rows values ('before')")
+        .unwrap();
+    wait_row(&lab, "pg1", "rows", "before");
+    let o = lab.exec(
+        "pg0",
+        &[
+            "pg_ctl",
+            "-D",
+            "/var/lib/postgresql/15/main",
+            "stop",
+            "-m",
+            "immediate",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "crash pg0: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    write_through_pgpool(&lab, "insert into rows values ('after-failover')");
+    lab.wait_observing("pgpool: pg1 primary, pg0 down", T, || {
+        let (p0, p1) = (lab.pcp_node(0)?, lab.pcp_node(1)?);
+        if p1.role == "primary" && p1.status == "up" && p0.status == "down" {
+            Ok(())
+        } else {
+            Err(format!("{} / {}", p0.raw, p1.raw))
+        }
+    });
+    assert!(!in_recovery(&lab, "pg1"));
+    lab.start_pg("pg0");
+    assert!(
+        !in_recovery(&lab, "pg0"),
+        "pg0 should be back as a (zombie) primary"
+    );
+    lab
+}
+
+/// Writes go to pg1 only: a row written through pgpool is on pg1 and never
+/// on pg0.
+fn assert_writes_go_to_pg1_only(lab: &Lab, v: &str) {
+    lab.pgpool_sql(&format!("insert into rows values ('{v}')"))
+        .unwrap();
+    let q = format!("select count(*) from rows where v = '{v}'");
+    assert_eq!(
+        lab.try_psql_db("pg1", "app", &q).as_deref(),
+        Ok("1"),
+        "{v} is not on pg1"
+    );
+    assert_eq!(
+        lab.try_psql_db("pg0", "app", &q).as_deref(),
+        Ok("0"),
+        "{v} reached the zombie pg0"
+    );
+}
+
+#[test]
+fn zombie_old_primary_is_refused_and_nothing_changes() {
+    let lab = zombie_lab();
+    let started = started_at(&lab, "pg0");
+    let r = pgha(&lab, "pgha-attach", &["0"]);
+    r.code(4)
+        .stderr_contains("REFUSED")
+        .stderr_contains("an old primary that came back")
+        .stderr_contains("pgha-attach --rejoin 0");
+    // pgha-follow without [follow] rejoin_old_primary leaves it alone too.
+    pgha(
+        &lab,
+        "pgha-follow",
+        &["0", "--new-primary", "1", "--old-primary", "0"],
+    )
+    .code(4)
+    .stderr_contains("rejoin_old_primary is off");
+    // --dry-run of the rejoin says what it would do, and does nothing.
+    pgha(&lab, "pgha-attach", &["--rejoin", "0", "--dry-run"])
+        .success()
+        .stderr_contains("plan (nothing changed)")
+        .stderr_contains("rewind it from node 1");
+    // Nothing changed: pg0 still the same primary process on timeline 1,
+    // detached in pgpool; pgpool routes writes to pg1 only.
+    assert_eq!(started_at(&lab, "pg0"), started, "pg0 was restarted");
+    assert!(!in_recovery(&lab, "pg0"));
+    assert_eq!(primary_timeline(&lab, "pg0"), 1);
+    let info = lab.pcp_node(0).unwrap();
+    assert_eq!(info.status, "down", "{}", info.raw);
+    assert_eq!(lab.pcp_node(1).unwrap().role, "primary");
+    assert_writes_go_to_pg1_only(&lab, "while-zombie");
+    assert!(
+        !journal(&lab)
+            .iter()
+            .any(|e| e["command"] == "attach" && e["outcome"] == "done" && e["step"] != "observe"),
+        "pgha-attach recorded an action: {:?}",
+        journal(&lab)
+    );
+}
+
+#[test]
+fn rejoin_makes_the_old_primary_a_standby_with_every_row() {
+    let lab = zombie_lab();
+    lab.pgpool_sql("insert into rows values ('after-1'), ('after-2')")
+        .unwrap();
+    let r = pgha(&lab, "pgha-attach", &["--rejoin", "0"]);
+    r.success()
+        .stderr_contains("rewound")
+        .stderr_contains("attached");
+    let tl = primary_timeline(&lab, "pg1");
+    assert_eq!(tl, 2);
+    assert_follows(&lab, "pg0", "pg1", tl);
+    // Every row written since the failover is on it, and new ones arrive.
+    lab.pgpool_sql("insert into rows values ('after-rejoin')")
+        .unwrap();
+    wait_row(&lab, "pg0", "rows", "after-rejoin");
+    for v in ["before", "after-failover", "after-1", "after-2"] {
+        let q = format!("select count(*) from rows where v = '{v}'");
+        assert_eq!(
+            lab.try_psql_db("pg0", "app", &q).as_deref(),
+            Ok("1"),
+            "{v} missing on pg0"
+        );
+    }
+    // Its own configuration survived pg_rewind (which copies pg1's
+    // postgresql.auto.conf, whose primary_conninfo pointed at pg0 itself).
+    let auto = std::fs::read_to_string(
+        lab.host_dir("pg0")
+            .join("home/15/main/postgresql.auto.conf"),
+    )
+    .unwrap();
+    assert!(
+        auto.contains(&format!("host=''{}''", lab.repl_addr("pg1")))
+            && !auto.contains(&lab.repl_addr("pg0")),
+        "{auto}"
+    );
+    let j = journal(&lab);
+    for step in ["stop", "rewind", "configure", "start", "attach"] {
+        assert!(
+            j.iter()
+                .any(|e| e["command"] == "attach" && e["step"] == step && e["node"] == 0),
+            "journal lacks {step}: {j:?}"
+        );
+    }
+
+    // Twice: the same end state, nothing done, nothing restarted.
+    let started = started_at(&lab, "pg0");
+    pgha(&lab, "pgha-attach", &["--rejoin", "0"])
+        .success()
+        .stderr_contains("nothing to do");
+    pgha(&lab, "pgha-attach", &["0"])
+        .success()
+        .stderr_contains("nothing to do");
+    assert_eq!(started_at(&lab, "pg0"), started, "a rerun restarted pg0");
+    assert_follows(&lab, "pg0", "pg1", tl);
+}
+
+#[test]
+fn bad_targets_are_refused_and_left_untouched() {
+    let lab = Lab::up(LabOptions::default());
+    // A node id pgpool.conf does not define: usage error.
+    for (bin, args) in [
+        ("pgha-attach", vec!["7"]),
+        ("pgha-attach", vec!["--rejoin", "7"]),
+        ("pgha-follow", vec!["7"]),
+    ] {
+        pgha(&lab, bin, &args)
+            .code(2)
+            .stderr_contains("unknown node id 7")
+            .stderr_contains("defines backends 0, 1, 2");
+    }
+    // The current primary given to --rejoin.
+    let started = started_at(&lab, "pg0");
+    pgha(&lab, "pgha-attach", &["--rejoin", "0"])
+        .code(4)
+        .stderr_contains("node 0 is the current primary");
+    assert_eq!(started_at(&lab, "pg0"), started);
+    assert!(!in_recovery(&lab, "pg0"));
+    lab.pgpool_sql("create table rows (v text primary key)")
+        .unwrap();
+    lab.pgpool_sql("insert into rows values ('still-writable')")
+        .unwrap();
+
+    // An unreachable node: every packet to pg2's address is dropped (SQL
+    // and ssh time out); its replication address still works.
+    let started2 = started_at(&lab, "pg2");
+    let addr = lab.addr("pg2");
+    lab.blackhole(&addr);
+    let results: Vec<_> = [
+        ("pgha-attach", vec!["--rejoin", "2"]),
+        ("pgha-follow", vec!["2"]),
+        ("pgha-attach", vec!["2"]),
+    ]
+    .into_iter()
+    .map(|(bin, args)| (bin, pgha(&lab, bin, &args)))
+    .collect();
+    lab.unblackhole(&addr);
+    for (bin, r) in &results {
+        r.code(4)
+            .stderr_contains("cannot reach node 2")
+            .stderr_contains("nothing was changed");
+        assert!(r.elapsed < T, "{bin} took {:?}", r.elapsed);
+    }
+    assert_eq!(started_at(&lab, "pg2"), started2, "pg2 was restarted");
+    assert!(in_recovery(&lab, "pg2"));
+    assert_eq!(
+        upstream(&lab, "pg2").map(|u| u.0),
+        Some(lab.repl_addr("pg0"))
+    );
+    wait_row(&lab, "pg2", "rows", "still-writable");
+    assert!(
+        !journal(&lab).iter().any(|e| ["attach", "follow"]
+            .contains(&e["command"].as_str().unwrap_or(""))
+            && e["outcome"] == "done"
+            && e["step"] != "observe"),
+        "an action was recorded: {:?}",
+        journal(&lab)
+    );
+}
