@@ -16,7 +16,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// Acting would be unsafe in the observed state; nothing was changed.
-    #[error("refused: {0}")]
+    #[error("{0}")]
     Refused(String),
     /// A step failed; the message names the step, the node and the cause.
     #[error("{0}")]

@@ -528,7 +528,7 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
             }
             let waited = steps::wait_streaming(topo, n, primary, timeline, deadline).await?;
             info!("{}: streams from {} on timeline {timeline} (waited {:.2}s)", n.label(), primary.label(), waited.as_secs_f64());
-            let attached = steps::ensure_attached(topo, n, deadline).await?;
+            let attached = steps::attach(topo, n, deadline).await?;
             Ok::<_, Error>((n.id, attached))
         }
     });
