@@ -11,7 +11,13 @@ use crate::exit;
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// pgha.toml to read [default: /etc/pgha/pgha.toml; a missing default file means all defaults]
-    #[arg(long, short = 'c', env = "PGHA_CONFIG", value_name = "FILE", global = true)]
+    #[arg(
+        long,
+        short = 'c',
+        env = "PGHA_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
     pub config: Option<PathBuf>,
 
     /// Print the final summary as one JSON object on stdout.
@@ -237,6 +243,16 @@ where
     }
 }
 
+/// The async runtime every binary uses: two worker threads are plenty for
+/// a few nodes, and they keep one slow host from stalling the others.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,14 +285,4 @@ mod tests {
         AttachArgs::command().debug_assert();
         CheckArgs::command().debug_assert();
     }
-}
-
-/// The async runtime every binary uses: two worker threads are plenty for
-/// a few nodes, and they keep one slow host from stalling the others.
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("cannot start the tokio runtime")
 }

@@ -266,15 +266,35 @@ mod tests {
     /// The example files shipped in `pgpool/` are valid and agree.
     #[test]
     fn the_shipped_examples_load() {
-        let config = Config::from_str(Path::new("pgpool/pgha.toml"), include_str!("../pgpool/pgha.toml")).unwrap();
-        let pool =
-            PgpoolConf::parse(Path::new("pgpool/pgpool.conf"), include_str!("../pgpool/pgpool.conf")).unwrap();
+        let config = Config::from_str(
+            Path::new("pgpool/pgha.toml"),
+            include_str!("../pgpool/pgha.toml"),
+        )
+        .unwrap();
+        let pool = PgpoolConf::parse(
+            Path::new("pgpool/pgpool.conf"),
+            include_str!("../pgpool/pgpool.conf"),
+        )
+        .unwrap();
         let topo = Topology::from_parts(config, pool);
         let ids: Vec<u32> = topo.nodes.iter().map(|n| n.id).collect();
         assert_eq!(ids, [0, 1, 2]);
-        assert_eq!(topo.node(1).unwrap().application_name.as_deref(), Some("pg1"));
-        assert!(topo.pgpool.get("failover_command").unwrap().starts_with("/usr/bin/pgha-failover %d %M %m"));
-        assert!(topo.node(3).unwrap_err().to_string().contains("backends 0, 1, 2"));
+        assert_eq!(
+            topo.node(1).unwrap().application_name.as_deref(),
+            Some("pg1")
+        );
+        assert!(
+            topo.pgpool
+                .get("failover_command")
+                .unwrap()
+                .starts_with("/usr/bin/pgha-failover %d %M %m")
+        );
+        assert!(
+            topo.node(3)
+                .unwrap_err()
+                .to_string()
+                .contains("backends 0, 1, 2")
+        );
     }
 
     #[test]
@@ -291,10 +311,18 @@ mod tests {
         .unwrap();
         let topo = Topology::from_parts(config, pool);
         let n1 = topo.node(1).unwrap();
-        assert_eq!((n1.ssh_host.as_str(), n1.replication_host.as_str()), ("127.0.0.33", "127.0.1.3"));
+        assert_eq!(
+            (n1.ssh_host.as_str(), n1.replication_host.as_str()),
+            ("127.0.0.33", "127.0.1.3")
+        );
         assert_eq!(topo.node_by_address("127.0.1.3").unwrap().id, 1);
         let n0 = topo.node(0).unwrap();
         assert_eq!(n0.addresses(), ["127.0.0.2"]);
-        assert!(n0.data_dir().unwrap_err().to_string().contains("backend_data_directory0"));
+        assert!(
+            n0.data_dir()
+                .unwrap_err()
+                .to_string()
+                .contains("backend_data_directory0")
+        );
     }
 }

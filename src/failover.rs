@@ -13,8 +13,8 @@ use crate::cli::FailoverArgs;
 use crate::cluster::{self, Node, Observed, Topology};
 use crate::error::{Error, Result};
 use crate::plan::{self, Decision, FailoverInput, Liveness};
-pub use crate::report::Summary;
 use crate::remote::Remote;
+pub use crate::report::Summary;
 use crate::state::{Journal, Lock};
 use crate::steps::{self, Repointed};
 
@@ -73,11 +73,19 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
         Some(l)
     };
     let remote = topo.remote();
-    let result = act(&topo, &remote, args, &failed, &journal, deadline, &mut summary).await;
+    let result = act(
+        &topo,
+        &remote,
+        args,
+        &failed,
+        &journal,
+        deadline,
+        &mut summary,
+    )
+    .await;
     summary.blocked_ms = start.elapsed().as_millis() as u64;
     // Settle whatever could be repointed, even when another standby failed.
-    if !args.common.dry_run && matches!(summary.outcome.as_str(), "promoted" | "already_promoted")
-    {
+    if !args.common.dry_run && matches!(summary.outcome.as_str(), "promoted" | "already_promoted") {
         spawn_settle(args);
     }
     remote.close().await;
@@ -120,10 +128,20 @@ async fn act(
     summary.plan = Some(decision.clone());
     if args.common.dry_run {
         summary.outcome = "dry_run".into();
-        summary.message = format!("plan (nothing changed): {}", describe_decision(topo, &decision));
+        summary.message = format!(
+            "plan (nothing changed): {}",
+            describe_decision(topo, &decision)
+        );
         return Ok(());
     }
-    journal.record("observe", None, None, "done", &format!("{decision:?}"), t0.elapsed());
+    journal.record(
+        "observe",
+        None,
+        None,
+        "done",
+        &format!("{decision:?}"),
+        t0.elapsed(),
+    );
     info!("plan: {}", describe_decision(topo, &decision));
     match decision {
         Decision::NoNodeAlive => {
@@ -132,7 +150,14 @@ async fn act(
             Ok(())
         }
         Decision::Refuse { reason } => {
-            journal.record("decide", Some(failed.id), Some(&failed.host), "refused", &reason, t0.elapsed());
+            journal.record(
+                "decide",
+                Some(failed.id),
+                Some(&failed.host),
+                "refused",
+                &reason,
+                t0.elapsed(),
+            );
             Err(Error::Refused(reason))
         }
         Decision::StandbyFailed { node, primary } => {
@@ -143,7 +168,9 @@ async fn act(
                 let slot = steps::slot_name(failed);
                 let pn = topo.node(i64::from(p))?;
                 match steps::drop_slot(topo, pn, &slot).await {
-                    Ok(true) => msg += &format!("; dropped its replication slot {slot} on {}", pn.label()),
+                    Ok(true) => {
+                        msg += &format!("; dropped its replication slot {slot} on {}", pn.label())
+                    }
                     Ok(false) => msg += &format!("; no replication slot {slot} on {}", pn.label()),
                     Err(e) => {
                         summary.errors.push(e.to_string());
@@ -151,7 +178,14 @@ async fn act(
                     }
                 }
             }
-            journal.record("standby_failed", Some(node), Some(&failed.host), "done", &msg, t0.elapsed());
+            journal.record(
+                "standby_failed",
+                Some(node),
+                Some(&failed.host),
+                "done",
+                &msg,
+                t0.elapsed(),
+            );
             summary.message = msg;
             Ok(())
         }
@@ -162,10 +196,24 @@ async fn act(
                 .find(|o| o.node.id == primary)
                 .and_then(|o| o.ok().cloned())
                 .ok_or_else(|| Error::Step(format!("{} stopped answering", p.label())))?;
-            info!("{} is already the primary on timeline {}: nothing to promote", p.label(), st.timeline);
-            journal.record("promote", Some(p.id), Some(&p.host), "skipped", "already primary", Duration::ZERO);
+            info!(
+                "{} is already the primary on timeline {}: nothing to promote",
+                p.label(),
+                st.timeline
+            );
+            journal.record(
+                "promote",
+                Some(p.id),
+                Some(&p.host),
+                "skipped",
+                "already primary",
+                Duration::ZERO,
+            );
             summary.outcome = "already_promoted".into();
-            follow_phase(topo, remote, failed, &p, &st, &observed, journal, deadline, summary).await
+            follow_phase(
+                topo, remote, failed, &p, &st, &observed, journal, deadline, summary,
+            )
+            .await
         }
         Decision::Promote {
             candidate,
@@ -178,11 +226,29 @@ async fn act(
                 info!("fencing {}: stopping it before promoting", fnode.label());
                 match steps::fence(topo, remote, fnode, deadline).await {
                     Ok(how) => {
-                        info!("{}: {how} ({:.2}s)", fnode.label(), t.elapsed().as_secs_f64());
-                        journal.record("fence", Some(f), Some(&fnode.host), "done", &how, t.elapsed());
+                        info!(
+                            "{}: {how} ({:.2}s)",
+                            fnode.label(),
+                            t.elapsed().as_secs_f64()
+                        );
+                        journal.record(
+                            "fence",
+                            Some(f),
+                            Some(&fnode.host),
+                            "done",
+                            &how,
+                            t.elapsed(),
+                        );
                     }
                     Err(e) => {
-                        journal.record("fence", Some(f), Some(&fnode.host), "failed", &e.to_string(), t.elapsed());
+                        journal.record(
+                            "fence",
+                            Some(f),
+                            Some(&fnode.host),
+                            "failed",
+                            &e.to_string(),
+                            t.elapsed(),
+                        );
                         return Err(e);
                     }
                 }
@@ -198,7 +264,14 @@ async fn act(
             let timeline = match steps::promote(topo, remote, &c, &cstate, deadline).await {
                 Ok(tl) => tl,
                 Err(e) => {
-                    journal.record("promote", Some(c.id), Some(&c.host), "failed", &e.to_string(), t.elapsed());
+                    journal.record(
+                        "promote",
+                        Some(c.id),
+                        Some(&c.host),
+                        "failed",
+                        &e.to_string(),
+                        t.elapsed(),
+                    );
                     return Err(e);
                 }
             };
@@ -207,7 +280,14 @@ async fn act(
                 c.label(),
                 t.elapsed().as_secs_f64()
             );
-            journal.record("promote", Some(c.id), Some(&c.host), "done", &format!("timeline {timeline}"), t.elapsed());
+            journal.record(
+                "promote",
+                Some(c.id),
+                Some(&c.host),
+                "done",
+                &format!("timeline {timeline}"),
+                t.elapsed(),
+            );
             fault_point("promote");
             summary.outcome = "promoted".into();
             // No need to ask again: it is out of recovery on `timeline`.
@@ -217,7 +297,10 @@ async fn act(
                 wal_receiver: None,
                 ..cstate
             };
-            follow_phase(topo, remote, failed, &c, &st, &observed, journal, deadline, summary).await
+            follow_phase(
+                topo, remote, failed, &c, &st, &observed, journal, deadline, summary,
+            )
+            .await
         }
     }
 }
@@ -290,7 +373,14 @@ async fn follow_phase(
             }
             Err(e) => {
                 error!("{e}");
-                journal.record("repoint", Some(id), Some(&n.host), "failed", &e.to_string(), took);
+                journal.record(
+                    "repoint",
+                    Some(id),
+                    Some(&n.host),
+                    "failed",
+                    &e.to_string(),
+                    took,
+                );
                 summary.errors.push(e.to_string());
             }
         }
@@ -326,7 +416,13 @@ async fn follow_phase(
 }
 
 /// Is the failed node perhaps still running as a primary?
-async fn liveness(topo: &Topology, remote: &Remote, failed: &Node, observed: &[Observed], deadline: Instant) -> Liveness {
+async fn liveness(
+    topo: &Topology,
+    remote: &Remote,
+    failed: &Node,
+    observed: &[Observed],
+    deadline: Instant,
+) -> Liveness {
     // Its other addresses (the replication network may still reach it).
     for addr in failed.addresses().into_iter().skip(1) {
         if addr == failed.host {
@@ -336,24 +432,40 @@ async fn liveness(topo: &Topology, remote: &Remote, failed: &Node, observed: &[O
         if let Ok(s) = crate::postgres::observe_target(&t).await
             && !s.in_recovery
         {
-            return Liveness::Alive(format!("it answers SQL on {addr}:{} as a primary", failed.port));
+            return Liveness::Alive(format!(
+                "it answers SQL on {addr}:{} as a primary",
+                failed.port
+            ));
         }
     }
     // Standbys that still say they stream from it: ask them to look.
     for o in observed {
         let Some(s) = o.ok() else { continue };
         let Some(r) = &s.wal_receiver else { continue };
-        let Some(sender) = r.sender_host.as_deref() else { continue };
+        let Some(sender) = r.sender_host.as_deref() else {
+            continue;
+        };
         if r.status != "streaming" || !failed.addresses().contains(&sender) {
             continue;
         }
         let isready = topo.config.postgres.bin_dir.join("pg_isready");
         let port = r.sender_port.unwrap_or(failed.port).to_string();
-        let t = steps::budget(deadline, topo.config.ssh.command_timeout.min(Duration::from_secs(3)));
+        let t = steps::budget(
+            deadline,
+            topo.config.ssh.command_timeout.min(Duration::from_secs(3)),
+        );
         let probe = remote
             .run(
                 &o.node.ssh_host,
-                &[isready.to_str().unwrap_or("pg_isready"), "-h", sender, "-p", &port, "-t", "1"],
+                &[
+                    isready.to_str().unwrap_or("pg_isready"),
+                    "-h",
+                    sender,
+                    "-p",
+                    &port,
+                    "-t",
+                    "1",
+                ],
                 t,
             )
             .await;
@@ -381,7 +493,11 @@ async fn liveness(topo: &Topology, remote: &Remote, failed: &Node, observed: &[O
 
 fn describe(topo: &Topology, o: &Observed) -> String {
     match &o.state {
-        Err(e) => format!("{}: no answer after {:.2}s: {e}", o.node.label(), o.took.as_secs_f64()),
+        Err(e) => format!(
+            "{}: no answer after {:.2}s: {e}",
+            o.node.label(),
+            o.took.as_secs_f64()
+        ),
         Ok(s) if !s.in_recovery => format!(
             "{}: primary, timeline {}, at {}",
             o.node.label(),
@@ -413,7 +529,10 @@ fn describe_decision(topo: &Topology, d: &Decision) -> String {
     };
     match d {
         Decision::NoNodeAlive => "no node alive: nothing to do".into(),
-        Decision::StandbyFailed { node, .. } => format!("{} is a failed standby: record it, promote nothing", label(*node)),
+        Decision::StandbyFailed { node, .. } => format!(
+            "{} is a failed standby: record it, promote nothing",
+            label(*node)
+        ),
         Decision::AlreadyPromoted { primary, timeline } => format!(
             "{} is already primary on timeline {timeline}: make the other standbys follow it",
             label(*primary)
@@ -468,7 +587,9 @@ fn spawn_settle(args: &FailoverArgs) {
     }
     match cmd.spawn() {
         Ok(child) => info!("settling in the background (pid {})", child.id()),
-        Err(e) => warn!("cannot start the background phase ({e}): run pgha-attach for each standby"),
+        Err(e) => {
+            warn!("cannot start the background phase ({e}): run pgha-attach for each standby")
+        }
     }
 }
 
@@ -486,10 +607,9 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
     };
     let journal = Journal::new(&topo.config.state_dir, "failover");
     let observed = cluster::observe_all(topo).await;
-    let Some(p) = observed
-        .iter()
-        .find(|o| o.ok().is_some_and(|s| !s.in_recovery) && i64::from(o.node.id) != args.failed_node)
-    else {
+    let Some(p) = observed.iter().find(|o| {
+        o.ok().is_some_and(|s| !s.in_recovery) && i64::from(o.node.id) != args.failed_node
+    }) else {
         return Err(Error::Step("settle: no primary answers".into()));
     };
     let primary = p.node.clone();
@@ -527,7 +647,12 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
                 }
             }
             let waited = steps::wait_streaming(topo, n, primary, timeline, deadline).await?;
-            info!("{}: streams from {} on timeline {timeline} (waited {:.2}s)", n.label(), primary.label(), waited.as_secs_f64());
+            info!(
+                "{}: streams from {} on timeline {timeline} (waited {:.2}s)",
+                n.label(),
+                primary.label(),
+                waited.as_secs_f64()
+            );
             let attached = steps::attach(topo, n, deadline).await?;
             Ok::<_, Error>((n.id, attached))
         }
@@ -535,12 +660,30 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
     for (o, r) in standbys.iter().zip(futures::future::join_all(tasks).await) {
         match r {
             Ok((id, attached)) => {
-                let d = if attached { "attached" } else { "attached already" };
-                journal.record("settle", Some(id), Some(&o.node.host), "done", d, Duration::ZERO);
+                let d = if attached {
+                    "attached"
+                } else {
+                    "attached already"
+                };
+                journal.record(
+                    "settle",
+                    Some(id),
+                    Some(&o.node.host),
+                    "done",
+                    d,
+                    Duration::ZERO,
+                );
             }
             Err(e) => {
                 error!("{e}");
-                journal.record("settle", Some(o.node.id), Some(&o.node.host), "failed", &e.to_string(), Duration::ZERO);
+                journal.record(
+                    "settle",
+                    Some(o.node.id),
+                    Some(&o.node.host),
+                    "failed",
+                    &e.to_string(),
+                    Duration::ZERO,
+                );
                 summary.errors.push(e.to_string());
             }
         }
@@ -554,6 +697,10 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
     if summary.errors.is_empty() {
         Ok(summary)
     } else {
-        Err(Error::Step(format!("{}; but: {}", summary.message, summary.errors.join("; "))))
+        Err(Error::Step(format!(
+            "{}; but: {}",
+            summary.message,
+            summary.errors.join("; ")
+        )))
     }
 }

@@ -306,7 +306,11 @@ mod tests {
     fn alive_old_primary_is_fenced_or_refused() {
         let mut i = input(0, Some(1));
         i.failed_liveness = Liveness::Alive("node 2 streams from it".into());
-        let nodes = [down(0), standby(1, 1, 100, Some(0)), standby(2, 1, 100, Some(0))];
+        let nodes = [
+            down(0),
+            standby(1, 1, 100, Some(0)),
+            standby(2, 1, 100, Some(0)),
+        ];
         assert!(matches!(
             decide(&i, &nodes),
             Decision::Promote {
@@ -325,7 +329,11 @@ mod tests {
     #[test]
     fn standby_failure_promotes_nothing() {
         // The failed standby still answers in recovery.
-        let nodes = [primary(0, 1, 100), standby(1, 1, 100, Some(0)), standby(2, 1, 90, Some(0))];
+        let nodes = [
+            primary(0, 1, 100),
+            standby(1, 1, 100, Some(0)),
+            standby(2, 1, 90, Some(0)),
+        ];
         assert_eq!(
             decide(&input(2, Some(0)), &nodes),
             Decision::StandbyFailed {

@@ -212,11 +212,27 @@ mod tests {
     fn journal_appends_json_lines() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path(), "failover");
-        j.record("promote", Some(1), Some("127.0.0.3"), "done", "timeline 2", Duration::from_millis(120));
-        j.record("repoint", Some(2), None, "skipped", "already", Duration::ZERO);
+        j.record(
+            "promote",
+            Some(1),
+            Some("127.0.0.3"),
+            "done",
+            "timeline 2",
+            Duration::from_millis(120),
+        );
+        j.record(
+            "repoint",
+            Some(2),
+            None,
+            "skipped",
+            "already",
+            Duration::ZERO,
+        );
         let text = fs::read_to_string(&j.path).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["step"], "promote");
         assert_eq!(lines[0]["node"], 1);

@@ -87,9 +87,8 @@ pub fn follow_conninfo(
     replication_user: &str,
     application_name: Option<&str>,
 ) -> String {
-    let mut kv: BTreeMap<String, String> = current
-        .map(postgres::parse_conninfo)
-        .unwrap_or_default();
+    let mut kv: BTreeMap<String, String> =
+        current.map(postgres::parse_conninfo).unwrap_or_default();
     kv.remove("hostaddr");
     kv.insert("host".into(), primary.replication_host.clone());
     kv.insert("port".into(), primary.port.to_string());
@@ -183,12 +182,20 @@ pub async fn pg_ctl(
 pub fn pg_ctl_log(topo: &Topology, node: &Node) -> Result<String> {
     let data = node.data_dir()?;
     let parent = data.parent().unwrap_or(data);
-    Ok(parent.join(&topo.config.postgres.log_file).display().to_string())
+    Ok(parent
+        .join(&topo.config.postgres.log_file)
+        .display()
+        .to_string())
 }
 
 /// Stop the old primary so that it can never accept writes next to the new
 /// one. Success means: the server was stopped, or was provably not running.
-pub async fn fence(topo: &Topology, remote: &Remote, node: &Node, deadline: Instant) -> Result<String> {
+pub async fn fence(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<String> {
     let t = budget(deadline, topo.config.failover.promote_timeout);
     let mut last_err = String::new();
     let mut hosts = vec![node.ssh_host.clone()];
@@ -206,7 +213,13 @@ pub async fn fence(topo: &Topology, remote: &Remote, node: &Node, deadline: Inst
             Ok(out) if out.status == 3 || out.stderr_str().contains("Is server running?") => {
                 return Ok(format!("not running (pg_ctl over ssh to {host})"));
             }
-            Ok(out) => last_err = format!("pg_ctl stop on {host} exited {}: {}", out.status, out.stderr_str().trim()),
+            Ok(out) => {
+                last_err = format!(
+                    "pg_ctl stop on {host} exited {}: {}",
+                    out.status,
+                    out.stderr_str().trim()
+                )
+            }
             Err(e) => last_err = e.to_string(),
         }
     }
@@ -217,7 +230,13 @@ pub async fn fence(topo: &Topology, remote: &Remote, node: &Node, deadline: Inst
 }
 
 /// Promote `node` and wait until it accepts writes. Returns its new timeline.
-pub async fn promote(topo: &Topology, remote: &Remote, node: &Node, state: &NodeState, deadline: Instant) -> Result<u32> {
+pub async fn promote(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    state: &NodeState,
+    deadline: Instant,
+) -> Result<u32> {
     let t = budget(deadline, topo.config.failover.promote_timeout);
     let target = topo.pg_target(node);
     match PromoteMethod::for_version(state.server_version_num) {
@@ -277,9 +296,18 @@ pub async fn promote(topo: &Topology, remote: &Remote, node: &Node, state: &Node
 }
 
 /// The history file of `timeline` as the new primary has it.
-pub async fn read_history(topo: &Topology, primary: &Node, state: &NodeState, timeline: u32) -> Result<Vec<u8>> {
+pub async fn read_history(
+    topo: &Topology,
+    primary: &Node,
+    state: &NodeState,
+    timeline: u32,
+) -> Result<Vec<u8>> {
     let target = topo.pg_target(primary);
-    let name = format!("{}/{}", wal_dir(state.server_version_num), history_file_name(timeline));
+    let name = format!(
+        "{}/{}",
+        wal_dir(state.server_version_num),
+        history_file_name(timeline)
+    );
     let client = postgres::connect(&target)
         .await
         .map_err(|e| Error::step(&format!("read {name} on {}", primary.label()), e))?;
@@ -299,7 +327,10 @@ pub async fn put_history(
     data: &[u8],
     deadline: Instant,
 ) -> Result<Vec<String>> {
-    let want: String = Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    let want: String = Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let name = history_file_name(timeline);
     let mut dirs = vec![node.data_dir()?.join(wal_dir(state.server_version_num))];
     if let Some(a) = &topo.config.postgres.archive_dir {
@@ -364,7 +395,9 @@ pub async fn repoint(
     let streaming_from_primary = state.wal_receiver.as_ref().is_some_and(|r| {
         r.status == "streaming"
             && r.received_tli == timeline
-            && r.sender_host.as_deref().is_some_and(|h| primary.addresses().contains(&h))
+            && r.sender_host
+                .as_deref()
+                .is_some_and(|h| primary.addresses().contains(&h))
     });
     if streaming_from_primary {
         return Ok(Repointed::AlreadyFollowing);
@@ -385,7 +418,9 @@ pub async fn repoint(
     match method {
         RepointMethod::AlterSystemReload | RepointMethod::AlterSystemRestart => {
             let target = topo.pg_target(node);
-            let client = postgres::connect(&target).await.map_err(|e| Error::step(&what, e))?;
+            let client = postgres::connect(&target)
+                .await
+                .map_err(|e| Error::step(&what, e))?;
             postgres::set_primary_conninfo(&client, &target, &conninfo)
                 .await
                 .map_err(|e| Error::step(&what, e))?;
@@ -407,7 +442,14 @@ pub async fn repoint(
         return Ok(Repointed::Reloaded);
     }
     let log = pg_ctl_log(topo, node)?;
-    let out = pg_ctl(topo, remote, node, &["restart", "-m", "fast", "-w", "-l", &log], t).await?;
+    let out = pg_ctl(
+        topo,
+        remote,
+        node,
+        &["restart", "-m", "fast", "-w", "-l", &log],
+        t,
+    )
+    .await?;
     if !out.success() {
         return Err(Error::Step(format!(
             "{what}: pg_ctl restart exited {}: {}",
@@ -419,7 +461,13 @@ pub async fn repoint(
 }
 
 /// Wait until `node` streams from `primary` on `timeline`.
-pub async fn wait_streaming(topo: &Topology, node: &Node, primary: &Node, timeline: u32, deadline: Instant) -> Result<Duration> {
+pub async fn wait_streaming(
+    topo: &Topology,
+    node: &Node,
+    primary: &Node,
+    timeline: u32,
+    deadline: Instant,
+) -> Result<Duration> {
     let start = Instant::now();
     let end = Instant::now() + budget(deadline, topo.config.failover.follow_timeout);
     let target = topo.pg_target(node);
@@ -475,9 +523,18 @@ pub async fn drop_slot(topo: &Topology, primary: &Node, slot: &str) -> Result<bo
 /// The replication slot name pgha uses for a node: its
 /// `backend_application_nameN`, else its host, made a valid slot name.
 pub fn slot_name(node: &Node) -> String {
-    let base = node.application_name.clone().unwrap_or_else(|| node.host.clone());
+    let base = node
+        .application_name
+        .clone()
+        .unwrap_or_else(|| node.host.clone());
     base.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -787,12 +844,30 @@ mod tests {
 
     #[test]
     fn methods_by_version() {
-        assert_eq!(PromoteMethod::for_version(150018), PromoteMethod::SqlPgPromote);
-        assert_eq!(PromoteMethod::for_version(110000), PromoteMethod::PgCtlPromote);
-        assert_eq!(RepointMethod::for_version(180000), RepointMethod::AlterSystemReload);
-        assert_eq!(RepointMethod::for_version(130000), RepointMethod::AlterSystemReload);
-        assert_eq!(RepointMethod::for_version(120005), RepointMethod::AlterSystemRestart);
-        assert_eq!(RepointMethod::for_version(90124), RepointMethod::RecoveryConfRestart);
+        assert_eq!(
+            PromoteMethod::for_version(150018),
+            PromoteMethod::SqlPgPromote
+        );
+        assert_eq!(
+            PromoteMethod::for_version(110000),
+            PromoteMethod::PgCtlPromote
+        );
+        assert_eq!(
+            RepointMethod::for_version(180000),
+            RepointMethod::AlterSystemReload
+        );
+        assert_eq!(
+            RepointMethod::for_version(130000),
+            RepointMethod::AlterSystemReload
+        );
+        assert_eq!(
+            RepointMethod::for_version(120005),
+            RepointMethod::AlterSystemRestart
+        );
+        assert_eq!(
+            RepointMethod::for_version(90124),
+            RepointMethod::RecoveryConfRestart
+        );
         assert_eq!(wal_dir(90124), "pg_xlog");
         assert_eq!(wal_dir(150000), "pg_wal");
         assert_eq!(history_file_name(2), "00000002.history");
@@ -803,7 +878,9 @@ mod tests {
     fn conninfo_keeps_what_the_operator_set() {
         let p = node(1, "127.0.0.3", "127.0.1.3");
         let c = follow_conninfo(
-            Some("user=repl passfile='/var/lib/postgresql/.pgpass' host=127.0.1.2 port=5432 sslmode=prefer application_name=pg2"),
+            Some(
+                "user=repl passfile='/var/lib/postgresql/.pgpass' host=127.0.1.2 port=5432 sslmode=prefer application_name=pg2",
+            ),
             &p,
             "other",
             Some("ignored"),
@@ -862,7 +939,10 @@ mod tests {
         let d = Instant::now() + Duration::from_secs(10);
         assert_eq!(budget(d, Duration::from_secs(3)), Duration::from_secs(3));
         let past = Instant::now() - Duration::from_secs(1);
-        assert_eq!(budget(past, Duration::from_secs(3)), Duration::from_millis(100));
+        assert_eq!(
+            budget(past, Duration::from_secs(3)),
+            Duration::from_millis(100)
+        );
     }
 
     fn state(

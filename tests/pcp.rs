@@ -31,20 +31,27 @@ fn node_info_matches_pcp_node_info_and_attach_works() {
     // pgpool's sr_check fills in the replication state within a second or
     // two: compare once both tools see the settled state.
     for id in 0..3u32 {
-        lab.wait_observing(&format!("node {id}: our line = pcp_node_info's"), Duration::from_secs(20), || {
-            let ours = rt.block_on(async {
-                let mut c = PcpClient::connect(&target(&lab)).await.unwrap();
-                let info = c.node_info(id).await.unwrap();
-                c.close().await;
-                info
-            });
-            let theirs = lab.pcp_node_info(id);
-            if ours.to_pcp_node_info_line() == theirs && ours.is_up() {
-                Ok(())
-            } else {
-                Err(format!("ours:   {}\ntheirs: {theirs}", ours.to_pcp_node_info_line()))
-            }
-        });
+        lab.wait_observing(
+            &format!("node {id}: our line = pcp_node_info's"),
+            Duration::from_secs(20),
+            || {
+                let ours = rt.block_on(async {
+                    let mut c = PcpClient::connect(&target(&lab)).await.unwrap();
+                    let info = c.node_info(id).await.unwrap();
+                    c.close().await;
+                    info
+                });
+                let theirs = lab.pcp_node_info(id);
+                if ours.to_pcp_node_info_line() == theirs && ours.is_up() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "ours:   {}\ntheirs: {theirs}",
+                        ours.to_pcp_node_info_line()
+                    ))
+                }
+            },
+        );
     }
     let count = rt.block_on(async {
         let mut c = PcpClient::connect(&target(&lab)).await.unwrap();
@@ -55,24 +62,49 @@ fn node_info_matches_pcp_node_info_and_attach_works() {
     // Detach with pgpool's own tool, attach with ours.
     let out = lab.exec(
         "app",
-        &["pcp_detach_node", "-w", "-h", &lab.addr("app"), "-p", "9898", "-U", "pgpool", "-n", "2"],
+        &[
+            "pcp_detach_node",
+            "-w",
+            "-h",
+            &lab.addr("app"),
+            "-p",
+            "9898",
+            "-U",
+            "pgpool",
+            "-n",
+            "2",
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    lab.wait_observing("node 2 detached", Duration::from_secs(20), || match lab.pcp_node(2) {
-        Ok(n) if n.status == "down" => Ok(()),
-        other => Err(other),
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wait_observing("node 2 detached", Duration::from_secs(20), || {
+        match lab.pcp_node(2) {
+            Ok(n) if n.status == "down" => Ok(()),
+            other => Err(other),
+        }
     });
-    rt.block_on(pgha::pgpool::pcp::attach_with_retry(&target(&lab), 2, Duration::from_secs(20)))
-        .unwrap();
-    lab.wait_observing("node 2 attached again", Duration::from_secs(20), || match lab.pcp_node(2) {
-        Ok(n) if n.status == "up" || n.status == "waiting" => Ok(()),
-        other => Err(other),
-    });
+    rt.block_on(pgha::pgpool::pcp::attach_with_retry(
+        &target(&lab),
+        2,
+        Duration::from_secs(20),
+    ))
+    .unwrap();
+    lab.wait_observing(
+        "node 2 attached again",
+        Duration::from_secs(20),
+        || match lab.pcp_node(2) {
+            Ok(n) if n.status == "up" || n.status == "waiting" => Ok(()),
+            other => Err(other),
+        },
+    );
 
     // A wrong password is refused with a message naming the user.
     let mut bad = target(&lab);
     bad.password = "wrong".into();
-    let err = rt.block_on(PcpClient::connect(&bad)).err().expect("refused");
+    let err = rt.block_on(PcpClient::connect(&bad)).expect_err("refused");
     assert!(err.to_string().contains("pgpool"), "{err}");
     // A node id pgpool does not have.
     let err = rt

@@ -628,10 +628,10 @@ fn result(out: Output) -> Result<String, String> {
 /// `CARGO_BIN_EXE_pgha-failover` points, or `target/debug` derived from the
 /// test executable's own path when cargo did not set it).
 pub fn target_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("CARGO_BIN_EXE_pgha-failover") {
-        if let Some(d) = Path::new(&p).parent() {
-            return d.to_path_buf();
-        }
+    if let Some(p) = std::env::var_os("CARGO_BIN_EXE_pgha-failover")
+        && let Some(d) = Path::new(&p).parent()
+    {
+        return d.to_path_buf();
     }
     let mut p = std::env::current_exe().expect("current_exe");
     p.pop();
