@@ -84,6 +84,9 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
     )
     .await;
     summary.blocked_ms = start.elapsed().as_millis() as u64;
+    if !args.common.dry_run && !summary.message.is_empty() {
+        summary.message += &format!("; pgpool waited {:.2}s", start.elapsed().as_secs_f64());
+    }
     // Settle whatever could be repointed, even when another standby failed.
     if !args.common.dry_run && matches!(summary.outcome.as_str(), "promoted" | "already_promoted") {
         spawn_settle(args);
