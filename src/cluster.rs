@@ -206,6 +206,38 @@ impl Observed {
         self.state.as_ref().ok()
     }
 
+    /// One progress line: what the node is, where it is, whom it follows.
+    pub fn describe(&self, topo: &Topology) -> String {
+        let o = self;
+        match &o.state {
+            Err(e) => format!(
+                "{}: no answer after {:.2}s: {e}",
+                o.node.label(),
+                o.took.as_secs_f64()
+            ),
+            Ok(s) if !s.in_recovery => format!(
+                "{}: primary, timeline {}, at {}",
+                o.node.label(),
+                s.timeline,
+                s.best_lsn().map(|l| l.to_string()).unwrap_or_default()
+            ),
+            Ok(s) => {
+                let up = upstream_of(topo, s)
+                    .map(|u| format!("streaming from node {u}"))
+                    .unwrap_or_else(|| match &s.wal_receiver {
+                        Some(r) => format!("wal receiver {}", r.status),
+                        None => "not streaming".into(),
+                    });
+                format!(
+                    "{}: standby, timeline {}, at {}, {up}",
+                    o.node.label(),
+                    s.timeline,
+                    s.best_lsn().map(|l| l.to_string()).unwrap_or_default()
+                )
+            }
+        }
+    }
+
     /// The reduced view the planner works on.
     pub fn view(&self, topo: &Topology) -> NodeView {
         match &self.state {

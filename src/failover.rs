@@ -107,7 +107,7 @@ async fn act(
     let t0 = Instant::now();
     let observed = cluster::observe_all(topo).await;
     for o in &observed {
-        info!("{}", describe(topo, o));
+        info!("{}", o.describe(topo));
     }
     let views: Vec<plan::NodeView> = observed.iter().map(|o| o.view(topo)).collect();
     let mut input = FailoverInput {
@@ -492,36 +492,6 @@ async fn liveness(
         }
     }
     Liveness::Dead
-}
-
-fn describe(topo: &Topology, o: &Observed) -> String {
-    match &o.state {
-        Err(e) => format!(
-            "{}: no answer after {:.2}s: {e}",
-            o.node.label(),
-            o.took.as_secs_f64()
-        ),
-        Ok(s) if !s.in_recovery => format!(
-            "{}: primary, timeline {}, at {}",
-            o.node.label(),
-            s.timeline,
-            s.best_lsn().map(|l| l.to_string()).unwrap_or_default()
-        ),
-        Ok(s) => {
-            let up = cluster::upstream_of(topo, s)
-                .map(|u| format!("streaming from node {u}"))
-                .unwrap_or_else(|| match &s.wal_receiver {
-                    Some(r) => format!("wal receiver {}", r.status),
-                    None => "not streaming".into(),
-                });
-            format!(
-                "{}: standby, timeline {}, at {}, {up}",
-                o.node.label(),
-                s.timeline,
-                s.best_lsn().map(|l| l.to_string()).unwrap_or_default()
-            )
-        }
-    }
 }
 
 fn describe_decision(topo: &Topology, d: &Decision) -> String {

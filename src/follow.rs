@@ -446,7 +446,7 @@ pub(crate) async fn observe(
         }
     };
     for o in &observed {
-        info!("{}", describe_observed(topo, o));
+        info!("{}", o.describe(topo));
     }
     let p = choose_primary(&observed, pgpool.as_deref(), new_primary)?;
     let primary = p.node.clone();
@@ -524,31 +524,6 @@ pub(crate) async fn observe(
         primary,
         pstate,
     })
-}
-
-fn describe_observed(topo: &Topology, o: &Observed) -> String {
-    match &o.state {
-        Err(e) => format!(
-            "{}: no answer after {:.2}s: {e}",
-            o.node.label(),
-            o.took.as_secs_f64()
-        ),
-        Ok(s) if !s.in_recovery => format!(
-            "{}: primary, timeline {}, at {}",
-            o.node.label(),
-            s.timeline,
-            s.best_lsn().map(|l| l.to_string()).unwrap_or_default()
-        ),
-        Ok(s) => format!(
-            "{}: standby, timeline {}, at {}, {}",
-            o.node.label(),
-            s.timeline,
-            s.best_lsn().map(|l| l.to_string()).unwrap_or_default(),
-            cluster::upstream_of(topo, s)
-                .map(|u| format!("streaming from node {u}"))
-                .unwrap_or_else(|| "not streaming".into())
-        ),
-    }
 }
 
 /// Acting on one node.
