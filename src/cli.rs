@@ -171,6 +171,25 @@ pub struct AttachArgs {
     name = "pgha-check",
     version,
     about = "Prove before pgpool-II starts that failover could work: ssh mesh, binaries, directories, logins.",
+    long_about = "\
+pgha-check proves, before pgpool-II starts, that a failover could work, and
+says what to fix where it could not:
+
+  - the ssh mesh failover needs: this host to every node and node to node,
+    key-only with known host keys, each edge tried from its real source;
+  - on every node: PostgreSQL binaries of the server's major version, the
+    data directory, the archive directory (exists, writable, free space);
+  - settings failover relies on: wal_level, hot_standby, max_wal_senders,
+    wal_log_hints or data checksums (pg_rewind), archive and restore
+    commands that could exit above 125 when a peer is down;
+  - logins: pgha's superuser, the replication user, pgpool's health and sr
+    check users, PCP and .pcppass;
+  - pgpool.conf: failover_command / follow_primary_command run pgha, each
+    backend_application_nameN matches its standby, watchdog quorum.
+
+One line per check (ok / FAIL with the fix), a summary; exit 0 only when
+failover can work. systemd runs it as pgha-check.service before pgpool2.
+--watch keeps checking and serves /health and Prometheus /metrics.",
     after_help = exit::HELP
 )]
 pub struct CheckArgs {

@@ -11,6 +11,9 @@
 //! The end-to-end tests need root and the packages `lab/setup.sh` installs;
 //! `lab/test` runs everything.
 
+// Polling closures return pgpool's whole node record as the last observation.
+#![allow(clippy::result_large_err)]
+
 mod util;
 
 mod attach;
@@ -20,3 +23,4 @@ mod deb;
 mod failover;
 mod follow;
 mod foundation;
+mod pcp;

@@ -9,5 +9,6 @@ fn main() -> ExitCode {
     let args = CheckArgs::parse();
     cli::init_logging("pgha-check", args.common.verbose);
     let res = cli::runtime().block_on(pgha::check::run(&args));
-    ExitCode::from(pgha::report::finish("pgha-check", args.common.json, res) as u8)
+    // pgha-check prints its own full report with --json.
+    ExitCode::from(pgha::report::finish("pgha-check", false, res) as u8)
 }

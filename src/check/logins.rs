@@ -1,0 +1,710 @@
+//! The logins failover depends on:
+//!
+//! - pgha's own superuser (`[postgres] user`, password from `.pgpass`) on
+//!   every node: promote, `ALTER SYSTEM`, `pg_read_binary_file`;
+//! - the replication user (`[postgres] replication_user`) from every node
+//!   to every other node, tried on the source node with its own `.pgpass`
+//!   and `psql "... replication=true" -c IDENTIFY_SYSTEM`, exactly as its
+//!   walreceiver would connect once the other node is primary;
+//! - pgpool's `health_check_user` and `sr_check_user` on every node (with
+//!   `health_check_password` / `sr_check_password` when given in clear);
+//! - PCP (`pcp_listen_addresses`, `pcp_port`, `[pcp] user` and `.pcppass`,
+//!   mode 0600): a live login when pgpool runs, else the `.pcppass` password
+//!   against the md5 in `pcp.conf` beside `pgpool.conf`.
+
+use std::time::Duration;
+
+use md5::{Digest as _, Md5};
+use tokio_postgres::NoTls;
+
+use super::{Finding, SqlFacts, ssh_label, subject};
+use crate::cluster::{Node, Topology};
+use crate::pgpool::pcp::{PcpClient, PcpError};
+use crate::pgpool::pcppass;
+use crate::postgres::{self, PgTarget};
+
+/// The conninfo a walreceiver on another node would use to stream from
+/// `dst`: physical replication (`replication=true`, matched by the
+/// `replication` keyword in `pg_hba.conf`), database `replication` for the
+/// `.pgpass` lookup, bounded by `connect_timeout`.
+pub fn replication_conninfo(dst: &Node, user: &str, connect_secs: u64) -> String {
+    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    format!(
+        "host={} port={} user={} dbname=replication replication=true application_name=pgha-check connect_timeout={connect_secs}",
+        q(&dst.replication_host),
+        dst.port,
+        q(user)
+    )
+}
+
+/// The finding of the replication login from `src` to `dst`: the exit
+/// status and output of `psql ... -c IDENTIFY_SYSTEM` on `src`.
+pub fn replication(
+    topo: &Topology,
+    src: &Node,
+    dst: &Node,
+    result: Option<&(i32, String)>,
+    dst_facts: Option<&SqlFacts>,
+) -> Finding {
+    let user = &topo.config.postgres.replication_user;
+    let ssh_user = &topo.config.ssh.user;
+    let label = format!("{}->{}", subject(src), subject(dst));
+    let target = format!("{}:{}", dst.replication_host, dst.port);
+    let pair = format!("{} -> node {} ({target})", ssh_label(src), dst.id);
+    let Some((status, output)) = result else {
+        return Finding::fail(
+            "replication_login",
+            &label,
+            format!("{pair}: the check script did not report this login"),
+            "run pgha-check --verbose",
+        );
+    };
+    if *status == 0 {
+        let sysid = output.split('|').next().unwrap_or("").trim();
+        if let Some(f) = dst_facts
+            && !sysid.is_empty()
+            && sysid != f.state.system_identifier.to_string()
+        {
+            return Finding::fail(
+                "replication_login",
+                &label,
+                format!(
+                    "{pair}: the server at {target} has system identifier {sysid}, but node {} answers SQL with {}: replication_host points at another cluster",
+                    dst.id, f.state.system_identifier
+                ),
+                format!(
+                    "set [nodes.{}] replication_host in pgha.toml to an address of node {}",
+                    dst.id, dst.id
+                ),
+            );
+        }
+        return Finding::pass(
+            "replication_login",
+            &label,
+            format!(
+                "{pair}: {user} logs in for replication, as a walreceiver on {} would",
+                ssh_label(src)
+            ),
+        );
+    }
+    let m = output.to_ascii_lowercase();
+    let pgpass = format!("~{ssh_user}/.pgpass on {}", ssh_label(src));
+    let line = format!(
+        "{}:{}:replication:{user}:PASSWORD",
+        dst.replication_host, dst.port
+    );
+    let (what, fix) = if m.contains("password authentication failed") {
+        (
+            "wrong password".to_string(),
+            format!("correct the password of {user} in {pgpass} (line {line}, mode 0600)"),
+        )
+    } else if m.contains("no password supplied") {
+        (
+            "no password".to_string(),
+            format!("add `{line}` to {pgpass} (mode 0600)"),
+        )
+    } else if m.contains("no pg_hba.conf entry") {
+        (
+            "refused by pg_hba.conf".to_string(),
+            format!(
+                "add `host replication {user} <address of {}>/32 scram-sha-256` to pg_hba.conf on node {} and reload",
+                ssh_label(src),
+                dst.id
+            ),
+        )
+    } else if m.contains("does not exist") && m.contains("role") {
+        (
+            "no such role".to_string(),
+            format!("CREATE ROLE {user} LOGIN REPLICATION PASSWORD '...' on the primary"),
+        )
+    } else if m.contains("not permitted to log in")
+        || m.contains("replication role")
+        || m.contains("permission denied to start wal sender")
+        || m.contains("must have the replication attribute")
+    {
+        (
+            "role lacks LOGIN REPLICATION".to_string(),
+            format!("ALTER ROLE {user} LOGIN REPLICATION on the primary"),
+        )
+    } else if *status == 124
+        || m.contains("timeout expired")
+        || m.contains("connection refused")
+        || m.contains("could not connect")
+        || m.contains("no route to host")
+    {
+        (
+            "server unreachable".to_string(),
+            format!(
+                "start PostgreSQL on node {} and make it listen on {} (listen_addresses), reachable from {}",
+                dst.id,
+                dst.replication_host,
+                ssh_label(src)
+            ),
+        )
+    } else if m.contains("not found") || *status == 127 {
+        (
+            "psql missing".to_string(),
+            format!(
+                "install the PostgreSQL client on {} (psql in {} or on PATH)",
+                ssh_label(src),
+                topo.config.postgres.bin_dir.display()
+            ),
+        )
+    } else {
+        (
+            format!("failed with status {status}"),
+            format!(
+                "run psql \"{}\" -c IDENTIFY_SYSTEM on {} as {ssh_user} and fix what it says",
+                replication_conninfo(dst, user, 5),
+                ssh_label(src)
+            ),
+        )
+    };
+    let words = if output.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", output.replace('|', " "))
+    };
+    Finding::fail(
+        "replication_login",
+        &label,
+        format!("{pair}: replication login as {user}: {what}{words}"),
+        fix,
+    )
+}
+
+/// pgha's superuser login on `node` ([`super::SqlFacts`] came from it).
+pub fn superuser(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) -> Vec<Finding> {
+    let pg = &topo.config.postgres;
+    let here = subject(node);
+    let t = topo.pg_target(node);
+    let passfile = postgres::passfile_path(pg.passfile.as_deref())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "~/.pgpass".into());
+    let f = match facts {
+        Ok(f) if f.superuser => Finding::pass(
+            "login",
+            &here,
+            format!(
+                "{}: logged in as {} (superuser) to database {}{}",
+                node.label(),
+                pg.user,
+                pg.database,
+                f.note
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Ok(_) => Finding::fail(
+            "login",
+            &here,
+            format!(
+                "{}: {} is not a superuser: pg_promote, ALTER SYSTEM and pg_read_binary_file need one",
+                node.label(),
+                pg.user
+            ),
+            format!(
+                "ALTER ROLE {} SUPERUSER on the primary, or set [postgres] user to a superuser",
+                pg.user
+            ),
+        ),
+        Err(e) => {
+            let m = e.to_ascii_lowercase();
+            let line = format!("{}:{}:{}:{}:PASSWORD", t.host, t.port, t.dbname, t.user);
+            let fix = if m.contains("password authentication failed") {
+                format!(
+                    "correct the password of {} in {passfile} (line {line})",
+                    pg.user
+                )
+            } else if m.contains("no line for")
+                || m.contains("no password")
+                || m.contains("does not exist") && m.contains("password file")
+            {
+                format!("add `{line}` to {passfile} (mode 0600)")
+            } else if m.contains("group or world access") {
+                format!("chmod 600 {passfile}")
+            } else if m.contains("no pg_hba.conf entry") {
+                format!(
+                    "add `host all {} <this host's address>/32 scram-sha-256` to pg_hba.conf on {} and reload",
+                    pg.user,
+                    node.label()
+                )
+            } else {
+                format!(
+                    "start PostgreSQL on {} and make it listen on {}:{} (listen_addresses, port)",
+                    node.label(),
+                    node.host,
+                    node.port
+                )
+            };
+            Finding::fail("login", &here, format!("{}: {e}", node.label()), fix)
+        }
+    };
+    vec![f]
+}
+
+/// How pgpool.conf gives a password (`health_check_password`,
+/// `sr_check_password`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolPassword {
+    /// Empty: pgpool looks in `pool_passwd`, then tries without.
+    Empty,
+    /// In clear (also the `TEXT` prefix).
+    Plain(String),
+    /// `md5...` or `AES...`: usable by pgpool only.
+    Encrypted(&'static str),
+}
+
+/// Decode a pgpool password setting.
+pub fn pool_password(v: &str) -> PoolPassword {
+    if v.is_empty() {
+        PoolPassword::Empty
+    } else if let Some(p) = v.strip_prefix("TEXT") {
+        PoolPassword::Plain(p.to_string())
+    } else if v.starts_with("AES") {
+        PoolPassword::Encrypted("AES")
+    } else if v.len() == 35 && v.starts_with("md5") && v[3..].bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        PoolPassword::Encrypted("md5")
+    } else {
+        PoolPassword::Plain(v.to_string())
+    }
+}
+
+/// pgpool's per-node setting `key{id}`, else `key`, else `default`.
+fn pool_setting<'a>(topo: &'a Topology, key: &str, id: u32, default: &'a str) -> &'a str {
+    topo.pgpool
+        .get(&format!("{key}{id}"))
+        .or_else(|| topo.pgpool.get(key))
+        .unwrap_or(default)
+}
+
+/// pgpool's `health_check_user` and `sr_check_user` logins on every node,
+/// from this host, all at once.
+pub async fn pgpool_users(topo: &Topology) -> Vec<Finding> {
+    let mut futs = Vec::new();
+    for n in &topo.nodes {
+        let period: u64 = pool_setting(topo, "health_check_period", n.id, "0")
+            .parse()
+            .unwrap_or(0);
+        if period > 0 {
+            let db = match pool_setting(topo, "health_check_database", n.id, "") {
+                "" => "postgres",
+                d => d,
+            };
+            futs.push(pool_login(
+                topo,
+                n,
+                "health_check",
+                pool_setting(topo, "health_check_user", n.id, "nobody"),
+                db,
+                pool_setting(topo, "health_check_password", n.id, ""),
+            ));
+        }
+    }
+    let sr_period: u64 = topo
+        .pgpool
+        .get("sr_check_period")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    if sr_period > 0 {
+        let user = topo.pgpool.get("sr_check_user").unwrap_or("nobody");
+        let db = topo.pgpool.get("sr_check_database").unwrap_or("postgres");
+        let pw = topo.pgpool.get("sr_check_password").unwrap_or("");
+        for n in &topo.nodes {
+            futs.push(pool_login(topo, n, "sr_check", user, db, pw));
+        }
+    }
+    futures::future::join_all(futs).await
+}
+
+async fn pool_login(
+    topo: &Topology,
+    node: &Node,
+    what: &str,
+    user: &str,
+    db: &str,
+    password: &str,
+) -> Finding {
+    let check = format!("{what}_login");
+    let here = subject(node);
+    let (password, source) = match pool_password(password) {
+        PoolPassword::Plain(p) => (Some(p), format!("{what}_password")),
+        other => {
+            let t = PgTarget {
+                user: user.to_string(),
+                dbname: db.to_string(),
+                ..topo.pg_target(node)
+            };
+            let p = postgres::password_for(&t).ok().and_then(|l| l.password);
+            let src = match other {
+                PoolPassword::Encrypted(kind) => {
+                    format!("{what}_password is {kind}-encrypted, tried .pgpass")
+                }
+                _ => format!("empty {what}_password, tried .pgpass"),
+            };
+            (p, src)
+        }
+    };
+    let timeout = topo.config.postgres.connect_timeout;
+    // Tried once more after a timeout, as the superuser's login.
+    let attempt = || {
+        try_login(
+            &node.host,
+            node.port,
+            user,
+            db,
+            password.as_deref(),
+            timeout,
+        )
+    };
+    let mut result = attempt().await;
+    if result
+        .as_ref()
+        .is_err_and(|e| e.contains("no answer") || e.contains("timed out"))
+    {
+        result = attempt().await;
+    }
+    match result {
+        Ok(()) => Finding::pass(
+            &check,
+            &here,
+            format!(
+                "{}: pgpool's {what}_user {user} logs in to database {db}",
+                node.label()
+            ),
+        ),
+        Err(e) if unreachable(&e) => Finding::fail(
+            &check,
+            &here,
+            format!(
+                "{}: pgpool's {what}_user {user} cannot reach the server: {e}",
+                node.label()
+            ),
+            format!(
+                "start PostgreSQL on {} and make it listen on {}:{} for pgpool's host",
+                node.label(),
+                node.host,
+                node.port
+            ),
+        ),
+        Err(e) => Finding::fail(
+            &check,
+            &here,
+            format!(
+                "{}: pgpool's {what}_user {user} cannot log in to database {db} ({source}): {e}",
+                node.label()
+            ),
+            format!(
+                "let {user} log in from pgpool's host (pg_hba.conf on {}; CREATE ROLE {user} LOGIN; GRANT pg_monitor TO {user}) \
+                 and give its password in {what}_password (or pool_passwd)",
+                node.label()
+            ),
+        ),
+    }
+}
+
+fn unreachable(e: &str) -> bool {
+    let m = e.to_ascii_lowercase();
+    [
+        "timed out",
+        "no answer",
+        "connection refused",
+        "no route to host",
+        "unreachable",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
+}
+
+async fn try_login(
+    host: &str,
+    port: u16,
+    user: &str,
+    db: &str,
+    password: Option<&str>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(host)
+        .port(port)
+        .user(user)
+        .dbname(db)
+        .application_name("pgha-check")
+        .connect_timeout(timeout);
+    if let Some(p) = password {
+        cfg.password(p);
+    }
+    match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
+        Err(_) => Err(format!("no answer from {host}:{port} within {timeout:?}")),
+        Ok(Err(e)) => Err(match e.as_db_error() {
+            Some(d) => d.message().to_string(),
+            None => {
+                let mut s = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(c) = src {
+                    s.push_str(&format!(": {c}"));
+                    src = c.source();
+                }
+                s
+            }
+        }),
+        Ok(Ok((client, conn))) => {
+            drop(client);
+            let _ = tokio::time::timeout(timeout, conn).await;
+            Ok(())
+        }
+    }
+}
+
+/// The md5 `pcp.conf` keeps for a PCP password (`pg_md5 PASSWORD`).
+pub fn pcp_md5(password: &str) -> String {
+    Md5::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The md5 of `user` in a `pcp.conf` text (`user:md5hex` lines).
+pub fn pcp_conf_hash(text: &str, user: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .find_map(|l| {
+            let (u, h) = l.split_once(':')?;
+            (u == user).then(|| h.trim().to_ascii_lowercase())
+        })
+}
+
+/// PCP: `.pcppass` present, mode 0600, with a line for pgpool's PCP
+/// address; a live login when pgpool runs, else its password compared with
+/// `pcp.conf`.
+pub async fn pcp(topo: &Topology) -> Finding {
+    let c = &topo.config.pcp;
+    let pass_path = pcppass::default_path(c.pass_file.as_deref())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "~/.pcppass".into());
+    let target = match topo.pcp_target() {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e.to_string();
+            let fix = if msg.contains("mode") {
+                format!("chmod 600 {pass_path}")
+            } else {
+                format!(
+                    "create {pass_path} (mode 0600, owned by the user running pgha) with a line HOST:PORT:{}:PASSWORD for pgpool's PCP address",
+                    c.user
+                )
+            };
+            return Finding::fail(
+                "pcp_login",
+                "pgpool",
+                format!("PCP credentials: {msg}"),
+                fix,
+            );
+        }
+    };
+    let at = format!("{}:{}", target.host, target.port);
+    let wrong_password_fix = format!(
+        "put the PCP password of {} on the line {}:{}:{}:PASSWORD of {pass_path}: its md5 (pg_md5 PASSWORD) must be the one in pgpool's pcp.conf",
+        c.user, target.host, target.port, c.user
+    );
+    match PcpClient::connect(&target).await {
+        Ok(mut client) => {
+            let nodes = client.node_count().await;
+            client.close().await;
+            let seen = nodes
+                .map(|n| format!(", pgpool has {n} backends"))
+                .unwrap_or_default();
+            Finding::pass(
+                "pcp_login",
+                "pgpool",
+                format!(
+                    "PCP login as {} at {at} with {pass_path} (mode 0600){seen}",
+                    c.user
+                ),
+            )
+        }
+        Err(PcpError::Auth { message, .. }) => Finding::fail(
+            "pcp_login",
+            "pgpool",
+            format!(
+                "PCP login as {} at {at} refused ({message}): wrong password in {pass_path}",
+                c.user
+            ),
+            wrong_password_fix,
+        ),
+        Err(e @ (PcpError::Connect { .. } | PcpError::Timeout { .. })) => {
+            // Before pgpool starts (the systemd preflight), compare with
+            // pcp.conf instead.
+            let pcp_conf = topo
+                .pgpool
+                .path
+                .parent()
+                .map(|d| d.join("pcp.conf"))
+                .unwrap_or_else(|| "pcp.conf".into());
+            match std::fs::read_to_string(&pcp_conf) {
+                Ok(text) => match pcp_conf_hash(&text, &c.user) {
+                    Some(h) if h == pcp_md5(&target.password) => Finding::pass(
+                        "pcp_login",
+                        "pgpool",
+                        format!(
+                            "pgpool's PCP at {at} does not answer ({e}); the password in {pass_path} matches {} for {}",
+                            pcp_conf.display(),
+                            c.user
+                        ),
+                    ),
+                    Some(_) => Finding::fail(
+                        "pcp_login",
+                        "pgpool",
+                        format!(
+                            "the PCP password of {} in {pass_path} does not match the md5 in {}",
+                            c.user,
+                            pcp_conf.display()
+                        ),
+                        wrong_password_fix,
+                    ),
+                    None => Finding::fail(
+                        "pcp_login",
+                        "pgpool",
+                        format!("{} has no line for PCP user {}", pcp_conf.display(), c.user),
+                        format!(
+                            "add `{}:$(pg_md5 PASSWORD)` to {} or set [pcp] user",
+                            c.user,
+                            pcp_conf.display()
+                        ),
+                    ),
+                },
+                Err(re) => Finding::pass(
+                    "pcp_login",
+                    "pgpool",
+                    format!(
+                        "pgpool's PCP at {at} does not answer ({e}) and {} is unreadable ({re}): {pass_path} has a line for {}, its password is checked once pgpool runs",
+                        pcp_conf.display(),
+                        c.user
+                    ),
+                ),
+            }
+        }
+        Err(e) => Finding::fail(
+            "pcp_login",
+            "pgpool",
+            format!("PCP at {at}: {e}"),
+            "check pcp_listen_addresses and pcp_port in pgpool.conf and pgpool's log",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::pgpool::conf::PgpoolConf;
+    use std::path::Path;
+
+    fn topo() -> Topology {
+        let p = PgpoolConf::parse(
+            Path::new("/x/pgpool.conf"),
+            "backend_hostname0 = '127.0.0.2'\nbackend_hostname1 = '127.0.0.3'\n",
+        )
+        .unwrap();
+        let mut c = Config::default();
+        c.nodes.insert(
+            1,
+            crate::config::NodeOverride {
+                replication_host: Some("127.0.1.3".into()),
+                ..Default::default()
+            },
+        );
+        Topology::from_parts(c, p)
+    }
+
+    #[test]
+    fn replication_conninfo_is_physical() {
+        let t = topo();
+        assert_eq!(
+            replication_conninfo(&t.nodes[1], "repl", 3),
+            "host='127.0.1.3' port=5432 user='repl' dbname=replication replication=true application_name=pgha-check connect_timeout=3"
+        );
+        assert!(replication_conninfo(&t.nodes[1], "it's", 3).contains("user='it\\'s'"));
+    }
+
+    #[test]
+    fn replication_failures_name_the_pair_and_the_fix() {
+        let t = topo();
+        let (a, b) = (&t.nodes[0], &t.nodes[1]);
+        let f = replication(&t, a, b, Some(&(0, "7351|1|0/3000148|".into())), None);
+        assert!(f.ok, "{f:?}");
+        assert_eq!(f.node, "node0->node1");
+        let f = replication(
+            &t,
+            a,
+            b,
+            Some(&(2, "psql: error: connection to server at \"127.0.1.3\", port 5432 failed: FATAL:  password authentication failed for user \"repl\"".into())),
+            None,
+        );
+        assert!(!f.ok);
+        assert!(f.message.starts_with("node 0 (127.0.0.2) -> node 1 (127.0.1.3:5432): replication login as repl: wrong password"), "{}", f.message);
+        assert!(f.fix.unwrap().contains(
+            "~postgres/.pgpass on node 0 (127.0.0.2) (line 127.0.1.3:5432:replication:repl:PASSWORD"
+        ));
+        let f = replication(&t, a, b, Some(&(2, "FATAL:  no pg_hba.conf entry for replication connection from host \"127.0.0.2\", user \"repl\"".into())), None);
+        assert!(
+            f.message.contains("refused by pg_hba.conf"),
+            "{}",
+            f.message
+        );
+        assert!(f.fix.unwrap().starts_with("add `host replication repl"));
+        let f = replication(&t, a, b, Some(&(124, String::new())), None);
+        assert!(f.message.contains("server unreachable"), "{}", f.message);
+        let f = replication(&t, a, b, None, None);
+        assert!(!f.ok);
+    }
+
+    #[test]
+    fn pgpool_passwords() {
+        assert_eq!(pool_password(""), PoolPassword::Empty);
+        assert_eq!(
+            pool_password("secret"),
+            PoolPassword::Plain("secret".into())
+        );
+        assert_eq!(
+            pool_password("TEXTsecret"),
+            PoolPassword::Plain("secret".into())
+        );
+        assert_eq!(pool_password("AESxyz=="), PoolPassword::Encrypted("AES"));
+        assert_eq!(
+            pool_password("md5d41d8cd98f00b204e9800998ecf8427e"),
+            PoolPassword::Encrypted("md5")
+        );
+        assert_eq!(
+            pool_password("md5short"),
+            PoolPassword::Plain("md5short".into())
+        );
+    }
+
+    #[test]
+    fn pcp_conf_hashes() {
+        assert_eq!(pcp_md5("abc"), "900150983cd24fb0d6963f7d28e17f72");
+        let text = "# USERID:MD5PASSWD\nadmin:111\npgpool:900150983CD24FB0D6963F7D28E17F72\n";
+        assert_eq!(
+            pcp_conf_hash(text, "pgpool").as_deref(),
+            Some("900150983cd24fb0d6963f7d28e17f72")
+        );
+        assert_eq!(pcp_conf_hash(text, "nobody"), None);
+    }
+
+    #[test]
+    fn per_node_pgpool_settings_win() {
+        let p = PgpoolConf::parse(
+            Path::new("/x/pgpool.conf"),
+            "backend_hostname0 = 'a'\nbackend_hostname1 = 'b'\nhealth_check_user = 'hc'\nhealth_check_user1 = 'hc1'\n",
+        )
+        .unwrap();
+        let t = Topology::from_parts(Config::default(), p);
+        assert_eq!(pool_setting(&t, "health_check_user", 0, "nobody"), "hc");
+        assert_eq!(pool_setting(&t, "health_check_user", 1, "nobody"), "hc1");
+        assert_eq!(pool_setting(&t, "health_check_database", 1, ""), "");
+    }
+}

@@ -1,0 +1,412 @@
+//! The server settings failover relies on, read from `pg_settings` on every
+//! node, and the decisions about them (free of I/O, unit-tested).
+//!
+//! - `wal_level` `replica` or `logical`, `hot_standby` on, `max_wal_senders`
+//!   enough for every other node: what streaming replication needs on
+//!   whichever node becomes primary.
+//! - `wal_log_hints` on or data checksums (`initdb --data-checksums`), and
+//!   `full_page_writes` on: what `pg_rewind` needs to turn an old primary
+//!   into a standby.
+//! - `archive_mode`, `archive_command`, `restore_command`: in place when an
+//!   archive is configured, and never able to exit above 125 when a peer is
+//!   down. `ssh`, `scp` and `rsync` exit with 255 when they cannot connect;
+//!   PostgreSQL takes an exit status above 125 from `restore_command` as
+//!   fatal and shuts the standby down (and restarts the archiver for
+//!   `archive_command`). Such commands need `|| exit 1`.
+
+use std::collections::BTreeMap;
+
+use super::{Finding, SqlFacts, subject};
+use crate::cluster::{Node, Topology};
+
+/// The settings read from every node.
+pub const NAMES: [&str; 12] = [
+    "wal_level",
+    "hot_standby",
+    "max_wal_senders",
+    "max_replication_slots",
+    "wal_log_hints",
+    "data_checksums",
+    "full_page_writes",
+    "archive_mode",
+    "archive_command",
+    "restore_command",
+    "cluster_name",
+    "server_version_num",
+];
+
+/// A decision: `Ok(what was found)` or `Err((what is wrong, the fix))`.
+pub type Verdict = Result<String, (String, String)>;
+
+/// `wal_level` must be `replica` (or `logical`, which includes it).
+pub fn wal_level(v: &str) -> Verdict {
+    match v {
+        "replica" | "logical" => Ok(format!("wal_level = {v}")),
+        other => Err((
+            format!(
+                "wal_level = {other}: standbys cannot stream from this server once it is primary"
+            ),
+            "set wal_level = replica in postgresql.conf and restart PostgreSQL".into(),
+        )),
+    }
+}
+
+/// `hot_standby` must be on: pgpool health-checks the standbys and pgha
+/// observes them over SQL.
+pub fn hot_standby(v: &str) -> Verdict {
+    if is_on(v) {
+        Ok("hot_standby = on".into())
+    } else {
+        Err((
+            "hot_standby = off: a standby accepts no connections, so pgpool and pgha cannot check it".into(),
+            "set hot_standby = on in postgresql.conf and restart PostgreSQL".into(),
+        ))
+    }
+}
+
+/// Whichever node becomes primary serves every other node: `max_wal_senders`
+/// at least the number of nodes minus one.
+pub fn max_wal_senders(v: &str, nodes: usize) -> Verdict {
+    let need = nodes.saturating_sub(1).max(1);
+    match v.parse::<usize>() {
+        Ok(n) if n >= need => Ok(format!("max_wal_senders = {n} (at least {need} needed)")),
+        Ok(n) => Err((
+            format!("max_wal_senders = {n}: a new primary must serve {need} standbys"),
+            format!(
+                "set max_wal_senders = {} in postgresql.conf (one more than the standbys, for pg_basebackup) and restart",
+                need + 1
+            ),
+        )),
+        Err(_) => Err((
+            format!("max_wal_senders = {v:?} is not a number"),
+            "check postgresql.conf".into(),
+        )),
+    }
+}
+
+/// `pg_rewind` needs `wal_log_hints = on` or data checksums, and
+/// `full_page_writes = on`; without them an old primary can only rejoin by
+/// a full `pg_basebackup`.
+pub fn rewind(wal_log_hints: bool, data_checksums: bool, full_page_writes: bool) -> Verdict {
+    let hints = if wal_log_hints { "on" } else { "off" };
+    let sums = if data_checksums { "on" } else { "off" };
+    if !full_page_writes {
+        return Err((
+            "full_page_writes = off: pg_rewind refuses to run".into(),
+            "set full_page_writes = on in postgresql.conf and reload".into(),
+        ));
+    }
+    if wal_log_hints || data_checksums {
+        let why = if wal_log_hints {
+            "pg_rewind can work"
+        } else {
+            "pg_rewind can work thanks to the checksums"
+        };
+        Ok(format!(
+            "wal_log_hints {hints}, data checksums {sums}: {why}"
+        ))
+    } else {
+        Err((
+            "wal_log_hints off and data checksums off: pg_rewind refuses to run, a failed primary \
+             could only rejoin by a full pg_basebackup"
+                .into(),
+            "set wal_log_hints = on in postgresql.conf and restart PostgreSQL (or enable checksums: \
+             pg_checksums --enable on a stopped server)"
+                .into(),
+        ))
+    }
+}
+
+/// With `[postgres] archive_dir` configured, archiving must be on and have a
+/// command; an `archive_mode` without command fills `pg_wal` until the
+/// primary stops.
+pub fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&str>) -> Verdict {
+    let mode_on = matches!(archive_mode, "on" | "always");
+    match (archive_dir, mode_on, archive_command.trim().is_empty()) {
+        (_, true, true) => Err((
+            format!(
+                "archive_mode = {archive_mode} with an empty archive_command: WAL piles up in pg_wal until the disk is full"
+            ),
+            "set archive_command (e.g. 'test ! -f /ARCHIVE/%f && cp %p /ARCHIVE/%f') and reload"
+                .into(),
+        )),
+        (Some(dir), false, _) => Err((
+            format!(
+                "archive_mode = {archive_mode}, but pgha.toml sets archive_dir = {dir}: nothing fills that archive"
+            ),
+            format!(
+                "set archive_mode = on and an archive_command writing to {dir} in postgresql.conf and restart, or remove archive_dir from pgha.toml"
+            ),
+        )),
+        (None, false, _) => Ok(format!(
+            "archive_mode = {archive_mode} (no archive configured)"
+        )),
+        (_, true, false) => Ok(format!(
+            "archive_mode = {archive_mode}, archive_command set"
+        )),
+    }
+}
+
+/// The `ssh`-like program in `cmd` (`ssh`, `scp`, `rsync`, `sftp`), as a
+/// command word or a path ending in it.
+pub fn remote_tool(cmd: &str) -> Option<&'static str> {
+    const TOOLS: [&str; 4] = ["ssh", "scp", "rsync", "sftp"];
+    cmd.split(|c: char| c.is_whitespace() || ";|&()`'\"{}$".contains(c))
+        .filter(|w| !w.is_empty())
+        .filter_map(|w| {
+            let base = w.rsplit('/').next().unwrap_or(w);
+            TOOLS.iter().find(|t| **t == base).copied()
+        })
+        .next()
+}
+
+/// Whether `cmd` ends in `|| exit N` (1 <= N <= 125) or `|| false`, so that
+/// a failing remote copy is reported as an ordinary failure.
+pub fn guarded(cmd: &str) -> bool {
+    let Some((_, rest)) = cmd.rsplit_once("||") else {
+        return false;
+    };
+    let rest = rest
+        .trim()
+        .trim_end_matches(|c: char| c.is_whitespace() || "'\";)}".contains(c))
+        .trim();
+    if matches!(rest, "false" | "/bin/false" | "/usr/bin/false") {
+        return true;
+    }
+    let mut w = rest.split_whitespace();
+    match (w.next(), w.next(), w.next()) {
+        (Some("exit" | "return"), Some(n), None) => {
+            n.parse::<u32>().is_ok_and(|n| (1..=125).contains(&n))
+        }
+        _ => false,
+    }
+}
+
+/// `archive_command` or `restore_command` (`name`): flagged when it runs an
+/// ssh-like program without `|| exit 1`.
+pub fn command_safety(name: &str, cmd: &str) -> Verdict {
+    let cmd = cmd.trim();
+    if cmd.is_empty() {
+        return Ok(format!("{name} not set"));
+    }
+    let Some(tool) = remote_tool(cmd) else {
+        return Ok(format!("{name} runs no ssh/scp/rsync"));
+    };
+    if guarded(cmd) {
+        return Ok(format!("{name} runs {tool}, protected by `|| exit 1`"));
+    }
+    let consequence = if name == "restore_command" {
+        "PostgreSQL takes that as fatal and shuts the standby down"
+    } else {
+        "PostgreSQL takes that as fatal and restarts the archiver, over and over"
+    };
+    let fixed = if cmd.contains(';') {
+        format!("{{ {cmd}; }} || exit 1")
+    } else {
+        format!("{cmd} || exit 1")
+    };
+    Err((
+        format!(
+            "{name} = '{cmd}' runs {tool}, which exits with 255 when its peer is down: {consequence}"
+        ),
+        format!(
+            "end it with `|| exit 1`: {name} = '{}', then reload",
+            fixed.replace('\'', "''")
+        ),
+    ))
+}
+
+/// With `[failover] replication_slots`, every node needs a slot per standby.
+pub fn replication_slots(v: &str, nodes: usize) -> Verdict {
+    let need = nodes.saturating_sub(1);
+    match v.parse::<usize>() {
+        Ok(n) if n >= need => Ok(format!(
+            "max_replication_slots = {n} (at least {need} needed)"
+        )),
+        _ => Err((
+            format!("max_replication_slots = {v}, but failover.replication_slots needs {need}"),
+            format!("set max_replication_slots = {need} or more in postgresql.conf and restart"),
+        )),
+    }
+}
+
+fn is_on(v: &str) -> bool {
+    matches!(v, "on" | "true" | "yes" | "1")
+}
+
+/// The settings findings of one node.
+pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) -> Vec<Finding> {
+    let here = subject(node);
+    let f = match facts {
+        Ok(f) => f,
+        Err(_) => {
+            return vec![Finding::fail(
+                "settings",
+                &here,
+                format!(
+                    "settings of {} not checked: cannot log in (see check login {here})",
+                    node.label()
+                ),
+                "fix the login first",
+            )];
+        }
+    };
+    let s: &BTreeMap<String, String> = &f.settings;
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
+    let mut verdicts: Vec<(&str, Verdict)> = vec![
+        ("wal_level", wal_level(get("wal_level"))),
+        ("hot_standby", hot_standby(get("hot_standby"))),
+        (
+            "max_wal_senders",
+            max_wal_senders(get("max_wal_senders"), topo.nodes.len()),
+        ),
+        (
+            "rewind",
+            rewind(
+                f.state.wal_log_hints,
+                f.state.data_checksums,
+                is_on(get("full_page_writes")),
+            ),
+        ),
+        (
+            "archive_mode",
+            archive(
+                get("archive_mode"),
+                get("archive_command"),
+                topo.config
+                    .postgres
+                    .archive_dir
+                    .as_ref()
+                    .and_then(|p| p.to_str()),
+            ),
+        ),
+        (
+            "archive_command",
+            command_safety("archive_command", get("archive_command")),
+        ),
+        (
+            "restore_command",
+            command_safety("restore_command", get("restore_command")),
+        ),
+    ];
+    if topo.config.failover.replication_slots {
+        verdicts.push((
+            "replication_slots",
+            replication_slots(get("max_replication_slots"), topo.nodes.len()),
+        ));
+    }
+    verdicts
+        .into_iter()
+        .map(|(check, v)| match v {
+            Ok(m) => Finding::pass(check, &here, format!("{}: {m}", node.label())),
+            Err((m, fix)) => Finding::fail(check, &here, format!("{}: {m}", node.label()), fix),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewind_needs_hints_or_checksums() {
+        // The lab runs with both; these are the combinations it cannot show.
+        assert!(rewind(true, true, true).is_ok());
+        assert_eq!(
+            rewind(false, true, true).unwrap(),
+            "wal_log_hints off, data checksums on: pg_rewind can work thanks to the checksums"
+        );
+        assert!(
+            rewind(true, false, true)
+                .unwrap()
+                .contains("wal_log_hints on, data checksums off")
+        );
+        let (m, fix) = rewind(false, false, true).unwrap_err();
+        assert!(
+            m.starts_with("wal_log_hints off and data checksums off"),
+            "{m}"
+        );
+        assert!(fix.starts_with("set wal_log_hints = on"), "{fix}");
+        let (m, _) = rewind(true, true, false).unwrap_err();
+        assert!(m.contains("full_page_writes = off"));
+    }
+
+    #[test]
+    fn replication_settings() {
+        assert!(wal_level("replica").is_ok());
+        assert!(wal_level("logical").is_ok());
+        assert!(
+            wal_level("minimal")
+                .unwrap_err()
+                .1
+                .contains("wal_level = replica")
+        );
+        assert!(hot_standby("on").is_ok());
+        assert!(hot_standby("off").is_err());
+        assert!(max_wal_senders("10", 3).is_ok());
+        assert!(max_wal_senders("2", 3).is_ok());
+        let (m, fix) = max_wal_senders("1", 3).unwrap_err();
+        assert!(m.contains("must serve 2 standbys"), "{m}");
+        assert!(fix.contains("max_wal_senders = 3"), "{fix}");
+        assert!(max_wal_senders("x", 3).is_err());
+        assert!(replication_slots("10", 3).is_ok());
+        assert!(replication_slots("1", 3).is_err());
+    }
+
+    #[test]
+    fn archive_settings() {
+        assert!(archive("on", "cp %p /a/%f", Some("/a")).is_ok());
+        assert!(archive("always", "cp %p /a/%f", Some("/a")).is_ok());
+        assert!(archive("off", "", None).is_ok());
+        let (m, _) = archive("on", "", None).unwrap_err();
+        assert!(m.contains("empty archive_command"), "{m}");
+        let (m, fix) = archive("off", "", Some("/a")).unwrap_err();
+        assert!(m.contains("archive_dir = /a"), "{m}");
+        assert!(fix.contains("archive_mode = on"), "{fix}");
+    }
+
+    #[test]
+    fn remote_copies_need_exit_1() {
+        let (m, fix) = command_safety("restore_command", "scp pg1:/archive/%f %p").unwrap_err();
+        assert!(m.contains("runs scp, which exits with 255"), "{m}");
+        assert!(m.contains("shuts the standby down"), "{m}");
+        assert_eq!(
+            fix,
+            "end it with `|| exit 1`: restore_command = 'scp pg1:/archive/%f %p || exit 1', then reload"
+        );
+        assert!(command_safety("restore_command", "scp pg1:/a/%f %p || exit 1").is_ok());
+        assert!(
+            command_safety("restore_command", "/usr/bin/rsync -a pg1:/a/%f %p||exit 1").is_ok()
+        );
+        assert!(command_safety("restore_command", "scp pg1:/a/%f %p || false").is_ok());
+        assert!(command_safety("restore_command", "sh -c 'scp a %p || exit 1'").is_ok());
+        // Exit codes above 125 are as fatal as 255; `|| true` lies.
+        assert!(command_safety("restore_command", "scp a %p || exit 255").is_err());
+        assert!(command_safety("restore_command", "scp a %p || true").is_err());
+        assert!(command_safety("restore_command", "scp a %p || exit").is_err());
+        // The guard must be at the end: an earlier `||` protects nothing.
+        assert!(
+            command_safety("archive_command", "test -f x || exit 1; ssh h cat > /a/%f").is_err()
+        );
+        let (_, fix) =
+            command_safety("archive_command", "test ! -f /a/%f; scp %p h:/a/%f").unwrap_err();
+        assert!(
+            fix.contains("'{ test ! -f /a/%f; scp %p h:/a/%f; } || exit 1'"),
+            "{fix}"
+        );
+        // Local copies and scripts without remote tools are fine; names
+        // merely containing a tool's letters are not tools.
+        assert!(command_safety("archive_command", "test ! -f /a/%f && cp %p /a/%f").is_ok());
+        assert!(command_safety("archive_command", "/usr/local/bin/sshelper %p").is_ok());
+        assert!(
+            command_safety("restore_command", "")
+                .unwrap()
+                .contains("not set")
+        );
+        // Quotes in the command are doubled in the suggested setting.
+        let (_, fix) = command_safety("restore_command", "ssh h 'cat /a/%f' > %p").unwrap_err();
+        assert!(fix.contains("ssh h ''cat /a/%f'' > %p || exit 1"), "{fix}");
+        assert_eq!(remote_tool("env X=1 /usr/bin/ssh -q h"), Some("ssh"));
+        assert_eq!(remote_tool("$(which scp) a b"), Some("scp"));
+    }
+}

@@ -1,0 +1,416 @@
+//! `pgha-check --watch`: check again every `--interval` and serve the last
+//! result on `--listen`, so that monitoring sees a broken mesh before an
+//! incident does.
+//!
+//! - `GET /health`: 200 when the last run passed, 503 otherwise (also
+//!   before the first run ends); the body is the summary line, then the
+//!   failed checks.
+//! - `GET /metrics`: Prometheus text format: `pgha_check_ok{check,node}`
+//!   (1 passed, 0 failed), `pgha_check_last_run_timestamp_seconds`,
+//!   `pgha_check_duration_seconds`, `pgha_checks_failed`.
+//!
+//! The listener is a few lines of HTTP/1.1 on tokio (one request per
+//! connection, `Connection: close`), bound to a loopback address only: the
+//! findings name hosts, users and paths, which are nobody else's business.
+//! Put a reverse proxy in front to expose them further.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use super::{Finding, Report};
+use crate::cli::CheckArgs;
+use crate::cluster::Topology;
+use crate::config::parse_duration;
+use crate::error::{Error, Result};
+use crate::report::Summary;
+
+/// Longest request head read; anything longer is refused.
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `--listen` address, refused unless it is a loopback address.
+pub fn loopback_listen(s: &str) -> Result<SocketAddr> {
+    let addr: SocketAddr = s.parse().map_err(|_| {
+        Error::Usage(format!(
+            "--listen {s:?}: expected IP:PORT, e.g. 127.0.0.1:9187 or [::1]:9187"
+        ))
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(Error::Usage(format!(
+            "--listen {s}: {} is not a loopback address; pgha-check serves /health and /metrics \
+             on loopback only (127.0.0.0/8 or ::1), since they name hosts, users and paths: use \
+             e.g. 127.0.0.1:{} and a reverse proxy if the monitoring runs elsewhere",
+            addr.ip(),
+            addr.port()
+        )));
+    }
+    Ok(addr)
+}
+
+/// The last report, shared between the check loop and the listener.
+type Shared = Arc<RwLock<Option<Report>>>;
+
+/// Run the watch loop until SIGTERM or SIGINT.
+pub async fn run(args: &CheckArgs) -> Result<Summary> {
+    let interval = parse_duration(&args.interval)
+        .map_err(|e| Error::Usage(format!("--interval {}: {e}", args.interval)))?;
+    if interval.is_zero() {
+        return Err(Error::Usage("--interval must be more than 0s".into()));
+    }
+    let addr = loopback_listen(&args.listen)?;
+    // A configuration that cannot be read at start is an error, not a
+    // failing check: the operator sees it at once.
+    Topology::load(args.common.config.as_deref())?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Usage(format!("--listen {addr}: cannot listen: {e}")))?;
+    info!(
+        "serving /health and /metrics on http://{addr}, checking every {}",
+        args.interval
+    );
+    let shared: Shared = Arc::new(RwLock::new(None));
+    tokio::spawn(serve(listener, shared.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Step(format!("cannot watch for SIGTERM: {e}")))?;
+    let mut runs = 0u64;
+    loop {
+        let round = async {
+            match Topology::load(args.common.config.as_deref()) {
+                Ok(topo) => super::check(&topo).await,
+                Err(e) => Report::new(
+                    vec![Finding::fail(
+                        "config",
+                        "pgpool",
+                        format!("{e:#}"),
+                        "fix the configuration file named in the message",
+                    )],
+                    Duration::ZERO,
+                ),
+            }
+        };
+        let report = tokio::select! {
+            r = round => r,
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        runs += 1;
+        if report.passing() {
+            info!("{}", report.summary());
+        } else {
+            for f in report.checks.iter().filter(|f| !f.ok) {
+                warn!("{}", f.line());
+            }
+            warn!("{}", report.summary());
+        }
+        *shared.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(Summary {
+        outcome: "stopped".into(),
+        message: format!("watch stopped after {runs} runs"),
+        ..Summary::default()
+    })
+}
+
+async fn serve(listener: TcpListener, shared: Shared) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, shared.clone()));
+            }
+            Err(e) => {
+                warn!("accept on the health listener failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, shared: Shared) {
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > MAX_REQUEST {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    if !matches!(
+        tokio::time::timeout(REQUEST_TIMEOUT, read).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let response = {
+        let report = shared.read().unwrap_or_else(|e| e.into_inner());
+        respond(&buf, report.as_ref())
+    };
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        stream.write_all(&response).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// The whole HTTP response to the request head `req`.
+pub fn respond(req: &[u8], report: Option<&Report>) -> Vec<u8> {
+    let head = String::from_utf8_lossy(req);
+    let mut first = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    if req.len() > MAX_REQUEST {
+        return http(
+            431,
+            "Request Header Fields Too Large",
+            "text/plain",
+            "request too large\n",
+            true,
+        );
+    }
+    let with_body = method != "HEAD";
+    if method != "GET" && method != "HEAD" {
+        return http(
+            405,
+            "Method Not Allowed",
+            "text/plain",
+            "only GET and HEAD\n",
+            true,
+        );
+    }
+    match path {
+        "/health" => {
+            let (code, reason, body) = health(report);
+            http(code, reason, "text/plain; charset=utf-8", &body, with_body)
+        }
+        "/metrics" => http(
+            200,
+            "OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            &metrics(report),
+            with_body,
+        ),
+        _ => http(
+            404,
+            "Not Found",
+            "text/plain",
+            "try /health or /metrics\n",
+            with_body,
+        ),
+    }
+}
+
+fn http(code: u16, reason: &str, ctype: &str, body: &str, with_body: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if with_body {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// `/health`: status and body.
+pub fn health(report: Option<&Report>) -> (u16, &'static str, String) {
+    match report {
+        None => (
+            503,
+            "Service Unavailable",
+            "no check has completed yet\n".to_string(),
+        ),
+        Some(r) => {
+            let mut body = r.summary();
+            body.push('\n');
+            for f in r.checks.iter().filter(|f| !f.ok) {
+                body.push_str(&f.line());
+                body.push('\n');
+            }
+            if r.passing() {
+                (200, "OK", body)
+            } else {
+                (503, "Service Unavailable", body)
+            }
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `/metrics` in the Prometheus text exposition format.
+pub fn metrics(report: Option<&Report>) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# HELP pgha_check_ok Whether the check passed in the last run (1) or failed (0).\n\
+         # TYPE pgha_check_ok gauge\n",
+    );
+    if let Some(r) = report {
+        for f in &r.checks {
+            out.push_str(&format!(
+                "pgha_check_ok{{check=\"{}\",node=\"{}\"}} {}\n",
+                label(&f.check),
+                label(&f.node),
+                u8::from(f.ok)
+            ));
+        }
+    }
+    let (ts, dur, failed) = match report {
+        Some(r) => (r.finished_at, r.duration_ms as f64 / 1000.0, r.failed),
+        None => (0.0, 0.0, 0),
+    };
+    out.push_str(&format!(
+        "# HELP pgha_check_last_run_timestamp_seconds When the last run ended (Unix time; 0: none yet).\n\
+         # TYPE pgha_check_last_run_timestamp_seconds gauge\n\
+         pgha_check_last_run_timestamp_seconds {ts:.3}\n\
+         # HELP pgha_check_duration_seconds How long the last run took.\n\
+         # TYPE pgha_check_duration_seconds gauge\n\
+         pgha_check_duration_seconds {dur:.3}\n\
+         # HELP pgha_checks_failed Number of checks that failed in the last run.\n\
+         # TYPE pgha_checks_failed gauge\n\
+         pgha_checks_failed {failed}\n"
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report::new(
+            vec![
+                Finding::pass("ssh", "pgpool->node0", "ok"),
+                Finding::fail("ssh", "node1->node2", "missing authorized key", "append"),
+            ],
+            Duration::from_millis(1500),
+        )
+    }
+
+    #[test]
+    fn only_loopback_is_served() {
+        assert!(loopback_listen("127.0.0.1:9187").is_ok());
+        assert!(loopback_listen("127.0.101.20:9187").is_ok());
+        assert!(loopback_listen("[::1]:9187").is_ok());
+        let e = loopback_listen("0.0.0.0:9187").unwrap_err();
+        assert!(
+            e.to_string().contains("0.0.0.0 is not a loopback address"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::exit::USAGE);
+        assert!(loopback_listen("[::]:9187").is_err());
+        assert!(
+            loopback_listen("localhost:9187")
+                .unwrap_err()
+                .to_string()
+                .contains("expected IP:PORT")
+        );
+    }
+
+    #[test]
+    fn metrics_in_prometheus_text() {
+        let m = metrics(Some(&report()));
+        assert!(
+            m.contains("pgha_check_ok{check=\"ssh\",node=\"pgpool->node0\"} 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pgha_check_ok{check=\"ssh\",node=\"node1->node2\"} 0\n"),
+            "{m}"
+        );
+        assert!(m.contains("pgha_checks_failed 1\n"), "{m}");
+        assert!(m.contains("pgha_check_duration_seconds 1.500\n"), "{m}");
+        assert!(m.contains("# TYPE pgha_check_last_run_timestamp_seconds gauge\n"));
+        // Every sample line is NAME{labels} VALUE or NAME VALUE.
+        for l in m.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = l.rsplit_once(' ').unwrap();
+            assert!(v.parse::<f64>().is_ok(), "{l}");
+        }
+        let empty = metrics(None);
+        assert!(empty.contains("pgha_check_last_run_timestamp_seconds 0.000"));
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn http_routes() {
+        let r = report();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        let h = text(respond(
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            Some(&r),
+        ));
+        assert!(h.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{h}");
+        assert!(h.contains("1 of 2 checks FAILED"), "{h}");
+        assert!(h.contains("FAIL ssh"), "{h}");
+        let body_len = h.split("\r\n\r\n").nth(1).unwrap().len();
+        assert!(
+            h.contains(&format!("Content-Length: {body_len}\r\n")),
+            "{h}"
+        );
+        let ok = Report::new(
+            vec![Finding::pass("ssh", "pgpool->node0", "ok")],
+            Duration::ZERO,
+        );
+        let h = text(respond(b"GET /health HTTP/1.1\r\n\r\n", Some(&ok)));
+        assert!(h.starts_with("HTTP/1.1 200 OK\r\n"), "{h}");
+        let h = text(respond(b"GET /health HTTP/1.1\r\n\r\n", None));
+        assert!(h.starts_with("HTTP/1.1 503"), "{h}");
+        let m = text(respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", Some(&r)));
+        assert!(
+            m.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4"),
+            "{m}"
+        );
+        let head = text(respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", Some(&r)));
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        assert!(text(respond(b"POST /health HTTP/1.1\r\n\r\n", None)).starts_with("HTTP/1.1 405"));
+        assert!(text(respond(b"GET / HTTP/1.1\r\n\r\n", None)).starts_with("HTTP/1.1 404"));
+        assert!(text(respond(&vec![b'a'; MAX_REQUEST + 1], None)).starts_with("HTTP/1.1 431"));
+    }
+
+    #[tokio::test]
+    async fn serves_over_tcp() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared: Shared = Arc::new(RwLock::new(Some(report())));
+        tokio::spawn(serve(listener, shared.clone()));
+        let get = |path: &'static str| async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        assert!(get("/health").await.starts_with("HTTP/1.1 503"));
+        *shared.write().unwrap() = Some(Report::new(
+            vec![Finding::pass("ssh", "pgpool->node0", "ok")],
+            Duration::ZERO,
+        ));
+        assert!(get("/health").await.starts_with("HTTP/1.1 200"));
+        assert!(get("/metrics").await.contains("pgha_checks_failed 0"));
+    }
+}

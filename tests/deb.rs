@@ -1,0 +1,179 @@
+//! The installed package: `lab/test` builds the .deb
+//! (`packaging/build-deb.sh`) and installs it with `dpkg -i` before the
+//! tests run; these tests use what it put in /usr/bin, /etc and
+//! /lib/systemd, never the build tree.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::lab::{Lab, LabOptions};
+
+const T: Duration = Duration::from_secs(40);
+
+/// The installed binaries, or a failure saying how to get them (no skip: a
+/// CI run without the package must not pass).
+fn require_package() {
+    for b in ["pgha-failover", "pgha-follow", "pgha-attach", "pgha-check"] {
+        let p = Path::new("/usr/bin").join(b);
+        assert!(
+            p.exists(),
+            "{} is missing: run lab/test, which builds and installs the .deb \
+             (packaging/build-deb.sh, then dpkg -i target/debian/pgha_*.deb)",
+            p.display()
+        );
+    }
+    let v = Command::new("/usr/bin/pgha-check")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let v = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(
+        v.trim(),
+        format!("pgha-check {}", env!("CARGO_PKG_VERSION")),
+        "the installed package is another version: run lab/test, which builds and installs the .deb"
+    );
+}
+
+fn dpkg_field(field: &str) -> String {
+    let o = Command::new("dpkg-query")
+        .args(["-W", &format!("-f=${{{field}}}"), "pgha"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "dpkg-query: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_package_installs_docs_units_and_conffiles() {
+    require_package();
+    assert_eq!(
+        dpkg_field("Version"),
+        format!("{}-1", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(dpkg_field("Status").ends_with("installed"));
+    let depends = dpkg_field("Depends");
+    assert!(
+        depends.contains("openssh-client") && depends.contains("libc6"),
+        "{depends}"
+    );
+    let conffiles = dpkg_field("Conffiles");
+    assert!(conffiles.contains("/etc/pgha/pgha.toml"), "{conffiles}");
+    for b in ["pgha-failover", "pgha-follow", "pgha-attach", "pgha-check"] {
+        for f in [
+            format!("/usr/share/man/man1/{b}.1.gz"),
+            format!("/usr/share/bash-completion/completions/{b}"),
+            format!("/usr/share/zsh/vendor-completions/_{b}"),
+            format!("/usr/share/fish/vendor_completions.d/{b}.fish"),
+        ] {
+            assert!(Path::new(&f).is_file(), "{f} missing");
+        }
+    }
+    // The example configuration is valid for the installed binaries.
+    let cfg = pgha::config::Config::load(Some(Path::new("/etc/pgha/pgha.toml"))).unwrap();
+    assert_eq!(cfg.state_dir, Path::new("/var/lib/pgha"));
+    let dropin =
+        std::fs::read_to_string("/lib/systemd/system/pgpool2.service.d/pgha-check.conf").unwrap();
+    assert!(dropin.contains("Requires=pgha-check.service"), "{dropin}");
+    assert!(dropin.contains("After=pgha-check.service"), "{dropin}");
+    // postinst made the state directory for postgres.
+    let o = Command::new("stat")
+        .args(["-c", "%U", "/var/lib/pgha"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "postgres");
+}
+
+/// The preflight exactly as the installed unit runs it: its `ExecStart`, as
+/// its `User`, on the pgpool host.
+fn preflight_as_the_unit_runs_it(lab: &Lab) {
+    let unit = std::fs::read_to_string("/lib/systemd/system/pgha-check.service").unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart in pgha-check.service");
+    let user = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("User="))
+        .expect("User in pgha-check.service");
+    assert_eq!(user, "postgres", "lab.exec runs as postgres");
+    assert!(unit.contains("Type=oneshot"), "{unit}");
+    // $PGHA_CHECK_OPTS comes from /etc/default/pgha, empty by default.
+    let argv: Vec<&str> = exec
+        .split_whitespace()
+        .filter(|w| !w.starts_with('$'))
+        .collect();
+    assert_eq!(argv[0], "/usr/bin/pgha-check");
+    let o = lab.exec("app", &argv);
+    assert!(
+        o.status.success(),
+        "the installed preflight fails on a healthy lab: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pgha-check: OK: all "));
+}
+
+/// (primary?, timeline) of a node, asked through its local socket.
+fn role(lab: &Lab, host: &str) -> Result<(bool, u32), String> {
+    let out = lab.try_psql(
+        host,
+        "select not pg_is_in_recovery(), case when pg_is_in_recovery() \
+           then coalesce((select received_tli from pg_stat_wal_receiver), 0) \
+           else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
+    )?;
+    let (p, tl) = out.split_once('|').ok_or(out.clone())?;
+    Ok((p == "t", tl.parse().map_err(|_| out.clone())?))
+}
+
+#[test]
+fn installed_binaries_fail_over_the_lab() {
+    require_package();
+    let lab = Lab::up(LabOptions {
+        pgha_bin: Some("system".into()),
+        failover_command: Some("/usr/bin/pgha-failover %d %M %m --old-primary %P".into()),
+        ..LabOptions::default()
+    });
+    let conf =
+        std::fs::read_to_string(lab.host_dir("app").join("etc-pgpool2/pgpool.conf")).unwrap();
+    assert!(
+        conf.contains("failover_command = '/usr/bin/pgha-failover %d %M %m --old-primary %P'"),
+        "pgpool must run the installed binary"
+    );
+    preflight_as_the_unit_runs_it(&lab);
+
+    lab.kill_host("pg0");
+    lab.wait_observing("pg1 primary on timeline 2", T, || match role(&lab, "pg1") {
+        Ok((true, 2)) => Ok(()),
+        other => Err(other),
+    });
+    let (pg1, pg1_repl) = (lab.addr("pg1"), lab.repl_addr("pg1"));
+    lab.wait_observing("pg2 streaming from pg1 on timeline 2", T, || {
+        let out = lab.try_psql(
+            "pg2",
+            "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'",
+        )?;
+        match out.split_once('|') {
+            Some((h, "2")) if h == pg1 || h == pg1_repl => Ok(()),
+            _ => Err(out),
+        }
+    });
+    let written = lab.wait_observing("a write through pgpool", T, || {
+        lab.pgpool_sql(
+            "create table if not exists after_failover(x int); \
+             insert into after_failover values (42) returning x",
+        )
+    });
+    assert_eq!(written, "42");
+    // The write went to the new primary and reached the standby.
+    lab.wait_observing("the row on pg2", T, || {
+        match lab.try_psql_db("pg2", "app", "select x from after_failover") {
+            Ok(x) if x == "42" => Ok(()),
+            other => Err(other),
+        }
+    });
+    assert!(
+        lab.pgpool_log().contains("pgha-failover"),
+        "pgpool's log shows no pgha-failover output"
+    );
+}
