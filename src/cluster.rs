@@ -308,6 +308,13 @@ mod tests {
             include_str!("../pgpool/pgpool.conf"),
         )
         .unwrap();
+        // The conffile the package installs parses too, and is all defaults.
+        let conffile = Config::from_str(
+            Path::new("packaging/pgha.toml"),
+            include_str!("../packaging/pgha.toml"),
+        )
+        .unwrap();
+        assert_eq!(conffile.follow.deadline, config.follow.deadline);
         let topo = Topology::from_parts(config, pool);
         let ids: Vec<u32> = topo.nodes.iter().map(|n| n.id).collect();
         assert_eq!(ids, [0, 1, 2]);

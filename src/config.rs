@@ -271,6 +271,18 @@ pub struct FollowConfig {
     /// `"16MB"`, `"1GB"`). Default 16 MiB.
     #[serde(default = "default_max_lag", deserialize_with = "de_bytes")]
     pub max_lag: u64,
+    /// Duration: overall deadline of one `pgha-follow` / `pgha-attach` run.
+    /// pgpool runs `follow_primary_command` in a child process, so this may
+    /// be long; it still bounds everything. Default `"30m"`.
+    #[serde(default = "default_follow_deadline", with = "duration_serde")]
+    pub deadline: Duration,
+    /// Duration: one `pg_rewind`. Default `"10m"`.
+    #[serde(default = "default_rewind_timeout", with = "duration_serde")]
+    pub rewind_timeout: Duration,
+    /// Duration: one `pg_basebackup` rebuild (within `deadline`). Default
+    /// `"30m"`.
+    #[serde(default = "default_rebuild_timeout", with = "duration_serde")]
+    pub rebuild_timeout: Duration,
 }
 
 /// `[nodes.N]`: what pgpool.conf does not say about backend `N`.
@@ -354,6 +366,15 @@ fn default_follow_timeout() -> Duration {
 fn default_max_lag() -> u64 {
     16 * 1024 * 1024
 }
+fn default_follow_deadline() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_rewind_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_rebuild_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -433,6 +454,9 @@ impl Default for FollowConfig {
             rebuild: false,
             rejoin_old_primary: false,
             max_lag: default_max_lag(),
+            deadline: default_follow_deadline(),
+            rewind_timeout: default_rewind_timeout(),
+            rebuild_timeout: default_rebuild_timeout(),
         }
     }
 }

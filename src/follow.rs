@@ -986,7 +986,7 @@ pub(crate) async fn run_mode(
     command: &'static str,
 ) -> Result<Summary> {
     let start = Instant::now();
-    let deadline = start + topo.config.failover.deadline;
+    let deadline = start + topo.config.follow.deadline;
     let node = topo.node(node_id)?.clone();
     let new_primary = optional_node(topo, new_primary)?;
     let old_primary = optional_node(topo, old_primary)?;

@@ -455,7 +455,7 @@ pub enum Rewound {
 /// `pg_rewind` the stopped node from `primary`: a `CHECKPOINT` on the
 /// primary first (right after a promotion its control file still names
 /// the old timeline, and pg_rewind reads it), then pg_rewind over ssh on
-/// the node, bounded by `[ssh] command_timeout`. The node's configuration
+/// the node, bounded by `[follow] rewind_timeout`. The node's configuration
 /// files must be saved before and restored after (see [`save_config`]).
 pub async fn rewind(
     topo: &Topology,
@@ -494,7 +494,7 @@ pub async fn rewind(
     let data = node.data_dir()?.display().to_string();
     let args = pg_rewind_args(&bin, &data, &source_conninfo(topo, primary), version);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let t = budget(deadline, topo.config.follow.rewind_timeout);
     let out = remote
         .run(&node.ssh_host, &argv, t)
         .await
@@ -898,7 +898,7 @@ pub async fn rebuild(
                 .check(
                     &node.ssh_host,
                     &["rm", "-rf", "--", &data],
-                    budget(deadline, topo.config.failover.deadline),
+                    budget(deadline, topo.config.follow.rebuild_timeout),
                 )
                 .await
                 .map_err(|e| Error::step(&step, e))?;
@@ -938,8 +938,7 @@ pub async fn rebuild(
         "fast",
         "-w",
     ];
-    // The copy takes what is left of the command's deadline.
-    let t = budget(deadline, topo.config.failover.deadline);
+    let t = budget(deadline, topo.config.follow.rebuild_timeout);
     let out = remote
         .run(&node.ssh_host, &argv, t)
         .await
