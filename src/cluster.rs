@@ -280,8 +280,14 @@ pub async fn observe_all(topo: &Topology) -> Vec<Observed> {
 
 /// Ask one node about itself.
 pub async fn observe_node(topo: &Topology, node: &Node) -> Observed {
+    observe_with(node, topo.pg_target(node)).await
+}
+
+/// Ask one node about itself through `target` (e.g. with a shorter
+/// connect timeout).
+pub async fn observe_with(node: &Node, target: PgTarget) -> Observed {
     let start = Instant::now();
-    let state = postgres::observe_target(&topo.pg_target(node))
+    let state = postgres::observe_target(&target)
         .await
         .map_err(|e| e.to_string());
     Observed {

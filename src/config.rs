@@ -223,6 +223,13 @@ pub struct FailoverConfig {
     /// `"stop"`.
     #[serde(default)]
     pub fence: FencePolicy,
+    /// Duration: how long each probe of whether the failed old primary is
+    /// still alive may take (SQL on its other addresses, a TCP connect from
+    /// the standbys that stream from it); they all run at once. Shorter
+    /// fails over a silent primary sooner; too short could take a slow but
+    /// live primary for dead. Default `"1s"`.
+    #[serde(default = "default_liveness_timeout", with = "duration_serde")]
+    pub liveness_timeout: Duration,
     /// Drop a failed standby's replication slot (`pg_drop_replication_slot`)
     /// and create slots for the standbys of a new primary. Default `false`.
     #[serde(default)]
@@ -363,6 +370,9 @@ fn default_promote_timeout() -> Duration {
 fn default_follow_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_liveness_timeout() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_max_lag() -> u64 {
     16 * 1024 * 1024
 }
@@ -443,6 +453,7 @@ impl Default for FailoverConfig {
             follow_timeout: default_follow_timeout(),
             candidate: CandidatePolicy::default(),
             fence: FencePolicy::default(),
+            liveness_timeout: default_liveness_timeout(),
             replication_slots: false,
         }
     }

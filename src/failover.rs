@@ -105,28 +105,54 @@ async fn act(
     summary: &mut Summary,
 ) -> Result<()> {
     let t0 = Instant::now();
-    let observed = cluster::observe_all(topo).await;
+    // pgpool found the failed node unreachable already: ask it only as long
+    // as a liveness probe may take.
+    let lt = topo.config.failover.liveness_timeout;
+    let mut ft = topo.pg_target(failed);
+    ft.connect_timeout = ft.connect_timeout.min(lt);
+    let rest = async {
+        let obs = futures::future::join_all(
+            topo.nodes
+                .iter()
+                .filter(|n| n.id != failed.id)
+                .map(|n| cluster::observe_node(topo, n)),
+        )
+        .await;
+        // Probe whether the failed node still lives now, while its own
+        // answer is pending: a silent primary then costs one timeout, not
+        // two in a row.
+        let live = liveness(topo, remote, failed, &obs, deadline).await;
+        (obs, live)
+    };
+    let (failed_obs, (mut observed, mut live)) =
+        tokio::join!(cluster::observe_with(failed, ft), rest);
+    if failed_obs.ok().is_some_and(|s| !s.in_recovery) {
+        // pgpool lost it, but pgha reaches it: the surest sign of life.
+        live = Liveness::Alive(format!(
+            "it answers SQL on {}:{} as a primary",
+            failed.host, failed.port
+        ));
+    }
+    observed.push(failed_obs);
+    observed.sort_by_key(|o| o.node.id);
     for o in &observed {
         info!("{}", o.describe(topo));
     }
     let views: Vec<plan::NodeView> = observed.iter().map(|o| o.view(topo)).collect();
-    let mut input = FailoverInput {
+    let input = FailoverInput {
         failed: failed.id,
         new_main: u32::try_from(args.new_main).ok(),
         old_primary: args.old_primary.and_then(|p| u32::try_from(p).ok()),
         old_main: u32::try_from(args.old_main).ok(),
         candidate_policy: topo.config.failover.candidate,
         fence_policy: topo.config.failover.fence,
-        failed_liveness: Liveness::Dead,
+        failed_liveness: live,
     };
-    let mut decision = plan::decide(&input, &views);
-    if matches!(decision, Decision::Promote { .. }) {
-        // Only worth the probes when a promotion is on the table.
-        input.failed_liveness = liveness(topo, remote, failed, &observed, deadline).await;
-        if let Liveness::Alive(why) = &input.failed_liveness {
-            warn!("{} may still be alive: {why}", failed.label());
-        }
-        decision = plan::decide(&input, &views);
+    let decision = plan::decide(&input, &views);
+    if let (Liveness::Alive(why), Decision::Promote { .. } | Decision::Refuse { .. }) =
+        (&input.failed_liveness, &decision)
+    {
+        warn!("{} may still be alive: {why}", failed.label());
     }
     summary.plan = Some(decision.clone());
     if args.common.dry_run {
@@ -418,7 +444,13 @@ async fn follow_phase(
     Ok(())
 }
 
-/// Is the failed node perhaps still running as a primary?
+/// Is the failed node perhaps still running as a primary? Every probe runs
+/// at once, each bounded by `failover.liveness_timeout`: its other
+/// addresses over SQL (the replication network may still reach it), and,
+/// from each standby that still lists a WAL receiver from it, a TCP connect
+/// to its port (a receiver's "streaming" lingers for wal_receiver_timeout
+/// after its primary went silent). Any answer means alive; a standby that
+/// cannot be asked counts as alive too.
 async fn liveness(
     topo: &Topology,
     remote: &Remote,
@@ -426,72 +458,72 @@ async fn liveness(
     observed: &[Observed],
     deadline: Instant,
 ) -> Liveness {
-    // Its other addresses (the replication network may still reach it).
-    for addr in failed.addresses().into_iter().skip(1) {
+    use futures::future::BoxFuture;
+    let lt = topo.config.failover.liveness_timeout;
+    let mut probes: Vec<BoxFuture<'_, Option<String>>> = Vec::new();
+    for addr in failed.addresses() {
         if addr == failed.host {
-            continue;
+            continue; // asked there already
         }
-        let t = topo.pg_target_at(failed, addr);
-        if let Ok(s) = crate::postgres::observe_target(&t).await
-            && !s.in_recovery
-        {
-            return Liveness::Alive(format!(
-                "it answers SQL on {addr}:{} as a primary",
-                failed.port
-            ));
-        }
+        let mut t = topo.pg_target_at(failed, addr);
+        t.connect_timeout = t.connect_timeout.min(lt);
+        let port = failed.port;
+        probes.push(Box::pin(async move {
+            match crate::postgres::observe_target(&t).await {
+                Ok(s) if !s.in_recovery => {
+                    Some(format!("it answers SQL on {addr}:{port} as a primary"))
+                }
+                _ => None,
+            }
+        }));
     }
-    // Standbys that still say they stream from it: ask them to look.
     for o in observed {
-        let Some(s) = o.ok() else { continue };
-        let Some(r) = &s.wal_receiver else { continue };
+        let Some(r) = o.ok().and_then(|s| s.wal_receiver.as_ref()) else {
+            continue;
+        };
         let Some(sender) = r.sender_host.as_deref() else {
             continue;
         };
         if r.status != "streaming" || !failed.addresses().contains(&sender) {
             continue;
         }
-        let isready = topo.config.postgres.bin_dir.join("pg_isready");
-        let port = r.sender_port.unwrap_or(failed.port).to_string();
+        let port = r.sender_port.unwrap_or(failed.port);
+        let script = format!(
+            "exec timeout {:.3} bash -c {}",
+            lt.as_secs_f64(),
+            crate::remote::quote(&format!("exec 3<>/dev/tcp/{sender}/{port}"))
+        );
         let t = steps::budget(
             deadline,
-            topo.config.ssh.command_timeout.min(Duration::from_secs(3)),
+            topo.config.ssh.connect_timeout + lt + Duration::from_secs(1),
         );
-        let probe = remote
-            .run(
-                &o.node.ssh_host,
-                &[
-                    isready.to_str().unwrap_or("pg_isready"),
-                    "-h",
-                    sender,
-                    "-p",
-                    &port,
-                    "-t",
-                    "1",
-                ],
-                t,
-            )
-            .await;
-        match probe {
-            Ok(out) if out.status == 0 || out.status == 1 => {
-                return Liveness::Alive(format!(
-                    "{} streams from it and pg_isready there says {sender}:{port} answers",
-                    o.node.label()
-                ));
+        let label = o.node.label();
+        let ssh_host = o.node.ssh_host.clone();
+        probes.push(Box::pin(async move {
+            match remote.run_script(&ssh_host, &script, t).await {
+                Ok(out) if out.status == 0 => Some(format!(
+                    "{label} streams from it and can still connect to {sender}:{port}"
+                )),
+                Ok(_) => {
+                    info!(
+                        "{label} still lists a wal receiver from {sender}, but cannot connect to {sender}:{port} within {:.1}s: taking it as gone",
+                        lt.as_secs_f64()
+                    );
+                    None
+                }
+                Err(e) => Some(format!(
+                    "{label} streams from it and could not be asked to check ({e})"
+                )),
             }
-            Ok(_) => info!(
-                "{} still lists a wal receiver from {sender}, but pg_isready there gets no answer: taking it as dead",
-                o.node.label()
-            ),
-            Err(e) => {
-                return Liveness::Alive(format!(
-                    "{} streams from it and could not be asked to check ({e})",
-                    o.node.label()
-                ));
-            }
-        }
+        }));
     }
-    Liveness::Dead
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .next()
+        .map(Liveness::Alive)
+        .unwrap_or(Liveness::Dead)
 }
 
 fn describe_decision(topo: &Topology, d: &Decision) -> String {

@@ -503,3 +503,29 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     assert!(!role(&lab, "pg2").unwrap().0);
     assert!(journal(&lab).is_empty(), "a dry run records nothing");
 }
+
+#[test]
+fn a_primary_that_still_answers_is_stopped_first_or_left_alone() {
+    // pgpool is told the primary failed while pgha still reaches it (as
+    // when only pgpool's own path broke).
+    let lab = passive_lab(2);
+    set_failover_option(&lab, "fence = \"abort\"");
+    let (out, _) = failover(&lab, &["0", "0", "1"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("REFUSED") && err.contains("may still be alive"), "{err}");
+    assert_eq!(role(&lab, "pg0").unwrap(), (true, 1), "untouched");
+    assert_eq!(role(&lab, "pg1").unwrap(), (false, 1), "untouched");
+
+    // The default policy stops it over ssh, then promotes.
+    let path = lab.host_dir("app").join("etc-pgha/pgha.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("fence = \"abort\"\n", "")).unwrap();
+    let (out, _) = failover(&lab, &["0", "0", "1"], &[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("fencing node 0"), "{err}");
+    assert!(role(&lab, "pg0").is_err(), "the old primary is stopped");
+    assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
+    wait_follows(&lab, "pg2", "pg1", 2);
+}
