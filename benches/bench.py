@@ -1,0 +1,751 @@
+#!/usr/bin/env python3
+"""pgha failover benchmark (not part of the test suite; see benches/README.md).
+
+On the lab (lab/lab.sh), runs K failovers for each variant, standby count
+and fault, each on a fresh lab, and measures from the moment the primary is
+killed (or its addresses blackholed):
+
+  detect       pgpool logs the failure (health check / failover request)
+  command      pgpool logs "execute command:" for the failover command
+  writable     the new primary accepts a write (polled directly, 10 ms)
+  standbys     every other standby streams on the new timeline (20 ms)
+  attached     pgpool shows every live node up, the new primary as primary
+               and the dead one down (pcp_node_info, 20 ms)
+  first_write  first insert acknowledged through pgpool after the failure
+  lost         acknowledged inserts missing on the new primary
+
+Variants:
+  floor        a bare `pg_ctl promote -w` on pg1 (no pgpool)
+  classic      benches/classic-failover.sh: the classic recipe, our baseline
+  samples      pgpool-II's failover.sh.sample + follow_primary.sh.sample,
+               installed at run time by benches/samples-install.sh
+  pgha         pgha-failover (the lab's default failover_command)
+  pgha+follow  pgha-failover + pgha-follow as follow_primary_command
+               (skipped when pgha-follow says it is not implemented)
+
+Writes target/bench/results.json, results.md, phases.svg and logs/.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.dont_write_bytecode = True  # no __pycache__ in benches/
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+from pgwire import Conn, PgError  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+LABSH = REPO / "lab" / "lab.sh"
+PGDATA = "/var/lib/postgresql/15/main"
+NEW_TLI = 2  # every run starts on a fresh lab, on timeline 1
+RUN_DEADLINE = 75.0  # seconds after the kill; a phase not reached by then is missed
+LINGER = 1.0  # seconds to keep watching once every phase is reached
+WRITE_TIMEOUT = 5.0
+PGHA_BIN = str(REPO / "target" / "release")  # --pgha-bin
+
+VARIANTS = {
+    "floor": {"pgpool": False},
+    "classic": {"failover": "@BIN@/classic-failover.sh %d %M %m"},
+    "samples": {
+        "failover": "@BIN@/failover.sh %d %h %p %D %m %H %M %P %r %R %N %S",
+        "follow": "@BIN@/follow_primary.sh %d %h %p %D %m %H %M %P %r %R",
+    },
+    "pgha": {},  # the lab's default: @BIN@/pgha-failover %d %M %m
+    "pgha+follow": {"follow": "@BIN@/pgha-follow %d --new-primary %m --old-primary %P"},
+}
+
+
+def log(msg):
+    print(f"bench {datetime.now().strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+# --- the lab -------------------------------------------------------------------
+
+
+class Lab:
+    def __init__(self, name):
+        self.name = name
+        self.dir = None
+        self.env = {}
+
+    def up(self, standbys, failover=None, follow=None, sync=False, pgpool=True):
+        args = [str(LABSH), "up", "--name", self.name, "--standbys", str(standbys), "--pgha-bin", PGHA_BIN]
+        if failover:
+            args += ["--failover-command", failover]
+        if follow:
+            args += ["--follow-command", follow]
+        if sync:
+            args.append("--sync")
+        if not pgpool:
+            args.append("--no-pgpool")
+        r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"lab.sh up {self.name} failed: {r.stderr.strip()[-1500:]}")
+        self.dir = Path(r.stdout.strip().splitlines()[-1])
+        for line in (self.dir / "lab.env").read_text().splitlines():
+            m = re.match(r"^(\w+)=('?)(.*)\2$", line)
+            if m:
+                self.env[m.group(1)] = m.group(3)
+        self.standbys = int(self.env["STANDBYS"])
+        return self
+
+    def addr(self, host):
+        net = self.env["NET"]
+        return f"{net}.20" if host == "app" else f"{net}.{2 + int(host[2:])}"
+
+    def repl_addr(self, host):
+        return f"{self.env['NET']}.{102 + int(host[2:])}"
+
+    def lab(self, *args, timeout=60, check=True):
+        r = subprocess.run([str(LABSH), *args], capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"lab.sh {' '.join(args[:3])} failed ({r.returncode}): {r.stderr.strip()[-1000:]}")
+        return r
+
+    def fault(self, *args):
+        """Run a lab.sh fault command; when it took effect.
+
+        lab.sh logs its line right after `kill -KILL` / `iptables -I`
+        (scanning /proc for the host's processes before that takes ~0.3 s),
+        so the moment that line arrives is the moment of the fault.
+        """
+        p = subprocess.Popen([str(LABSH), *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        when = None
+        for line in p.stderr:
+            if when is None and line.startswith("lab: "):
+                when = time.time()
+        if p.wait(60) != 0 or when is None:
+            raise RuntimeError(f"lab.sh {' '.join(args)} failed ({p.returncode})")
+        return when
+
+    def kill_host(self, host, sweep=True):
+        """SIGKILL every process of HOST, as `lab.sh kill` does; when.
+
+        The same processes `lab.sh kill` finds (those in the host's mount
+        namespace), killed from here so that the timestamp is taken right
+        at the kill and not after a scheduling delay of the shell under
+        load; `lab.sh kill` then sweeps up anything forked meanwhile.
+        """
+        ns = (self.dir / "hosts" / host / "mntns").read_text().strip()
+        pids = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    if os.readlink(p / "ns" / "mnt") == ns:
+                        pids.append(int(p.name))
+                except OSError:
+                    pass
+        if not pids:
+            raise RuntimeError(f"no process of {host} found")
+        when = time.time()
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        if sweep:
+            self.lab("kill", self.name, host)
+        return when
+
+    def sh(self, host, script, root=False, timeout=60, check=True):
+        args = ["exec", self.name, host] + (["--root"] if root else []) + ["--", "sh", "-c", script]
+        return self.lab(*args, timeout=timeout, check=check)
+
+    def psql(self, host, sql, timeout=30):
+        """psql as postgres over the host's own socket (peer authentication)."""
+        return self.lab("exec", self.name, host, "--", "psql", "-v", "ON_ERROR_STOP=1", "-qAtc", sql,
+                        timeout=timeout).stdout.strip()
+
+    @property
+    def pgpool_log(self):
+        return self.dir / "hosts" / "app" / "home" / "pgpool.log"
+
+    def pcp_env(self):
+        return dict(os.environ, PCPPASSFILE=str(self.dir / "hosts" / "app" / "home" / ".pcppass"))
+
+    def down(self):
+        # pgpool first, with SIGTERM: killed (as lab.sh down does), it leaves
+        # its ~130 MB SysV shared memory segment behind, and a few hundred
+        # labs exhaust the machine's memory.
+        try:
+            pid = int((self.dir / "hosts" / "app" / "run" / "pgpool.pid").read_text().split()[0])
+            os.kill(pid, 15)
+            end = time.time() + 10
+            while time.time() < end:
+                os.kill(pid, 0)
+                time.sleep(0.05)
+        except (OSError, ValueError, IndexError, TypeError):
+            pass
+        subprocess.run([str(LABSH), "down", self.name], capture_output=True, text=True, timeout=120)
+
+
+def wait_until(what, fn, timeout, every=0.05):
+    end = time.time() + timeout
+    while True:
+        try:
+            if fn():
+                return
+        except (OSError, PgError):
+            pass
+        if time.time() > end:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+# --- pollers -------------------------------------------------------------------
+
+
+class Poller(threading.Thread):
+    def __init__(self, stop):
+        super().__init__(daemon=True)
+        self.stop_ev = stop
+        self.ready = threading.Event()
+
+
+class Writer(Poller):
+    """Inserts increasing ids through pgpool, as an application would.
+
+    An id is acknowledged when the INSERT returned CommandComplete; the
+    connection is persistent and re-opened after any error.
+    """
+
+    def __init__(self, stop, host, port):
+        super().__init__(stop)
+        self.host, self.port = host, port
+        self.acked = []  # (id, time)
+        self.errors = []  # (time, text)
+        self.next_id = 1
+
+    def run(self):
+        conn = None
+        while not self.stop_ev.is_set():
+            try:
+                if conn is None:
+                    conn = Conn(self.host, self.port, "app", "app", timeout=WRITE_TIMEOUT)
+                i = self.next_id
+                self.next_id += 1
+                conn.query(f"insert into w(id) values ({i})")
+                self.acked.append((i, time.time()))
+                self.ready.set()
+                time.sleep(0.005)
+            except (OSError, PgError) as e:
+                self.errors.append((time.time(), str(e)[:200]))
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                time.sleep(0.01)
+        if conn is not None:
+            conn.close()
+
+    def first_ack_after_failure(self, since):
+        """When the first write succeeded after the first error since `since`."""
+        errs = [t for t, _ in self.errors if t >= since]
+        if not errs:
+            return None
+        after = [t for _, t in self.acked if t > errs[0]]
+        return after[0] if after else None
+
+
+class PromotePoller(Poller):
+    """Which standby accepts a write first, and when (10 ms polls).
+
+    `select txid_current()` needs an xid, which a server in recovery refuses;
+    synchronous_commit = local so that --sync labs time the promotion, not
+    the arrival of a synchronous standby.
+    """
+
+    def __init__(self, stop, nodes):
+        super().__init__(stop)
+        self.nodes = nodes  # [(node id, address)]
+        self.result = None  # (node id, time)
+
+    def run(self):
+        conns = {}
+        while not self.stop_ev.is_set() and self.result is None:
+            for nid, a in self.nodes:
+                c = conns.get(nid)
+                try:
+                    if c is None:
+                        c = Conn(a, 5432, "app", "app", timeout=0.5)
+                        c.query("set synchronous_commit = local")
+                        conns[nid] = c
+                    c.query("select txid_current()")
+                    self.result = (nid, time.time())
+                    break
+                except PgError as e:
+                    if "recovery" not in str(e) and c is not None:
+                        c.close()
+                        conns.pop(nid, None)
+                except OSError:
+                    if c is not None:
+                        c.close()
+                    conns.pop(nid, None)
+            if len(conns) == len(self.nodes):
+                self.ready.set()
+            time.sleep(0.01)
+        for c in conns.values():
+            c.close()
+
+
+class StandbyPoller(Poller):
+    """When each standby first streams on the new timeline (20 ms polls)."""
+
+    SQL = "select status, coalesce(received_tli, 0), coalesce(receive_start_tli, 0), sender_host from pg_stat_wal_receiver"
+
+    def __init__(self, stop, nodes):
+        super().__init__(stop)
+        self.nodes = nodes
+        self.first = {}  # node id -> time
+        self.sender = {}
+
+    def run(self):
+        conns = {}
+        while not self.stop_ev.is_set() and len(self.first) < len(self.nodes):
+            for nid, a in self.nodes:
+                if nid in self.first:
+                    c = conns.pop(nid, None)
+                    if c is not None:
+                        c.close()
+                    continue
+                c = conns.get(nid)
+                try:
+                    if c is None:
+                        c = Conn(a, 5432, "pgpool", "postgres", timeout=0.5)
+                        conns[nid] = c
+                    rows = c.query(self.SQL)
+                    if rows and rows[0][0] == "streaming" and max(int(rows[0][1]), int(rows[0][2])) >= NEW_TLI:
+                        self.first[nid] = time.time()
+                        self.sender[nid] = rows[0][3]
+                except (OSError, PgError):
+                    if c is not None:
+                        c.close()
+                    conns.pop(nid, None)
+            if len(conns) + len(self.first) == len(self.nodes):
+                self.ready.set()
+            time.sleep(0.02)
+        for c in conns.values():
+            c.close()
+
+
+def pcp_nodes(lab):
+    try:
+        r = subprocess.run(
+            ["pcp_node_info", "-h", lab.addr("app"), "-p", lab.env["PCP_PORT"], "-U", "pgpool", "-w", "-a"],
+            capture_output=True, text=True, timeout=3, env=lab.pcp_env())
+    except subprocess.TimeoutExpired:
+        return None
+    if r.returncode != 0:
+        return None
+    # host port status weight status_name pg_status role pg_role ...
+    return [line.split() for line in r.stdout.splitlines() if line.strip()]
+
+
+def all_attached(nodes, dead, count):
+    if not nodes or len(nodes) != count:
+        return False
+    primaries = [i for i, n in enumerate(nodes) if n[6] == "primary"]
+    return (nodes[dead][2] == "3" and all(n[2] in ("1", "2") for i, n in enumerate(nodes) if i != dead)
+            and len(primaries) == 1 and primaries[0] != dead)
+
+
+class PcpPoller(Poller):
+    """When pgpool shows the failed-over cluster fully attached (20 ms polls)."""
+
+    def __init__(self, stop, lab, dead=0):
+        super().__init__(stop)
+        self.lab, self.dead = lab, dead
+        self.result = None
+        self.ready.set()
+
+    def run(self):
+        count = self.lab.standbys + 1
+        while not self.stop_ev.is_set() and self.result is None:
+            nodes = pcp_nodes(self.lab)
+            if all_attached(nodes, self.dead, count):
+                self.result = time.time()
+                break
+            time.sleep(0.02)
+
+
+# --- pgpool.log ------------------------------------------------------------------
+
+TS = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}): (.*)$")
+PGHA = re.compile(r"^(pgha-[a-z]+)\[(\d+)\]\s+([0-9.]+)s (.*)$")
+
+
+def parse_pgpool_log(path, since, dead_addr):
+    """Timestamps (epoch) of what pgpool logged after `since`; pgha's lines."""
+    detect_pats = [
+        "health check failed on node 0",
+        "health check timer expired",
+        f'failed to connect to PostgreSQL server on "{dead_addr}:',
+        "received degenerate backend request for node_id: 0",
+        "received failover request",
+        "executing failover on backend",
+    ]
+    out = {"detect": None, "detect_line": None, "command": None, "failover_done": None,
+           "follow_commands": [], "pgha": [], "sample_lines": []}
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return out
+    cur = None
+    for line in text.splitlines():
+        m = TS.match(line) or (None if PGHA.match(line) else TS.search(line))
+        if m:
+            cur = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            msg = m.group(2)
+            if cur < since - 0.002:
+                continue
+            if out["detect"] is None and any(p in msg for p in detect_pats):
+                out["detect"], out["detect_line"] = cur, msg[:200]
+            if "execute command:" in msg:
+                if out["command"] is None:
+                    out["command"] = cur
+                    out["command_line"] = msg.split("execute command:", 1)[1].strip()[:300]
+                elif "follow" in msg:
+                    out["follow_commands"].append(cur)
+            if out["failover_done"] is None and "failover done" in msg:
+                out["failover_done"] = cur
+            continue
+        if cur is None or cur < since - 0.002:
+            continue
+        p = PGHA.match(line)
+        if p:
+            out["pgha"].append({"cmd": p.group(1), "pid": int(p.group(2)), "at": float(p.group(3)), "text": p.group(4)[:300]})
+        elif line.startswith(("pgha-", "failover.sh:", "follow_primary.sh:")):
+            out["sample_lines"].append(line[:300])
+    return out
+
+
+# --- one failover ----------------------------------------------------------------
+
+
+def wait_sync(lab):
+    """`lab.sh up --sync` set synchronous_standby_names = 'ANY 1 (pg0,..)' in
+    postgresql.conf (the standbys have it too, from pg_basebackup): wait
+    until pg0 counts every standby in its quorum."""
+    want = str(lab.standbys)
+    wait_until("quorum standbys on pg0", lambda: lab.psql(
+        "pg0", "select count(*) from pg_stat_replication where sync_state = 'quorum'") == want, 20)
+
+
+def prepare_classic(lab):
+    # The recipe's trigger_file, PostgreSQL 12-15 spelling, on the first standby.
+    lab.psql("pg1", "alter system set promote_trigger_file = '/tmp/pgsql.trigger'")
+    lab.psql("pg1", "select pg_reload_conf()")
+    wait_until("promote_trigger_file on pg1", lambda: lab.psql("pg1", "show promote_trigger_file") == "/tmp/pgsql.trigger", 10)
+
+
+def prepare_samples(lab):
+    r = subprocess.run([str(REPO / "benches" / "samples-install.sh"), str(lab.dir)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr.strip())
+    # The standbys as pgpool's recovery_1st_stage.sample would have made
+    # them: primary_conninfo in myrecovery.conf, included at the end of
+    # postgresql.conf (where follow_primary.sh.sample rewrites it), instead
+    # of postgresql.auto.conf (where pg_basebackup -R put it, and where it
+    # would override the sample's edit). The lab's own restore_command stays.
+    for i in range(1, lab.standbys + 1):
+        h = f"pg{i}"
+        conninfo = (f"host={lab.repl_addr('pg0')} port=5432 user=repl application_name={h} "
+                    f"passfile=''/var/lib/postgresql/.pgpass''")
+        lab.sh(h, f"""set -e
+printf "%s\\n" "primary_conninfo = '{conninfo}'" > {PGDATA}/myrecovery.conf
+echo "include_if_exists = '{PGDATA}/myrecovery.conf'" >> {PGDATA}/postgresql.conf
+psql -qAtc 'alter system reset primary_conninfo'
+psql -qAtc 'select pg_reload_conf()' >/dev/null""")
+    expect = str(lab.standbys)
+    wait_until("standbys streaming again from myrecovery.conf", lambda: lab.psql(
+        "pg0", "select count(*) from pg_stat_replication where state = 'streaming'") == expect, 20)
+    for i in range(1, lab.standbys + 1):
+        ci = lab.psql(f"pg{i}", "show primary_conninfo")
+        if "application_name=" not in ci or lab.repl_addr("pg0") not in ci:
+            raise RuntimeError(f"pg{i}: primary_conninfo not taken from myrecovery.conf: {ci}")
+
+
+def one_run(variant, standbys, fault, sync, k, name, outdir):
+    spec = VARIANTS[variant]
+    res = {"variant": variant, "standbys": standbys, "fault": fault, "sync": sync, "k": k, "name": name,
+           "phases": {}, "notes": []}
+    lab = Lab(name)
+    stop = threading.Event()
+    threads = []
+    try:
+        lab.up(standbys, spec.get("failover"), spec.get("follow"), sync, spec.get("pgpool", True))
+        use_pgpool = spec.get("pgpool", True)
+        if sync:
+            wait_sync(lab)
+        if variant == "classic":
+            prepare_classic(lab)
+        elif variant == "samples":
+            prepare_samples(lab)
+        standby_nodes = [(i, lab.addr(f"pg{i}")) for i in range(1, standbys + 1)]
+        writer = None
+        if use_pgpool:
+            c = Conn(lab.addr("app"), 9999, "app", "app", timeout=10)
+            c.query("create table w(id int primary key)")
+            c.close()
+            writer = Writer(stop, lab.addr("app"), 9999)
+            threads.append(writer)
+        promote = PromotePoller(stop, standby_nodes)
+        stand = StandbyPoller(stop, standby_nodes)
+        threads += [promote, stand]
+        pcp = PcpPoller(stop, lab) if use_pgpool else None
+        for t in threads:
+            t.start()
+        for t in threads:
+            if not t.ready.wait(10):
+                raise RuntimeError(f"{type(t).__name__} not ready after 10 s")
+        time.sleep(0.5)  # writes acknowledged before the failure
+        if pcp:
+            pcp.start()
+            threads.append(pcp)
+
+        t_start = time.time()
+        if fault == "kill":
+            # The floor promotes at once, and sweeps afterwards.
+            t0 = lab.kill_host("pg0", sweep=variant != "floor")
+        else:
+            # Replication address first, then the one pgpool and clients use.
+            t1 = lab.fault("blackhole", name, lab.repl_addr("pg0"))
+            t0 = lab.fault("blackhole", name, lab.addr("pg0"))
+            res["blackhole_gap_s"] = round(t0 - t1, 3)
+        res["fault_call_s"] = round(time.time() - t_start, 3)
+        acked_before = len(writer.acked) if writer else 0
+
+        floor = None
+        if variant == "floor":
+            r = lab.sh("pg1", f"a=$(date +%s.%N); pg_ctl -D {PGDATA} promote -w -t 60 >/dev/null; rc=$?; "
+                              f"b=$(date +%s.%N); echo $a $b $rc", timeout=90)
+            a, b, rc = r.stdout.split()
+            floor = (float(a), float(b), int(rc))
+            lab.lab("kill", name, "pg0")
+
+        def done():
+            if promote.result is None:
+                return False
+            if variant == "floor":
+                return True
+            others = [n for n, _ in standby_nodes if n != promote.result[0]]
+            return (all(n in stand.first for n in others) and pcp.result is not None
+                    and writer.first_ack_after_failure(t_start) is not None)
+
+        while time.time() < t0 + RUN_DEADLINE and not done():
+            time.sleep(0.05)
+        if done():
+            time.sleep(LINGER)
+        else:
+            res["notes"].append(f"not every phase reached within {RUN_DEADLINE:.0f} s")
+        stop.set()
+        for t in threads:
+            t.join(WRITE_TIMEOUT + 2)
+
+        ph = res["phases"]
+        rel = lambda t: None if t is None else round(t - t0, 3)  # noqa: E731
+        new_primary = promote.result[0] if promote.result else None
+        res["new_primary"] = new_primary
+        ph["writable"] = rel(promote.result[1]) if promote.result else None
+        others = [n for n, _ in standby_nodes if n != new_primary]
+        res["per_standby"] = {str(n): rel(stand.first.get(n)) for n in others}
+        if new_primary is not None and others:
+            ph["standbys"] = rel(max(stand.first[n] for n in others)) if all(n in stand.first for n in others) else None
+        if floor:
+            ph["command"] = rel(floor[0])
+            res["floor_pg_ctl_s"] = round(floor[1] - floor[0], 3)
+            res["floor_rc"] = floor[2]
+            res["promote_self_s"] = res["floor_pg_ctl_s"]
+        if use_pgpool:
+            ph["attached"] = rel(pcp.result)
+            ph["first_write"] = rel(writer.first_ack_after_failure(t_start))
+            lg = parse_pgpool_log(lab.pgpool_log, t_start, lab.addr("pg0"))
+            ph["detect"] = rel(lg["detect"])
+            ph["command"] = rel(lg["command"])
+            ph["failover_done"] = rel(lg["failover_done"])
+            res["detect_line"] = lg["detect_line"]
+            res["command_line"] = lg.get("command_line")
+            res["follow_commands"] = [rel(t) for t in lg["follow_commands"]]
+            res["pgha_lines"] = lg["pgha"]
+            for p in lg["pgha"]:
+                m = re.search(r"promoted: accepts writes on timeline \d+ \(([0-9.]+)s\)", p["text"])
+                if m and p["cmd"] == "pgha-failover":
+                    res["promote_self_s"] = float(m.group(1))
+            if any("not implemented" in p["text"] for p in lg["pgha"]) or \
+                    "not implemented" in lab.pgpool_log.read_text(errors="replace"):
+                res["notes"].append("not implemented")
+            res["acked_before_fault"] = acked_before
+            res["acked"] = len(writer.acked)
+            res["writer_errors"] = len(writer.errors)
+            if writer.errors:
+                res["writer_first_error"] = writer.errors[0][1]
+            res["final_pcp"] = [" ".join(n[:8]) for n in (pcp_nodes(lab) or [])]
+        if ph.get("command") is not None and ph.get("writable") is not None:
+            res["promote_s"] = round(ph["writable"] - ph["command"], 3)
+        if writer and new_primary is not None:
+            try:
+                c = Conn(lab.addr(f"pg{new_primary}"), 5432, "app", "app", timeout=5)
+                present = {int(r[0]) for r in c.query("select id from w")}
+                c.close()
+                lost = sorted(i for i, _ in writer.acked if i not in present)
+                res["lost"] = len(lost)
+                res["lost_ids"] = lost[:20]
+            except (OSError, PgError) as e:
+                res["notes"].append(f"could not count lost writes on pg{new_primary}: {e}")
+        res["final_streaming"] = {}
+        for n in others:
+            try:
+                c = Conn(lab.addr(f"pg{n}"), 5432, "pgpool", "postgres", timeout=2)
+                rows = c.query(StandbyPoller.SQL)
+                c.close()
+                res["final_streaming"][str(n)] = rows[0][:2] if rows else None
+            except (OSError, PgError) as e:
+                res["final_streaming"][str(n)] = f"error: {e}"
+    except Exception as e:  # a failed run is recorded, the bench goes on
+        res["error"] = f"{type(e).__name__}: {e}"
+        log(f"{name}: {res['error']}")
+    finally:
+        stop.set()
+        if lab.dir is not None:
+            logs = outdir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            for src, dst in ((lab.pgpool_log, f"{name}.pgpool.log"),
+                             (lab.dir / "hosts" / "app" / "home" / "pgha" / "journal.jsonl", f"{name}.journal.jsonl")):
+                try:
+                    shutil.copy(src, logs / dst)
+                except OSError:
+                    pass
+            lab.down()
+    return res
+
+
+# --- the matrix ------------------------------------------------------------------
+
+
+def matrix(quick):
+    ns = [2] if quick else [1, 2, 4]
+    runs = []
+    for n in ns:
+        for v in VARIANTS:
+            runs.append((v, n, "kill", False))
+    for v in VARIANTS:
+        if v != "floor":
+            runs.append((v, 2, "blackhole", False))
+    for v in VARIANTS:
+        if v != "floor":
+            runs.append((v, 2, "kill", True))
+    return runs
+
+
+def machine():
+    def cmd(*a):
+        try:
+            return subprocess.run(a, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+    mem = ""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem = f"{int(line.split()[1]) // 1024} MiB"
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "nproc": cmd("nproc"),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "os": cmd("sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"),
+        "postgresql": cmd("/usr/lib/postgresql/15/bin/postgres", "--version"),
+        "pgpool": cmd("sh", "-c", "pgpool --version 2>&1"),
+        "pgha_commit": cmd("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
+        "pgha_tree": "modified" if cmd("git", "-C", str(REPO), "status", "--porcelain", "src") else "clean",
+        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def main():
+    global PGHA_BIN
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=int(os.environ.get("K", "5")), help="failovers per case (default 5, or $K)")
+    ap.add_argument("--quick", action="store_true", help="K=1, 2 standbys only")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    ap.add_argument("--out", default=str(REPO / "target" / "bench"))
+    ap.add_argument("--pgha-bin", default=PGHA_BIN,
+                    help="where the pgha-* binaries are (default target/release: what operators run)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite results.md and phases.svg from results.json")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.report_only:
+        data = json.loads((out / "results.json").read_text())
+        report.write_all(data, out)
+        return 0
+    if os.geteuid() != 0:
+        print("bench: run as root (the lab needs namespaces, mounts and iptables)", file=sys.stderr)
+        return 2
+    PGHA_BIN = str(Path(args.pgha_bin).resolve())
+    if not (Path(PGHA_BIN) / "pgha-failover").exists():
+        print(f"bench: {PGHA_BIN}/pgha-failover missing: cargo build --release --bins", file=sys.stderr)
+        return 2
+    # Threads hand the GIL over every 0.5 ms instead of 5 ms, so that a
+    # poller's timestamp is taken when its answer arrives.
+    sys.setswitchinterval(0.0005)
+    k = 1 if args.quick else args.k
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in wanted:
+        if v not in VARIANTS:
+            print(f"bench: unknown variant {v!r} (one of {', '.join(VARIANTS)})", file=sys.stderr)
+            return 2
+    cases = [c for c in matrix(args.quick) if c[0] in wanted]
+    if not (Path(PGHA_BIN) / "pgha-follow").exists():
+        cases = [c for c in cases if c[0] != "pgha+follow"]
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "logs").exists():
+        shutil.rmtree(out / "logs")
+    data = {"started": datetime.now().isoformat(timespec="seconds"), "k": k, "quick": args.quick,
+            "machine": machine(), "pgha_bin": PGHA_BIN, "runs": [], "skipped": {}}
+    t_begin = time.time()
+    total = len(cases) * k
+    idx = 0
+    tag = f"b{os.getpid() % 100000}"
+    # Round-robin over the cases, so that slow drift of the machine's load
+    # spreads over every variant instead of hitting one.
+    for rep in range(k):
+        for variant, n, fault, sync in cases:
+            if variant in data["skipped"]:
+                continue
+            idx += 1
+            name = f"{tag}-{idx}"
+            label = f"{variant} N={n} {fault}{' sync' if sync else ''} #{rep + 1}"
+            r = one_run(variant, n, fault, sync, rep + 1, name, out)
+            data["runs"].append(r)
+            ph = r["phases"]
+            log(f"[{idx}/{total}] {label}: " + ", ".join(
+                f"{p}={ph[p]}" for p in ("detect", "command", "writable", "standbys", "attached", "first_write") if p in ph)
+                + (f", lost={r.get('lost')}" if "lost" in r else "") + (f" ERROR {r['error']}" if "error" in r else "")
+                + (f" ({'; '.join(r['notes'])})" if r["notes"] else ""))
+            if variant == "pgha+follow" and "not implemented" in r["notes"]:
+                data["skipped"][variant] = "pgha-follow printed 'not implemented': measured pgha-failover alone"
+                log(f"skipping {variant}: {data['skipped'][variant]}")
+            (out / "results.json").write_text(json.dumps(data, indent=1))
+    data["duration_s"] = round(time.time() - t_begin, 1)
+    data["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    report.write_all(data, out)
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    log(f"done in {data['duration_s']:.0f} s: {out}/results.md, results.json, phases.svg")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
