@@ -513,7 +513,10 @@ fn a_primary_that_still_answers_is_stopped_first_or_left_alone() {
     let (out, _) = failover(&lab, &["0", "0", "1"], &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(err.contains("REFUSED") && err.contains("may still be alive"), "{err}");
+    assert!(
+        err.contains("REFUSED") && err.contains("may still be alive"),
+        "{err}"
+    );
     assert_eq!(role(&lab, "pg0").unwrap(), (true, 1), "untouched");
     assert_eq!(role(&lab, "pg1").unwrap(), (false, 1), "untouched");
 
