@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::lab::{Lab, LabOptions};
+use crate::util::lab::{Lab, LabOptions, role};
 
 const T: Duration = Duration::from_secs(40);
 
@@ -112,18 +112,6 @@ fn preflight_as_the_unit_runs_it(lab: &Lab) {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("pgha-check: OK: all "));
-}
-
-/// (primary?, timeline) of a node, asked through its local socket.
-fn role(lab: &Lab, host: &str) -> Result<(bool, u32), String> {
-    let out = lab.try_psql(
-        host,
-        "select not pg_is_in_recovery(), case when pg_is_in_recovery() \
-           then coalesce((select received_tli from pg_stat_wal_receiver), 0) \
-           else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
-    )?;
-    let (p, tl) = out.split_once('|').ok_or(out.clone())?;
-    Ok((p == "t", tl.parse().map_err(|_| out.clone())?))
 }
 
 #[test]

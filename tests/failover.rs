@@ -6,21 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::lab::{Lab, LabOptions};
+use crate::util::lab::{Lab, LabOptions, role};
 
 const T: Duration = Duration::from_secs(30);
-
-/// (primary?, timeline) of a node, asked through its local socket.
-fn role(lab: &Lab, host: &str) -> Result<(bool, u32), String> {
-    let out = lab.try_psql(
-        host,
-        "select not pg_is_in_recovery(), case when pg_is_in_recovery() \
-           then coalesce((select received_tli from pg_stat_wal_receiver), 0) \
-           else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
-    )?;
-    let (p, tl) = out.split_once('|').ok_or(out.clone())?;
-    Ok((p == "t", tl.parse().map_err(|_| out.clone())?))
-}
 
 /// Where a standby streams from: (sender host, timeline), when streaming.
 fn upstream(lab: &Lab, host: &str) -> Option<(String, u32)> {

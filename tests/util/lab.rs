@@ -610,6 +610,20 @@ impl Drop for Lab {
     }
 }
 
+/// (primary?, timeline) of a node, asked through its local socket: a
+/// primary's timeline from its current WAL file name (the control file lags
+/// after a promotion), a standby's from its WAL receiver (0 when none).
+pub fn role(lab: &Lab, host: &str) -> Result<(bool, u32), String> {
+    let out = lab.try_psql(
+        host,
+        "select not pg_is_in_recovery(), case when pg_is_in_recovery() \
+           then coalesce((select received_tli from pg_stat_wal_receiver), 0) \
+           else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
+    )?;
+    let (p, tl) = out.split_once('|').ok_or(out.clone())?;
+    Ok((p == "t", tl.parse().map_err(|_| out.clone())?))
+}
+
 fn pg_index(host: &str) -> u32 {
     host.strip_prefix("pg")
         .and_then(|k| k.parse().ok())
