@@ -270,24 +270,39 @@ pub async fn save_config(
          for f in {files}; do if [ -f {data}/$f ]; then cp -p {data}/$f {b}/$f; fi; done; \
          sync {b} 2>/dev/null || true; touch {b}/.pending; echo saved"
     );
-    let t = budget(deadline, topo.config.ssh.command_timeout);
-    let out = remote
-        .run_script(&node.ssh_host, &script, t)
-        .await
-        .map_err(|e| Error::step(&format!("save the configuration of {}", node.label()), e))?;
-    if !out.success() {
-        return Err(Error::Step(format!(
-            "save the configuration of {} to {dir}: exited {}: {}",
-            node.label(),
-            out.status,
-            out.stderr_str().trim()
-        )));
-    }
+    let what = format!("save the configuration of {} to {dir}", node.label());
+    let out = script_ok(topo, remote, node, &what, &script, deadline).await?;
     Ok(if out.stdout_str().trim() == "kept" {
         format!("kept the copy in {dir} from an unfinished earlier run")
     } else {
         format!("saved to {dir}")
     })
+}
+
+/// Run `script` on `node` over ssh within `[ssh] command_timeout`; an ssh
+/// failure or a non-zero exit is an error naming `what`, the exit status
+/// and what the script said on stderr.
+async fn script_ok(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    what: &str,
+    script: &str,
+    deadline: Instant,
+) -> Result<remote::Output> {
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let out = remote
+        .run_script(&node.ssh_host, script, t)
+        .await
+        .map_err(|e| Error::step(what, e))?;
+    if !out.success() {
+        return Err(Error::Step(format!(
+            "{what}: exited {}: {}",
+            out.status,
+            out.stderr_str().trim()
+        )));
+    }
+    Ok(out)
 }
 
 /// Put the saved configuration files back into the data directory and
@@ -306,19 +321,8 @@ pub async fn restore_config(
          for f in {b}/*.conf; do if [ -f \"$f\" ]; then cp -p \"$f\" {data}/; fi; done; \
          rm -f {b}/.pending; echo restored"
     );
-    let t = budget(deadline, topo.config.ssh.command_timeout);
-    let out = remote
-        .run_script(&node.ssh_host, &script, t)
-        .await
-        .map_err(|e| Error::step(&format!("restore the configuration of {}", node.label()), e))?;
-    if !out.success() {
-        return Err(Error::Step(format!(
-            "restore the configuration of {} from {dir}: exited {}: {}",
-            node.label(),
-            out.status,
-            out.stderr_str().trim()
-        )));
-    }
+    let what = format!("restore the configuration of {} from {dir}", node.label());
+    script_ok(topo, remote, node, &what, &script, deadline).await?;
     Ok(format!("own configuration files restored from {dir}"))
 }
 
@@ -726,24 +730,8 @@ pub async fn set_aside_stale_history(
          done; done",
         dirs.join(" ")
     );
-    let t = budget(deadline, topo.config.ssh.command_timeout);
-    let out = remote
-        .run_script(&node.ssh_host, &script, t)
-        .await
-        .map_err(|e| {
-            Error::step(
-                &format!("set aside stale history files on {}", node.label()),
-                e,
-            )
-        })?;
-    if !out.success() {
-        return Err(Error::Step(format!(
-            "set aside stale history files on {}: exited {}: {}",
-            node.label(),
-            out.status,
-            out.stderr_str().trim()
-        )));
-    }
+    let what = format!("set aside stale history files on {}", node.label());
+    let out = script_ok(topo, remote, node, &what, &script, deadline).await?;
     Ok(out.stdout_str().lines().map(str::to_string).collect())
 }
 
