@@ -467,47 +467,24 @@ impl Lab {
     /// Like [`Lab::pcp_node_info`], returning the error instead (pgpool may
     /// be busy failing over).
     pub fn try_pcp_node_info(&self, node: u32) -> Result<String, String> {
+        self.pcp_node_info_with(node, &[])
+    }
+
+    /// `pcp_node_info -w [EXTRA] -h APP -p 9898 -U pgpool -n NODE` on the
+    /// app host.
+    fn pcp_node_info_with(&self, node: u32, extra: &[&str]) -> Result<String, String> {
         let app = self.addr("app");
         let n = node.to_string();
-        let out = self.exec(
-            "app",
-            &[
-                "pcp_node_info",
-                "-w",
-                "-h",
-                &app,
-                "-p",
-                "9898",
-                "-U",
-                "pgpool",
-                "-n",
-                &n,
-            ],
-        );
-        result(out)
+        let mut argv = vec!["pcp_node_info", "-w"];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&["-h", &app, "-p", "9898", "-U", "pgpool", "-n", &n]);
+        result(self.exec("app", &argv))
     }
 
     /// `pcp_node_info -w -v -n NODE`, parsed; the error says why pcp
     /// failed or what it printed instead.
     pub fn pcp_node(&self, node: u32) -> Result<NodeInfo, String> {
-        let app = self.addr("app");
-        let n = node.to_string();
-        let out = result(self.exec(
-            "app",
-            &[
-                "pcp_node_info",
-                "-w",
-                "-v",
-                "-h",
-                &app,
-                "-p",
-                "9898",
-                "-U",
-                "pgpool",
-                "-n",
-                &n,
-            ],
-        ))?;
+        let out = self.pcp_node_info_with(node, &["-v"])?;
         NodeInfo::parse_verbose(&out)
             .ok_or_else(|| format!("unexpected pcp_node_info -v output: {out:?}"))
     }
