@@ -60,7 +60,7 @@ VARIANTS = {
         "failover": "@BIN@/failover.sh %d %h %p %D %m %H %M %P %r %R %N %S",
         "follow": "@BIN@/follow_primary.sh %d %h %p %D %m %H %M %P %r %R",
     },
-    "pgha": {},  # the lab's default: @BIN@/pgha-failover %d %M %m
+    "pgha": {},  # the lab's default: @BIN@/pgha-failover %d %M %m --old-primary %P
     "pgha+follow": {"follow": "@BIN@/pgha-follow %d --new-primary %m --old-primary %P"},
 }
 
@@ -512,8 +512,14 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             pcp.start()
             threads.append(pcp)
 
+        if fault == "kill-lagging":
+            # pg1 (pgpool's %m, the lowest id) stops receiving WAL: its
+            # walsender on the primary is stopped; the others keep up.
+            pid = lab.psql("pg0", "select pid from pg_stat_replication where application_name = 'pg1'")
+            lab.sh("pg0", f"kill -STOP {pid}")
+            time.sleep(0.5)  # writes pg1 does not receive
         t_start = time.time()
-        if fault == "kill":
+        if fault in ("kill", "kill-lagging"):
             # The floor promotes at once, and sweeps afterwards.
             t0 = lab.kill_host("pg0", sweep=variant != "floor")
         else:
@@ -643,6 +649,11 @@ def matrix(quick):
     for v in VARIANTS:
         if v != "floor":
             runs.append((v, 2, "kill", True))
+    # The lowest-id standby lags, synchronous replication: the candidate
+    # must be the standby holding every acknowledged commit (lost = 0).
+    for v in VARIANTS:
+        if v != "floor":
+            runs.append((v, 2, "kill-lagging", True))
     return runs
 
 

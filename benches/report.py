@@ -19,11 +19,12 @@ PHASE_TITLES = {
     "promote_self": "own promote step",
 }
 VARIANT_ORDER = ["floor", "classic", "samples", "pgha", "pgha+follow"]
-CASES = [("kill", False), ("blackhole", False), ("kill", True)]
+CASES = [("kill", False), ("blackhole", False), ("kill", True), ("kill-lagging", True)]
 CASE_TITLES = {
     ("kill", False): "Killed primary (every process of its host SIGKILLed)",
     ("blackhole", False): "Silent primary (its client and replication addresses blackholed)",
     ("kill", True): "Killed primary, synchronous replication (ANY 1)",
+    ("kill-lagging", True): "Killed primary, synchronous replication (ANY 1), the lowest-id standby lagging",
 }
 TARGETS = {"first_write": 0.8, "standbys": 1.5, "promote_ratio": 1.25, "blackhole_extra": 1.0}
 

@@ -25,7 +25,7 @@ usage: lab.sh COMMAND [ARGS]
      --pg-bin DIR            PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
      --pgha-bin DIR          where pgha-* binaries are (default REPO/target/debug;
                              "system" = /usr/bin, e.g. after installing the .deb)
-     --failover-command CMD  pgpool failover_command (default: @BIN@/pgha-failover %d %M %m;
+     --failover-command CMD  pgpool failover_command (default: @BIN@/pgha-failover %d %M %m --old-primary %P;
                              @BIN@ stands for the lab's copy of the binaries)
      --follow-command CMD    pgpool follow_primary_command (default: none; @BIN@ as above)
      --sync                  synchronous replication (ANY 1 of the standbys)
@@ -367,7 +367,7 @@ cmd_up() {
 	cp "$REPO"/benches/*.sh "$LAB_DIR/bin/" 2>/dev/null || true
 	chmod -R a+rX "$LAB_DIR/bin"
 	chmod 755 "$LAB_ROOT" "$LAB_DIR"
-	[ -n "$FAILOVER_COMMAND" ] || FAILOVER_COMMAND="@BIN@/pgha-failover %d %M %m"
+	[ -n "$FAILOVER_COMMAND" ] || FAILOVER_COMMAND="@BIN@/pgha-failover %d %M %m --old-primary %P"
 	# @BIN@ in a command stands for the lab's copy of the binaries.
 	FAILOVER_COMMAND=${FAILOVER_COMMAND//@BIN@/$LAB_DIR/bin}
 	FOLLOW_COMMAND=${FOLLOW_COMMAND//@BIN@/$LAB_DIR/bin}

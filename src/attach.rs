@@ -25,5 +25,9 @@ pub async fn run(args: &AttachArgs) -> Result<Summary> {
     } else {
         Mode::Attach
     };
-    follow::run_mode(&topo, args.node, mode, None, None, &args.common, "attach").await
+    let hints = follow::Hints {
+        discard_wal: args.discard_wal,
+        ..follow::Hints::default()
+    };
+    follow::run_mode(&topo, args.node, mode, &hints, &args.common, "attach").await
 }

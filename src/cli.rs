@@ -33,17 +33,13 @@ pub struct Common {
     pub verbose: bool,
 }
 
-/// A node id as pgpool substitutes it: it may come with a leading space, and
-/// `%m` is -1 when no node is alive.
+/// A node id as pgpool substitutes it: it may come with a leading space
+/// (4.4 and later), and a negative id means "unknown" (`%m` is -1 when no
+/// node is alive, `%P` -2 while the primary is not yet known).
 pub fn node_id(s: &str) -> Result<i64, String> {
     let t = s.trim();
-    let n: i64 = t
-        .parse()
-        .map_err(|_| format!("'{s}' is not a node id (a pgpool backend number such as 0, 1, 2)"))?;
-    if n < -1 {
-        return Err(format!("'{s}' is not a node id (negative)"));
-    }
-    Ok(n)
+    t.parse()
+        .map_err(|_| format!("'{s}' is not a node id (a pgpool backend number such as 0, 1, 2)"))
 }
 
 /// `pgha-failover`: pgpool-II's `failover_command`.
@@ -77,16 +73,22 @@ pub struct FailoverArgs {
     #[arg(value_name = "FAILED_NODE", value_parser = node_id, allow_negative_numbers = true)]
     pub failed_node: i64,
 
-    /// %M: the old main node id (pgpool's; accepted for compatibility).
+    /// %M: pgpool's old main node id; accepted for compatibility and never
+    /// used: it is the lowest live id, not the primary (always 0 in current
+    /// pgpool releases).
     #[arg(value_name = "OLD_MAIN", value_parser = node_id, allow_negative_numbers = true)]
     pub old_main: i64,
 
-    /// %m: the new main node id, -1 when no node is alive. The default candidate.
+    /// %m: the new main node id, -1 when no node is alive. pgpool's lowest
+    /// live id, not a judgement of WAL: a tie-breaker among standbys with as
+    /// much WAL as the most advanced.
     #[arg(value_name = "NEW_MAIN", value_parser = node_id, allow_negative_numbers = true)]
     pub new_main: i64,
 
-    /// %P: the old primary node id. Without it pgha tells a failed primary from
-    /// a failed standby by looking at the surviving nodes.
+    /// %P: the old primary node id (negative: unknown). Without it pgha tells
+    /// a failed primary from a failed standby only by what the surviving
+    /// nodes say, and refuses when they do not tell; pgha-check fails a
+    /// failover_command without %P.
     #[arg(long, value_name = "ID", value_parser = node_id, allow_negative_numbers = true)]
     pub old_primary: Option<i64>,
 
@@ -100,6 +102,11 @@ pub struct FailoverArgs {
     /// Internal: the detached phase (wait for standbys, attach them).
     #[arg(long, hide = true)]
     pub settle: bool,
+
+    /// Internal: the primary the detached phase works from (the node the
+    /// run promoted or found promoted).
+    #[arg(long, hide = true, value_name = "ID")]
+    pub settle_primary: Option<u32>,
 }
 
 /// `pgha-follow`: pgpool-II's `follow_primary_command`, or by hand.
@@ -133,6 +140,12 @@ pub struct FollowArgs {
     #[arg(long, value_name = "ID", value_parser = node_id, allow_negative_numbers = true)]
     pub old_primary: Option<i64>,
 
+    /// Allow rewinding a standby that has WAL the primary lacks (it went
+    /// past the new timeline's switch point): that WAL exists nowhere
+    /// else and is discarded. Without it such a standby is refused.
+    #[arg(long)]
+    pub discard_wal: bool,
+
     #[command(flatten)]
     pub common: Common,
 }
@@ -160,6 +173,11 @@ pub struct AttachArgs {
     /// Rewind and restart a diverged old primary as a standby first.
     #[arg(long)]
     pub rejoin: bool,
+
+    /// With --rejoin: also rewind a standby that has WAL the primary lacks,
+    /// discarding that WAL (it exists on no other node).
+    #[arg(long, requires = "rejoin")]
+    pub discard_wal: bool,
 
     #[command(flatten)]
     pub common: Common,
@@ -283,7 +301,7 @@ mod tests {
         assert_eq!(node_id("0"), Ok(0));
         assert!(node_id("").is_err());
         assert!(node_id("%d").unwrap_err().contains("not a node id"));
-        assert!(node_id("-2").is_err());
+        assert_eq!(node_id("-2"), Ok(-2), "unknown, not a usage error");
     }
 
     #[test]

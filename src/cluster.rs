@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::pgpool::conf::PgpoolConf;
 use crate::pgpool::pcp::PcpTarget;
 use crate::pgpool::pcppass;
-use crate::plan::NodeView;
+use crate::plan::{NodeView, Seen};
 use crate::postgres::{self, NodeState, PgTarget};
 use crate::remote::{Remote, SshOptions};
 
@@ -198,6 +198,10 @@ impl Topology {
 pub struct Observed {
     pub node: Node,
     pub state: std::result::Result<NodeState, String>,
+    /// When `state` is an error: whether the server answered all the same
+    /// (a refused login, "too many clients", starting up): alive, role
+    /// unknown.
+    pub answered: bool,
     pub took: Duration,
 }
 
@@ -210,6 +214,10 @@ impl Observed {
     pub fn describe(&self, topo: &Topology) -> String {
         let o = self;
         match &o.state {
+            Err(e) if o.answered => format!(
+                "{}: answers, but pgha cannot use it (alive, role unknown): {e}",
+                o.node.label()
+            ),
             Err(e) => format!(
                 "{}: no answer after {:.2}s: {e}",
                 o.node.label(),
@@ -240,23 +248,25 @@ impl Observed {
 
     /// The reduced view the planner works on.
     pub fn view(&self, topo: &Topology) -> NodeView {
-        match &self.state {
-            Ok(s) => NodeView {
-                id: self.node.id,
-                reachable: true,
-                in_recovery: s.in_recovery,
+        let seen = match &self.state {
+            Ok(s) if !s.in_recovery => Seen::Primary {
+                timeline: s.timeline,
+                lsn: s.best_lsn(),
+            },
+            Ok(s) => Seen::Standby {
                 timeline: s.timeline,
                 lsn: s.best_lsn(),
                 upstream: upstream_of(topo, s),
+                follows: configured_upstream(topo, s),
             },
-            Err(_) => NodeView {
-                id: self.node.id,
-                reachable: false,
-                in_recovery: false,
-                timeline: 0,
-                lsn: None,
-                upstream: None,
-            },
+            Err(e) if self.answered => Seen::Answers(e.clone()),
+            Err(e) => Seen::Silent(e.clone()),
+        };
+        NodeView {
+            id: self.node.id,
+            name: self.node.application_name.clone(),
+            sync: self.ok().map(|s| s.synchronous_standby_names.clone()),
+            seen,
         }
     }
 }
@@ -269,6 +279,16 @@ pub fn upstream_of(topo: &Topology, s: &NodeState) -> Option<u32> {
     }
     let host = r.sender_host.as_deref()?;
     topo.node_by_address(host).map(|n| n.id)
+}
+
+/// The backend a standby's `primary_conninfo` names, if it names one.
+pub fn configured_upstream(topo: &Topology, s: &NodeState) -> Option<u32> {
+    let kv = postgres::parse_conninfo(s.primary_conninfo.as_deref()?);
+    let host = kv.get("host").or_else(|| kv.get("hostaddr"))?;
+    let port: u16 = kv.get("port").and_then(|p| p.parse().ok()).unwrap_or(5432);
+    topo.node_by_address(host)
+        .filter(|n| n.port == port)
+        .map(|n| n.id)
 }
 
 /// Ask every node about itself, all at once; each answer is bounded by the
@@ -287,12 +307,14 @@ pub async fn observe_node(topo: &Topology, node: &Node) -> Observed {
 /// connect timeout).
 pub async fn observe_with(node: &Node, target: PgTarget) -> Observed {
     let start = Instant::now();
-    let state = postgres::observe_target(&target)
-        .await
-        .map_err(|e| e.to_string());
+    let (state, answered) = match postgres::observe_target(&target).await {
+        Ok(s) => (Ok(s), true),
+        Err(e) => (Err(e.to_string()), e.answered()),
+    };
     Observed {
         node: node.clone(),
         state,
+        answered,
         took: start.elapsed(),
     }
 }

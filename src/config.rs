@@ -228,12 +228,60 @@ pub struct FailoverConfig {
     /// the standbys that stream from it); they all run at once. Shorter
     /// fails over a silent primary sooner; too short could take a slow but
     /// live primary for dead. Default `"1s"`.
-    #[serde(default = "default_liveness_timeout", with = "duration_serde")]
+    #[serde(default = "default_liveness_timeout", with = "liveness_serde")]
     pub liveness_timeout: Duration,
     /// Drop a failed standby's replication slot (`pg_drop_replication_slot`)
     /// and create slots for the standbys of a new primary. Default `false`.
     #[serde(default)]
     pub replication_slots: bool,
+    /// Bytes: how far behind the most advanced reachable standby (received
+    /// WAL) the candidate may be, like repmgr's and pgpool's
+    /// `maximum_lag_on_failover`. An integer or a string with a PostgreSQL
+    /// unit (`"16MB"`). Ignored under synchronous replication, where only
+    /// the most advanced standby is sure to hold every acknowledged commit.
+    /// Standbys with more WAL than the one promoted are never repointed.
+    /// Default 0: never promote a standby with less WAL than another.
+    #[serde(default, deserialize_with = "de_bytes")]
+    pub maximum_lag: u64,
+    /// With `synchronous_standby_names` set, what to do when the standbys
+    /// pgha sees cannot prove that one of them holds every acknowledged
+    /// commit (too many listed standbys are gone). Default `"refuse"`.
+    #[serde(default)]
+    pub sync_unproven: SyncUnprovenPolicy,
+    /// What to do when the new primary's `synchronous_standby_names` cannot
+    /// be met by the standbys left, so that every commit would wait forever.
+    /// Default `"relax"`.
+    #[serde(default)]
+    pub sync_after_promote: SyncAfterPolicy,
+}
+
+/// `[failover] sync_unproven`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncUnprovenPolicy {
+    /// `"refuse"`: promote nothing and say which standbys are missing.
+    #[default]
+    Refuse,
+    /// `"promote"`: promote the most advanced standby seen anyway, and say
+    /// in the final line that acknowledged commits may be lost.
+    Promote,
+}
+
+/// `[failover] sync_after_promote`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncAfterPolicy {
+    /// `"relax"`: on the new primary, lower the number of synchronous
+    /// standbys to those that will stream from it, or make replication
+    /// asynchronous when none will (`ALTER SYSTEM SET
+    /// synchronous_standby_names`, reload); the final line says so. Restore
+    /// the setting once the standbys are back (README).
+    #[default]
+    Relax,
+    /// `"keep"`: leave the setting; commits wait until enough listed
+    /// standbys stream from the new primary. The run then ends `FAILED`
+    /// saying that writes block, never `OK`.
+    Keep,
 }
 
 /// `[failover] candidate`: the standby to promote.
@@ -454,6 +502,9 @@ impl Default for FailoverConfig {
             candidate: CandidatePolicy::default(),
             fence: FencePolicy::default(),
             liveness_timeout: default_liveness_timeout(),
+            maximum_lag: 0,
+            sync_unproven: SyncUnprovenPolicy::default(),
+            sync_after_promote: SyncAfterPolicy::default(),
             replication_slots: false,
         }
     }
@@ -676,7 +727,36 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
-/// serde for [`Duration`] fields as strings with a unit.
+/// The longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The shortest `[failover] liveness_timeout`: a live primary on a busy
+/// host must have time to answer, or it is taken for dead.
+pub const MIN_LIVENESS_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// serde for `[failover] liveness_timeout`: a duration of at least
+/// [`MIN_LIVENESS_TIMEOUT`].
+mod liveness_serde {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        duration_serde::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = duration_serde::deserialize(d)?;
+        if v < MIN_LIVENESS_TIMEOUT {
+            return Err(serde::de::Error::custom(format!(
+                "{} is too short: a live primary could be taken for dead; use at least 100ms",
+                format_duration(v)
+            )));
+        }
+        Ok(v)
+    }
+}
+
+/// serde for [`Duration`] fields as strings with a unit, more than 0 and
+/// at most [`MAX_DURATION`].
 mod duration_serde {
     use super::*;
 
@@ -692,7 +772,18 @@ mod duration_serde {
                 f.write_str("a duration string with a unit, e.g. \"250ms\", \"3s\", \"2m\", \"1h\"")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-                parse_duration(v).map_err(E::custom)
+                let d = parse_duration(v).map_err(E::custom)?;
+                if d.is_zero() {
+                    return Err(E::custom(format!(
+                        "invalid duration {v:?}: must be more than 0 (a zero timeout would fail every step at once)"
+                    )));
+                }
+                if d > MAX_DURATION {
+                    return Err(E::custom(format!(
+                        "invalid duration {v:?}: more than 24h; no step of a failover may wait that long"
+                    )));
+                }
+                Ok(d)
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
                 Err(E::custom(format!(
@@ -989,6 +1080,26 @@ data_directory = "/srv/pg/data"
 
         let (_, _, _, msg, _) = parse_err("[ssh]\nconnect_timeout = \"3 days\"\n");
         assert!(msg.contains("unknown unit \"days\""), "{msg}");
+
+        // Bounds: nothing zero, nothing over a day, liveness at least 100ms.
+        let (line, _, key, msg, _) = parse_err("[failover]\nliveness_timeout = \"0s\"\n");
+        assert_eq!(
+            (line, key.as_deref()),
+            (2, Some("failover.liveness_timeout"))
+        );
+        assert!(msg.contains("more than 0"), "{msg}");
+        let (_, _, key, msg, _) = parse_err("[failover]\nliveness_timeout = \"50ms\"\n");
+        assert_eq!(key.as_deref(), Some("failover.liveness_timeout"));
+        assert!(msg.contains("at least 100ms"), "{msg}");
+        let (_, _, key, msg, _) = parse_err("[ssh]\ncommand_timeout = \"25h\"\n");
+        assert_eq!(key.as_deref(), Some("ssh.command_timeout"));
+        assert!(msg.contains("more than 24h"), "{msg}");
+        let c = parse("[failover]\nliveness_timeout = \"100ms\"\ndeadline = \"24h\"\nmaximum_lag = \"1MB\"\nsync_unproven = \"promote\"\nsync_after_promote = \"keep\"\n").unwrap();
+        assert_eq!(c.failover.liveness_timeout, Duration::from_millis(100));
+        assert_eq!(c.failover.maximum_lag, 1 << 20);
+        assert_eq!(c.failover.sync_unproven, SyncUnprovenPolicy::Promote);
+        assert_eq!(c.failover.sync_after_promote, SyncAfterPolicy::Keep);
+        assert!(parse("[failover]\nsync_unproven = \"maybe\"\n").is_err());
     }
 
     #[test]

@@ -12,11 +12,11 @@ use tracing::{error, info, warn};
 use crate::cli::FailoverArgs;
 use crate::cluster::{self, Node, Observed, Topology};
 use crate::error::{Error, Result};
-use crate::plan::{self, Decision, FailoverInput, Liveness};
+use crate::plan::{self, Decision, FailoverInput, Liveness, SyncAfter};
 use crate::remote::Remote;
 pub use crate::report::Summary;
 use crate::state::{Journal, Lock};
-use crate::steps::{self, Repointed};
+use crate::steps;
 
 /// A fault-injection point for tests: `PGHA_FAULT=crash-after:STEP` kills
 /// the process with SIGKILL right after STEP, as a power cut would.
@@ -37,14 +37,13 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
     let topo = Topology::load(args.common.config.as_deref())?;
     let deadline = start + topo.config.failover.deadline;
     let failed = topo.node(args.failed_node)?.clone();
-    if args.new_main != -1 {
-        topo.node(args.new_main)?;
-    }
-    if args.old_main != -1 {
-        topo.node(args.old_main)?;
-    }
-    if let Some(p) = args.old_primary.filter(|p| *p != -1) {
-        topo.node(p)?;
+    // Negative ids are pgpool's "unknown"; only real ones must exist.
+    for id in [args.new_main, args.old_main]
+        .into_iter()
+        .chain(args.old_primary)
+        .filter(|id| *id >= 0)
+    {
+        topo.node(id)?;
     }
     if args.settle {
         return settle(&topo, args, deadline).await;
@@ -73,38 +72,70 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
         Some(l)
     };
     let remote = topo.remote();
-    let result = act(
-        &topo,
-        &remote,
-        args,
-        &failed,
-        &journal,
+    let ctx = Ctx {
+        topo: &topo,
+        remote: &remote,
+        journal: &journal,
+        failed: &failed,
         deadline,
-        &mut summary,
-    )
-    .await;
+    };
+    // The one overall bound: whatever a step's own timeouts add up to,
+    // pgpool gets its command back by failover.deadline.
+    let result = match tokio::time::timeout_at(deadline.into(), act(&ctx, args, &mut summary)).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Error::Step(format!(
+            "failover.deadline ({}) reached while {}; done by then: {}; run the same pgha-failover again to finish (it does only what is missing)",
+            crate::config::format_duration(topo.config.failover.deadline),
+            if summary.step.is_empty() {
+                "starting"
+            } else {
+                summary.step.as_str()
+            },
+            if summary.done.is_empty() {
+                "nothing".to_string()
+            } else {
+                summary.done.join(", ")
+            }
+        ))),
+    };
     summary.blocked_ms = start.elapsed().as_millis() as u64;
     if !args.common.dry_run && !summary.message.is_empty() {
         summary.message += &format!("; pgpool waited {:.2}s", start.elapsed().as_secs_f64());
     }
     // Settle whatever could be repointed, even when another standby failed.
-    if !args.common.dry_run && matches!(summary.outcome.as_str(), "promoted" | "already_promoted") {
-        spawn_settle(args);
+    if !args.common.dry_run
+        && matches!(summary.outcome.as_str(), "promoted" | "already_promoted")
+        && let Some(p) = summary.new_primary
+    {
+        spawn_settle(args, p);
     }
     remote.close().await;
     result.map(|()| summary)
 }
 
-async fn act(
-    topo: &Topology,
-    remote: &Remote,
-    args: &FailoverArgs,
-    failed: &Node,
-    journal: &Journal,
+/// What every step of one run needs.
+struct Ctx<'a> {
+    topo: &'a Topology,
+    remote: &'a Remote,
+    journal: &'a Journal,
+    /// The node pgpool reported failed (`%d`).
+    failed: &'a Node,
     deadline: Instant,
-    summary: &mut Summary,
-) -> Result<()> {
+}
+
+impl Ctx<'_> {
+    fn node(&self, id: u32) -> Result<&Node> {
+        self.topo.node(i64::from(id))
+    }
+}
+
+/// Observe every node (and probe the failed one), decide, then carry out
+/// the decision.
+async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Result<()> {
+    let (topo, failed) = (ctx.topo, ctx.failed);
     let t0 = Instant::now();
+    summary.step = "observing the nodes".into();
     // pgpool found the failed node unreachable already: ask it only as long
     // as a liveness probe may take.
     let lt = topo.config.failover.liveness_timeout;
@@ -121,32 +152,27 @@ async fn act(
         // Probe whether the failed node still lives now, while its own
         // answer is pending: a silent primary then costs one timeout, not
         // two in a row.
-        let live = liveness(topo, remote, failed, &obs, deadline).await;
+        let live = liveness(topo, ctx.remote, failed, &obs, ctx.deadline).await;
         (obs, live)
     };
-    let (failed_obs, (mut observed, mut live)) =
-        tokio::join!(cluster::observe_with(failed, ft), rest);
-    if failed_obs.ok().is_some_and(|s| !s.in_recovery) {
-        // pgpool lost it, but pgha reaches it: the surest sign of life.
-        live = Liveness::Alive(format!(
-            "it answers SQL on {}:{} as a primary",
-            failed.host, failed.port
-        ));
-    }
+    let (failed_obs, (mut observed, live)) = tokio::join!(cluster::observe_with(failed, ft), rest);
     observed.push(failed_obs);
     observed.sort_by_key(|o| o.node.id);
     for o in &observed {
         info!("{}", o.describe(topo));
     }
     let views: Vec<plan::NodeView> = observed.iter().map(|o| o.view(topo)).collect();
+    let fc = &topo.config.failover;
     let input = FailoverInput {
         failed: failed.id,
         new_main: u32::try_from(args.new_main).ok(),
         old_primary: args.old_primary.and_then(|p| u32::try_from(p).ok()),
-        old_main: u32::try_from(args.old_main).ok(),
-        candidate_policy: topo.config.failover.candidate,
-        fence_policy: topo.config.failover.fence,
+        candidate_policy: fc.candidate,
+        fence_policy: fc.fence,
         failed_liveness: live,
+        max_lag: fc.maximum_lag,
+        sync_unproven: fc.sync_unproven,
+        sync_after: fc.sync_after_promote,
     };
     let decision = plan::decide(&input, &views);
     if let (Liveness::Alive(why), Decision::Promote { .. } | Decision::Refuse { .. }) =
@@ -156,14 +182,15 @@ async fn act(
     }
     summary.plan = Some(decision.clone());
     if args.common.dry_run {
+        let plan = describe_decision(topo, &decision);
+        if let Decision::Refuse { .. } = decision {
+            return Err(Error::Refused(format!("plan (nothing changed): {plan}")));
+        }
         summary.outcome = "dry_run".into();
-        summary.message = format!(
-            "plan (nothing changed): {}",
-            describe_decision(topo, &decision)
-        );
+        summary.message = format!("plan (nothing changed): {plan}");
         return Ok(());
     }
-    journal.record(
+    ctx.journal.record(
         "observe",
         None,
         None,
@@ -173,13 +200,8 @@ async fn act(
     );
     info!("plan: {}", describe_decision(topo, &decision));
     match decision {
-        Decision::NoNodeAlive => {
-            summary.outcome = "no_node_alive".into();
-            summary.message = "pgpool found no live node: nothing to promote".into();
-            Ok(())
-        }
         Decision::Refuse { reason } => {
-            journal.record(
+            ctx.journal.record(
                 "decide",
                 Some(failed.id),
                 Some(&failed.host),
@@ -189,48 +211,18 @@ async fn act(
             );
             Err(Error::Refused(reason))
         }
-        Decision::StandbyFailed { node, primary } => {
-            summary.outcome = "standby_failed".into();
-            summary.new_primary = primary;
-            let mut msg = format!("standby {} failed: recorded, no promotion", failed.label());
-            if let (true, Some(p)) = (topo.config.failover.replication_slots, primary) {
-                let slot = steps::slot_name(failed);
-                let pn = topo.node(i64::from(p))?;
-                match steps::drop_slot(topo, pn, &slot).await {
-                    Ok(true) => {
-                        msg += &format!("; dropped its replication slot {slot} on {}", pn.label())
-                    }
-                    Ok(false) => msg += &format!("; no replication slot {slot} on {}", pn.label()),
-                    Err(e) => {
-                        summary.errors.push(e.to_string());
-                        msg += &format!("; could not drop slot {slot}: {e}");
-                    }
-                }
-            }
-            journal.record(
-                "standby_failed",
-                Some(node),
-                Some(&failed.host),
-                "done",
-                &msg,
-                t0.elapsed(),
-            );
-            summary.message = msg;
-            Ok(())
+        Decision::StandbyFailed { node, primary, why } => {
+            standby_failed(ctx, node, primary, &why, summary).await
         }
-        Decision::AlreadyPromoted { primary, .. } => {
-            let p = topo.node(i64::from(primary))?.clone();
-            let st = observed
-                .iter()
-                .find(|o| o.node.id == primary)
-                .and_then(|o| o.ok().cloned())
-                .ok_or_else(|| Error::Step(format!("{} stopped answering", p.label())))?;
+        Decision::AlreadyPromoted { primary, sync, .. } => {
+            let p = ctx.node(primary)?.clone();
+            let st = answer_of(&observed, &p)?;
             info!(
                 "{} is already the primary on timeline {}: nothing to promote",
                 p.label(),
                 st.timeline
             );
-            journal.record(
+            ctx.journal.record(
                 "promote",
                 Some(p.id),
                 Some(&p.host),
@@ -239,84 +231,29 @@ async fn act(
                 Duration::ZERO,
             );
             summary.outcome = "already_promoted".into();
-            follow_phase(
-                topo, remote, failed, &p, &st, &observed, journal, deadline, summary,
-            )
-            .await
+            let cannot_follow = diverged_standbys(ctx, &p, &st, &observed).await;
+            let writes = apply_sync(ctx, &p, &sync, summary).await;
+            follow_phase(ctx, &p, &st, &observed, &cannot_follow, summary).await?;
+            writes
         }
         Decision::Promote {
             candidate,
             reason,
             fence,
+            ahead,
+            risk,
+            sync,
+            ..
         } => {
             if let Some(f) = fence {
-                let fnode = topo.node(i64::from(f))?;
-                let t = Instant::now();
-                info!("fencing {}: stopping it before promoting", fnode.label());
-                match steps::fence(topo, remote, fnode, deadline).await {
-                    Ok(how) => {
-                        info!(
-                            "{}: {how} ({:.2}s)",
-                            fnode.label(),
-                            t.elapsed().as_secs_f64()
-                        );
-                        journal.record(
-                            "fence",
-                            Some(f),
-                            Some(&fnode.host),
-                            "done",
-                            &how,
-                            t.elapsed(),
-                        );
-                    }
-                    Err(e) => {
-                        journal.record(
-                            "fence",
-                            Some(f),
-                            Some(&fnode.host),
-                            "failed",
-                            &e.to_string(),
-                            t.elapsed(),
-                        );
-                        return Err(e);
-                    }
-                }
+                fence_step(ctx, ctx.node(f)?, summary).await?;
             }
-            let c = topo.node(i64::from(candidate))?.clone();
-            let cstate = observed
-                .iter()
-                .find(|o| o.node.id == candidate)
-                .and_then(|o| o.ok().cloned())
-                .ok_or_else(|| Error::Step(format!("{} stopped answering", c.label())))?;
-            info!("promoting {}: {reason}", c.label());
-            let t = Instant::now();
-            let timeline = match steps::promote(topo, remote, &c, &cstate, deadline).await {
-                Ok(tl) => tl,
-                Err(e) => {
-                    journal.record(
-                        "promote",
-                        Some(c.id),
-                        Some(&c.host),
-                        "failed",
-                        &e.to_string(),
-                        t.elapsed(),
-                    );
-                    return Err(e);
-                }
-            };
-            info!(
-                "{} promoted: accepts writes on timeline {timeline} ({:.3}s)",
-                c.label(),
-                t.elapsed().as_secs_f64()
-            );
-            journal.record(
-                "promote",
-                Some(c.id),
-                Some(&c.host),
-                "done",
-                &format!("timeline {timeline}"),
-                t.elapsed(),
-            );
+            let c = ctx.node(candidate)?.clone();
+            let cstate = answer_of(&observed, &c)?;
+            if let Some(r) = &risk {
+                warn!("{r}");
+            }
+            let timeline = promote_step(ctx, &c, &cstate, &reason, summary).await?;
             fault_point("promote");
             summary.outcome = "promoted".into();
             // No need to ask again: it is out of recovery on `timeline`.
@@ -326,83 +263,342 @@ async fn act(
                 wal_receiver: None,
                 ..cstate
             };
-            follow_phase(
-                topo, remote, failed, &c, &st, &observed, journal, deadline, summary,
-            )
-            .await
+            let writes = apply_sync(ctx, &c, &sync, summary).await;
+            let skip: Vec<(u32, String)> = ahead
+                .iter()
+                .map(|id| {
+                    (
+                        *id,
+                        format!(
+                            "it has more WAL than the new primary {} (its switch point): repointing it would fail and pg_rewind would discard WAL that exists nowhere else",
+                            c.label()
+                        ),
+                    )
+                })
+                .collect();
+            follow_phase(ctx, &c, &st, &observed, &skip, summary).await?;
+            if let Some(r) = risk {
+                summary.message += &format!("; WARNING: {r}");
+            }
+            writes
         }
     }
 }
 
-/// Copy the history file to, and repoint, every other reachable standby,
-/// all at once. One standby's failure is reported and does not stop the
-/// others.
-#[allow(clippy::too_many_arguments)]
-async fn follow_phase(
-    topo: &Topology,
-    remote: &Remote,
-    failed: &Node,
+/// The state a node answered with, or an error naming it.
+fn answer_of(observed: &[Observed], node: &Node) -> Result<crate::postgres::NodeState> {
+    observed
+        .iter()
+        .find(|o| o.node.id == node.id)
+        .and_then(|o| o.ok().cloned())
+        .ok_or_else(|| Error::Step(format!("{} stopped answering", node.label())))
+}
+
+/// A standby failed: record it, drop its slot if configured; nothing else.
+async fn standby_failed(
+    ctx: &Ctx<'_>,
+    node: u32,
+    primary: Option<u32>,
+    why: &str,
+    summary: &mut Summary,
+) -> Result<()> {
+    let (topo, failed) = (ctx.topo, ctx.failed);
+    summary.outcome = "standby_failed".into();
+    summary.new_primary = primary;
+    let mut msg = format!(
+        "standby {} failed: recorded, no promotion ({why})",
+        failed.label()
+    );
+    if let (true, Some(p)) = (topo.config.failover.replication_slots, primary) {
+        let slot = steps::slot_name(failed);
+        let pn = ctx.node(p)?;
+        match steps::drop_slot(topo, pn, &slot).await {
+            Ok(true) => msg += &format!("; dropped its replication slot {slot} on {}", pn.label()),
+            Ok(false) => msg += &format!("; no replication slot {slot} on {}", pn.label()),
+            Err(e) => {
+                summary.errors.push(e.to_string());
+                msg += &format!("; could not drop slot {slot}: {e}");
+            }
+        }
+    }
+    ctx.journal.record(
+        "standby_failed",
+        Some(node),
+        Some(&failed.host),
+        "done",
+        &msg,
+        Duration::ZERO,
+    );
+    summary.message = msg;
+    Ok(())
+}
+
+/// Stop a failed primary that may still be alive, and prove it stopped.
+async fn fence_step(ctx: &Ctx<'_>, node: &Node, summary: &mut Summary) -> Result<()> {
+    let t = Instant::now();
+    summary.step = format!("fencing {}", node.label());
+    info!("fencing {}: stopping it before promoting", node.label());
+    match steps::fence(ctx.topo, ctx.remote, node, ctx.deadline).await {
+        Ok(how) => {
+            info!(
+                "{}: {how} ({:.2}s)",
+                node.label(),
+                t.elapsed().as_secs_f64()
+            );
+            ctx.journal.record(
+                "fence",
+                Some(node.id),
+                Some(&node.host),
+                "done",
+                &how,
+                t.elapsed(),
+            );
+            summary.done.push(format!("fenced {}", node.label()));
+            Ok(())
+        }
+        Err(e) => {
+            ctx.journal.record(
+                "fence",
+                Some(node.id),
+                Some(&node.host),
+                "failed",
+                &e.to_string(),
+                t.elapsed(),
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Promote the candidate and wait until it accepts writes.
+async fn promote_step(
+    ctx: &Ctx<'_>,
+    c: &Node,
+    cstate: &crate::postgres::NodeState,
+    reason: &str,
+    summary: &mut Summary,
+) -> Result<u32> {
+    summary.step = format!("promoting {}", c.label());
+    info!("promoting {}: {reason}", c.label());
+    let t = Instant::now();
+    let timeline = match steps::promote(ctx.topo, ctx.remote, c, cstate, ctx.deadline).await {
+        Ok(tl) => tl,
+        Err(e) => {
+            ctx.journal.record(
+                "promote",
+                Some(c.id),
+                Some(&c.host),
+                "failed",
+                &e.to_string(),
+                t.elapsed(),
+            );
+            return Err(e);
+        }
+    };
+    info!(
+        "{} promoted: accepts writes on timeline {timeline} ({:.3}s)",
+        c.label(),
+        t.elapsed().as_secs_f64()
+    );
+    ctx.journal.record(
+        "promote",
+        Some(c.id),
+        Some(&c.host),
+        "done",
+        &format!("timeline {timeline}"),
+        t.elapsed(),
+    );
+    summary
+        .done
+        .push(format!("promoted {} on timeline {timeline}", c.label()));
+    Ok(timeline)
+}
+
+/// Make the new primary's `synchronous_standby_names` one its standbys can
+/// meet, or report that commits block. Returns the run's verdict on
+/// writes: an error when they block.
+async fn apply_sync(
+    ctx: &Ctx<'_>,
+    p: &Node,
+    sync: &SyncAfter,
+    summary: &mut Summary,
+) -> Result<()> {
+    match sync {
+        SyncAfter::Satisfied => Ok(()),
+        SyncAfter::Relax { from, to, why } => {
+            summary.step = format!("relaxing synchronous_standby_names on {}", p.label());
+            let t = Instant::now();
+            match steps::set_sync_standby_names(ctx.topo, p, to).await {
+                Ok(()) => {
+                    let what = format!(
+                        "synchronous_standby_names relaxed from '{from}' to '{to}' on {} ({why}; [failover] sync_after_promote = \"relax\"){}",
+                        p.label(),
+                        if to.is_empty() {
+                            ": commits no longer wait for a standby until you set it back"
+                        } else {
+                            ""
+                        }
+                    );
+                    warn!("{what}");
+                    ctx.journal.record(
+                        "sync",
+                        Some(p.id),
+                        Some(&p.host),
+                        "done",
+                        &what,
+                        t.elapsed(),
+                    );
+                    summary.done.push(format!(
+                        "relaxed synchronous_standby_names on {}",
+                        p.label()
+                    ));
+                    summary.notes.push(format!(
+                        "{what}; once the standbys are back: ALTER SYSTEM SET synchronous_standby_names = '{from}' on node {} and SELECT pg_reload_conf()",
+                        p.id
+                    ));
+                    Ok(())
+                }
+                Err(e) => {
+                    ctx.journal.record(
+                        "sync",
+                        Some(p.id),
+                        Some(&p.host),
+                        "failed",
+                        &e.to_string(),
+                        t.elapsed(),
+                    );
+                    Err(Error::Step(format!(
+                        "writes through {} block: {why}, and relaxing it failed: {e}",
+                        p.label()
+                    )))
+                }
+            }
+        }
+        SyncAfter::Blocks { setting, why } => Err(Error::Step(format!(
+            "writes through {} block: {why}; [failover] sync_after_promote = \"keep\" leaves it so; commits resume when a listed standby streams from it, or at once after ALTER SYSTEM SET synchronous_standby_names = '' (asynchronous) and SELECT pg_reload_conf() there (was '{setting}')",
+            p.label()
+        ))),
+    }
+}
+
+/// Standbys that cannot follow `primary` without losing WAL: on an older
+/// timeline past the switch point in its history, or ahead of it on its
+/// own. Read from the primary's history file; when it cannot be read,
+/// none are excluded here (the repoint itself never rewinds).
+async fn diverged_standbys(
+    ctx: &Ctx<'_>,
     primary: &Node,
     pstate: &crate::postgres::NodeState,
     observed: &[Observed],
-    journal: &Journal,
-    deadline: Instant,
+) -> Vec<(u32, String)> {
+    let history = if pstate.timeline > 1 {
+        match steps::read_history(ctx.topo, primary, pstate, pstate.timeline).await {
+            Ok(h) => crate::rejoin::parse_history(&String::from_utf8_lossy(&h)),
+            Err(e) => {
+                warn!("{e}");
+                return Vec::new();
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    observed
+        .iter()
+        .filter(|o| o.node.id != primary.id)
+        .filter_map(|o| {
+            let s = o.ok().filter(|s| s.in_recovery)?;
+            crate::rejoin::check_lineage(
+                &history,
+                pstate.timeline,
+                pstate.current_lsn,
+                s.timeline,
+                s.best_lsn(),
+            )
+            .err()
+            .map(|why| (o.node.id, why))
+        })
+        .collect()
+}
+
+/// Copy the history file to, and repoint, every other reachable standby,
+/// all at once, but those in `skip` (with the reason). One standby's
+/// failure is reported and does not stop the others.
+async fn follow_phase(
+    ctx: &Ctx<'_>,
+    primary: &Node,
+    pstate: &crate::postgres::NodeState,
+    observed: &[Observed],
+    skip: &[(u32, String)],
     summary: &mut Summary,
 ) -> Result<()> {
+    let (topo, failed) = (ctx.topo, ctx.failed);
     let timeline = pstate.timeline;
     summary.new_primary = Some(primary.id);
     summary.timeline = Some(timeline);
+    summary.step = format!("repointing the standbys to {}", primary.label());
     let others: Vec<&Observed> = observed
         .iter()
         .filter(|o| o.node.id != primary.id && o.node.id != failed.id)
         .collect();
-    let tasks = others.iter().map(|o| {
-        async move {
-            let n = &o.node;
-            let t = Instant::now();
-            let st = match &o.state {
-                Ok(s) if s.in_recovery => s,
-                Ok(_) => return (n.id, Err(Error::Step(format!("{} is not a standby: left alone", n.label()))), t.elapsed()),
-                Err(e) => {
-                    return (
-                        n.id,
-                        Err(Error::Step(format!(
-                            "{} did not answer ({e}): not repointed; when it is back run pgha-follow {}",
-                            n.label(),
-                            n.id
-                        ))),
-                        t.elapsed(),
-                    );
-                }
-            };
-            let r = steps::repoint(topo, remote, n, st, primary, timeline, deadline).await;
-            (n.id, r, t.elapsed())
+    let tasks = others.iter().map(|o| async move {
+        let n = &o.node;
+        let t = Instant::now();
+        if let Some((_, why)) = skip.iter().find(|(id, _)| *id == n.id) {
+            return (
+                n.id,
+                Err(Error::Step(format!(
+                    "{} not repointed: {why}; it may hold commits the new primary lacks: to keep them, make it the primary instead (stop {}, then pgha-failover {} ... with it as the only standby left), or to discard them run pgha-follow {} --discard-wal",
+                    n.label(),
+                    primary.label(),
+                    primary.id,
+                    n.id
+                ))),
+                t.elapsed(),
+            );
         }
+        let st = match &o.state {
+            Ok(s) if s.in_recovery => s,
+            Ok(_) => {
+                return (
+                    n.id,
+                    Err(Error::Step(format!("{} is not a standby: left alone", n.label()))),
+                    t.elapsed(),
+                );
+            }
+            Err(e) => {
+                return (
+                    n.id,
+                    Err(Error::Step(format!(
+                        "{} did not answer ({e}): not repointed; when it is back run pgha-follow {}",
+                        n.label(),
+                        n.id
+                    ))),
+                    t.elapsed(),
+                );
+            }
+        };
+        let r = steps::repoint(topo, ctx.remote, n, st, primary, timeline, ctx.deadline).await;
+        (n.id, r, t.elapsed())
     });
     let results = futures::future::join_all(tasks).await;
     for (id, r, took) in results {
-        let n = topo.node(i64::from(id))?;
+        let n = ctx.node(id)?;
         match r {
             Ok(how) => {
-                let what = match how {
-                    Repointed::AlreadyFollowing => "already streams from it",
-                    Repointed::AlreadyPointed => "already points at it",
-                    Repointed::Reloaded => "repointed (reload)",
-                    Repointed::Restarted => "repointed (restart)",
-                };
+                let what = how.describe();
                 info!("{}: {what} ({:.3}s)", n.label(), took.as_secs_f64());
-                let outcome = match how {
-                    Repointed::Reloaded | Repointed::Restarted => {
-                        summary.repointed.push(id);
-                        "done"
-                    }
-                    _ => "skipped",
+                let outcome = if how.changed() {
+                    summary.repointed.push(id);
+                    "done"
+                } else {
+                    "skipped"
                 };
-                journal.record("repoint", Some(id), Some(&n.host), outcome, what, took);
+                ctx.journal
+                    .record("repoint", Some(id), Some(&n.host), outcome, what, took);
             }
             Err(e) => {
                 error!("{e}");
-                journal.record(
+                ctx.journal.record(
                     "repoint",
                     Some(id),
                     Some(&n.host),
@@ -413,6 +609,17 @@ async fn follow_phase(
                 summary.errors.push(e.to_string());
             }
         }
+    }
+    if !summary.repointed.is_empty() {
+        summary.done.push(format!(
+            "repointed {}",
+            summary
+                .repointed
+                .iter()
+                .map(|i| format!("node {i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     let verb = if summary.outcome == "promoted" {
         "promoted"
@@ -434,6 +641,9 @@ async fn follow_phase(
                 .join(", ")
         }
     );
+    for note in &summary.notes {
+        summary.message += &format!("; {note}");
+    }
     if !summary.errors.is_empty() {
         return Err(Error::Step(format!(
             "{}; but: {}",
@@ -444,13 +654,14 @@ async fn follow_phase(
     Ok(())
 }
 
-/// Is the failed node perhaps still running as a primary? Every probe runs
-/// at once, each bounded by `failover.liveness_timeout`: its other
-/// addresses over SQL (the replication network may still reach it), and,
+/// Is the failed node perhaps still running? Every probe runs at once,
+/// each bounded by `failover.liveness_timeout`: SQL on its other addresses
+/// (the replication network may still reach it), a TCP connect to every
+/// address (a hung or paused server still completes the handshake), and,
 /// from each standby that still lists a WAL receiver from it, a TCP connect
 /// to its port (a receiver's "streaming" lingers for wal_receiver_timeout
 /// after its primary went silent). Any answer means alive; a standby that
-/// cannot be asked counts as alive too.
+/// cannot be asked counts as alive too: death must be shown.
 async fn liveness(
     topo: &Topology,
     remote: &Remote,
@@ -462,18 +673,25 @@ async fn liveness(
     let lt = topo.config.failover.liveness_timeout;
     let mut probes: Vec<BoxFuture<'_, Option<String>>> = Vec::new();
     for addr in failed.addresses() {
+        let port = failed.port;
+        probes.push(Box::pin(async move {
+            crate::postgres::tcp_accepts(addr, port, lt)
+                .await
+                .then(|| format!("{addr}:{port} still accepts TCP connections"))
+        }));
         if addr == failed.host {
-            continue; // asked there already
+            continue; // asked with SQL there already
         }
         let mut t = topo.pg_target_at(failed, addr);
         t.connect_timeout = t.connect_timeout.min(lt);
-        let port = failed.port;
         probes.push(Box::pin(async move {
             match crate::postgres::observe_target(&t).await {
-                Ok(s) if !s.in_recovery => {
-                    Some(format!("it answers SQL on {addr}:{port} as a primary"))
-                }
-                _ => None,
+                Ok(s) => Some(format!(
+                    "it answers SQL on {addr}:{port} as a {}",
+                    if s.in_recovery { "standby" } else { "primary" }
+                )),
+                Err(e) if e.answered() => Some(format!("it answers on {addr}:{port} ({e})")),
+                Err(_) => None,
             }
         }));
     }
@@ -488,8 +706,10 @@ async fn liveness(
             continue;
         }
         let port = r.sender_port.unwrap_or(failed.port);
+        // Exit 0: connected; 1: refused or unreachable; 124: no answer in
+        // time. Anything else (no bash, no timeout) proves nothing.
         let script = format!(
-            "exec timeout {:.3} bash -c {}",
+            "timeout {:.3} bash -c {}; echo \"rc=$?\"",
             lt.as_secs_f64(),
             crate::remote::quote(&format!("exec 3<>/dev/tcp/{sender}/{port}"))
         );
@@ -501,16 +721,23 @@ async fn liveness(
         let ssh_host = o.node.ssh_host.clone();
         probes.push(Box::pin(async move {
             match remote.run_script(&ssh_host, &script, t).await {
-                Ok(out) if out.status == 0 => Some(format!(
-                    "{label} streams from it and can still connect to {sender}:{port}"
-                )),
-                Ok(_) => {
-                    info!(
-                        "{label} still lists a wal receiver from {sender}, but cannot connect to {sender}:{port} within {:.1}s: taking it as gone",
-                        lt.as_secs_f64()
-                    );
-                    None
-                }
+                Ok(out) => match probe_exit(&out.stdout_str()) {
+                    Some(0) => Some(format!(
+                        "{label} streams from it and can still connect to {sender}:{port}"
+                    )),
+                    Some(1 | 124) => {
+                        info!(
+                            "{label} still lists a wal receiver from {sender}, but cannot connect to {sender}:{port} within {:.1}s: taking it as gone",
+                            lt.as_secs_f64()
+                        );
+                        None
+                    }
+                    other => Some(format!(
+                        "{label} streams from it and its check of {sender}:{port} proved nothing (exit {}: {})",
+                        other.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                        out.stderr_str().trim()
+                    )),
+                },
                 Err(e) => Some(format!(
                     "{label} streams from it and could not be asked to check ({e})"
                 )),
@@ -526,33 +753,71 @@ async fn liveness(
         .unwrap_or(Liveness::Dead)
 }
 
+/// The exit status a liveness script reported on its last `rc=N` line.
+fn probe_exit(stdout: &str) -> Option<i32> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("rc="))
+        .and_then(|c| c.parse().ok())
+}
+
 fn describe_decision(topo: &Topology, d: &Decision) -> String {
     let label = |id: u32| {
         topo.node(i64::from(id))
             .map(|n| n.label())
             .unwrap_or_else(|_| format!("node {id}"))
     };
+    let sync = |s: &SyncAfter| match s {
+        SyncAfter::Satisfied => String::new(),
+        SyncAfter::Relax { from, to, .. } => {
+            format!("; relax synchronous_standby_names from '{from}' to '{to}'")
+        }
+        SyncAfter::Blocks { setting, .. } => {
+            format!("; keep synchronous_standby_names '{setting}' (writes will block)")
+        }
+    };
     match d {
-        Decision::NoNodeAlive => "no node alive: nothing to do".into(),
-        Decision::StandbyFailed { node, .. } => format!(
-            "{} is a failed standby: record it, promote nothing",
+        Decision::StandbyFailed { node, why, .. } => format!(
+            "{} is a failed standby ({why}): record it, promote nothing",
             label(*node)
         ),
-        Decision::AlreadyPromoted { primary, timeline } => format!(
-            "{} is already primary on timeline {timeline}: make the other standbys follow it",
-            label(*primary)
+        Decision::AlreadyPromoted {
+            primary,
+            timeline,
+            sync: s,
+        } => format!(
+            "{} is already primary on timeline {timeline}: make the other standbys follow it{}",
+            label(*primary),
+            sync(s)
         ),
         Decision::Promote {
             candidate,
             reason,
             fence,
+            ahead,
+            sync: s,
+            ..
         } => {
             let f = fence
                 .map(|f| format!("stop {} first (it may be alive), then ", label(f)))
                 .unwrap_or_default();
+            let a = if ahead.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; leave {} alone (more WAL than the candidate)",
+                    ahead
+                        .iter()
+                        .map(|i| label(*i))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
             format!(
-                "{f}promote {} ({reason}), copy the history file to and repoint the other standbys, attach them",
-                label(*candidate)
+                "{f}promote {} ({reason}), copy the history file to and repoint the other standbys, attach them{a}{}",
+                label(*candidate),
+                sync(s)
             )
         }
         Decision::Refuse { reason } => format!("refuse: {reason}"),
@@ -562,7 +827,7 @@ fn describe_decision(topo: &Topology, d: &Decision) -> String {
 /// Start the detached `--settle` phase: a new session, not waited for, so
 /// pgpool gets its failover_command back now. Its stderr still goes to
 /// pgpool's log.
-fn spawn_settle(args: &FailoverArgs) {
+fn spawn_settle(args: &FailoverArgs, primary: u32) {
     use std::os::unix::process::CommandExt;
     let Ok(exe) = std::env::current_exe() else {
         warn!("cannot find my own executable: standbys will not be attached automatically");
@@ -572,7 +837,9 @@ fn spawn_settle(args: &FailoverArgs) {
     cmd.arg(args.failed_node.to_string())
         .arg(args.old_main.to_string())
         .arg(args.new_main.to_string())
-        .arg("--settle");
+        .arg("--settle")
+        .arg("--settle-primary")
+        .arg(primary.to_string());
     if let Some(p) = args.old_primary {
         cmd.arg("--old-primary").arg(p.to_string());
     }
@@ -611,17 +878,28 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
         return Ok(summary);
     };
     let journal = Journal::new(&topo.config.state_dir, "failover");
+    let Some(pid) = args.settle_primary else {
+        return Err(Error::Usage(
+            "--settle needs --settle-primary (it is started by pgha-failover itself)".into(),
+        ));
+    };
     let observed = cluster::observe_all(topo).await;
-    let Some(p) = observed.iter().find(|o| {
-        o.ok().is_some_and(|s| !s.in_recovery) && i64::from(o.node.id) != args.failed_node
-    }) else {
-        return Err(Error::Step("settle: no primary answers".into()));
+    // Work from the node the run promoted, never from "the first node not
+    // in recovery" (an old primary that came back is one too).
+    let Some(p) = observed
+        .iter()
+        .find(|o| o.node.id == pid && o.ok().is_some_and(|s| !s.in_recovery))
+    else {
+        return Err(Error::Step(format!(
+            "settle: {} does not answer as a primary any more; run pgha-failover again",
+            topo.node(i64::from(pid))?.label()
+        )));
     };
     let primary = p.node.clone();
     let timeline = p.ok().map(|s| s.timeline).unwrap_or(0);
     summary.new_primary = Some(primary.id);
     summary.timeline = Some(timeline);
-    let standbys: Vec<&Observed> = observed
+    let mut standbys: Vec<&Observed> = observed
         .iter()
         .filter(|o| o.node.id != primary.id && i64::from(o.node.id) != args.failed_node)
         .filter(|o| o.ok().is_some_and(|s| s.in_recovery))
@@ -640,6 +918,28 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
         },
         _ => None,
     };
+    // A standby with WAL the new primary lacks cannot stream from it:
+    // it was left alone, and waiting for it would only time out.
+    if let (Some(h), Some(ps)) = (&history, p.ok()) {
+        let entries = crate::rejoin::parse_history(&String::from_utf8_lossy(h));
+        standbys.retain(|o| {
+            let Some(s) = o.ok() else { return true };
+            match crate::rejoin::check_lineage(&entries, timeline, ps.current_lsn, s.timeline, s.best_lsn()) {
+                Ok(()) => true,
+                Err(why) => {
+                    let e = format!(
+                        "{} cannot follow {}: {why}; left alone (pgha-follow {} --discard-wal would rewind it)",
+                        o.node.label(),
+                        primary.label(),
+                        o.node.id
+                    );
+                    error!("{e}");
+                    summary.errors.push(e);
+                    false
+                }
+            }
+        });
+    }
     let remote = topo.remote();
     let tasks = standbys.iter().map(|o| {
         let (primary, history, remote) = (&primary, &history, &remote);
@@ -694,9 +994,28 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
         }
     }
     remote.close().await;
+    let streaming = standbys.len().saturating_sub(summary.errors.len());
+    // The proof that writes work: a commit, synchronous replication
+    // included, returns.
+    match steps::commit_returns(
+        topo,
+        &primary,
+        steps::budget(deadline, topo.config.failover.follow_timeout),
+    )
+    .await
+    {
+        Ok(took) => info!(
+            "{}: a test commit returned in {:.3}s",
+            primary.label(),
+            took.as_secs_f64()
+        ),
+        Err(e) => {
+            error!("{e}");
+            summary.errors.push(e.to_string());
+        }
+    }
     summary.message = format!(
-        "{} standby(s) streaming from {} on timeline {timeline} and attached",
-        standbys.len() - summary.errors.len(),
+        "{streaming} standby(s) streaming from {} on timeline {timeline} and attached",
         primary.label()
     );
     if summary.errors.is_empty() {

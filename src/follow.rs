@@ -115,6 +115,9 @@ pub struct FollowInput {
     pub max_lag: u64,
     /// `[follow] rebuild`.
     pub rebuild_allowed: bool,
+    /// `--discard-wal`: a standby with WAL the primary lacks may be
+    /// rewound, discarding that WAL.
+    pub discard_wal: bool,
 }
 
 /// What to do, with the reason an operator reads.
@@ -294,7 +297,12 @@ pub fn decide(i: &FollowInput) -> Plan {
         },
         (Mode::Attach, Err(why)) => Plan::Refuse {
             reason: format!(
-                "node {n} is a standby that cannot follow node {pid}: {why}; nothing was changed; run pgha-attach --rejoin {n}"
+                "node {n} is a standby that cannot follow node {pid}: {why}; nothing was changed; its WAL past the switch point exists on no other node: to keep it, make node {n} the primary instead; to discard it, run pgha-attach --rejoin {n} --discard-wal"
+            ),
+        },
+        (_, Err(why)) if !i.discard_wal => Plan::Refuse {
+            reason: format!(
+                "node {n} is a standby that cannot follow node {pid}: {why}; that WAL exists on no other node and may hold acknowledged commits, and rewinding it would discard it; nothing was changed; to keep it, make node {n} the primary instead (e.g. stop node {pid} and run pgha-failover); to discard it, run the same command again with --discard-wal"
             ),
         },
         (_, Ok(())) => Plan::Repoint {
@@ -518,6 +526,7 @@ pub(crate) async fn observe(
         attached,
         max_lag: topo.config.follow.max_lag,
         rebuild_allowed: topo.config.follow.rebuild,
+        discard_wal: false,
     };
     Ok(Observation {
         input,
@@ -953,23 +962,29 @@ pub async fn run(args: &FollowArgs) -> Result<Summary> {
     let mode = Mode::Follow {
         rejoin_old_primary: topo.config.follow.rejoin_old_primary,
     };
-    run_mode(
-        &topo,
-        args.node,
-        mode,
-        args.new_primary,
-        args.old_primary,
-        &args.common,
-        "follow",
-    )
-    .await
+    let hints = Hints {
+        new_primary: args.new_primary,
+        old_primary: args.old_primary,
+        discard_wal: args.discard_wal,
+    };
+    run_mode(&topo, args.node, mode, &hints, &args.common, "follow").await
 }
 
-/// A node id from pgpool (`%m`, `%P`), -1 meaning none, checked against
-/// the backends.
+/// What the caller knows beyond the node: pgpool's `%m` and `%P`, and
+/// whether WAL only that node has may be discarded.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Hints {
+    pub new_primary: Option<i64>,
+    pub old_primary: Option<i64>,
+    pub discard_wal: bool,
+}
+
+/// A node id from pgpool (`%m`, `%P`), negative meaning unknown, checked
+/// against the backends.
 fn optional_node(topo: &Topology, id: Option<i64>) -> Result<Option<u32>> {
     match id {
-        None | Some(-1) => Ok(None),
+        None => Ok(None),
+        Some(i) if i < 0 => Ok(None),
         Some(i) => Ok(Some(topo.node(i)?.id)),
     }
 }
@@ -980,16 +995,15 @@ pub(crate) async fn run_mode(
     topo: &Topology,
     node_id: i64,
     mode: Mode,
-    new_primary: Option<i64>,
-    old_primary: Option<i64>,
+    hints: &Hints,
     common: &Common,
     command: &'static str,
 ) -> Result<Summary> {
     let start = Instant::now();
     let deadline = start + topo.config.follow.deadline;
     let node = topo.node(node_id)?.clone();
-    let new_primary = optional_node(topo, new_primary)?;
-    let old_primary = optional_node(topo, old_primary)?;
+    let new_primary = optional_node(topo, hints.new_primary)?;
+    let old_primary = optional_node(topo, hints.old_primary)?;
     let journal = Journal::new(&topo.config.state_dir, command);
     if !common.dry_run
         && let Err(e) = crate::state::ensure_dir(&topo.config.state_dir)
@@ -1008,6 +1022,7 @@ pub(crate) async fn run_mode(
         mode,
         new_primary,
         old_primary,
+        hints.discard_wal,
         common,
         &journal,
         deadline,
@@ -1027,13 +1042,15 @@ async fn act(
     mode: Mode,
     new_primary: Option<u32>,
     old_primary: Option<u32>,
+    discard_wal: bool,
     common: &Common,
     journal: &Journal,
     deadline: Instant,
     summary: &mut Summary,
 ) -> Result<()> {
     let t0 = Instant::now();
-    let obs = observe(topo, remote, node, mode, new_primary, old_primary, deadline).await?;
+    let mut obs = observe(topo, remote, node, mode, new_primary, old_primary, deadline).await?;
+    obs.input.discard_wal = discard_wal;
     let mut plan = decide(&obs.input);
     summary.new_primary = Some(obs.primary.id);
     summary.timeline = Some(obs.pstate.timeline);
@@ -1090,10 +1107,10 @@ async fn act(
             budget(deadline, topo.config.failover.deadline),
         )?),
     };
-    let mut obs = obs;
     if lock.is_some() {
         // Another pgha may have acted while we waited for the lock.
         obs = observe(topo, remote, node, mode, new_primary, old_primary, deadline).await?;
+        obs.input.discard_wal = discard_wal;
         plan = decide(&obs.input);
     }
     summary.new_primary = Some(obs.primary.id);
@@ -1269,6 +1286,7 @@ mod tests {
             attached: Some(false),
             max_lag: 16 * 1024 * 1024,
             rebuild_allowed: false,
+            discard_wal: true,
         }
     }
 
@@ -1390,8 +1408,20 @@ mod tests {
             }
         ));
         // A timeline the primary never had.
-        let i = input(2, FOLLOW, standby(3, "0/4000000", None));
+        let mut i = input(2, FOLLOW, standby(3, "0/4000000", None));
         assert!(matches!(decide(&i), Plan::Rewind { .. }));
+        // Without --discard-wal, WAL that exists nowhere else is kept.
+        i.discard_wal = false;
+        let r = refusal(decide(&i));
+        assert!(
+            r.contains("exists on no other node") && r.contains("--discard-wal"),
+            "{r}"
+        );
+        let r = refusal(decide(&FollowInput {
+            mode: Mode::Rejoin,
+            ..i.clone()
+        }));
+        assert!(r.contains("nothing was changed"), "{r}");
     }
 
     #[test]
@@ -1514,10 +1544,13 @@ mod tests {
                 wal_log_hints: true,
                 data_checksums: true,
                 replicas: vec![],
+                synchronous_standby_names: String::new(),
+                synchronous_commit: "on".into(),
             })
             .map_err(str::to_string);
         Observed {
             node,
+            answered: state.is_ok(),
             state,
             took: Duration::ZERO,
         }

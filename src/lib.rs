@@ -12,7 +12,9 @@
 //!   and what one server says about itself (role, timeline, LSNs, receiver).
 //! - [`cluster`]: the topology (pgpool.conf joined with pgha.toml) and the
 //!   observed state of every node.
-//! - [`plan`]: decisions computed from observed state, free of I/O.
+//! - [`plan`]: decisions computed from observed state, free of I/O: the
+//!   failover rules, and in [`plan::sync`] what `synchronous_standby_names`
+//!   promises about acknowledged commits.
 //! - [`steps`]: fence, promote, history file, repoint, wait, attach: each
 //!   written once, each checking first whether it is done.
 //! - [`rejoin`]: when repointing is not enough: stop/start over ssh,

@@ -51,6 +51,20 @@ pub struct PgTarget {
     pub application_name: String,
 }
 
+impl PgError {
+    /// Whether something at the server's address answered: proof that it
+    /// lives (see [`PgError::Connect::answered`]). A timeout proves nothing
+    /// either way and counts as no answer here; a broken password file
+    /// means pgha never asked, so it cannot count as proof of death.
+    pub fn answered(&self) -> bool {
+        match self {
+            PgError::Connect { answered, .. } => *answered,
+            PgError::Timeout { .. } => false,
+            PgError::Query { .. } | PgError::Passfile { .. } => true,
+        }
+    }
+}
+
 impl PgTarget {
     /// A target for `host:port` with the users, passfile and timeouts of
     /// `[postgres]` in `pgha.toml`.
@@ -81,6 +95,12 @@ pub enum PgError {
         host: String,
         port: u16,
         message: String,
+        /// The server answered (an authentication failure, "too many
+        /// clients", "the database system is starting up", a TLS or
+        /// pg_hba.conf refusal, a closed connection after accept): it is
+        /// alive although pgha cannot use it. False only for a refused or
+        /// unreachable TCP connect.
+        answered: bool,
     },
     /// Connect or a query did not finish in time (a hung or blackholed
     /// host, a lock, a slow checkpoint). A timed-out query is also cancelled
@@ -241,6 +261,14 @@ pub struct NodeState {
     pub data_checksums: bool,
     /// `pg_stat_replication` on this server: who streams from it.
     pub replicas: Vec<Replica>,
+    /// `synchronous_standby_names` (a standby keeps the copy
+    /// `pg_basebackup` gave it, and uses it once promoted).
+    #[serde(default)]
+    pub synchronous_standby_names: String,
+    /// `synchronous_commit` (`on`, `remote_apply`, `remote_write`, `local`,
+    /// `off`).
+    #[serde(default)]
+    pub synchronous_commit: String,
 }
 
 impl NodeState {
@@ -284,7 +312,9 @@ SELECT current_setting('server_version_num')::int4,
        pg_walfile_name(c.cur),
        CASE WHEN r.rec THEN pg_last_wal_receive_lsn()::text END,
        CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text END,
-       current_setting('primary_conninfo', true)
+       current_setting('primary_conninfo', true),
+       current_setting('synchronous_standby_names'),
+       current_setting('synchronous_commit')
 FROM r, c";
     const RECEIVER_13: &str = "SELECT status, sender_host, sender_port, received_tli, \
          flushed_lsn::text, conninfo FROM pg_stat_wal_receiver";
@@ -333,6 +363,8 @@ FROM r, c";
     let receive_lsn = lsn(get(&row, 9)?)?;
     let replay_lsn = lsn(get(&row, 10)?)?;
     let primary_conninfo = get(&row, 11)?.filter(|s| !s.is_empty());
+    let synchronous_standby_names = get(&row, 12)?.unwrap_or_default();
+    let synchronous_commit = get(&row, 13)?.unwrap_or_default();
 
     let wal_receiver = if in_recovery {
         let (what, sql) = if server_version_num >= 130000 {
@@ -374,7 +406,7 @@ FROM r, c";
     let timeline = if in_recovery {
         match &wal_receiver {
             Some(w) if w.received_tli > 0 => w.received_tli,
-            _ => checkpoint_tli,
+            _ => standby_timeline_without_receiver(client, t, checkpoint_tli).await,
         }
     } else {
         walfile
@@ -432,7 +464,47 @@ FROM r, c";
         wal_log_hints,
         data_checksums,
         replicas,
+        synchronous_standby_names,
+        synchronous_commit,
     })
+}
+
+/// The timeline a standby with no WAL receiver is on. The control file's
+/// checkpoint timeline lags until the next restartpoint, which after a
+/// failover may be long: a standby that already streamed WAL of the new
+/// timeline would look as if it were still on the old one. So also ask
+/// the control file's minimum recovery point and the names of the WAL
+/// segments in `pg_wal` (which carry the timeline they were received on;
+/// `pg_ls_waldir()` needs superuser or `pg_monitor`: without it, only the
+/// control file counts).
+async fn standby_timeline_without_receiver(
+    client: &Client,
+    t: &PgTarget,
+    checkpoint_tli: u32,
+) -> u32 {
+    const SQL: &str = "SELECT (SELECT min_recovery_end_timeline FROM pg_control_recovery()), \
+         (SELECT max(substr(name, 1, 8)) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$')";
+    let what = "standby timeline query";
+    match bounded(client, t, what, t.query_timeout, client.query_one(SQL, &[])).await {
+        Ok(row) => {
+            let min_recovery = row
+                .try_get::<_, Option<i32>>(0)
+                .ok()
+                .flatten()
+                .map_or(0, |v| v as u32);
+            let segments = row
+                .try_get::<_, Option<String>>(1)
+                .ok()
+                .flatten()
+                .and_then(|h| u32::from_str_radix(&h, 16).ok())
+                .unwrap_or(0);
+            checkpoint_tli.max(min_recovery).max(segments)
+        }
+        Err(e) => {
+            tracing::debug!("{e}; taking the checkpoint's timeline {checkpoint_tli}");
+            checkpoint_tli
+        }
+    }
 }
 
 /// Connects, observes and disconnects: at most `connect_timeout` plus three
@@ -659,6 +731,7 @@ pub async fn connect(t: &PgTarget) -> Result<Client, PgError> {
                 host: t.host.clone(),
                 port: t.port,
                 message,
+                answered: server_answered(&e),
             })
         }
         Ok(Ok((client, connection))) => {
@@ -671,6 +744,42 @@ pub async fn connect(t: &PgTarget) -> Result<Client, PgError> {
             Ok(client)
         }
     }
+}
+
+/// Whether a failed connect got as far as the server: anything but an I/O
+/// error on the socket itself (refused, unreachable, reset before a word
+/// was said) means a server read the startup packet and answered.
+fn server_answered(e: &tokio_postgres::Error) -> bool {
+    if e.as_db_error().is_some() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(c) = source {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            return !matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::HostUnreachable
+                    | io::ErrorKind::NetworkUnreachable
+                    | io::ErrorKind::AddrNotAvailable
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::NotFound
+            );
+        }
+        source = c.source();
+    }
+    true
+}
+
+/// Whether a TCP connection to `host:port` is accepted within `within`.
+/// A paused (SIGSTOPped) or hung server still completes the handshake
+/// (the kernel does), so a listening socket is proof that a server lives
+/// there even when it says nothing.
+pub async fn tcp_accepts(host: &str, port: u16, within: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(within, tokio::net::TcpStream::connect((host, port))).await,
+        Ok(Ok(_))
+    )
 }
 
 fn is_auth_error(e: &tokio_postgres::Error) -> bool {
@@ -1260,6 +1369,8 @@ host.example:5432:*:*:byname\r
             wal_log_hints: true,
             data_checksums: false,
             replicas: vec![],
+            synchronous_standby_names: String::new(),
+            synchronous_commit: "on".into(),
         }
     }
 

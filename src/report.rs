@@ -22,6 +22,16 @@ pub struct Summary {
     pub errors: Vec<String>,
     /// How long pgpool waited for this command.
     pub blocked_ms: u64,
+    /// The steps done so far, in order (what a deadline cut off follows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub done: Vec<String>,
+    /// What the operator must know beyond the outcome (a relaxed
+    /// synchronous_standby_names, what may have been lost).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The step running now, for the report of a deadline cut-off.
+    #[serde(skip)]
+    pub step: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<crate::plan::Decision>,
 }

@@ -189,44 +189,150 @@ pub fn pg_ctl_log(topo: &Topology, node: &Node) -> Result<String> {
 }
 
 /// Stop the old primary so that it can never accept writes next to the new
-/// one. Success means: the server was stopped, or was provably not running.
+/// one, and prove it: after `pg_ctl stop` (or its "no server running"),
+/// every address of the node is probed again, and a node that still
+/// accepts connections is stopped again with `-m immediate`. One budget,
+/// `[failover] promote_timeout`, covers it all. Success means: no address
+/// of the node accepts connections any more.
 pub async fn fence(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
     deadline: Instant,
 ) -> Result<String> {
-    let t = budget(deadline, topo.config.failover.promote_timeout);
-    let mut last_err = String::new();
+    let end = Instant::now() + budget(deadline, topo.config.failover.promote_timeout);
+    let lt = topo.config.failover.liveness_timeout;
     let mut hosts = vec![node.ssh_host.clone()];
     for a in node.addresses() {
         if !hosts.iter().any(|h| h == a) {
             hosts.push(a.to_string());
         }
     }
-    for host in hosts {
-        let mut n = node.clone();
-        n.ssh_host = host.clone();
-        match pg_ctl(topo, remote, &n, &["stop", "-m", "fast", "-w"], t).await {
-            Ok(out) if out.success() => return Ok(format!("stopped over ssh to {host}")),
-            // pg_ctl exits 3 when no server is running there.
-            Ok(out) if out.status == 3 || out.stderr_str().contains("Is server running?") => {
-                return Ok(format!("not running (pg_ctl over ssh to {host})"));
-            }
-            Ok(out) => {
-                last_err = format!(
-                    "pg_ctl stop on {host} exited {}: {}",
+    let mut tried: Vec<String> = Vec::new();
+    for mode in ["fast", "immediate"] {
+        // A fast shutdown may wait for standbys that are gone: give it half
+        // the budget, then stop it without waiting.
+        let left = end.saturating_duration_since(Instant::now());
+        let t = if mode == "fast" { left / 2 } else { left }.max(Duration::from_millis(500));
+        let mut said = None;
+        for host in &hosts {
+            let mut n = node.clone();
+            n.ssh_host = host.clone();
+            match pg_ctl(topo, remote, &n, &["stop", "-m", mode, "-w"], t).await {
+                Ok(out) if out.success() => {
+                    said = Some(format!("stopped (-m {mode}) over ssh to {host}"));
+                    break;
+                }
+                // pg_ctl exits 3 when no server runs on that data directory.
+                Ok(out) if out.status == 3 || out.stderr_str().contains("Is server running?") => {
+                    said = Some(format!("pg_ctl over ssh to {host} finds no server running"));
+                    break;
+                }
+                Ok(out) => tried.push(format!(
+                    "pg_ctl stop -m {mode} on {host} exited {}: {}",
                     out.status,
                     out.stderr_str().trim()
-                )
+                )),
+                Err(e) => tried.push(e.to_string()),
             }
-            Err(e) => last_err = e.to_string(),
         }
+        let Some(said) = said else { continue };
+        let still = still_listening(node, lt).await;
+        if still.is_empty() {
+            return Ok(format!(
+                "{said}; no address of it ({}) accepts connections any more",
+                node.addresses().join(", ")
+            ));
+        }
+        tried.push(format!(
+            "{said}, yet {} still accept(s) connections{}",
+            still.join(", "),
+            if mode == "fast" {
+                "; trying -m immediate"
+            } else {
+                ""
+            }
+        ));
+        warn!(
+            "{}: {}",
+            node.label(),
+            tried.last().map(String::as_str).unwrap_or("")
+        );
     }
     Err(Error::Refused(format!(
-        "could not stop the old primary {}: {last_err}; it may still accept writes, so nothing was promoted. Stop it by hand (or power it off), then run pgha-failover again",
-        node.label()
+        "could not stop the old primary {} for sure: {}; it may still accept writes, so nothing was promoted (if pg_ctl finds no server, check backend_data_directory{} or [nodes.{}] data_directory). Stop it by hand (or power it off), then run pgha-failover again",
+        node.label(),
+        tried.join("; "),
+        node.id,
+        node.id
     )))
+}
+
+/// The addresses of `node` where something still accepts a TCP connection
+/// on its port, each probe bounded by `within`, all at once.
+pub async fn still_listening(node: &Node, within: Duration) -> Vec<String> {
+    let probes = node.addresses().into_iter().map(|a| async move {
+        postgres::tcp_accepts(a, node.port, within)
+            .await
+            .then(|| format!("{a}:{}", node.port))
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Set `synchronous_standby_names` on `node` (`ALTER SYSTEM`, where it
+/// overrides postgresql.conf, then `pg_reload_conf()`): how a new primary
+/// whose listed standbys are gone is made to accept commits again.
+pub async fn set_sync_standby_names(topo: &Topology, node: &Node, value: &str) -> Result<()> {
+    let literal = postgres::quote_literal(value)
+        .ok_or_else(|| Error::Usage(format!("synchronous_standby_names {value:?} holds a NUL")))?;
+    execute_node(
+        topo,
+        node,
+        "ALTER SYSTEM SET synchronous_standby_names",
+        &format!("ALTER SYSTEM SET synchronous_standby_names = {literal}"),
+    )
+    .await?;
+    execute_node(topo, node, "pg_reload_conf()", "SELECT pg_reload_conf()").await
+}
+
+/// Prove that a commit on `node` returns, synchronous replication
+/// included (what an application's write waits for), within `within`.
+/// Assigning an xid alone does not notice a commit that waits for a
+/// standby that is gone.
+pub async fn commit_returns(topo: &Topology, node: &Node, within: Duration) -> Result<Duration> {
+    let target = topo.pg_target(node);
+    let step = format!("test commit on {}", node.label());
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    let t = Instant::now();
+    // The transaction must write WAL before its commit (a catalog row of a
+    // temporary table does): one that only took an xid commits
+    // asynchronously and never waits for a standby.
+    let sql = "BEGIN; SET LOCAL synchronous_commit = on; \
+               CREATE TEMPORARY TABLE pgha_commit_check (x int) ON COMMIT DROP; COMMIT";
+    match tokio::time::timeout(within, client.batch_execute(sql)).await {
+        Ok(Ok(())) => Ok(t.elapsed()),
+        Ok(Err(e)) => Err(Error::step(&step, e)),
+        Err(_) => {
+            // Stop waiting on the server too (the commit stays, locally).
+            let token = client.cancel_token();
+            let _ = tokio::time::timeout(
+                target.connect_timeout,
+                token.cancel_query(tokio_postgres::NoTls),
+            )
+            .await;
+            Err(Error::Step(format!(
+                "writes through {} block: a test commit did not return within {:.1}s (synchronous_standby_names waits for a standby that does not confirm); check pg_stat_replication there",
+                node.label(),
+                within.as_secs_f64()
+            )))
+        }
+    }
 }
 
 /// Promote `node` and wait until it accepts writes. Returns its new timeline.
@@ -380,6 +486,23 @@ pub enum Repointed {
     Reloaded,
     /// Changed and applied by restarting the standby.
     Restarted,
+}
+
+impl Repointed {
+    /// The progress-line text of this outcome.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Repointed::AlreadyFollowing => "already streams from it",
+            Repointed::AlreadyPointed => "already points at it",
+            Repointed::Reloaded => "repointed (reload)",
+            Repointed::Restarted => "repointed (restart)",
+        }
+    }
+
+    /// Whether the node's configuration was changed.
+    pub fn changed(&self) -> bool {
+        matches!(self, Repointed::Reloaded | Repointed::Restarted)
+    }
 }
 
 /// Make `node` stream from `primary`.
@@ -968,6 +1091,8 @@ mod tests {
             wal_log_hints: true,
             data_checksums: false,
             replicas: vec![],
+            synchronous_standby_names: String::new(),
+            synchronous_commit: "on".into(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::util::lab::{Lab, LabOptions, role};
+use crate::util::watch::SplitBrainWatcher;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -121,6 +122,7 @@ fn primary_killed_pgpool_fails_over_and_no_acknowledged_write_is_lost() {
         sync: true,
         ..LabOptions::default()
     });
+    let watcher = SplitBrainWatcher::start(&lab);
     // With synchronous replication (ANY 1), only the most advanced standby
     // is sure to hold every acknowledged commit.
     set_failover_option(&lab, "candidate = \"most_advanced\"");
@@ -219,18 +221,20 @@ fn primary_killed_pgpool_fails_over_and_no_acknowledged_write_is_lost() {
     let log = lab.pgpool_log();
     assert!(log.contains("pgha-failover: OK:"), "{log}");
     assert_eq!(promotions(&lab), 1);
+    watcher.assert_never_two_primaries();
 }
 
 #[test]
 fn rerun_changes_nothing_and_standby_failure_promotes_nothing() {
     let lab = Lab::up(LabOptions::default());
+    let watcher = SplitBrainWatcher::start(&lab);
     lab.kill_host("pg0");
     wait_primary(&lab, "pg1", 2);
     wait_follows(&lab, "pg2", "pg1", 2);
     wait_pcp_up(&lab, 2, "standby");
 
     // The same call again: nothing to do, and it says so.
-    let (out, _) = failover(&lab, &["0", "0", "1"], &[]);
+    let (out, _) = failover(&lab, &["0", "0", "1", "--old-primary", "0"], &[]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("already the primary"), "{err}");
@@ -251,6 +255,7 @@ fn rerun_changes_nothing_and_standby_failure_promotes_nothing() {
     assert_eq!(promotions(&lab), 1);
     lab.pgpool_sql("create table still_writable(x int)")
         .unwrap();
+    watcher.assert_never_two_primaries();
 }
 
 #[test]
@@ -271,6 +276,7 @@ fn no_node_alive_does_nothing() {
 #[test]
 fn concurrent_runs_promote_once() {
     let lab = passive_lab(2);
+    let watcher = SplitBrainWatcher::start(&lab);
     kill_primary_and_wait_detached(&lab);
     let runs: Vec<_> = (0..2)
         .map(|_| {
@@ -295,11 +301,13 @@ fn concurrent_runs_promote_once() {
     );
     wait_follows(&lab, "pg2", "pg1", 2);
     assert_eq!(promotions(&lab), 1);
+    watcher.assert_never_two_primaries();
 }
 
 #[test]
 fn blackholed_standby_costs_its_timeout_and_the_others_still_follow() {
     let lab = passive_lab(3);
+    let watcher = SplitBrainWatcher::start(&lab);
     kill_primary_and_wait_detached(&lab);
     let dark = lab.addr("pg3");
     lab.blackhole(&dark);
@@ -321,40 +329,13 @@ fn blackholed_standby_costs_its_timeout_and_the_others_still_follow() {
     assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
     assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
     wait_follows(&lab, "pg2", "pg1", 2);
+    watcher.assert_never_two_primaries();
 }
 
 #[test]
 fn pgpool_cut_off_from_the_primary_never_makes_two_primaries() {
     let lab = Lab::up(LabOptions::default());
-    // Every 20 ms, ask each node whether it is writable; remember overlaps.
-    let stop = Arc::new(AtomicBool::new(false));
-    let overlaps = Arc::new(Mutex::new(Vec::<String>::new()));
-    let watcher = {
-        let (stop, overlaps) = (stop.clone(), overlaps.clone());
-        let dir = lab.dir.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let writable: Vec<usize> = (0..3)
-                    .filter(|i| {
-                        // The node's own postmaster.pid/socket: read through its
-                        // host directory with psql -h on the socket dir.
-                        let sock = dir.join(format!("hosts/pg{i}/run"));
-                        std::process::Command::new("runuser")
-                            .args(["-u", "postgres", "--", "psql", "-X", "-Atq", "-h"])
-                            .arg(&sock)
-                            .args(["-d", "postgres", "-c", "select pg_is_in_recovery()"])
-                            .output()
-                            .map(|o| o.status.success() && o.stdout.starts_with(b"f"))
-                            .unwrap_or(false)
-                    })
-                    .collect();
-                if writable.len() > 1 {
-                    overlaps.lock().unwrap().push(format!("{writable:?}"));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let watcher = SplitBrainWatcher::start(&lab);
     // pgpool (and pgha on its host) lose pg0's address; the standbys keep
     // streaming from pg0's replication address.
     lab.blackhole(&lab.addr("pg0"));
@@ -365,13 +346,7 @@ fn pgpool_cut_off_from_the_primary_never_makes_two_primaries() {
     );
     wait_primary(&lab, "pg1", 2);
     wait_follows(&lab, "pg2", "pg1", 2);
-    stop.store(true, Ordering::Relaxed);
-    watcher.join().unwrap();
-    let overlaps = overlaps.lock().unwrap();
-    assert!(
-        overlaps.is_empty(),
-        "two writable primaries seen: {overlaps:?}"
-    );
+    watcher.assert_never_two_primaries();
     let log = lab.pgpool_log();
     assert!(log.contains("may still be alive"), "{log}");
     assert!(log.contains("fencing node 0"), "{log}");
@@ -381,6 +356,7 @@ fn pgpool_cut_off_from_the_primary_never_makes_two_primaries() {
 #[test]
 fn most_advanced_picks_the_standby_with_more_wal() {
     let lab = Lab::up(LabOptions::default());
+    let watcher = SplitBrainWatcher::start(&lab);
     set_failover_option(&lab, "candidate = \"most_advanced\"");
     // pg1 stops receiving; pg2 gets more WAL.
     lab.psql("pg1", "alter system set primary_conninfo = ''");
@@ -411,11 +387,13 @@ fn most_advanced_picks_the_standby_with_more_wal() {
     // pg1 had no primary_conninfo at all; it now follows pg2.
     wait_follows(&lab, "pg1", "pg2", 2);
     assert_eq!(lab.psql("pg1", "select count(*) from more"), "1000");
+    watcher.assert_never_two_primaries();
 }
 
 #[test]
 fn killed_after_promotion_the_rerun_finishes_the_job() {
     let lab = passive_lab(2);
+    let watcher = SplitBrainWatcher::start(&lab);
     kill_primary_and_wait_detached(&lab);
     let (out, _) = failover(
         &lab,
@@ -442,6 +420,7 @@ fn killed_after_promotion_the_rerun_finishes_the_job() {
     assert_eq!(role(&lab, "pg1").unwrap(), (true, 2), "no second promotion");
     assert_eq!(promotions(&lab), 1);
     wait_pcp_up(&lab, 2, "standby");
+    watcher.assert_never_two_primaries();
 }
 
 #[test]
@@ -497,6 +476,7 @@ fn a_primary_that_still_answers_is_stopped_first_or_left_alone() {
     // pgpool is told the primary failed while pgha still reaches it (as
     // when only pgpool's own path broke).
     let lab = passive_lab(2);
+    let watcher = SplitBrainWatcher::start(&lab);
     set_failover_option(&lab, "fence = \"abort\"");
     let (out, _) = failover(&lab, &["0", "0", "1"], &[]);
     let err = stderr(&out);
@@ -519,4 +499,5 @@ fn a_primary_that_still_answers_is_stopped_first_or_left_alone() {
     assert!(role(&lab, "pg0").is_err(), "the old primary is stopped");
     assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
     wait_follows(&lab, "pg2", "pg1", 2);
+    watcher.assert_never_two_primaries();
 }

@@ -309,9 +309,15 @@ fn unrewindable_standby_is_rebuilt_only_when_allowed() {
             .collect()
     };
 
-    // Rebuild off (the default): refused before anything is touched.
+    // Its own timeline holds WAL nothing else has: without --discard-wal
+    // it is kept, and pgha says how to keep or discard it.
     let started = started_at(&lab, "pg2");
-    let r = pgha(&lab, "pgha-follow", &["2"]);
+    pgha(&lab, "pgha-follow", &["2"])
+        .code(4)
+        .stderr_contains("exists on no other node")
+        .stderr_contains("--discard-wal");
+    // Rebuild off (the default): refused before anything is touched.
+    let r = pgha(&lab, "pgha-follow", &["2", "--discard-wal"]);
     r.code(4)
         .stderr_contains("cannot be rewound")
         .stderr_contains("nothing was changed or deleted")
@@ -345,16 +351,24 @@ fn unrewindable_standby_is_rebuilt_only_when_allowed() {
         format!("{text}\n[follow]\nrebuild = true\n"),
     )
     .unwrap();
-    pgha(&lab, "pgha-follow", &["2", "--config", cfg, "--dry-run"])
-        .success()
-        .stderr_contains("plan (nothing changed)")
-        .stderr_contains("pg_basebackup");
+    pgha(
+        &lab,
+        "pgha-follow",
+        &["2", "--discard-wal", "--config", cfg, "--dry-run"],
+    )
+    .success()
+    .stderr_contains("plan (nothing changed)")
+    .stderr_contains("pg_basebackup");
     assert_eq!(started_at(&lab, "pg2"), started);
 
     // Rebuild on: pg_basebackup, the old data directory kept aside.
-    pgha(&lab, "pgha-follow", &["2", "--config", cfg])
-        .success()
-        .stderr_contains("rebuilt");
+    pgha(
+        &lab,
+        "pgha-follow",
+        &["2", "--discard-wal", "--config", cfg],
+    )
+    .success()
+    .stderr_contains("rebuilt");
     lab.pgpool_sql("insert into rows values ('after-rebuild')")
         .unwrap();
     wait_row(&lab, "pg2", "rows", "after-rebuild");

@@ -7,6 +7,9 @@
 //! - `foundation`: the lab itself behaves like separate machines.
 //! - `check`: pgha-check on a healthy lab, on each fault, and `--watch`.
 //! - `deb`: the installed .deb (`lab/test` builds and installs it first).
+//! - `safety`: the safety rules against the faults that break them, with a
+//!   split-brain watcher and a writer whose acknowledged commits must survive.
+//! - `util::watch`: the split-brain watcher and the writer.
 //!
 //! The end-to-end tests need root and the packages `lab/setup.sh` installs;
 //! `lab/test` runs everything.
@@ -24,3 +27,4 @@ mod failover;
 mod follow;
 mod foundation;
 mod pcp;
+mod safety;

@@ -224,6 +224,32 @@ fn command(
     )
 }
 
+/// A `failover_command` that does not pass `%P` leaves pgha to infer the
+/// old primary from the survivors (`%m` and `%M` are only the lowest live
+/// node ids), and it refuses when they cannot tell: fail it.
+fn needs_old_primary(conf: &PgpoolConf, f: Finding) -> Finding {
+    let value = conf.get("failover_command").unwrap_or("");
+    if !f.ok || value.contains("%P") {
+        return f;
+    }
+    let at = match conf.line_of("failover_command") {
+        Some(l) => format!("{}:{l}", conf.path.display()),
+        None => conf.path.display().to_string(),
+    };
+    Finding::fail(
+        "failover_command",
+        "pgpool",
+        format!(
+            "failover_command = '{}' ({at}) does not pass %P: pgha cannot be told which node was the primary (%m and %M are only the lowest live node ids) and must refuse whenever the surviving nodes do not tell",
+            value.trim()
+        ),
+        format!(
+            "add --old-primary %P: failover_command = '{} --old-primary %P'",
+            value.trim()
+        ),
+    )
+}
+
 fn clap_error(e: clap::Error) -> String {
     e.to_string()
         .lines()
@@ -236,17 +262,20 @@ fn clap_error(e: clap::Error) -> String {
 /// `failover_command` and `follow_primary_command`.
 pub fn commands(topo: &Topology) -> Vec<Finding> {
     vec![
-        command(
+        needs_old_primary(
             &topo.pgpool,
-            "failover_command",
-            "pgha-failover",
-            "/usr/bin/pgha-failover %d %M %m --old-primary %P",
-            true,
-            |w| {
-                FailoverArgs::try_parse_from(w)
-                    .map(|_| ())
-                    .map_err(clap_error)
-            },
+            command(
+                &topo.pgpool,
+                "failover_command",
+                "pgha-failover",
+                "/usr/bin/pgha-failover %d %M %m --old-primary %P",
+                true,
+                |w| {
+                    FailoverArgs::try_parse_from(w)
+                        .map(|_| ())
+                        .map_err(clap_error)
+                },
+            ),
         ),
         command(
             &topo.pgpool,
@@ -524,6 +553,13 @@ mod tests {
             "failover_command = '{b} %d %M %m --old-primary %P'"
         ));
         assert!(f.ok, "{f:?}");
+        let f = check(&format!("failover_command = '{b} %d %M %m'"));
+        assert!(!f.ok, "{f:?}");
+        assert!(f.message.contains("does not pass %P"), "{}", f.message);
+        assert!(
+            f.fix.as_deref().unwrap().ends_with("%m --old-primary %P'"),
+            "{f:?}"
+        );
         let f = check(&format!("failover_command = '{b} %d %M'"));
         assert!(!f.ok);
         assert!(
@@ -601,6 +637,8 @@ mod tests {
                 wal_log_hints: true,
                 data_checksums: true,
                 replicas,
+                synchronous_standby_names: String::new(),
+                synchronous_commit: "on".into(),
             },
             superuser: true,
             settings: BTreeMap::from([("cluster_name".to_string(), "pg1".to_string())]),

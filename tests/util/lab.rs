@@ -34,7 +34,7 @@ pub struct LabOptions {
     /// Number of standbys, 1..=4 (`--standbys`).
     pub standbys: u32,
     /// pgpool `failover_command` (`--failover-command`); `None` keeps the
-    /// lab's default, `pgha-failover %d %M %m` from the lab's bin directory.
+    /// lab's default, `pgha-failover %d %M %m --old-primary %P` from the lab's bin directory.
     pub failover_command: Option<String>,
     /// pgpool `follow_primary_command` (`--follow-command`); `None`: unset.
     pub follow_command: Option<String>,

@@ -4,3 +4,5 @@
 pub mod cmd;
 #[allow(dead_code)]
 pub mod lab;
+#[allow(dead_code)]
+pub mod watch;
