@@ -35,8 +35,7 @@ fn final_line_for(lab: &Lab, node: u32) -> Option<String> {
     lab.pgpool_log()
         .lines()
         .filter(|l| l.starts_with("pgha-failover: "))
-        .filter(|l| l.contains(&format!("node {node} (")))
-        .last()
+        .rfind(|l| l.contains(&format!("node {node} (")))
         .map(str::to_string)
 }
 
@@ -123,7 +122,7 @@ fn a_primary_refusing_pghas_login_and_a_dead_standby_promote_nothing() {
         (true, 1),
         "pg0 stays the primary"
     );
-    assert_eq!(role(&lab, "pg1").unwrap().0, false, "pg1 stays a standby");
+    assert!(!role(&lab, "pg1").unwrap().0, "pg1 stays a standby");
     let acked = writer.stop();
     watcher.assert_never_two_primaries();
     assert_none_lost(&lab, "pg0", &acked);
@@ -295,7 +294,7 @@ fn a_stale_old_primary_is_refused_when_the_new_primary_fails() {
         );
     }
     assert_eq!(role(&lab, "pg0").unwrap(), (true, 1), "pg0 untouched");
-    assert_eq!(role(&lab, "pg2").unwrap().0, false, "pg2 not promoted");
+    assert!(!role(&lab, "pg2").unwrap().0, "pg2 not promoted");
     let conninfo = lab.psql("pg2", "show primary_conninfo");
     assert!(
         !conninfo.contains(&lab.repl_addr("pg0")) && !conninfo.contains(&lab.addr("pg0")),
@@ -340,7 +339,7 @@ fn a_fence_that_cannot_be_proven_promotes_nothing() {
     );
     assert!(err.contains("-m immediate"), "escalated: {err}");
     assert_eq!(role(&lab, "pg0").unwrap(), (true, 1), "pg0 untouched");
-    assert_eq!(role(&lab, "pg1").unwrap().0, false, "nothing promoted");
+    assert!(!role(&lab, "pg1").unwrap().0, "nothing promoted");
     watcher.assert_never_two_primaries();
 }
 
