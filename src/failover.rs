@@ -31,6 +31,24 @@ fn fault_point(step: &str) {
     }
 }
 
+/// A delay point for tests: `PGHA_FAULT=delay-STEP:MS` sleeps MS
+/// milliseconds at STEP, so a test can look at a phase while it runs.
+async fn fault_delay(step: &str) {
+    let Ok(f) = std::env::var("PGHA_FAULT") else {
+        return;
+    };
+    let Some(ms) = f
+        .strip_prefix("delay-")
+        .and_then(|r| r.strip_prefix(step))
+        .and_then(|r| r.strip_prefix(':'))
+        .and_then(|ms| ms.parse::<u64>().ok())
+    else {
+        return;
+    };
+    warn!("PGHA_FAULT: sleeping {ms}ms at {step}");
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
 /// Run `pgha-failover` as the arguments say.
 pub async fn run(args: &FailoverArgs) -> Result<Summary> {
     let start = Instant::now();
@@ -851,9 +869,14 @@ fn spawn_settle(args: &FailoverArgs, primary: u32) {
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
+    // A new session, and none of the descriptors pgpool left open in its
+    // child (its listening sockets, pool_passwd, ...): held by a process
+    // that outlives the failover, they would keep a restarted pgpool from
+    // binding its ports. Only stderr stays: it is pgpool's log.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
         });
     }
@@ -877,6 +900,7 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
         summary.message = "another pgha is settling the standbys already".into();
         return Ok(summary);
     };
+    fault_delay("settle").await;
     let journal = Journal::new(&topo.config.state_dir, "failover");
     let Some(pid) = args.settle_primary else {
         return Err(Error::Usage(

@@ -501,3 +501,78 @@ fn a_primary_that_still_answers_is_stopped_first_or_left_alone() {
     wait_follows(&lab, "pg2", "pg1", 2);
     watcher.assert_never_two_primaries();
 }
+
+/// The detached settle phase keeps none of the descriptors pgpool's child
+/// had (its listening sockets among them): pgpool restarted while it runs
+/// binds its ports again, and the standbys are still attached.
+#[test]
+fn the_settle_phase_holds_no_pgpool_socket_and_pgpool_restarts_meanwhile() {
+    let lab = Lab::up(LabOptions {
+        failover_command: Some(
+            "env PGHA_FAULT=delay-settle:8000 @BIN@/pgha-failover %d %M %m --old-primary %P".into(),
+        ),
+        ..LabOptions::default()
+    });
+    let watcher = SplitBrainWatcher::start(&lab);
+    lab.kill_host("pg0");
+    let pid: u32 = lab.wait_observing("the settle phase to start", T, || {
+        let log = lab.pgpool_log();
+        log.lines()
+            .find_map(|l| {
+                l.split("settling in the background (pid ")
+                    .nth(1)?
+                    .split(')')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .ok_or(())
+    });
+    let fds = |pid: &str| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let pgpool_pid = std::fs::read_to_string(lab.host_dir("app").join("run/pgpool.pid")).unwrap();
+    // pgpool writes its pid padded with NULs.
+    let pgpool_pid: String = pgpool_pid
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let pgpool_fds = fds(&pgpool_pid);
+    let pgpool_sockets: Vec<&String> = pgpool_fds
+        .iter()
+        .filter(|f| f.starts_with("socket:"))
+        .collect();
+    assert!(!pgpool_sockets.is_empty(), "pgpool listens: {pgpool_fds:?}");
+    let mine = fds(&pid.to_string());
+    assert!(!mine.is_empty(), "the settle phase (pid {pid}) runs");
+    let shared: Vec<&String> = mine.iter().filter(|f| pgpool_sockets.contains(f)).collect();
+    assert!(
+        shared.is_empty(),
+        "settle (pid {pid}) holds pgpool's sockets {shared:?}: {mine:?}"
+    );
+    assert!(
+        !mine
+            .iter()
+            .any(|f| f.contains("pool_passwd") || f.contains("pgpool.conf")),
+        "settle (pid {pid}) holds pgpool's files: {mine:?}"
+    );
+    // pgpool restarts while settle still sleeps.
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    lab.start_pgpool();
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "settle still runs after the restart"
+    );
+    wait_primary(&lab, "pg1", 2);
+    wait_follows(&lab, "pg2", "pg1", 2);
+    wait_pcp_up(&lab, 2, "standby");
+    lab.pgpool_sql("create table after_restart(x int)").unwrap();
+    watcher.assert_never_two_primaries();
+}
