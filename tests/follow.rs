@@ -208,10 +208,10 @@ fn pgpool_runs_follow_after_failover_three_standbys_promote_only() {
     // does), so pgha-follow alone must repoint and attach every standby.
     let lab = Lab::up(LabOptions {
         standbys: 3,
-        failover_command: Some(
-            "ssh -o BatchMode=yes %H /usr/lib/postgresql/15/bin/pg_ctl -D /var/lib/postgresql/15/main promote -w"
-                .into(),
-        ),
+        failover_command: Some(format!(
+            "ssh -o BatchMode=yes %H {}/pg_ctl -D /var/lib/postgresql/15/main promote -w",
+            crate::util::lab::pg_bin()
+        )),
         follow_command: Some(FOLLOW_COMMAND.into()),
         ..LabOptions::default()
     });

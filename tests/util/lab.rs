@@ -144,7 +144,8 @@ fn fail_prerequisites() {
              e.g. `sudo lab/test`"
         );
     }
-    let tools = [
+    let (pg, pool) = (pg_bin(), pgpool_bin());
+    let tools: Vec<String> = [
         "/usr/bin/unshare",
         "/usr/bin/nsenter",
         "/usr/sbin/runuser",
@@ -152,24 +153,37 @@ fn fail_prerequisites() {
         "/usr/bin/ssh",
         "/usr/bin/ssh-keygen",
         "/usr/sbin/iptables",
-        "/usr/sbin/pgpool",
-        "/usr/sbin/pg_md5",
-        "/usr/sbin/pcp_node_info",
-        "/usr/bin/psql",
-        "/usr/lib/postgresql/15/bin/initdb",
-    ];
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["pgpool", "pg_md5", "pcp_node_info"].map(|t| format!("{pool}/{t}")))
+    .chain(["initdb", "psql", "pg_ctl"].map(|t| format!("{pg}/{t}")))
+    .collect();
     let missing: Vec<&str> = tools
         .iter()
-        .copied()
+        .map(String::as_str)
         .filter(|t| !Path::new(t).exists())
         .collect();
     if !missing.is_empty() {
         panic!(
-            "the end-to-end tests need {}: run lab/setup.sh as root (apt-get install postgresql-15 \
-             pgpool2 openssh-server iptables util-linux)",
+            "the end-to-end tests need {}: run lab/setup.sh as root (it installs postgresql-15 \
+             pgpool2 openssh-server iptables util-linux, and PostgreSQL 16/18 and pgpool-II 4.7 \
+             into /var/cache/pgha-lab for lab/versions.sh)",
             missing.join(", ")
         );
     }
+}
+
+/// The PostgreSQL server binaries the labs run (`PGHA_PG_BIN`, set by
+/// `lab/versions.sh`; default Debian's PostgreSQL 15).
+pub fn pg_bin() -> String {
+    std::env::var("PGHA_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+}
+
+/// The pgpool-II binaries the labs run (`PGHA_PGPOOL_BIN`; default
+/// Debian's pgpool2 4.3 in `/usr/sbin`).
+pub fn pgpool_bin() -> String {
+    std::env::var("PGHA_PGPOOL_BIN").unwrap_or_else(|_| "/usr/sbin".into())
 }
 
 /// A lab name for the current test: the test function's name (cargo's test
