@@ -271,8 +271,14 @@ where
             crate::START.elapsed().as_secs_f64(),
             tag
         )?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        // Every line is masked: a conninfo with `password=` may reach any
+        // message (pgpool copies stderr into its log).
+        let mut fields = String::new();
+        ctx.field_format().format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut fields),
+            event,
+        )?;
+        writeln!(writer, "{}", crate::text::mask_secrets(&fields))
     }
 }
 
