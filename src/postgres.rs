@@ -821,6 +821,9 @@ async fn bounded<T, F>(
 where
     F: Future<Output = Result<T, tokio_postgres::Error>>,
 {
+    // `-v`: every query by name (the name, not the text: no literal with a
+    // secret reaches the log).
+    tracing::debug!("sql {}:{}: {what}", t.host, t.port);
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(query_error(t, what, describe(&e))),

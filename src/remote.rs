@@ -448,6 +448,9 @@ impl Remote {
         let start = Instant::now();
         let secs = whole_secs(timeout);
         let wrapped = wrap(inner, secs);
+        // `-v`: every remote command in full, as quoted for the remote
+        // shell (masked like every log line).
+        tracing::debug!("ssh {host}: {wrapped}");
         let local_bound = Duration::from_secs(secs) + LOCAL_GRACE;
         let mut reconnected = false;
         loop {
