@@ -10,14 +10,10 @@ use crate::exit;
 /// Options every pgha binary takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// pgha.toml to read [default: /etc/pgha/pgha.toml; a missing default file means all defaults]
-    #[arg(
-        long,
-        short = 'c',
-        env = "PGHA_CONFIG",
-        value_name = "FILE",
-        global = true
-    )]
+    /// pgha.toml to read [env: PGHA_CONFIG; default: /etc/pgha/pgha.toml; a missing default file means all defaults]
+    // PGHA_CONFIG is read by `Config::load`, not by clap: clap refuses an
+    // empty value, which must mean the default path.
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
     /// Print the final summary as one JSON object on stdout.
@@ -275,8 +271,14 @@ where
             crate::START.elapsed().as_secs_f64(),
             tag
         )?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        // Every line is masked: a conninfo with `password=` may reach any
+        // message (pgpool copies stderr into its log).
+        let mut fields = String::new();
+        ctx.field_format().format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut fields),
+            event,
+        )?;
+        writeln!(writer, "{}", crate::text::mask_secrets(&fields))
     }
 }
 
@@ -312,6 +314,18 @@ mod tests {
         assert_eq!(a.new_main, -1);
         assert!(FailoverArgs::try_parse_from(["pgha-failover", "0", "1"]).is_err());
         assert!(FailoverArgs::try_parse_from(["pgha-failover", "0", "1", "2", "3"]).is_err());
+    }
+
+    #[test]
+    fn pgha_config_is_not_read_by_clap() {
+        // clap would refuse an empty PGHA_CONFIG with a usage error (exit 2).
+        use clap::CommandFactory;
+        let cmd = FollowArgs::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "config")
+            .unwrap();
+        assert!(arg.get_env().is_none());
     }
 
     #[test]

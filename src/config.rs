@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::text;
+
 /// Environment variable naming the configuration file when `--config` is not
 /// given.
 pub const CONFIG_ENV: &str = "PGHA_CONFIG";
@@ -63,12 +65,12 @@ pub struct Config {
     /// Path of pgpool-II's configuration, the one source of topology
     /// (`backend_hostnameN`, `backend_portN`, `backend_data_directoryN`,
     /// `pcp_port`, ...). Default `/etc/pgpool2/pgpool.conf`.
-    #[serde(default = "default_pgpool_conf")]
+    #[serde(default = "default_pgpool_conf", deserialize_with = "de_path")]
     pub pgpool_conf: PathBuf,
     /// Directory for pgha's journal (what was done, for idempotent reruns)
     /// and its flock lock file (one invocation at a time on this host).
     /// Default `/var/lib/pgha`.
-    #[serde(default = "default_state_dir")]
+    #[serde(default = "default_state_dir", deserialize_with = "de_path")]
     pub state_dir: PathBuf,
     /// `[ssh]`: how to reach the nodes.
     #[serde(default)]
@@ -102,18 +104,18 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct SshConfig {
     /// Remote login (`ssh -l`). Default `postgres`.
-    #[serde(default = "default_ssh_user")]
+    #[serde(default = "default_ssh_user", deserialize_with = "de_text")]
     pub user: String,
     /// Remote sshd port (`ssh -p`). Default 22.
     #[serde(default = "default_ssh_port")]
     pub port: u16,
     /// Private key (`ssh -i`, with `IdentitiesOnly=yes`). Default: none, ssh
     /// picks its usual keys of the user running pgha.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_path")]
     pub identity_file: Option<PathBuf>,
     /// Known hosts file (`UserKnownHostsFile`). Default: none, ssh's own
     /// (`~/.ssh/known_hosts`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_path")]
     pub known_hosts_file: Option<PathBuf>,
     /// Duration: TCP connect plus authentication (`ConnectTimeout`); a
     /// blackholed host fails after this. Default `"3s"`.
@@ -123,10 +125,15 @@ pub struct SshConfig {
     /// (the command is also killed on the remote side). Default `"30s"`.
     #[serde(default = "default_ssh_command_timeout", with = "duration_serde")]
     pub command_timeout: Duration,
-    /// Directory for the multiplexing sockets (`ControlPath`). Unix socket
-    /// paths are limited to about 100 bytes, so keep it short. Default `/tmp`.
-    #[serde(default = "default_ssh_control_dir")]
-    pub control_dir: PathBuf,
+    /// Directory for the multiplexing sockets (`ControlPath`) and pgha's
+    /// per-run `ssh -F` file. It must be owned by the user running pgha (or
+    /// root) and writable by nobody else: a shared directory such as `/tmp`
+    /// is refused, since another user could plant FIFOs and links there.
+    /// Unix socket paths are limited to about 100 bytes, so keep it short.
+    /// Default: none, a private directory: `$XDG_RUNTIME_DIR/pgha`, else
+    /// `/run/user/UID/pgha`, else a new `/tmp/pgha-XXXXXX` (mode 0700) per run.
+    #[serde(default, deserialize_with = "de_opt_path")]
+    pub control_dir: Option<PathBuf>,
 }
 
 /// `[postgres]`: how pgha connects to the backends and runs their tools.
@@ -135,22 +142,22 @@ pub struct SshConfig {
 pub struct PostgresConfig {
     /// Directory of `pg_ctl`, `pg_rewind`, `pg_basebackup` on the nodes.
     /// Default `/usr/lib/postgresql/15/bin`.
-    #[serde(default = "default_pg_bin_dir")]
+    #[serde(default = "default_pg_bin_dir", deserialize_with = "de_path")]
     pub bin_dir: PathBuf,
     /// Superuser pgha connects as (promote, `ALTER SYSTEM`, checkpoints,
     /// reading `pg_stat_wal_receiver`). Default `postgres`.
-    #[serde(default = "default_pg_user")]
+    #[serde(default = "default_pg_user", deserialize_with = "de_text")]
     pub user: String,
     /// Database pgha connects to. Default `postgres`.
-    #[serde(default = "default_pg_database")]
+    #[serde(default = "default_pg_database", deserialize_with = "de_text")]
     pub database: String,
     /// Role the standbys stream as: the `user` of the `primary_conninfo` pgha
     /// writes. Its password lives in the standbys' `.pgpass`. Default `repl`.
-    #[serde(default = "default_replication_user")]
+    #[serde(default = "default_replication_user", deserialize_with = "de_text")]
     pub replication_user: String,
     /// libpq password file for pgha's own connections. Default: none, that
     /// is `PGPASSFILE`, else `~/.pgpass`, as libpq does.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_path")]
     pub passfile: Option<PathBuf>,
     /// Duration: TCP connect plus authentication to one backend. Default
     /// `"3s"`.
@@ -162,13 +169,13 @@ pub struct PostgresConfig {
     /// WAL archive directory on the nodes (the target of `archive_command`),
     /// where new timeline history files are copied. Default: none (no
     /// archive).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_path")]
     pub archive_dir: Option<PathBuf>,
     /// Server log for `pg_ctl -l FILE` when pgha starts a server remotely;
     /// relative to the data directory's parent (outside the data directory so
     /// `pg_rewind`/`pg_basebackup` do not copy it). Default
     /// `"pgha-postgresql.log"`.
-    #[serde(default = "default_pg_log_file")]
+    #[serde(default = "default_pg_log_file", deserialize_with = "de_text")]
     pub log_file: String,
 }
 
@@ -178,17 +185,17 @@ pub struct PostgresConfig {
 pub struct PcpConfig {
     /// Host of the PCP port. Default: none, that is `pcp_listen_addresses`
     /// from `pgpool.conf` (its first address), else `127.0.0.1`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_host")]
     pub host: Option<String>,
     /// PCP port. Default: none, that is `pcp_port` from `pgpool.conf`.
     #[serde(default)]
     pub port: Option<u16>,
     /// PCP user (a line of `pcp.conf`). Default `pgpool`.
-    #[serde(default = "default_pcp_user")]
+    #[serde(default = "default_pcp_user", deserialize_with = "de_text")]
     pub user: String,
     /// `.pcppass` file with the PCP password. Default: none, that is
     /// `PCPPASSFILE`, else `~/.pcppass`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_path")]
     pub pass_file: Option<PathBuf>,
     /// Duration: connect plus one PCP request. Default `"5s"`.
     #[serde(default = "default_pcp_timeout", with = "duration_serde")]
@@ -345,16 +352,16 @@ pub struct FollowConfig {
 #[serde(deny_unknown_fields)]
 pub struct NodeOverride {
     /// Address to ssh to instead of `backend_hostnameN`. Default: none.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_host")]
     pub ssh_host: Option<String>,
     /// Address the other standbys stream from (`host` of their
     /// `primary_conninfo`) when replication runs on a separate network.
     /// Default: none, `backend_hostnameN`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_host")]
     pub replication_host: Option<String>,
     /// Data directory when `pgpool.conf` has no `backend_data_directoryN`.
     /// Default: none.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_path")]
     pub data_directory: Option<PathBuf>,
 }
 
@@ -375,9 +382,6 @@ fn default_ssh_connect_timeout() -> Duration {
 }
 fn default_ssh_command_timeout() -> Duration {
     Duration::from_secs(30)
-}
-fn default_ssh_control_dir() -> PathBuf {
-    PathBuf::from("/tmp")
 }
 fn default_pg_bin_dir() -> PathBuf {
     PathBuf::from("/usr/lib/postgresql/15/bin")
@@ -459,7 +463,7 @@ impl Default for SshConfig {
             known_hosts_file: None,
             connect_timeout: default_ssh_connect_timeout(),
             command_timeout: default_ssh_command_timeout(),
-            control_dir: default_ssh_control_dir(),
+            control_dir: None,
         }
     }
 }
@@ -533,17 +537,39 @@ impl Config {
     /// named by `PGHA_CONFIG`, else [`Config::default_path`]. A named file
     /// must exist; a missing default file means all defaults.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        let env = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty());
-        let (path, named_by) = match (explicit, env) {
-            (Some(p), _) => (p.to_path_buf(), Some("--config")),
-            (None, Some(v)) => (PathBuf::from(v), Some(CONFIG_ENV)),
-            (None, None) => (Self::default_path(), None),
-        };
+        let (path, named_by) = Self::choose_path(explicit, std::env::var_os(CONFIG_ENV));
         Self::load_path(&path, named_by)
     }
 
+    /// Which file to read and what named it. An empty `PGHA_CONFIG=` (as
+    /// systemd units and wrappers often leave it) means the default path,
+    /// as an unset one does.
+    fn choose_path(
+        explicit: Option<&Path>,
+        env: Option<std::ffi::OsString>,
+    ) -> (PathBuf, Option<&'static str>) {
+        match (explicit, env.filter(|v| !v.is_empty())) {
+            (Some(p), _) => (p.to_path_buf(), Some("--config")),
+            (None, Some(v)) => (PathBuf::from(v), Some(CONFIG_ENV)),
+            (None, None) => (Self::default_path(), None),
+        }
+    }
+
     fn load_path(path: &Path, named_by: Option<&'static str>) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
+        // Non-blocking and bounded, as pgpool.conf: a FIFO must not hang.
+        let read =
+            crate::files::read_regular(path, crate::files::MAX_CONFIG_BYTES).and_then(|bytes| {
+                String::from_utf8(bytes).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "not UTF-8 (byte {}); save it as UTF-8",
+                            e.utf8_error().valid_up_to() + 1
+                        ),
+                    )
+                })
+            });
+        match read {
             Ok(text) => Self::from_str(path, &text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match named_by {
                 Some(named_by) => Err(ConfigError::NotFound {
@@ -803,6 +829,38 @@ mod duration_serde {
     }
 }
 
+/// A string that reaches the nodes (a user name, a file name): no control
+/// characters ([`text::control_problem`]).
+fn de_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match text::control_problem(&s) {
+        Some(problem) => Err(serde::de::Error::custom(problem)),
+        None => Ok(s),
+    }
+}
+
+fn de_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    de_text(d).map(PathBuf::from)
+}
+
+fn de_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    de_path(d).map(Some)
+}
+
+/// A host pgha connects or sshes to: [`text::host_problem`] as well.
+fn de_opt_host<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = de_text(d)?;
+    if s.is_empty() {
+        return Err(serde::de::Error::custom(
+            "an empty host: remove the key to use the default",
+        ));
+    }
+    match text::host_problem(&s) {
+        Some(problem) => Err(serde::de::Error::custom(problem)),
+        None => Ok(Some(s)),
+    }
+}
+
 fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     struct V;
     impl serde::de::Visitor<'_> for V {
@@ -905,7 +963,7 @@ mod tests {
         assert_eq!(c.ssh.port, 22);
         assert_eq!(c.ssh.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.ssh.command_timeout, Duration::from_secs(30));
-        assert_eq!(c.ssh.control_dir, Path::new("/tmp"));
+        assert_eq!(c.ssh.control_dir, None);
         assert_eq!(c.postgres.bin_dir, Path::new("/usr/lib/postgresql/15/bin"));
         assert_eq!(c.postgres.replication_user, "repl");
         assert_eq!(c.postgres.query_timeout, Duration::from_secs(10));
@@ -1112,6 +1170,52 @@ data_directory = "/srv/pg/data"
     }
 
     #[test]
+    fn hostile_hosts_are_refused_with_file_line_and_key() {
+        let (line, _, key, msg, shown) =
+            parse_err("[nodes.1]\nssh_host = \"-oProxyCommand=touch /tmp/owned\"\n");
+        assert_eq!((line, key.as_deref()), (2, Some("nodes.1.ssh_host")));
+        assert!(msg.contains("may not start with '-'"), "{msg}");
+        assert!(shown.starts_with("/etc/pgha/pgha.toml:2:"), "{shown}");
+
+        let (_, _, key, msg, _) = parse_err("[nodes.0]\nreplication_host = \"db1 -v\"\n");
+        assert_eq!(key.as_deref(), Some("nodes.0.replication_host"));
+        assert!(msg.contains("whitespace"), "{msg}");
+        let (_, _, key, _, _) = parse_err("[pcp]\nhost = \"-x\"\n");
+        assert_eq!(key.as_deref(), Some("pcp.host"));
+        let (_, _, key, msg, _) = parse_err("[nodes.0]\nssh_host = \"\"\n");
+        assert_eq!(key.as_deref(), Some("nodes.0.ssh_host"));
+        assert!(msg.contains("empty host"), "{msg}");
+        assert!(parse("[nodes.0]\nssh_host = \"db-0.example\"\n").is_ok());
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_strings_that_reach_the_nodes() {
+        for (text, want) in [
+            (
+                "[postgres]\nreplication_user = \"repl\\nrestore_command = 'x'\"\n",
+                "postgres.replication_user",
+            ),
+            ("[postgres]\nlog_file = \"a\\rb\"\n", "postgres.log_file"),
+            (
+                "[postgres]\narchive_dir = \"/a\\n/b\"\n",
+                "postgres.archive_dir",
+            ),
+            ("[postgres]\nbin_dir = \"/usr\\tbin\"\n", "postgres.bin_dir"),
+            (
+                "[nodes.2]\ndata_directory = \"/d\\u001b\"\n",
+                "nodes.2.data_directory",
+            ),
+            ("[ssh]\nuser = \"postgres\\n\"\n", "ssh.user"),
+            ("state_dir = \"/var/\\nlib\"\n", "state_dir"),
+        ] {
+            let (line, _, key, msg, _) = parse_err(text);
+            assert_eq!(key.as_deref(), Some(want), "{text}");
+            assert_eq!(line, if want.contains('.') { 2 } else { 1 }, "{text}");
+            assert!(msg.contains("control character"), "{text}: {msg}");
+        }
+    }
+
+    #[test]
     fn syntax_error_has_a_position() {
         let (line, _, _, _, _) = parse_err("[ssh]\nport = \n");
         assert_eq!(line, 2);
@@ -1186,5 +1290,24 @@ data_directory = "/srv/pg/data"
         // A directory is not a config file.
         let e = Config::load_path(dir.path(), None).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+
+        // Neither is /dev/zero, and reading it ends.
+        let e = Config::load_path(Path::new("/dev/zero"), Some(CONFIG_ENV)).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_pgha_config_means_the_default_path() {
+        let default = (Config::default_path(), None);
+        assert_eq!(Config::choose_path(None, None), default);
+        assert_eq!(Config::choose_path(None, Some("".into())), default);
+        assert_eq!(
+            Config::choose_path(None, Some("/srv/pgha.toml".into())),
+            (PathBuf::from("/srv/pgha.toml"), Some(CONFIG_ENV))
+        );
+        assert_eq!(
+            Config::choose_path(Some(Path::new("/a.toml")), Some("/b.toml".into())),
+            (PathBuf::from("/a.toml"), Some("--config"))
+        );
     }
 }

@@ -19,7 +19,10 @@ use crate::state::{Journal, Lock};
 use crate::steps;
 
 /// A fault-injection point for tests: `PGHA_FAULT=crash-after:STEP` kills
-/// the process with SIGKILL right after STEP, as a power cut would.
+/// the process with SIGKILL right after STEP, as a power cut would. Only in
+/// debug builds (the end-to-end tests run those): in a release build no
+/// environment variable can make pgha-failover kill itself mid-failover.
+#[cfg(debug_assertions)]
 fn fault_point(step: &str) {
     if let Ok(f) = std::env::var("PGHA_FAULT")
         && f.strip_prefix("crash-after:") == Some(step)
@@ -31,8 +34,9 @@ fn fault_point(step: &str) {
     }
 }
 
-/// A delay point for tests: `PGHA_FAULT=delay-STEP:MS` sleeps MS
+/// A delay point for tests (debug builds only): `PGHA_FAULT=delay-STEP:MS` sleeps MS
 /// milliseconds at STEP, so a test can look at a phase while it runs.
+#[cfg(debug_assertions)]
 async fn fault_delay(step: &str) {
     let Ok(f) = std::env::var("PGHA_FAULT") else {
         return;
@@ -48,6 +52,13 @@ async fn fault_delay(step: &str) {
     warn!("PGHA_FAULT: sleeping {ms}ms at {step}");
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
+/// Release builds: no fault hook.
+#[cfg(not(debug_assertions))]
+fn fault_point(_step: &str) {}
+
+/// Release builds: no delay hook.
+#[cfg(not(debug_assertions))]
+async fn fault_delay(_step: &str) {}
 
 /// Run `pgha-failover` as the arguments say.
 pub async fn run(args: &FailoverArgs) -> Result<Summary> {

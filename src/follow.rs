@@ -1068,6 +1068,14 @@ async fn act(
         } else {
             ""
         };
+        // A refusal is a refusal with --dry-run too (exit 4), as in
+        // pgha-failover: a script asking "would this act?" must see it.
+        if let Plan::Refuse { .. } = plan {
+            return Err(Error::Refused(format!(
+                "plan (nothing changed): {}",
+                describe(&plan)
+            )));
+        }
         summary.outcome = "dry_run".into();
         summary.message = format!("plan (nothing changed): {detach}{}", describe(&plan));
         return Ok(());

@@ -19,7 +19,11 @@
 //!   written once, each checking first whether it is done.
 //! - [`rejoin`]: when repointing is not enough: stop/start over ssh,
 //!   `pg_rewind`, `pg_basebackup`, keeping the node's own configuration.
+//! - [`files`]: local files opened safely (regular files only, never
+//!   blocking, bounded) and the test for a private directory.
 //! - [`state`]: the lock and the journal in the state directory.
+//! - [`text`]: pure rules for values that leave the process: hosts that
+//!   cannot become ssh options, no control characters, secrets masked.
 //! - One module per command: [`failover`], [`follow`], [`attach`], [`check`];
 //!   [`cli`] holds their arguments, [`report`] their final line, [`exit`]
 //!   their exit codes, [`error`] the error they return.
@@ -37,6 +41,7 @@ pub mod config;
 pub mod error;
 pub mod exit;
 pub mod failover;
+pub mod files;
 pub mod follow;
 pub mod pgpool;
 pub mod plan;
@@ -46,6 +51,7 @@ pub mod remote;
 pub mod report;
 pub mod state;
 pub mod steps;
+pub mod text;
 
 /// When this process started: progress lines show the time since.
 pub static START: LazyLock<Instant> = LazyLock::new(Instant::now);

@@ -544,6 +544,10 @@ pub async fn promote(
         .map_err(|e| query_error(t, &what, describe(&e)))
 }
 
+/// Session settings that keep the next statement's text out of the server
+/// log (superuser only, as pgha's connections are).
+const QUIET_STATEMENT_LOGGING: &str = "SET log_statement = 'none'; SET log_min_duration_statement = -1; SET log_min_error_statement = 'panic'";
+
 /// Points a standby at a new upstream: `ALTER SYSTEM SET primary_conninfo`
 /// (written to `postgresql.auto.conf`, which overrides `postgresql.conf`
 /// and its includes, so the change cannot be shadowed) and
@@ -559,6 +563,19 @@ pub async fn set_primary_conninfo(
     // ALTER SYSTEM refuses to run in a transaction block, and a
     // multi-statement simple query is one: two round trips.
     let sql = format!("ALTER SYSTEM SET primary_conninfo = {literal}");
+    if crate::text::has_password(conninfo) {
+        // Keep the password out of the server log: statement logging
+        // (log_statement = ddl, a slow-statement or an error log line)
+        // would write the statement text, password included.
+        bounded(
+            client,
+            t,
+            "SET log_statement = none",
+            t.query_timeout,
+            client.batch_execute(QUIET_STATEMENT_LOGGING),
+        )
+        .await?;
+    }
     bounded(client, t, what, t.query_timeout, client.batch_execute(&sql)).await?;
     bounded(
         client,
@@ -804,6 +821,9 @@ async fn bounded<T, F>(
 where
     F: Future<Output = Result<T, tokio_postgres::Error>>,
 {
+    // `-v`: every query by name (the name, not the text: no literal with a
+    // secret reaches the log).
+    tracing::debug!("sql {}:{}: {what}", t.host, t.port);
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(query_error(t, what, describe(&e))),

@@ -91,9 +91,11 @@ pub struct SshOptions {
     /// local bound on the whole connect.
     pub connect_timeout: Duration,
     /// Directory for the `ControlMaster` sockets, created (mode 0700) when
-    /// missing. Keep it short: socket paths are limited to about 100 bytes,
-    /// so at most 58 bytes here.
-    pub control_dir: PathBuf,
+    /// missing, refused when another user could write it. Keep it short:
+    /// socket paths are limited to about 100 bytes, so at most 58 bytes
+    /// here. `None`: a private directory of this user, see
+    /// [`default_control_dirs`].
+    pub control_dir: Option<PathBuf>,
 }
 
 /// What a remote command did: its exit status and everything it printed.
@@ -207,6 +209,8 @@ struct SlotState {
 
 #[derive(Default)]
 struct Files {
+    /// The control directory in use, once chosen.
+    dir: Option<PathBuf>,
     created_dir: bool,
     config: Option<PathBuf>,
 }
@@ -354,6 +358,7 @@ impl Remote {
             let Some(session) = slot.state.lock().await.session.take() else {
                 continue;
             };
+            cleanup::remove(session.control_socket());
             match Arc::try_unwrap(session) {
                 Ok(session) => {
                     let _ = tokio::time::timeout(bound, session.close()).await;
@@ -443,6 +448,9 @@ impl Remote {
         let start = Instant::now();
         let secs = whole_secs(timeout);
         let wrapped = wrap(inner, secs);
+        // `-v`: every remote command in full, as quoted for the remote
+        // shell (masked like every log line).
+        tracing::debug!("ssh {host}: {wrapped}");
         let local_bound = Duration::from_secs(secs) + LOCAL_GRACE;
         let mut reconnected = false;
         loop {
@@ -567,6 +575,18 @@ impl Remote {
 
     async fn connect(&self, host: &str) -> Result<Session, RemoteError> {
         let start = Instant::now();
+        // The openssh crate puts the destination after its options with no
+        // `--`: a host starting with `-` would be an option. Hosts are
+        // checked when the configuration is loaded; this is the last guard.
+        if host.is_empty() {
+            return Err(io_error(host, "refusing to ssh to an empty host".into()));
+        }
+        if let Some(problem) = crate::text::host_problem(host) {
+            return Err(io_error(
+                host,
+                format!("refusing to ssh to {host:?}: {problem}"),
+            ));
+        }
         if let Some(key) = &self.opts.identity_file
             && let Err(e) = std::fs::File::open(key)
         {
@@ -582,7 +602,7 @@ impl Remote {
                 after: start.elapsed(),
             });
         }
-        let config = self.prepare_files(host)?;
+        let (dir, config) = self.prepare_files(host)?;
         let secs = whole_secs(self.opts.connect_timeout);
         let mut builder = SessionBuilder::default();
         builder
@@ -591,7 +611,7 @@ impl Remote {
             .known_hosts_check(KnownHosts::Strict)
             .connect_timeout(Duration::from_secs(secs))
             .server_alive_interval(Duration::from_secs(secs))
-            .control_directory(&self.opts.control_dir)
+            .control_directory(&dir)
             .control_persist(ControlPersist::IdleFor(
                 NonZeroUsize::new(MASTER_IDLE_SECS).expect("non-zero"),
             ))
@@ -606,6 +626,7 @@ impl Remote {
         match tokio::time::timeout(bound, builder.connect(host)).await {
             Ok(Ok(session)) => {
                 tracing::debug!(host, elapsed = ?start.elapsed(), "ssh master connected");
+                cleanup::add_socket(session.control_socket(), Duration::from_secs(secs));
                 Ok(session)
             }
             Ok(Err(e)) => {
@@ -635,68 +656,48 @@ impl Remote {
         }
     }
 
-    /// Create the control directory and this `Remote`'s ssh configuration
-    /// file; returns the file's path.
-    fn prepare_files(&self, host: &str) -> Result<PathBuf, RemoteError> {
+    /// Choose (and create) the control directory and write this
+    /// `Remote`'s ssh configuration file in it; returns both paths.
+    fn prepare_files(&self, host: &str) -> Result<(PathBuf, PathBuf), RemoteError> {
         let mut files = lock(&self.files);
-        if let Some(config) = &files.config
+        if let (Some(dir), Some(config)) = (&files.dir, &files.config)
             && config.exists()
         {
-            return Ok(config.clone());
+            return Ok((dir.clone(), config.clone()));
         }
-        let dir = &self.opts.control_dir;
-        let len = dir.as_os_str().len();
-        if len > CONTROL_DIR_MAX {
-            return Err(io_error(
-                host,
-                format!(
-                    "control directory {} is {len} bytes long: the ssh control sockets inside it \
-                     would exceed the unix socket path limit; use one of at most \
-                     {CONTROL_DIR_MAX} bytes",
-                    dir.display()
-                ),
-            ));
-        }
-        if !dir.is_dir() {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| {
-                    io_error(
-                        host,
-                        format!("cannot create control directory {}: {e}", dir.display()),
-                    )
-                })?;
-            files.created_dir = true;
-        }
-        let config = dir.join(format!(
-            "pgha-{}-{}.ssh_config",
-            std::process::id(),
-            CONFIG_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&config)?;
-            f.write_all(ssh_config_text().as_bytes())
+        let (dir, created) = match &files.dir {
+            Some(dir) => (dir.clone(), false),
+            None => {
+                let chosen = match &self.opts.control_dir {
+                    Some(dir) => configured_control_dir(dir),
+                    None => default_control_dir(),
+                };
+                chosen.map_err(|message| io_error(host, message))?
+            }
         };
-        write().map_err(|e| io_error(host, format!("cannot write {}: {e}", config.display())))?;
+        if created {
+            files.created_dir = true;
+            cleanup::add_dir(&dir);
+        }
+        files.dir = Some(dir.clone());
+        let config = write_config_file(&dir).map_err(|message| io_error(host, message))?;
+        cleanup::add_file(&config);
         files.config = Some(config.clone());
-        Ok(config)
+        Ok((dir, config))
     }
 
     fn remove_files(&self) {
         let mut files = lock(&self.files);
         if let Some(config) = files.config.take() {
-            let _ = std::fs::remove_file(config);
+            let _ = std::fs::remove_file(&config);
+            cleanup::remove(&config);
         }
-        if std::mem::take(&mut files.created_dir) {
+        if std::mem::take(&mut files.created_dir)
+            && let Some(dir) = files.dir.take()
+        {
             // Only if empty: a master still in use keeps its directory there.
-            let _ = std::fs::remove_dir(&self.opts.control_dir);
+            let _ = std::fs::remove_dir(&dir);
+            cleanup::remove(&dir);
         }
     }
 
@@ -779,6 +780,141 @@ impl Drop for Remote {
     }
 }
 
+/// What must not outlive a run killed by a signal: `systemctl stop` and
+/// pgpool's shutdown send SIGTERM, which skips every destructor. The ssh
+/// masters are told to exit, then the files and directories pgha made in
+/// the control directory are removed, then the process exits 128 + signal.
+mod cleanup {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, Once};
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Registry {
+        /// Control sockets of live masters, with the bound for `-O exit`.
+        sockets: Vec<(PathBuf, Duration)>,
+        /// Files pgha created.
+        files: Vec<PathBuf>,
+        /// Directories pgha created, removed with what is inside.
+        dirs: Vec<PathBuf>,
+    }
+
+    static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+    static HANDLER: Once = Once::new();
+
+    fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+        let mut g = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        f(g.get_or_insert_with(Registry::default))
+    }
+
+    pub fn add_file(p: &Path) {
+        install();
+        with(|r| r.files.push(p.to_path_buf()));
+    }
+
+    pub fn add_dir(p: &Path) {
+        install();
+        with(|r| r.dirs.push(p.to_path_buf()));
+    }
+
+    pub fn add_socket(p: &Path, bound: Duration) {
+        install();
+        with(|r| r.sockets.push((p.to_path_buf(), bound)));
+    }
+
+    /// Forget `p` (removed normally, or a master closed).
+    pub fn remove(p: &Path) {
+        with(|r| {
+            r.files.retain(|f| f != p);
+            r.dirs.retain(|d| d != p);
+            r.sockets.retain(|(s, _)| s != p);
+        });
+    }
+
+    /// Listen for TERM, INT and HUP once per process, where a tokio runtime
+    /// runs (every pgha binary).
+    fn install() {
+        HANDLER.call_once(|| {
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            handle.spawn(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let kinds = [
+                    (SignalKind::terminate(), libc::SIGTERM, "SIGTERM"),
+                    (SignalKind::interrupt(), libc::SIGINT, "SIGINT"),
+                    (SignalKind::hangup(), libc::SIGHUP, "SIGHUP"),
+                ];
+                let mut waits = Vec::new();
+                for (kind, number, name) in kinds {
+                    if let Ok(mut s) = signal(kind) {
+                        waits.push(Box::pin(async move {
+                            s.recv().await;
+                            (number, name)
+                        }));
+                    }
+                }
+                if waits.is_empty() {
+                    return;
+                }
+                let ((number, name), _, _) = futures::future::select_all(waits).await;
+                run();
+                eprintln!(
+                    "pgha[{}]: stopped by {name}; ssh masters closed and control files removed",
+                    std::process::id()
+                );
+                std::process::exit(128 + number);
+            });
+        });
+    }
+
+    /// Close the masters and remove what pgha created, synchronously.
+    pub fn run() {
+        let r = REGISTRY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        for (socket, bound) in &r.sockets {
+            exit_master_blocking(socket, *bound);
+            if let Some(dir) = socket.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        for f in &r.files {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in &r.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    /// `ssh -S SOCKET -O exit -- none`, killed after `bound`.
+    fn exit_master_blocking(socket: &Path, bound: Duration) {
+        use std::process::{Command, Stdio};
+        let Ok(mut child) = Command::new("ssh")
+            .arg("-S")
+            .arg(socket)
+            .args(["-O", "exit", "--", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return;
+        };
+        let start = std::time::Instant::now();
+        while start.elapsed() < bound {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(bound / 50);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Run the wrapped command once on `session`, feeding `stdin` and collecting
 /// both outputs concurrently (a full pipe must not block the remote side).
 async fn spawn(session: &Session, command: &str, stdin: Option<&[u8]>) -> Result<Raw, String> {
@@ -849,13 +985,140 @@ async fn exit_master(socket: &Path) {
     let _ = tokio::process::Command::new("ssh")
         .arg("-S")
         .arg(socket)
-        .args(["-O", "exit", "none"])
+        .args(["-O", "exit", "--", "none"])
         .stdin(StdStdio::null())
         .stdout(StdStdio::null())
         .stderr(StdStdio::null())
         .kill_on_drop(true)
         .status()
         .await;
+}
+
+/// Where the control sockets go when `ssh.control_dir` is not set, best
+/// first: `$XDG_RUNTIME_DIR/pgha`, then `/run/user/UID/pgha` (both
+/// private to the user by construction, on tmpfs, and short). When neither
+/// exists (system users such as `postgres` seldom have one), a new
+/// `/tmp/pgha-XXXXXX` is created for each run ([`make_temp_dir`]): a random
+/// name made exclusively with mode 0700, so nothing another user planted
+/// in `/tmp` can be in the way.
+pub fn default_control_dirs(xdg_runtime_dir: Option<&Path>, uid: u32) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(xdg) = xdg_runtime_dir.filter(|p| p.is_absolute()) {
+        v.push(xdg.join("pgha"));
+    }
+    let run = PathBuf::from(format!("/run/user/{uid}/pgha"));
+    if !v.contains(&run) {
+        v.push(run);
+    }
+    v
+}
+
+/// The first usable [`default_control_dirs`] entry whose parent is a
+/// private directory, or a fresh temporary one; `true` when pgha created
+/// it (and removes it at the end).
+fn default_control_dir() -> Result<(PathBuf, bool), String> {
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    for dir in default_control_dirs(xdg.as_deref(), crate::files::euid()) {
+        let parent_ok = dir
+            .parent()
+            .is_some_and(|p| crate::files::private_dir_problem(p).is_none());
+        if !parent_ok || dir.as_os_str().len() > CONTROL_DIR_MAX {
+            continue;
+        }
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(_) => continue,
+        }
+        if crate::files::private_dir_problem(&dir).is_none() {
+            return Ok((dir, false));
+        }
+    }
+    make_temp_dir(Path::new("/tmp"), "pgha-")
+        .map(|d| (d, true))
+        .map_err(|e| format!("cannot create a private control directory in /tmp: {e}; set ssh.control_dir to a directory only this user may write"))
+}
+
+/// `ssh.control_dir` as configured: created (0700) when missing, and
+/// refused unless private to this user.
+fn configured_control_dir(dir: &Path) -> Result<(PathBuf, bool), String> {
+    let len = dir.as_os_str().len();
+    if len > CONTROL_DIR_MAX {
+        return Err(format!(
+            "control directory {} is {len} bytes long: the ssh control sockets inside it \
+             would exceed the unix socket path limit; use one of at most \
+             {CONTROL_DIR_MAX} bytes",
+            dir.display()
+        ));
+    }
+    let mut created = false;
+    if std::fs::symlink_metadata(dir).is_err() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create control directory {}: {e}", dir.display()))?;
+        created = true;
+    }
+    if let Some(problem) = crate::files::private_dir_problem(dir) {
+        return Err(format!(
+            "ssh.control_dir {} is not private: {problem} (or remove ssh.control_dir to use a private default)",
+            dir.display()
+        ));
+    }
+    Ok((dir.to_path_buf(), created))
+}
+
+/// A new directory `PARENT/PREFIXxxxxxx` with a random name, mode 0700,
+/// made by `mkdtemp(3)` (exclusive: it never reuses what exists).
+pub fn make_temp_dir(parent: &Path, prefix: &str) -> io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let mut template = parent
+        .join(format!("{prefix}XXXXXX"))
+        .into_os_string()
+        .into_vec();
+    template.push(0);
+    // SAFETY: `template` is a writable NUL-terminated buffer that mkdtemp
+    // fills in place.
+    let p = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    template.pop();
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(template)))
+}
+
+/// Write the `ssh -F` file in `dir`: created exclusively (`O_EXCL`) and
+/// never through a link (`O_NOFOLLOW`), so nothing planted under its name
+/// (a FIFO, a link to another file) is opened.
+fn write_config_file(dir: &Path) -> Result<PathBuf, String> {
+    let mut last = None;
+    for _ in 0..3 {
+        let config = dir.join(format!(
+            "pgha-{}-{}.ssh_config",
+            std::process::id(),
+            CONFIG_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(&config);
+        match opened {
+            Ok(mut f) => {
+                return f
+                    .write_all(ssh_config_text().as_bytes())
+                    .map(|()| config.clone())
+                    .map_err(|e| format!("cannot write {}: {e}", config.display()));
+            }
+            // Left by a killed run whose pid came back: take the next name.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((config, e)),
+            Err(e) => return Err(format!("cannot create {}: {e}", config.display())),
+        }
+    }
+    let (config, e) = last.expect("tried at least once");
+    Err(format!("cannot create {}: {e}", config.display()))
 }
 
 /// The file passed with `ssh -F`: options the `openssh` crate has no setter
@@ -1299,7 +1562,7 @@ mod tests {
             identity_file: Some("/k/id_ed25519".into()),
             known_hosts_file: Some("/k/known_hosts".into()),
             connect_timeout: Duration::from_millis(2500),
-            control_dir: "/tmp/pgha-test".into(),
+            control_dir: Some("/tmp/pgha-test".into()),
         })
     }
 
@@ -1393,7 +1656,7 @@ mod tests {
     async fn a_too_long_control_dir_is_refused_with_its_length() {
         let mut opts = remote().opts.clone();
         opts.identity_file = None;
-        opts.control_dir = PathBuf::from(format!("/tmp/{}", "d".repeat(80)));
+        opts.control_dir = Some(PathBuf::from(format!("/tmp/{}", "d".repeat(80))));
         let r = Remote::new(opts);
         let e = r
             .run("127.0.0.2", &["true"], Duration::from_secs(1))

@@ -56,9 +56,12 @@ pub fn finish(binary: &str, json: bool, res: Result<Summary>) -> i32 {
             (code, format!("{binary}: {kind}: {e:#}"), s)
         }
     };
+    // Masked here as in every log line and journal entry: a step's error
+    // may quote a primary_conninfo with its password.
     if json {
-        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+        let text = serde_json::to_string(&summary).unwrap_or_default();
+        println!("{}", crate::text::mask_secrets(&text));
     }
-    eprintln!("{line}");
+    eprintln!("{}", crate::text::mask_secrets(&line));
     code
 }

@@ -315,6 +315,7 @@ pub async fn commit_returns(topo: &Topology, node: &Node, within: Duration) -> R
     // asynchronously and never waits for a standby.
     let sql = "BEGIN; SET LOCAL synchronous_commit = on; \
                CREATE TEMPORARY TABLE pgha_commit_check (x int) ON COMMIT DROP; COMMIT";
+    tracing::debug!("sql {step}");
     match tokio::time::timeout(within, client.batch_execute(sql)).await {
         Ok(Ok(())) => Ok(t.elapsed()),
         Ok(Err(e)) => Err(Error::step(&step, e)),
@@ -867,6 +868,7 @@ pub async fn query_node(
     let client = postgres::connect(&target)
         .await
         .map_err(|e| Error::step(&step, e))?;
+    tracing::debug!("sql {step}");
     match tokio::time::timeout(target.query_timeout, client.query(sql, params)).await {
         Ok(Ok(rows)) => Ok(rows),
         Ok(Err(e)) => {
@@ -891,6 +893,7 @@ pub async fn execute_node(topo: &Topology, node: &Node, what: &str, sql: &str) -
     let client = postgres::connect(&target)
         .await
         .map_err(|e| Error::step(&step, e))?;
+    tracing::debug!("sql {step}");
     match tokio::time::timeout(target.query_timeout, client.batch_execute(sql)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {

@@ -92,6 +92,17 @@ fn zombie_old_primary_is_refused_and_nothing_changes() {
     )
     .code(4)
     .stderr_contains("rejoin_old_primary is off");
+    // --dry-run of a refusal is a refusal too (exit 4), for both commands.
+    pgha(&lab, "pgha-attach", &["0", "--dry-run"])
+        .code(4)
+        .stderr_contains("REFUSED: plan (nothing changed)");
+    pgha(
+        &lab,
+        "pgha-follow",
+        &["0", "--new-primary", "1", "--old-primary", "0", "--dry-run"],
+    )
+    .code(4)
+    .stderr_contains("REFUSED: plan (nothing changed)");
     // --dry-run of the rejoin says what it would do, and does nothing.
     pgha(&lab, "pgha-attach", &["--rejoin", "0", "--dry-run"])
         .success()

@@ -325,6 +325,8 @@ pub fn hop_argv(dst: &str, ctx: &SshContext) -> Vec<String> {
     v.push(ctx.port.to_string());
     v.push("-l".into());
     v.push(ctx.user.clone());
+    // `--`: whatever `dst` is, ssh never reads it as an option.
+    v.push("--".into());
     v.push(dst.to_string());
     v.push("true".into());
     v
@@ -514,7 +516,7 @@ mod tests {
         let argv = hop_argv("127.0.0.4", &ctx()).join(" ");
         assert_eq!(
             argv,
-            "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o PasswordAuthentication=no -o ConnectTimeout=3 -p 22 -l postgres 127.0.0.4 true"
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o PasswordAuthentication=no -o ConnectTimeout=3 -p 22 -l postgres -- 127.0.0.4 true"
         );
     }
 

@@ -322,6 +322,7 @@ async fn read_settings(
             t.host, t.port, t.query_timeout
         )
     };
+    tracing::debug!("sql {}:{}: pg_settings query", t.host, t.port);
     let rows = tokio::time::timeout(
         t.query_timeout,
         client.query(
@@ -343,6 +344,7 @@ async fn read_settings(
         let value: Option<String> = r.try_get(1).map_err(|e| e.to_string())?;
         settings.insert(name, value.unwrap_or_default());
     }
+    tracing::debug!("sql {}:{}: pg_roles query", t.host, t.port);
     let row = tokio::time::timeout(
         t.query_timeout,
         client.query_one(
@@ -372,6 +374,16 @@ pub fn state_dir(dir: &Path) -> Finding {
             "pgpool",
             format!("state_dir {shown} cannot be created by {me}: {e}"),
             fix,
+        );
+    }
+    if let Some(problem) = crate::files::private_dir_problem(dir) {
+        return Finding::fail(
+            "state_dir",
+            "pgpool",
+            format!(
+                "state_dir {shown} is unsafe: {problem}; pgha-failover would run unlocked and without a journal"
+            ),
+            format!("chown {me} {shown} && chmod 0750 {shown} (a real directory, not a link)"),
         );
     }
     let probe = dir.join(format!(".pgha-check.{}", std::process::id()));
@@ -475,5 +487,13 @@ mod tests {
         assert!(!f.ok);
         assert!(f.message.contains("cannot be created"), "{f:?}");
         assert!(f.fix.unwrap().contains("install -d"));
+        use std::os::unix::fs::PermissionsExt as _;
+        let shared = d.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let f = state_dir(&shared);
+        assert!(!f.ok);
+        assert!(f.message.contains("unsafe: its mode 0777"), "{f:?}");
+        assert!(f.fix.unwrap().contains("chmod 0750"));
     }
 }

@@ -234,6 +234,24 @@ fn is_on(v: &str) -> bool {
     matches!(v, "on" | "true" | "yes" | "1")
 }
 
+/// A password inside `primary_conninfo` (as `pg_basebackup -R` writes one
+/// when it was given a password): replication works, but the password sits
+/// in `postgresql.auto.conf`, in `pg_settings` for every superuser and in
+/// any log that quotes the setting. `None` when there is none.
+pub fn conninfo_password(primary_conninfo: Option<&str>) -> Option<(String, String)> {
+    let c = primary_conninfo.filter(|c| crate::text::has_password(c))?;
+    Some((
+        format!(
+            "WARNING: primary_conninfo carries a password ({})",
+            crate::text::mask_secrets(c)
+        ),
+        "remove password= from primary_conninfo and put the password in a .pgpass of the \
+         postgres user on the standby (mode 0600), or name one with passfile=... in \
+         primary_conninfo"
+            .to_string(),
+    ))
+}
+
 /// The settings findings of one node.
 pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) -> Vec<Finding> {
     let here = subject(node);
@@ -295,18 +313,39 @@ pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) 
             replication_slots(get("max_replication_slots"), topo.nodes.len()),
         ));
     }
-    verdicts
+    let mut out: Vec<Finding> = verdicts
         .into_iter()
         .map(|(check, v)| match v {
             Ok(m) => Finding::pass(check, &here, format!("{}: {m}", node.label())),
             Err((m, fix)) => Finding::fail(check, &here, format!("{}: {m}", node.label()), fix),
         })
-        .collect()
+        .collect();
+    // A warning, not a failure: failover works, the secret is exposed.
+    if let Some((m, fix)) = conninfo_password(f.state.primary_conninfo.as_deref()) {
+        let mut w = Finding::pass("primary_conninfo", &here, format!("{}: {m}", node.label()));
+        w.fix = Some(fix);
+        out.push(w);
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_primary_conninfo_are_warned_about_masked() {
+        let (m, fix) =
+            conninfo_password(Some("user=repl password=s3cret host=127.0.0.2 port=5432")).unwrap();
+        assert!(
+            m.starts_with("WARNING: primary_conninfo carries a password"),
+            "{m}"
+        );
+        assert!(!m.contains("s3cret"), "{m}");
+        assert!(fix.contains("passfile"), "{fix}");
+        assert!(conninfo_password(Some("user=repl passfile=/p host=h")).is_none());
+        assert!(conninfo_password(None).is_none());
+    }
 
     #[test]
     fn rewind_needs_hints_or_checksums() {

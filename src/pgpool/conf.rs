@@ -94,7 +94,7 @@ pub enum ConfError {
         message: String,
     },
     /// A well-formed line with a value pgha cannot use.
-    #[error("{}:{line}: {key} = '{value}': {message}", path.display())]
+    #[error("{}:{line}: {key} = '{}': {message}", path.display(), value.escape_debug())]
     BadValue {
         path: PathBuf,
         line: usize,
@@ -122,13 +122,16 @@ pub enum ConfError {
 impl PgpoolConf {
     /// Reads and parses the `pgpool.conf` pgpool runs with (`pgpool -f`).
     pub fn load(path: &Path) -> Result<PgpoolConf, ConfError> {
-        let text = std::fs::read(path).map_err(|source| ConfError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // pgpool's lexer is byte-oriented; non-UTF-8 bytes can only matter
-        // inside values pgha does not interpret.
-        Self::parse(path, &String::from_utf8_lossy(&text))
+        // Non-blocking and bounded: a FIFO or /dev/zero named as
+        // pgpool_conf must not hang a failover.
+        let bytes =
+            crate::files::read_regular(path, crate::files::MAX_CONFIG_BYTES).map_err(|source| {
+                ConfError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        Self::parse(path, &decode(path, &bytes)?)
     }
 
     /// Parses `text` as a `pgpool.conf`; `path` is only used in messages.
@@ -222,7 +225,11 @@ impl PgpoolConf {
             path: self.path.clone(),
             line: s.line,
             key: key.to_string(),
-            value: s.value.clone(),
+            value: if is_secret_key(key) {
+                crate::text::MASK.to_string()
+            } else {
+                s.value.clone()
+            },
             message,
         }
     }
@@ -245,6 +252,9 @@ impl PgpoolConf {
                 ));
             }
             if field == BackendField::Hostname {
+                if let Some(problem) = crate::text::host_problem(&s.value) {
+                    return Err(self.bad_value(key, s, problem));
+                }
                 by_id.insert(
                     id,
                     Backend {
@@ -369,6 +379,40 @@ fn is_bare_char(c: char) -> bool {
     is_key_char(c) || matches!(c, '-' | '.' | ':' | '/' | '+')
 }
 
+/// `bytes` as UTF-8, or a syntax error naming the first line that is not:
+/// a lossy decoding could silently change a hostname. Comment lines are
+/// exempt (old samples carry Latin-1 in comments) and read as blank.
+fn decode(path: &Path, bytes: &[u8]) -> Result<String, ConfError> {
+    let mut text = String::with_capacity(bytes.len());
+    for (index, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        if index > 0 {
+            text.push('\n');
+        }
+        match std::str::from_utf8(raw) {
+            Ok(line) => text.push_str(line),
+            Err(_) if raw.trim_ascii_start().starts_with(b"#") => {}
+            Err(e) => {
+                return Err(ConfError::Syntax {
+                    path: path.to_path_buf(),
+                    line: index + 1,
+                    message: format!(
+                        "bytes that are not UTF-8 at byte {} of the line; save the file as UTF-8",
+                        e.valid_up_to() + 1
+                    ),
+                });
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// Whether `key` holds a secret (`sr_check_password`,
+/// `health_check_password`, `wd_authkey`, ...): its value, or any piece of
+/// it, never appears in a message.
+fn is_secret_key(key: &str) -> bool {
+    key.ends_with("password") || key.ends_with("authkey")
+}
+
 /// Parses one line into `Some((key, value))`, `None` for a blank or
 /// comment line, or a message saying what is wrong.
 fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
@@ -398,6 +442,11 @@ fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
     } else {
         let len = rest.find(|c: char| !is_bare_char(c)).unwrap_or(rest.len());
         if len == 0 {
+            if is_secret_key(key) {
+                return Err(format!(
+                    "{key}: unexpected character where a value should be; quote the value"
+                ));
+            }
             let c = rest.chars().next().unwrap_or(' ');
             return Err(format!(
                 "{key}: unexpected '{c}' where a value should be; quote the value"
@@ -411,6 +460,11 @@ fn parse_line(raw: &str) -> Result<Option<(String, String)>, String> {
         if after.starts_with('\'') {
             return Err(format!(
                 "{key}: a second quoted string follows the value; pgpool does not read '' as an escaped quote"
+            ));
+        }
+        if is_secret_key(key) {
+            return Err(format!(
+                "{key}: unexpected text after the value (not shown, it may belong to the password; quote values containing spaces)"
             ));
         }
         return Err(format!(
@@ -713,6 +767,78 @@ hostname0 = ''
         assert!(err.to_string().contains("out of range"), "{err}");
         let err = parse("backend_hostname99999999999 = 'x'\n").unwrap_err();
         assert!(matches!(err, ConfError::BadValue { .. }), "{err}");
+    }
+
+    #[test]
+    fn hostile_hostnames_are_refused_with_line_and_key() {
+        let err = parse(
+            "backend_hostname0 = '127.0.0.2'\nbackend_hostname1 = '-oProxyCommand=touch /tmp/x'\n",
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfError::BadValue { line: 2, .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("/etc/pgpool2/pgpool.conf:2: backend_hostname1 = "),
+            "{msg}"
+        );
+        assert!(msg.contains("may not start with '-'"), "{msg}");
+        let err = parse("backend_hostname0 = 'db0 -v'\n").unwrap_err();
+        assert!(err.to_string().contains("whitespace"), "{err}");
+        let err = parse("backend_hostname0 = 'db\x1b[2J'\n").unwrap_err();
+        assert!(err.to_string().contains("\\u{1b}"), "{err}");
+        // pgpool's Unix socket form stays accepted.
+        assert_eq!(
+            parse("backend_hostname0 = ''\n").unwrap().backends[0].hostname,
+            ""
+        );
+    }
+
+    #[test]
+    fn non_utf8_is_an_error_naming_the_line() {
+        let path = Path::new("/etc/pgpool2/pgpool.conf");
+        let bytes = b"# caf\xe9 in a comment is fine\nbackend_hostname0 = 'db\xff0'\n";
+        let err = decode(path, bytes).unwrap_err();
+        assert!(matches!(err, ConfError::Syntax { line: 2, .. }), "{err}");
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+        let text = decode(path, b"# caf\xe9\nbackend_hostname0 = 'db0'\n").unwrap();
+        assert_eq!(parse(&text).unwrap().backends[0].hostname, "db0");
+    }
+
+    #[test]
+    fn syntax_errors_never_show_pieces_of_passwords() {
+        for line in [
+            "sr_check_password = 'abc' def-secret\n",
+            "health_check_password = two words-secret\n",
+            "recovery_password = *secret\n",
+            "wd_authkey = k ey-secret\n",
+        ] {
+            let err = parse(&format!("{ONE}{line}")).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, ConfError::Syntax { line: 2, .. }), "{msg}");
+            assert!(
+                !msg.contains("secret") && !msg.contains('*'),
+                "{line}: {msg}"
+            );
+        }
+        // Other keys still show the offending text.
+        let err = parse(&format!("{ONE}sr_check_user = two words\n")).unwrap_err();
+        assert!(err.to_string().contains("words"), "{err}");
+    }
+
+    #[test]
+    fn load_refuses_fifos_and_devices() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("pgpool.conf");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = PgpoolConf::load(&fifo).unwrap_err();
+        assert!(
+            err.to_string().contains("not a regular file (a FIFO)"),
+            "{err}"
+        );
+        let err = PgpoolConf::load(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("a device"), "{err}");
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub struct PcpTarget {
     pub user: String,
     /// The clear-text password whose md5 is in `pcp.conf`.
     pub password: String,
-    /// Applies to the connect and to each read and write separately.
+    /// Bounds the connect with the login, and each request as a whole
+    /// (every packet of it, notices included), never one packet at a time:
+    /// a peer that keeps sending notices cannot stretch a request.
     pub timeout: Duration,
 }
 
@@ -294,6 +296,8 @@ pub struct PcpClient {
     host: String,
     port: u16,
     timeout: Duration,
+    /// When the request in progress must be done ([`PcpClient::begin`]).
+    deadline: Option<Instant>,
 }
 
 impl fmt::Debug for PcpClient {
@@ -349,6 +353,7 @@ impl ServerMessage {
 impl PcpClient {
     /// Connects to `t.host:t.port` and logs in as `t.user`.
     pub async fn connect(t: &PcpTarget) -> Result<PcpClient, PcpError> {
+        let start = Instant::now();
         let connect = TcpStream::connect((t.host.as_str(), t.port));
         let stream = match tokio::time::timeout(t.timeout, connect).await {
             Ok(Ok(s)) => s,
@@ -375,9 +380,39 @@ impl PcpClient {
             host: t.host.clone(),
             port: t.port,
             timeout: t.timeout,
+            // The login shares the connect's bound.
+            deadline: Some(start + t.timeout),
         };
         client.login(&t.user, &t.password).await?;
+        client.deadline = None;
         Ok(client)
+    }
+
+    /// Start a request bounded as a whole by `timeout`, unless one is in
+    /// progress (a request made of others, as attach checks the node
+    /// first); `true` when this call owns the bound and must [`end`] it.
+    ///
+    /// [`end`]: PcpClient::end
+    fn begin(&mut self) -> bool {
+        if self.deadline.is_some() {
+            return false;
+        }
+        self.deadline = Some(Instant::now() + self.timeout);
+        true
+    }
+
+    fn end(&mut self, owner: bool) {
+        if owner {
+            self.deadline = None;
+        }
+    }
+
+    /// Time left for the current request.
+    fn left(&self) -> Duration {
+        match self.deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => self.timeout,
+        }
     }
 
     async fn login(&mut self, user: &str, password: &str) -> Result<(), PcpError> {
@@ -422,6 +457,13 @@ impl PcpClient {
     /// The number of backend slots pgpool has (`pcp_node_count`); valid
     /// node ids are 0 to count - 1, some of which may be unused gaps.
     pub async fn node_count(&mut self) -> Result<u32, PcpError> {
+        let owner = self.begin();
+        let r = self.node_count_request().await;
+        self.end(owner);
+        r
+    }
+
+    async fn node_count_request(&mut self) -> Result<u32, PcpError> {
         self.send(b'L', &[], "request the node count").await?;
         let fields = self.command_reply(b'l', "read the node count").await?;
         let count = fields.get(1).and_then(|s| s.parse::<u32>().ok());
@@ -430,6 +472,13 @@ impl PcpClient {
 
     /// pgpool's view of backend `id` (`pcp_node_info -n id`).
     pub async fn node_info(&mut self, id: u32) -> Result<NodeInfo, PcpError> {
+        let owner = self.begin();
+        let r = self.node_info_request(id).await;
+        self.end(owner);
+        r
+    }
+
+    async fn node_info_request(&mut self, id: u32) -> Result<NodeInfo, PcpError> {
         let arg = nul_terminated(id);
         self.send(b'I', &arg, "request node info").await?;
         // Read the whole reply before interpreting it, so that a reply this
@@ -544,6 +593,13 @@ impl PcpClient {
     /// and starts sending queries to the node. pgpool ignores an attach of a
     /// node that is already up (it logs "invalid failback request").
     pub async fn attach_node(&mut self, id: u32) -> Result<(), PcpError> {
+        let owner = self.begin();
+        let r = self.attach_request(id).await;
+        self.end(owner);
+        r
+    }
+
+    async fn attach_request(&mut self, id: u32) -> Result<(), PcpError> {
         self.check_node_id(id).await?;
         self.send(b'C', &nul_terminated(id), "request attach")
             .await?;
@@ -556,6 +612,13 @@ impl PcpClient {
     /// first waits for client sessions to end, which can outlast the
     /// per-step timeout.
     pub async fn detach_node(&mut self, id: u32, gracefully: bool) -> Result<(), PcpError> {
+        let owner = self.begin();
+        let r = self.detach_request(id, gracefully).await;
+        self.end(owner);
+        r
+    }
+
+    async fn detach_request(&mut self, id: u32, gracefully: bool) -> Result<(), PcpError> {
         self.check_node_id(id).await?;
         let tag = if gracefully { b'd' } else { b'D' };
         self.send(tag, &nul_terminated(id), "request detach")
@@ -611,16 +674,18 @@ impl PcpClient {
         packet.push(tag);
         packet.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         packet.extend_from_slice(body);
-        let (stream, host, port, timeout) = (&mut self.stream, &self.host, self.port, self.timeout);
+        let (left, bound) = (self.left(), self.timeout);
+        let (stream, host, port) = (&mut self.stream, &self.host, self.port);
         let write = async move {
             stream.write_all(&packet).await?;
             stream.flush().await
         };
-        bounded(host, port, timeout, step, write).await
+        bounded(host, port, (left, bound), step, write).await
     }
 
     async fn recv(&mut self, step: &str) -> Result<(u8, Vec<u8>), PcpError> {
-        let (stream, host, port, timeout) = (&mut self.stream, &self.host, self.port, self.timeout);
+        let (left, bound) = (self.left(), self.timeout);
+        let (stream, host, port) = (&mut self.stream, &self.host, self.port);
         let read = async move {
             let mut head = [0u8; 5];
             stream.read_exact(&mut head).await?;
@@ -642,7 +707,7 @@ impl PcpClient {
             stream.read_exact(&mut body).await?;
             Ok((head[0], body))
         };
-        match bounded(host, port, timeout, step, read).await {
+        match bounded(host, port, (left, bound), step, read).await {
             Err(PcpError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::InvalidData =>
             {
@@ -700,15 +765,16 @@ impl PcpClient {
     }
 }
 
-/// Runs one network step under `timeout`, naming the step on failure.
+/// Runs one network step in the time `left` of its request, naming the
+/// step and the request's bound on failure.
 async fn bounded<T>(
     host: &str,
     port: u16,
-    timeout: Duration,
+    (left, bound): (Duration, Duration),
     step: &str,
     fut: impl Future<Output = std::io::Result<T>>,
 ) -> Result<T, PcpError> {
-    match tokio::time::timeout(timeout, fut).await {
+    match tokio::time::timeout(left, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
             let source = if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -727,7 +793,7 @@ async fn bounded<T>(
             host: host.to_string(),
             port,
             step: step.to_string(),
-            after: timeout,
+            after: bound,
         }),
     }
 }
@@ -1423,6 +1489,48 @@ mod tests {
             err.to_string().contains(&format!("127.0.0.1:{port}")),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn notices_forever_cannot_stretch_a_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _ = read_packet(&mut s).await;
+            s.write_all(&packet(b'm', &[&SALT])).await.unwrap();
+            let _ = read_packet(&mut s).await;
+            s.write_all(&packet(b'r', &[b"AuthenticationOK"]))
+                .await
+                .unwrap();
+            // An impostor: to every request, a notice every 20 ms, forever.
+            let _ = read_packet(&mut s).await;
+            loop {
+                let notice = packet(b'N', &[b"SNOTICE", b"Mstill here"]);
+                if s.write_all(&notice).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut t = target(port, "pw");
+        t.timeout = Duration::from_millis(300);
+        let mut c = PcpClient::connect(&t).await.unwrap();
+        let start = Instant::now();
+        let err = c.node_info(0).await.unwrap_err();
+        let took = start.elapsed();
+        match &err {
+            PcpError::Timeout { step, after, .. } => {
+                assert_eq!(step, "read node info");
+                assert_eq!(*after, Duration::from_millis(300));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(took < Duration::from_millis(600), "{took:?}");
+        // The next request has a bound of its own (it is not cut at once).
+        let start = Instant::now();
+        assert!(c.node_count().await.is_err());
+        assert!(start.elapsed() >= Duration::from_millis(250));
     }
 
     #[tokio::test]
