@@ -380,11 +380,34 @@ pub async fn promote(
     let client = postgres::connect(&target)
         .await
         .map_err(|e| Error::step(&format!("check promoted {}", node.label()), e))?;
-    let end = Instant::now() + t;
+    let start = Instant::now();
+    let end = start + t;
+    // A promote request the startup process has not acted on within
+    // RESIGNAL is sent again (each pg_promote() rewrites the signal file and
+    // signals the postmaster once more): a request that arrives while the
+    // startup process is between its checks must not wait for its next
+    // wakeup (wal_retrieve_retry_interval, 5 s by default).
+    const RESIGNAL: Duration = Duration::from_millis(250);
+    let mut resend_at = start + RESIGNAL;
     loop {
         let s = postgres::observe(&client, &target)
             .await
             .map_err(|e| Error::step(&format!("check promoted {}", node.label()), e))?;
+        if s.in_recovery
+            && Instant::now() >= resend_at
+            && PromoteMethod::for_version(state.server_version_num) == PromoteMethod::SqlPgPromote
+        {
+            info!(
+                "{}: still in recovery {:.2}s after the promote request: signalling again",
+                node.label(),
+                start.elapsed().as_secs_f64()
+            );
+            let secs = t.as_secs().clamp(1, 3600) as u32;
+            if let Err(e) = postgres::promote(&client, &target, false, secs).await {
+                debug!("{}: second promote request: {e}", node.label());
+            }
+            resend_at = Instant::now() + RESIGNAL;
+        }
         if !s.in_recovery {
             postgres::accepts_writes(&client, &target)
                 .await

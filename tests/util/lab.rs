@@ -583,8 +583,52 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Copies the lab's logs (pgpool's log with pgha's output in it, pgha's
+    /// journal, every server's log, every sshd's log) to
+    /// `target/e2e-logs/NAME/` and returns that directory.
+    pub fn keep_logs(&self) -> PathBuf {
+        let dest = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/e2e-logs")
+            .join(&self.name);
+        let _ = std::fs::create_dir_all(&dest);
+        let mut files: Vec<(PathBuf, String)> = vec![
+            (self.dir.join("lab.env"), "lab.env".into()),
+            (
+                self.host_dir("app").join("home/pgpool.log"),
+                "pgpool.log".into(),
+            ),
+            (
+                self.host_dir("app").join("home/pgha/journal.jsonl"),
+                "journal.jsonl".into(),
+            ),
+        ];
+        for h in self.hosts() {
+            files.push((self.host_dir(&h).join("sshd.log"), format!("{h}.sshd.log")));
+            if h != "app" {
+                files.push((
+                    self.host_dir(&h).join("home/15/pgha-postgresql.log"),
+                    format!("{h}.postgresql.log"),
+                ));
+            }
+        }
+        for (from, to) in files {
+            let _ = std::fs::copy(from, dest.join(to));
+        }
+        dest
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let kept = self.keep_logs();
+            eprintln!(
+                "lab {}: the test failed; its logs are in {}",
+                self.name,
+                kept.display()
+            );
+        }
         let out = Command::new(lab_sh()).args(["down", &self.name]).output();
         let ok = matches!(&out, Ok(o) if o.status.success());
         if !ok {
