@@ -32,6 +32,11 @@ usage: lab.sh COMMAND [ARGS]
                              @BIN@ stands for the lab's copy of the binaries)
      --follow-command CMD    pgpool follow_primary_command (default: none; @BIN@ as above)
      --sync                  synchronous replication (ANY 1 of the standbys)
+     --restore scp|local     how standbys fetch archived WAL (default $PGHA_LAB_RESTORE, else
+                             scp): scp from the primary's archive over ssh, as pgpool's
+                             follow_primary.sh.sample writes it, with PostgreSQL's default
+                             wal_retrieve_retry_interval (5s); local: cp from the host's own
+                             archive, wal_retrieve_retry_interval = 1s (the old lab)
      --no-pgpool             do not start pgpool
   down NAME                  stop everything of lab NAME and remove it
   exec NAME HOST [--root] -- CMD...
@@ -329,7 +334,7 @@ cmd_up() {
 	need_root
 	NAME="" NET="" STANDBYS=2 PGHA_BIN=$REPO/target/debug
 	PG_BIN=${PGHA_PG_BIN:-/usr/lib/postgresql/15/bin} PGPOOL_BIN=${PGHA_PGPOOL_BIN:-/usr/sbin}
-	FAILOVER_COMMAND="" FOLLOW_COMMAND="" SYNC=0 PGPOOL=1
+	FAILOVER_COMMAND="" FOLLOW_COMMAND="" SYNC=0 PGPOOL=1 RESTORE=${PGHA_LAB_RESTORE:-scp}
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		--name) NAME=$2; shift 2 ;;
@@ -341,11 +346,13 @@ cmd_up() {
 		--failover-command) FAILOVER_COMMAND=$2; shift 2 ;;
 		--follow-command) FOLLOW_COMMAND=$2; shift 2 ;;
 		--sync) SYNC=1; shift ;;
+		--restore) RESTORE=$2; shift 2 ;;
 		--no-pgpool) PGPOOL=0; shift ;;
 		*) die "up: unknown option '$1' (see lab.sh help)" ;;
 		esac
 	done
 	[[ "$STANDBYS" =~ ^[1-4]$ ]] || die "--standbys must be 1..4, not '$STANDBYS'"
+	case "$RESTORE" in scp | local) ;; *) die "--restore must be scp or local, not '$RESTORE'" ;; esac
 	need_tools
 	[ "$PGHA_BIN" = system ] && PGHA_BIN=/usr/bin
 	if [ -n "$NET" ]; then
@@ -386,6 +393,7 @@ cmd_up() {
 NAME='$NAME'
 NET='$NET'
 STANDBYS='$STANDBYS'
+RESTORE='$RESTORE'
 HOSTS='$HOSTS'
 PG_BIN='$PG_BIN'
 PGPOOL_BIN='$PGPOOL_BIN'
@@ -423,6 +431,15 @@ EOF
 	local pd=/var/lib/postgresql/15/main
 	on_host pg0 postgres initdb -D "$pd" -U postgres --auth-local=peer --auth-host=scram-sha-256 \
 		--data-checksums >/dev/null
+	# Standbys get the primary's postgresql.conf from pg_basebackup.
+	local restore retry
+	if [ "$RESTORE" = scp ]; then
+		restore="scp -q -o BatchMode=yes -o ConnectTimeout=3 $(repl_addr pg0):/var/lib/postgresql/archive/%f %p || exit 1"
+		retry="#wal_retrieve_retry_interval = 5s (PostgreSQL's default)"
+	else
+		restore="cp /var/lib/postgresql/archive/%f %p"
+		retry="wal_retrieve_retry_interval = 1s"
+	fi
 	local sync_names=""
 	if [ "$SYNC" = 1 ]; then
 		sync_names="ANY 1 ($(for i in $(seq 0 "$STANDBYS"); do printf 'pg%s,' "$i"; done | sed 's/,$//'))"
@@ -440,7 +457,7 @@ wal_keep_size = 256MB
 wal_log_hints = on
 archive_mode = on
 archive_command = 'test ! -f /var/lib/postgresql/archive/%f && cp %p /var/lib/postgresql/archive/%f'
-restore_command = 'cp /var/lib/postgresql/archive/%f %p'
+restore_command = '$restore'
 recovery_target_timeline = 'latest'
 synchronous_standby_names = '$sync_names'
 shared_buffers = 16MB
@@ -448,7 +465,7 @@ max_connections = 50
 fsync = off
 log_line_prefix = '%m [%p] %q%u@%d '
 wal_receiver_status_interval = 1s
-wal_retrieve_retry_interval = 1s
+$retry
 EOF
 	on_host pg0 postgres sh -c "cat >$pd/pg_hba.conf" <<'EOF'
 local   all          all                    peer

@@ -177,6 +177,15 @@ pub struct PostgresConfig {
     /// `"pgha-postgresql.log"`.
     #[serde(default = "default_pg_log_file", deserialize_with = "de_text")]
     pub log_file: String,
+    /// The standbys' `restore_command`, with `{host}` standing for the
+    /// replication address of the primary they follow, e.g.
+    /// `"scp {host}:/var/lib/postgresql/archive/%f %p || exit 1"`. Written
+    /// to every standby that follows a new primary (reload on 14+).
+    /// Default: none, and a standby's own command is kept, with the
+    /// address of the node it followed replaced by the new primary's
+    /// when it names exactly one backend.
+    #[serde(default, deserialize_with = "de_opt_text")]
+    pub restore_command: Option<String>,
 }
 
 /// `[pcp]`: pgpool-II's control port (`pcp_attach_node`, node info).
@@ -480,6 +489,7 @@ impl Default for PostgresConfig {
             query_timeout: default_pg_query_timeout(),
             archive_dir: None,
             log_file: default_pg_log_file(),
+            restore_command: None,
         }
     }
 }
@@ -837,6 +847,10 @@ fn de_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         Some(problem) => Err(serde::de::Error::custom(problem)),
         None => Ok(s),
     }
+}
+
+fn de_opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    de_text(d).map(Some)
 }
 
 fn de_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {

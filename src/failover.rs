@@ -282,7 +282,17 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
             if let Some(r) = &risk {
                 warn!("{r}");
             }
-            let timeline = promote_step(ctx, &c, &cstate, &reason, summary).await?;
+            // A restore_command still reaching the failed node holds the
+            // promotion hostage while that node is silent: point it at the
+            // candidate's own archive first, and cut short the attempt in
+            // flight once the promote request is sent.
+            let reaches_failed = crate::restore::source_of(&cstate.restore_command, &topo.nodes)
+                .is_some_and(|s| s.id == failed.id);
+            if reaches_failed && let Err(e) = steps::retarget_restore(topo, &c, &cstate, &c).await {
+                warn!("{e}");
+            }
+            let promoted = promote_step(ctx, &c, &cstate, &reason, reaches_failed, summary).await;
+            let timeline = promoted?;
             fault_point("promote");
             summary.outcome = "promoted".into();
             // No need to ask again: it is out of recovery on `timeline`.
@@ -405,25 +415,27 @@ async fn promote_step(
     c: &Node,
     cstate: &crate::postgres::NodeState,
     reason: &str,
+    cut_restore: bool,
     summary: &mut Summary,
 ) -> Result<u32> {
     summary.step = format!("promoting {}", c.label());
     info!("promoting {}: {reason}", c.label());
     let t = Instant::now();
-    let timeline = match steps::promote(ctx.topo, ctx.remote, c, cstate, ctx.deadline).await {
-        Ok(tl) => tl,
-        Err(e) => {
-            ctx.journal.record(
-                "promote",
-                Some(c.id),
-                Some(&c.host),
-                "failed",
-                &e.to_string(),
-                t.elapsed(),
-            );
-            return Err(e);
-        }
-    };
+    let timeline =
+        match steps::promote(ctx.topo, ctx.remote, c, cstate, cut_restore, ctx.deadline).await {
+            Ok(tl) => tl,
+            Err(e) => {
+                ctx.journal.record(
+                    "promote",
+                    Some(c.id),
+                    Some(&c.host),
+                    "failed",
+                    &e.to_string(),
+                    t.elapsed(),
+                );
+                return Err(e);
+            }
+        };
     info!(
         "{} promoted: accepts writes on timeline {timeline} ({:.3}s)",
         c.label(),
@@ -507,6 +519,34 @@ async fn apply_sync(
             "writes through {} block: {why}; [failover] sync_after_promote = \"keep\" leaves it so; commits resume when a listed standby streams from it, or at once after ALTER SYSTEM SET synchronous_standby_names = '' (asynchronous) and SELECT pg_reload_conf() there (was '{setting}')",
             p.label()
         ))),
+    }
+}
+
+/// Point a standby's `restore_command` at the archive of the primary it
+/// now follows (one SQL round trip; an attempt still in flight is cut
+/// short by the settle phase, off pgpool's clock). Returns a note for the
+/// progress line; trouble here is reported, and does not undo the repoint.
+async fn follow_archive(
+    ctx: &Ctx<'_>,
+    n: &Node,
+    st: &crate::postgres::NodeState,
+    upstream: &Node,
+) -> String {
+    match steps::retarget_restore(ctx.topo, n, st, upstream).await {
+        Ok(None) => String::new(),
+        Ok(Some((_, _, how))) => format!(
+            "; restore_command fetches from {}'s archive now{}",
+            upstream.label(),
+            match how {
+                steps::RestoreApplied::Reloaded => " (reload)",
+                steps::RestoreApplied::AtRestart =>
+                    " (from its next start: 12 and 13 read it only then)",
+            }
+        ),
+        Err(e) => {
+            warn!("{e}");
+            format!("; restore_command left as it was: {e}")
+        }
     }
 }
 
@@ -606,15 +646,21 @@ async fn follow_phase(
                 );
             }
         };
-        let r = steps::repoint(topo, ctx.remote, n, st, primary, timeline, ctx.deadline).await;
+        let r = async {
+            let how = steps::repoint(topo, ctx.remote, n, st, primary, timeline, ctx.deadline).await?;
+            let note = follow_archive(ctx, n, st, primary).await;
+            Ok::<_, Error>((how, note))
+        }
+        .await;
         (n.id, r, t.elapsed())
     });
     let results = futures::future::join_all(tasks).await;
     for (id, r, took) in results {
         let n = ctx.node(id)?;
         match r {
-            Ok(how) => {
-                let what = how.describe();
+            Ok((how, note)) => {
+                let what = format!("{}{note}", how.describe());
+                let what = what.as_str();
                 info!("{}: {what} ({:.3}s)", n.label(), took.as_secs_f64());
                 let outcome = if how.changed() {
                     summary.repointed.push(id);
@@ -980,6 +1026,23 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
         let (primary, history, remote) = (&primary, &history, &remote);
         async move {
             let n = &o.node;
+            // A standby whose startup process sits in a restore_command
+            // reaching a silent host switches to streaming only after it:
+            // cut it short (a missing file to PostgreSQL, retried from the
+            // new archive).
+            if o.ok().is_some_and(|s| {
+                !s.is_streaming_from(&primary.replication_host)
+                    && !s.is_streaming_from(&primary.host)
+            }) {
+                match steps::interrupt_restore(topo, remote, n, deadline).await {
+                    Ok(0) => {}
+                    Ok(k) => info!(
+                        "{}: cut short {k} restore_command attempt(s) in flight",
+                        n.label()
+                    ),
+                    Err(e) => warn!("{e}"),
+                }
+            }
             if let (Some(h), Some(st)) = (history, o.ok()) {
                 let copied = steps::put_history(topo, remote, n, st, timeline, h, deadline).await?;
                 for path in copied {

@@ -1554,6 +1554,7 @@ mod tests {
                 replicas: vec![],
                 synchronous_standby_names: String::new(),
                 synchronous_commit: "on".into(),
+                restore_command: String::new(),
             })
             .map_err(str::to_string);
         Observed {

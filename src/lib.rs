@@ -21,6 +21,8 @@
 //!   `pg_rewind`, `pg_basebackup`, keeping the node's own configuration.
 //! - [`files`]: local files opened safely (regular files only, never
 //!   blocking, bounded) and the test for a private directory.
+//! - [`restore`]: `restore_command` text pointed at the primary a standby
+//!   follows (pure).
 //! - [`state`]: the lock and the journal in the state directory.
 //! - [`text`]: pure rules for values that leave the process: hosts that
 //!   cannot become ssh options, no control characters, secrets masked.
@@ -49,6 +51,7 @@ pub mod postgres;
 pub mod rejoin;
 pub mod remote;
 pub mod report;
+pub mod restore;
 pub mod state;
 pub mod steps;
 pub mod text;

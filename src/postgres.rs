@@ -269,6 +269,9 @@ pub struct NodeState {
     /// `off`).
     #[serde(default)]
     pub synchronous_commit: String,
+    /// `restore_command` (12+; empty when unset).
+    #[serde(default)]
+    pub restore_command: String,
 }
 
 impl NodeState {
@@ -314,7 +317,8 @@ SELECT current_setting('server_version_num')::int4,
        CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text END,
        current_setting('primary_conninfo', true),
        current_setting('synchronous_standby_names'),
-       current_setting('synchronous_commit')
+       current_setting('synchronous_commit'),
+       current_setting('restore_command', true)
 FROM r, c";
     const RECEIVER_13: &str = "SELECT status, sender_host, sender_port, received_tli, \
          flushed_lsn::text, conninfo FROM pg_stat_wal_receiver";
@@ -365,6 +369,7 @@ FROM r, c";
     let primary_conninfo = get(&row, 11)?.filter(|s| !s.is_empty());
     let synchronous_standby_names = get(&row, 12)?.unwrap_or_default();
     let synchronous_commit = get(&row, 13)?.unwrap_or_default();
+    let restore_command = get(&row, 14)?.unwrap_or_default();
 
     let wal_receiver = if in_recovery {
         let (what, sql) = if server_version_num >= 130000 {
@@ -466,6 +471,7 @@ FROM r, c";
         replicas,
         synchronous_standby_names,
         synchronous_commit,
+        restore_command,
     })
 }
 
@@ -1391,6 +1397,7 @@ host.example:5432:*:*:byname\r
             replicas: vec![],
             synchronous_standby_names: String::new(),
             synchronous_commit: "on".into(),
+            restore_command: String::new(),
         }
     }
 

@@ -299,6 +299,96 @@ pub async fn set_sync_standby_names(topo: &Topology, node: &Node, value: &str) -
     execute_node(topo, node, "pg_reload_conf()", "SELECT pg_reload_conf()").await
 }
 
+/// How a `restore_command` change was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreApplied {
+    /// `ALTER SYSTEM` and reload (14 and later read it on reload).
+    Reloaded,
+    /// `ALTER SYSTEM` only: 12 and 13 read it at the next start.
+    AtRestart,
+}
+
+/// Point `node`'s `restore_command` at `upstream`'s archive
+/// ([`crate::restore::retarget`]); returns the command it had, the one it
+/// has now and how it was applied, or `None` when nothing needed to change.
+/// Before 12 (`recovery.conf`) nothing is changed.
+pub async fn retarget_restore(
+    topo: &Topology,
+    node: &Node,
+    state: &NodeState,
+    upstream: &Node,
+) -> Result<Option<(String, String, RestoreApplied)>> {
+    if state.server_version_num < 120000 {
+        return Ok(None);
+    }
+    let current = state.restore_command.as_str();
+    let want = match crate::restore::retarget(
+        current,
+        topo.config.postgres.restore_command.as_deref(),
+        &topo.nodes,
+        upstream,
+    ) {
+        crate::restore::Retarget::Keep => return Ok(None),
+        crate::restore::Retarget::Set(c) => c,
+        crate::restore::Retarget::Ambiguous(why) => {
+            return Err(Error::Step(format!("{}: {why}", node.label())));
+        }
+    };
+    let literal = postgres::quote_literal(&want)
+        .ok_or_else(|| Error::Usage(format!("restore_command {want:?} holds a NUL")))?;
+    execute_node(
+        topo,
+        node,
+        "ALTER SYSTEM SET restore_command",
+        &format!("ALTER SYSTEM SET restore_command = {literal}"),
+    )
+    .await?;
+    let applied = if state.server_version_num >= 140000 {
+        execute_node(topo, node, "pg_reload_conf()", "SELECT pg_reload_conf()").await?;
+        RestoreApplied::Reloaded
+    } else {
+        RestoreApplied::AtRestart
+    };
+    Ok(Some((current.to_string(), want, applied)))
+}
+
+/// Cut short the `restore_command` a standby's startup process is running
+/// right now (an `scp` to a silent host waits for ssh's connect timeout,
+/// and the startup process acts on a promote request or a new
+/// `primary_conninfo` only between attempts). The children of the shell
+/// it runs are stopped (SIGTERM), never the shell itself: a shell killed
+/// by a signal is fatal to the startup process, an `scp` killed under
+/// `|| exit 1` is a missing file. Returns how many it stopped.
+pub async fn interrupt_restore(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<u32> {
+    let data = node.data_dir()?.display().to_string();
+    let script = format!(
+        "pm=$(head -1 {} 2>/dev/null) || exit 0; n=0; \
+         for st in $(pgrep -P \"$pm\"); do \
+           tr '\\0' ' ' </proc/$st/cmdline 2>/dev/null | grep -q startup || continue; \
+           for sh in $(pgrep -P \"$st\"); do \
+             for c in $(pgrep -P \"$sh\"); do kill -TERM \"$c\" && n=$((n+1)); done; \
+           done; \
+         done; echo \"stopped=$n\"",
+        remote::quote(&format!("{data}/postmaster.pid"))
+    );
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let out = remote
+        .run_script(&node.ssh_host, &script, t)
+        .await
+        .map_err(|e| Error::step(&format!("interrupt restore_command on {}", node.label()), e))?;
+    Ok(out
+        .stdout_str()
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0))
+}
+
 /// Prove that a commit on `node` returns, synchronous replication
 /// included (what an application's write waits for), within `within`.
 /// Assigning an xid alone does not notice a commit that waits for a
@@ -336,12 +426,16 @@ pub async fn commit_returns(topo: &Topology, node: &Node, within: Duration) -> R
     }
 }
 
-/// Promote `node` and wait until it accepts writes. Returns its new timeline.
+/// Promote `node` and wait until it accepts writes. Returns its new
+/// timeline. With `cut_restore`, the `restore_command` attempt the startup
+/// process is in when the request is sent is cut short
+/// ([`interrupt_restore`]), so that it acts on the request at once.
 pub async fn promote(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
     state: &NodeState,
+    cut_restore: bool,
     deadline: Instant,
 ) -> Result<u32> {
     let t = budget(deadline, topo.config.failover.promote_timeout);
@@ -376,6 +470,36 @@ pub async fn promote(
             }
         }
     }
+    // The cut runs beside the wait and never delays it: when the server
+    // is out of recovery first, it is dropped.
+    let interrupt = async {
+        if cut_restore {
+            match interrupt_restore(topo, remote, node, deadline).await {
+                Ok(0) => {}
+                Ok(k) => info!(
+                    "{}: cut short {k} restore_command attempt(s) in flight, so the promote request is handled now",
+                    node.label()
+                ),
+                Err(e) => warn!("{e}"),
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        r = wait_promoted(topo, node, state, t) => r,
+        () = interrupt => unreachable!("pending never completes"),
+    }
+}
+
+/// Wait until `node` is out of recovery and accepts writes, sending the
+/// promote request again while it is not (see below). Returns its timeline.
+async fn wait_promoted(
+    topo: &Topology,
+    node: &Node,
+    state: &NodeState,
+    t: Duration,
+) -> Result<u32> {
+    let target = topo.pg_target(node);
     // Proof that it accepts writes: out of recovery and able to assign an xid.
     let client = postgres::connect(&target)
         .await
@@ -1119,6 +1243,7 @@ mod tests {
             replicas: vec![],
             synchronous_standby_names: String::new(),
             synchronous_commit: "on".into(),
+            restore_command: String::new(),
         }
     }
 

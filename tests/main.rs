@@ -5,6 +5,7 @@
 //! - `util::lab`: start and drive a lab (`lab/lab.sh`) of namespaced hosts
 //!   running real PostgreSQL, pgpool-II and sshd.
 //! - `foundation`: the lab itself behaves like separate machines.
+//! - `archive`: standbys restoring over scp follow the new primary's archive.
 //! - `check`: pgha-check on a healthy lab, on each fault, and `--watch`.
 //! - `deb`: the installed .deb (`lab/test` builds and installs it first).
 //! - `safety`: the safety rules against the faults that break them, with a
@@ -19,6 +20,7 @@
 
 mod util;
 
+mod archive;
 mod attach;
 mod check;
 mod cli;

@@ -639,6 +639,7 @@ mod tests {
                 replicas,
                 synchronous_standby_names: String::new(),
                 synchronous_commit: "on".into(),
+                restore_command: String::new(),
             },
             superuser: true,
             settings: BTreeMap::from([("cluster_name".to_string(), "pg1".to_string())]),

@@ -43,6 +43,10 @@ pub struct LabOptions {
     pub sync: bool,
     /// Start pgpool on the app host (`--no-pgpool` when false).
     pub pgpool: bool,
+    /// How standbys fetch archived WAL (`--restore`): `None` is the lab's
+    /// default, scp from the primary's archive with PostgreSQL's default
+    /// retry interval; `Some("local")` the old local-cp layout.
+    pub restore: Option<&'static str>,
     /// Directory of the pgha binaries the hosts run (`--pgha-bin`): `None`
     /// is the target directory of this test build, `"system"` is `/usr/bin`
     /// (an installed package).
@@ -58,6 +62,7 @@ impl Default for LabOptions {
             sync: false,
             pgpool: true,
             pgha_bin: None,
+            restore: None,
         }
     }
 }
@@ -288,6 +293,9 @@ impl Lab {
         }
         if !opts.pgpool {
             cmd.arg("--no-pgpool");
+        }
+        if let Some(r) = opts.restore {
+            cmd.args(["--restore", r]);
         }
         let started = Instant::now();
         let out = cmd

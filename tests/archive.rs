@@ -1,0 +1,139 @@
+//! Standbys that restore archived WAL over scp from their upstream's
+//! archive (the lab's default, as pgpool's follow_primary.sh.sample writes
+//! it): after a failover every standby's restore_command names the new
+//! primary, a silent old primary does not hold the promotion hostage, and a
+//! standby that needs WAL the new primary no longer keeps catches up from
+//! the new archive.
+
+use std::time::Duration;
+
+use crate::util::lab::{Lab, LabOptions, role};
+use crate::util::watch::{SplitBrainWatcher, Writer, assert_none_lost};
+
+const T: Duration = Duration::from_secs(45);
+
+fn wait_primary(lab: &Lab, tl: u32) -> String {
+    lab.wait_observing(&format!("a primary on timeline {tl}"), T, || {
+        let seen: Vec<_> = (1..=lab.standbys)
+            .map(|k| (format!("pg{k}"), role(lab, &format!("pg{k}"))))
+            .collect();
+        seen.iter()
+            .find(|(_, r)| matches!(r, Ok((true, t)) if *t == tl))
+            .map(|(h, _)| h.clone())
+            .ok_or(seen)
+    })
+}
+
+fn wait_streams(lab: &Lab, host: &str, from: &str, tl: u32) {
+    let addrs = [lab.addr(from), lab.repl_addr(from)];
+    lab.wait_observing(&format!("{host} streaming from {from} on timeline {tl}"), T, || {
+        let out = lab.try_psql(
+            host,
+            "select sender_host || '|' || received_tli from pg_stat_wal_receiver where status = 'streaming'",
+        );
+        match out.as_deref().map(|o| o.split_once('|')) {
+            Ok(Some((h, t))) if addrs.iter().any(|a| a == h) && t == tl.to_string() => Ok(()),
+            _ => Err(out),
+        }
+    });
+}
+
+/// The seconds pgha's promote step took, from its progress line.
+fn promote_seconds(log: &str) -> Option<f64> {
+    log.lines().find_map(|l| {
+        let rest = l.split("promoted: accepts writes on timeline ").nth(1)?;
+        rest.split(" (").nth(1)?.strip_suffix("s)")?.parse().ok()
+    })
+}
+
+#[test]
+fn a_silent_primary_fails_over_and_every_restore_command_follows_the_new_primary() {
+    let lab = Lab::up(LabOptions::default());
+    let old = lab.psql("pg1", "show restore_command");
+    assert!(
+        old.starts_with("scp ") && old.contains(&lab.repl_addr("pg0")),
+        "the standbys restore over scp from pg0: {old}"
+    );
+    let watcher = SplitBrainWatcher::start(&lab);
+    let writer = Writer::start(&lab);
+    writer.wait_more(&lab, 10, "writes before the fault", T);
+    // Every packet to the primary dropped: a powered-off host.
+    lab.blackhole(&lab.repl_addr("pg0"));
+    lab.blackhole(&lab.addr("pg0"));
+    let new = wait_primary(&lab, 2);
+    let other = if new == "pg1" { "pg2" } else { "pg1" };
+    wait_streams(&lab, other, &new, 2);
+    writer.wait_more(&lab, 10, "writes through pgpool after the failover", T);
+    let acked = writer.stop();
+    watcher.assert_never_two_primaries();
+    assert_none_lost(&lab, &new, &acked);
+    let want = lab.repl_addr(&new);
+    for h in [other, new.as_str()] {
+        let cmd = lab.psql(h, "show restore_command");
+        assert!(
+            cmd.contains(&format!(" {want}:")) && !cmd.contains(&lab.repl_addr("pg0")),
+            "{h}'s restore_command must fetch from {new} ({want}): {cmd}"
+        );
+    }
+    // The promote step is not held by scp attempts against the silent host
+    // (each would cost the 3 s ConnectTimeout of the lab's restore_command).
+    let log = lab.pgpool_log();
+    let took = promote_seconds(&log).expect("pgha's promote line");
+    assert!(took < 3.0, "the promote step took {took}s: {log}");
+}
+
+#[test]
+fn a_standby_that_needs_archived_wal_catches_up_from_the_new_primarys_archive() {
+    let lab = Lab::up(LabOptions::default());
+    lab.kill_host("pg0");
+    let new = wait_primary(&lab, 2);
+    let other = if new == "pg1" { "pg2" } else { "pg1" };
+    wait_streams(&lab, other, &new, 2);
+    let data = "/var/lib/postgresql/15/main";
+    let out = lab.exec(other, &["pg_ctl", "-D", data, "stop", "-m", "fast", "-w"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The new primary keeps no WAL for it and recycles what it archived.
+    lab.psql(&new, "alter system set wal_keep_size = 0");
+    lab.psql(&new, "select pg_reload_conf()");
+    let first = lab.psql(&new, "select pg_walfile_name(pg_current_wal_lsn())");
+    for i in 0..4 {
+        lab.try_psql_db(
+            &new,
+            "app",
+            &format!("create table if not exists filler(x int); insert into filler select generate_series(1, 1000); select {i}"),
+        )
+        .unwrap();
+        lab.psql(&new, "select pg_switch_wal()");
+    }
+    let archive = lab.host_dir(&new).join("home/archive").join(&first);
+    lab.wait_until(&format!("{first} archived on {new}"), T, || {
+        archive.exists().then_some(())
+    });
+    lab.psql(&new, "checkpoint");
+    lab.psql(&new, "checkpoint");
+    let in_pg_wal = lab.host_dir(&new).join("home/15/main/pg_wal").join(&first);
+    assert!(
+        !in_pg_wal.exists(),
+        "{first} must be gone from {new}'s pg_wal, so that {other} needs the archive"
+    );
+    let target = lab.psql(&new, "select pg_current_wal_lsn()");
+    lab.start_pg(other);
+    lab.wait_until(&format!("{other} to replay up to {target}"), T, || {
+        (lab.psql(
+            other,
+            &format!("select pg_last_wal_replay_lsn() >= '{target}'"),
+        ) == "t")
+            .then_some(())
+    });
+    wait_streams(&lab, other, &new, 2);
+    assert!(
+        lab.pg_log(other).contains("restored log file"),
+        "{other} must have restored from {new}'s archive: {}",
+        lab.pg_log(other)
+    );
+    assert_eq!(role(&lab, other).unwrap(), (false, 2));
+}
