@@ -729,6 +729,7 @@ impl Exec<'_> {
                 },
             )
             .await?;
+        self.follow_archive(&st).await;
         match self.wait_streaming().await {
             Ok(_) => Ok(match how {
                 steps::Repointed::Restarted => ("repointed", "repointed (restart)".to_string()),
@@ -749,6 +750,33 @@ impl Exec<'_> {
             Err(e) => Err(Error::Step(format!(
                 "{e}; it cannot be rewound (no data checksums, no wal_log_hints) and [follow] rebuild is off: nothing more was done"
             ))),
+        }
+    }
+
+    /// Point its `restore_command` at the primary's archive, and cut short
+    /// an attempt still reaching another node (a silent old primary would
+    /// hold its switch to streaming for ssh's connect timeout). Trouble
+    /// here is reported, not fatal: streaming does not need the archive.
+    async fn follow_archive(&self, st: &crate::postgres::NodeState) {
+        match steps::retarget_restore(self.topo, self.node, st, self.primary).await {
+            Ok(None) => {}
+            Ok(Some((old, new, _))) => {
+                info!(
+                    "{}: restore_command fetches from {}'s archive now: {new}",
+                    self.node.label(),
+                    self.primary.label()
+                );
+                let elsewhere = crate::restore::source_of(&old, &self.topo.nodes)
+                    .is_some_and(|n| n.id != self.primary.id);
+                if elsewhere
+                    && let Err(e) =
+                        steps::interrupt_restore(self.topo, self.remote, self.node, self.deadline)
+                            .await
+                {
+                    warn!("{e}");
+                }
+            }
+            Err(e) => warn!("{e}"),
         }
     }
 

@@ -612,10 +612,14 @@ pub fn set_conf(text: &str, key: &str, value: &str) -> String {
 pub fn standby_settings(
     text: &str,
     conninfo: &str,
+    restore_command: Option<&str>,
     slot: Option<&str>,
     version_num: u32,
 ) -> String {
     let mut t = set_conf(text, "primary_conninfo", conninfo);
+    if let Some(r) = restore_command {
+        t = set_conf(&t, "restore_command", r);
+    }
     if let Some(s) = slot {
         t = set_conf(&t, "primary_slot_name", s);
     }
@@ -674,7 +678,25 @@ pub async fn configure_standby(
         &topo.config.postgres.replication_user,
         node.application_name.as_deref(),
     );
-    let new = standby_settings(&text, &conninfo, slot, version);
+    // Its restore_command, pointed at the primary's archive too.
+    let restore = match conf_value(&text, "restore_command") {
+        Some(c) => Some(c),
+        None => conf_value(&read("postgresql.conf").await?, "restore_command"),
+    };
+    let restore = match crate::restore::retarget(
+        restore.as_deref().unwrap_or(""),
+        topo.config.postgres.restore_command.as_deref(),
+        &topo.nodes,
+        primary,
+    ) {
+        crate::restore::Retarget::Set(c) => Some(c),
+        crate::restore::Retarget::Keep => None,
+        crate::restore::Retarget::Ambiguous(why) => {
+            tracing::warn!("{}: {why}", node.label());
+            None
+        }
+    };
+    let new = standby_settings(&text, &conninfo, restore.as_deref(), slot, version);
     let path = data.join(file).display().to_string();
     remote
         .write_file(&node.ssh_host, &path, new.as_bytes(), 0o600, t)
@@ -1057,7 +1079,12 @@ mod tests {
 
     #[test]
     fn standby_settings_by_version() {
-        let t = standby_settings("", "host=x", Some("pg2"), 150000);
+        let t = standby_settings("", "host=x", None, Some("pg2"), 150000);
+        let r = standby_settings("", "host=x", Some("scp h:/a/%f %p"), None, 150000);
+        assert_eq!(
+            conf_value(&r, "restore_command").as_deref(),
+            Some("scp h:/a/%f %p")
+        );
         assert_eq!(
             t,
             "primary_conninfo = 'host=x'\nprimary_slot_name = 'pg2'\n"
@@ -1065,6 +1092,7 @@ mod tests {
         let old = standby_settings(
             "restore_command = 'cp /a/%f %p'\nstandby_mode = off\n",
             "host=x",
+            None,
             None,
             110005,
         );

@@ -252,6 +252,40 @@ pub fn conninfo_password(primary_conninfo: Option<&str>) -> Option<(String, Stri
     ))
 }
 
+/// A standby's `restore_command` must fetch from the node it follows:
+/// one still naming another backend (the old primary, after a failover
+/// the classic recipe's scripts never repointed) can never catch up once
+/// its upstream has recycled the WAL it needs.
+pub fn restore_source(
+    restore_command: &str,
+    nodes: &[Node],
+    upstream: Option<&Node>,
+    template: Option<&str>,
+) -> Verdict {
+    let Some(up) = upstream else {
+        return Ok("no upstream to compare restore_command with".into());
+    };
+    match crate::restore::retarget(restore_command, template, nodes, up) {
+        crate::restore::Retarget::Keep => Ok(format!(
+            "restore_command fetches from the archive of node {} it follows, or from no backend",
+            up.id
+        )),
+        crate::restore::Retarget::Set(want) => Err((
+            format!(
+                "restore_command '{restore_command}' does not fetch from the archive of {}, which this standby follows",
+                up.label()
+            ),
+            format!(
+                "ALTER SYSTEM SET restore_command = '{}'; SELECT pg_reload_conf(); (pgha-follow does this too)",
+                want.replace('\'', "''")
+            ),
+        )),
+        crate::restore::Retarget::Ambiguous(why) => {
+            Err((why, "set [postgres] restore_command in pgha.toml".into()))
+        }
+    }
+}
+
 /// The settings findings of one node.
 pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) -> Vec<Finding> {
     let here = subject(node);
@@ -307,6 +341,19 @@ pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) 
             command_safety("restore_command", get("restore_command")),
         ),
     ];
+    if f.state.in_recovery {
+        let upstream = crate::cluster::configured_upstream(topo, &f.state)
+            .and_then(|id| topo.nodes.iter().find(|n| n.id == id));
+        verdicts.push((
+            "restore_source",
+            restore_source(
+                &f.state.restore_command,
+                &topo.nodes,
+                upstream,
+                topo.config.postgres.restore_command.as_deref(),
+            ),
+        ));
+    }
     if topo.config.failover.replication_slots {
         verdicts.push((
             "replication_slots",
@@ -332,6 +379,43 @@ pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_command_must_fetch_from_the_upstream() {
+        let n = |id: u32, h: &str| Node {
+            id,
+            host: h.into(),
+            port: 5432,
+            data_dir: None,
+            ssh_host: h.into(),
+            replication_host: h.into(),
+            application_name: None,
+        };
+        let nodes = [n(0, "127.0.0.2"), n(1, "127.0.0.3")];
+        let ok = restore_source(
+            "scp 127.0.0.3:/a/%f %p || exit 1",
+            &nodes,
+            Some(&nodes[1]),
+            None,
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(restore_source("cp /a/%f %p", &nodes, Some(&nodes[1]), None).is_ok());
+        let (m, fix) = restore_source(
+            "scp 127.0.0.2:/a/%f %p || exit 1",
+            &nodes,
+            Some(&nodes[1]),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            m.contains("does not fetch from the archive of node 1"),
+            "{m}"
+        );
+        assert!(
+            fix.contains("ALTER SYSTEM SET restore_command = 'scp 127.0.0.3:/a/%f %p || exit 1'"),
+            "{fix}"
+        );
+    }
 
     #[test]
     fn passwords_in_primary_conninfo_are_warned_about_masked() {
