@@ -322,11 +322,7 @@ pub async fn commit_returns(topo: &Topology, node: &Node, within: Duration) -> R
         Err(_) => {
             // Stop waiting on the server too (the commit stays, locally).
             let token = client.cancel_token();
-            let _ = tokio::time::timeout(
-                target.connect_timeout,
-                token.cancel_query(tokio_postgres::NoTls),
-            )
-            .await;
+            let _ = postgres::cancel(&token, &target).await;
             Err(Error::Step(format!(
                 "writes through {} block: a test commit did not return within {:.1}s (synchronous_standby_names waits for a standby that does not confirm); check pg_stat_replication there",
                 node.label(),
