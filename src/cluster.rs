@@ -137,6 +137,7 @@ impl Topology {
             connect_timeout: pg.connect_timeout,
             query_timeout: pg.query_timeout,
             application_name: "pgha".into(),
+            tls: crate::pgwire::TlsSettings::from_config(pg),
         }
     }
 

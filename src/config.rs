@@ -186,6 +186,65 @@ pub struct PostgresConfig {
     /// when it names exactly one backend.
     #[serde(default, deserialize_with = "de_opt_text")]
     pub restore_command: Option<String>,
+    /// TLS for pgha's own sessions, libpq's `sslmode`: `"disable"`,
+    /// `"prefer"` (TLS when the server offers it, unverified), `"require"`
+    /// (TLS or no session), `"verify-ca"` (and the certificate chain leads to
+    /// `sslrootcert`), `"verify-full"` (and the certificate names the host
+    /// pgha connects to: `backend_hostnameN`, an IP in its subjectAltName when
+    /// that is an address). With `sslrootcert` set, `prefer` and `require`
+    /// verify the chain too, as libpq does. Default `"prefer"`.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM file of the CA(s) that sign the servers' certificates
+    /// (`sslrootcert`); needed by `verify-ca` and `verify-full`. Default: none.
+    #[serde(default, deserialize_with = "de_opt_path")]
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM client certificate (`sslcert`), for pg_hba.conf's `cert` method or
+    /// `clientcert=`; needs `sslkey`. Default: none.
+    #[serde(default, deserialize_with = "de_opt_path")]
+    pub sslcert: Option<PathBuf>,
+    /// PEM key of `sslcert` (`sslkey`), mode 0600 (0640 when owned by root).
+    /// Default: none.
+    #[serde(default, deserialize_with = "de_opt_path")]
+    pub sslkey: Option<PathBuf>,
+    /// Answer a server's request for a cleartext or md5 password (pg_hba.conf
+    /// `password`, `md5` with an md5-hashed role, `ldap`, `pam`, `radius`) over
+    /// a connection that is not verified TLS. Off: such a request fails the
+    /// connect and the password is not sent, so whoever binds a dead node's
+    /// address cannot collect it; SCRAM, unix sockets and TLS verified
+    /// against `sslrootcert` are always answered. Default `false`.
+    #[serde(default)]
+    pub allow_cleartext_password: bool,
+}
+
+/// `[postgres] sslmode`, as libpq spells and means it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[pcp]`: pgpool-II's control port (`pcp_attach_node`, node info).
@@ -490,6 +549,11 @@ impl Default for PostgresConfig {
             archive_dir: None,
             log_file: default_pg_log_file(),
             restore_command: None,
+            sslmode: SslMode::default(),
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            allow_cleartext_password: false,
         }
     }
 }
@@ -616,7 +680,48 @@ impl Config {
             }
         })?;
         config.source = Some(path.to_path_buf());
+        config.check_tls(path, text)?;
         Ok(config)
+    }
+
+    /// Settings that only make sense together: `verify-ca`/`verify-full`
+    /// need `sslrootcert`, `sslcert` needs `sslkey` and the other way round.
+    fn check_tls(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let pg = &self.postgres;
+        let problem = if matches!(pg.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
+            && pg.sslrootcert.is_none()
+        {
+            Some((
+                "sslmode",
+                format!(
+                    "\"{}\" verifies the servers' certificates against a CA: set sslrootcert = \"/path/to/root.crt\" in [postgres]",
+                    pg.sslmode
+                ),
+            ))
+        } else if pg.sslcert.is_some() != pg.sslkey.is_some() {
+            let (has, lacks) = if pg.sslcert.is_some() {
+                ("sslcert", "sslkey")
+            } else {
+                ("sslkey", "sslcert")
+            };
+            Some((has, format!("{has} needs {lacks} too: set both or neither")))
+        } else {
+            None
+        };
+        let Some((key, message)) = problem else {
+            return Ok(());
+        };
+        let (line, column) = text
+            .lines()
+            .position(|l| l.trim_start().starts_with(key))
+            .map_or((0, 0), |i| (i + 1, 1));
+        Err(ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            key: Some(format!("postgres.{key}")),
+            message,
+        })
     }
 }
 
@@ -1323,5 +1428,37 @@ data_directory = "/srv/pg/data"
             Config::choose_path(Some(Path::new("/a.toml")), Some("/b.toml".into())),
             (PathBuf::from("/a.toml"), Some("--config"))
         );
+    }
+
+    #[test]
+    fn tls_settings_parse_and_need_each_other() {
+        let c =
+            parse("[postgres]\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/pgha/root.crt\"\n")
+                .unwrap();
+        assert_eq!(c.postgres.sslmode, SslMode::VerifyFull);
+        assert_eq!(
+            c.postgres.sslrootcert.as_deref(),
+            Some(Path::new("/etc/pgha/root.crt"))
+        );
+        assert!(!c.postgres.allow_cleartext_password);
+        assert_eq!(parse("").unwrap().postgres.sslmode, SslMode::Prefer);
+        let e = parse("[postgres]\nuser = \"postgres\"\nsslmode = \"verify-ca\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":3:1: key `postgres.sslmode`") && e.contains("set sslrootcert"),
+            "{e}"
+        );
+        let e = parse("[postgres]\nsslcert = \"/c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `postgres.sslcert`") && e.contains("needs sslkey"),
+            "{e}"
+        );
+        let e = parse("[postgres]\nsslmode = \"verify\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("verify-full"), "{e}");
     }
 }

@@ -10,6 +10,9 @@
 //!   strict host keys, every command quoted and bounded on both ends.
 //! - [`postgres`]: connections to the backends with timeouts and `.pgpass`,
 //!   and what one server says about itself (role, timeline, LSNs, receiver).
+//! - [`pgwire`]: the stream under every SQL session: TCP or unix socket,
+//!   TLS per `[postgres] sslmode`, and the guard that refuses cleartext and
+//!   md5 password requests unless the peer is verified.
 //! - [`cluster`]: the topology (pgpool.conf joined with pgha.toml) and the
 //!   observed state of every node.
 //! - [`plan`]: decisions computed from observed state, free of I/O: the
@@ -46,6 +49,7 @@ pub mod failover;
 pub mod files;
 pub mod follow;
 pub mod pgpool;
+pub mod pgwire;
 pub mod plan;
 pub mod postgres;
 pub mod rejoin;

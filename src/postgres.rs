@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{CancelToken, Client, NoTls};
 
 use crate::config::{PostgresConfig, format_duration};
+use crate::pgwire::{self, TlsSettings};
 
 /// Default `application_name` of pgha's own sessions, so they can be told
 /// apart in `pg_stat_activity` and in the server log.
@@ -49,6 +50,9 @@ pub struct PgTarget {
     pub query_timeout: Duration,
     /// `application_name` of the session.
     pub application_name: String,
+    /// TLS and which password requests may be answered (`[postgres]
+    /// sslmode`, `sslrootcert`, `allow_cleartext_password`).
+    pub tls: TlsSettings,
 }
 
 impl PgError {
@@ -78,6 +82,7 @@ impl PgTarget {
             connect_timeout: cfg.connect_timeout,
             query_timeout: cfg.query_timeout,
             application_name: APPLICATION_NAME.into(),
+            tls: TlsSettings::from_config(cfg),
         }
     }
 
@@ -719,43 +724,64 @@ pub fn parse_conninfo(s: &str) -> BTreeMap<String, String> {
 // ---------------------------------------------------------------------------
 // Connecting
 
-/// Opens a session to `t` without TLS (the lab and typical pgpool setups use
-/// `host`/`scram-sha-256` lines; the password never crosses the wire with
-/// SCRAM). The password comes from the libpq password file
+/// Opens a session to `t`, TLS as `[postgres] sslmode` says (see
+/// [`pgwire`], which also refuses cleartext and md5 password requests
+/// unless they are safe). The password comes from the libpq password file
 /// ([`password_for`]). The whole connect is bounded by `connect_timeout`;
 /// the connection is driven by a spawned task that ends when the returned
 /// client is dropped.
 pub async fn connect(t: &PgTarget) -> Result<Client, PgError> {
     let lookup = password_for(t)?;
+    connect_with(t, lookup.password.as_deref(), || lookup.why_none()).await
+}
+
+/// [`connect`] with a password from elsewhere (pgpool.conf's
+/// `health_check_password`, say); `why_none` explains a missing one.
+pub async fn connect_with(
+    t: &PgTarget,
+    password: Option<&str>,
+    why_none: impl FnOnce() -> String,
+) -> Result<Client, PgError> {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&t.host)
-        .port(t.port)
-        .user(&t.user)
+    cfg.user(&t.user)
         .dbname(&t.dbname)
         .application_name(&t.application_name)
-        .connect_timeout(t.connect_timeout);
-    if let Some(p) = &lookup.password {
+        // pgwire negotiated TLS already: no second SSLRequest.
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    if let Some(p) = password {
         cfg.password(p);
     }
-    let what = "connect (tcp and authentication)";
-    match tokio::time::timeout(t.connect_timeout, cfg.connect(NoTls)).await {
+    let what = "connect (tcp, tls and authentication)";
+    let attempt = async {
+        let stream = pgwire::open(&t.host, t.port, &t.tls).await.map_err(Err)?;
+        cfg.connect_raw(stream, NoTls).await.map_err(Ok)
+    };
+    let fail = |message: String, answered: bool| PgError::Connect {
+        host: t.host.clone(),
+        port: t.port,
+        message,
+        answered,
+    };
+    match tokio::time::timeout(t.connect_timeout, attempt).await {
         Err(_) => Err(PgError::Timeout {
             host: t.host.clone(),
             port: t.port,
             what: what.into(),
             after: t.connect_timeout,
         }),
-        Ok(Err(e)) => {
+        Ok(Err(Err(wire))) => Err(fail(wire.message, wire.answered)),
+        Ok(Err(Ok(e))) => {
             let mut message = describe(&e);
-            if lookup.password.is_none() && is_auth_error(&e) {
-                message.push_str(&format!(" ({})", lookup.why_none()));
+            if password.is_none() && is_auth_error(&e) {
+                message.push_str(&format!(" ({})", why_none()));
             }
-            Err(PgError::Connect {
-                host: t.host.clone(),
-                port: t.port,
-                message,
-                answered: server_answered(&e),
-            })
+            if requires_tls(&message) {
+                message.push_str(&format!(
+                    " (the server takes only tls sessions from here (hostssl in pg_hba.conf) and pgha has sslmode = \"{}\": set [postgres] sslmode = \"verify-full\" and sslrootcert in pgha.toml)",
+                    t.tls.mode
+                ));
+            }
+            Err(fail(message, server_answered(&e)))
         }
         Ok(Ok((client, connection))) => {
             let (host, port) = (t.host.clone(), t.port);
@@ -766,6 +792,34 @@ pub async fn connect(t: &PgTarget) -> Result<Client, PgError> {
             });
             Ok(client)
         }
+    }
+}
+
+/// Whether a refusal says the server wanted TLS: PostgreSQL's "no
+/// pg_hba.conf entry for host ..., no encryption".
+pub fn requires_tls(message: &str) -> bool {
+    message.contains("no pg_hba.conf entry") && message.contains("no encryption")
+}
+
+/// Asks the server of `t` to cancel the query running on `token`'s session,
+/// over a stream opened as [`connect`] opens it (TLS included), within
+/// `connect_timeout`.
+pub async fn cancel(token: &CancelToken, t: &PgTarget) -> Result<(), String> {
+    let send = async {
+        let stream = pgwire::open(&t.host, t.port, &t.tls)
+            .await
+            .map_err(|e| e.message)?;
+        token
+            .cancel_query_raw(stream, NoTls)
+            .await
+            .map_err(|e| describe(&e))
+    };
+    match tokio::time::timeout(t.connect_timeout, send).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer within {}",
+            format_duration(t.connect_timeout)
+        )),
     }
 }
 
@@ -835,11 +889,10 @@ where
         Ok(Err(e)) => Err(query_error(t, what, describe(&e))),
         Err(_) => {
             let token = client.cancel_token();
-            let (host, port, within) = (t.host.clone(), t.port, t.connect_timeout);
+            let t2 = t.clone();
             tokio::spawn(async move {
-                let sent = tokio::time::timeout(within, token.cancel_query(NoTls)).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    tracing::debug!(%host, port, "could not cancel a timed-out query");
+                if let Err(e) = cancel(&token, &t2).await {
+                    tracing::debug!(host = %t2.host, port = t2.port, "could not cancel a timed-out query: {e}");
                 }
             });
             Err(PgError::Timeout {
@@ -1258,6 +1311,7 @@ host.example:5432:*:*:byname\r
             connect_timeout: Duration::from_secs(1),
             query_timeout: Duration::from_secs(1),
             application_name: APPLICATION_NAME.into(),
+            tls: TlsSettings::default(),
         }
     }
 
@@ -1443,9 +1497,113 @@ host.example:5432:*:*:byname\r
         assert_eq!(
             e.to_string(),
             format!(
-                "postgresql at 127.0.0.1:{port}: connect (tcp and authentication) timed out after 200ms"
+                "postgresql at 127.0.0.1:{port}: connect (tcp, tls and authentication) timed out after 200ms"
             )
         );
         hold.abort();
+    }
+
+    /// A fake server: answers the SSLRequest with `ssl` (when asked), then
+    /// asks for password method `code`, and reports every byte it received
+    /// after the startup packet.
+    async fn fake_server(ssl: u8, code: i32) -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await.unwrap();
+            let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            s.read_exact(&mut rest).await.unwrap();
+            if rest == [0x04, 0xd2, 0x16, 0x2f] {
+                s.write_all(&[ssl]).await.unwrap();
+                if ssl != b'N' {
+                    return vec![];
+                }
+                s.read_exact(&mut len).await.unwrap();
+                let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                s.read_exact(&mut startup).await.unwrap();
+            }
+            let mut m = vec![b'R', 0, 0, 0, 8];
+            m.extend_from_slice(&code.to_be_bytes());
+            if code == 5 {
+                m[4] = 12;
+                m.extend_from_slice(b"salt");
+            }
+            s.write_all(&m).await.unwrap();
+            let mut got = vec![];
+            let _ = tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut got)).await;
+            got
+        });
+        (port, h)
+    }
+
+    fn target_with_password(
+        port: u16,
+        mode: crate::config::SslMode,
+    ) -> (tempfile::TempDir, PgTarget) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pgpass");
+        std::fs::write(&f, "*:*:*:*:sekrit-pw\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut t = target("127.0.0.1", &f);
+        t.port = port;
+        t.tls.mode = mode;
+        (dir, t)
+    }
+
+    #[tokio::test]
+    async fn cleartext_and_md5_requests_get_no_password() {
+        use crate::config::SslMode;
+        for (mode, code) in [
+            (SslMode::Disable, 3),
+            (SslMode::Prefer, 3),
+            (SslMode::Disable, 5),
+        ] {
+            let ssl = if mode == SslMode::Prefer { b'N' } else { 0 };
+            let (port, server) = fake_server(ssl, code).await;
+            let (_dir, t) = target_with_password(port, mode);
+            let e = connect(&t).await.unwrap_err();
+            let m = e.to_string();
+            assert!(m.contains("refused, the password was not sent"), "{m}");
+            assert!(m.contains("allow_cleartext_password"), "{m}");
+            assert!(e.answered(), "{e:?}");
+            let got = server.await.unwrap();
+            assert!(!String::from_utf8_lossy(&got).contains("sekrit"), "{got:?}");
+            assert!(
+                !got.starts_with(b"p"),
+                "a password message was sent: {got:?}"
+            );
+        }
+        // Allowed by configuration: the password goes.
+        let (port, server) = fake_server(0, 3).await;
+        let (_dir, mut t) = target_with_password(port, SslMode::Disable);
+        t.tls.allow_cleartext_password = true;
+        let _ = connect(&t).await;
+        let got = server.await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&got).contains("sekrit-pw"),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn require_refuses_a_server_without_tls() {
+        let (port, _server) = fake_server(b'N', 3).await;
+        let (_dir, t) = target_with_password(port, crate::config::SslMode::Require);
+        let e = connect(&t).await.unwrap_err().to_string();
+        assert!(
+            e.contains("does not offer tls") && e.contains("sslmode = \"require\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_hostssl_only_refusal_is_recognised() {
+        assert!(requires_tls(
+            "FATAL: no pg_hba.conf entry for host \"127.0.0.2\", user \"postgres\", database \"postgres\", no encryption"
+        ));
+        assert!(!requires_tls("FATAL: password authentication failed"));
     }
 }

@@ -412,11 +412,7 @@ pub async fn commit_returns(topo: &Topology, node: &Node, within: Duration) -> R
         Err(_) => {
             // Stop waiting on the server too (the commit stays, locally).
             let token = client.cancel_token();
-            let _ = tokio::time::timeout(
-                target.connect_timeout,
-                token.cancel_query(tokio_postgres::NoTls),
-            )
-            .await;
+            let _ = postgres::cancel(&token, &target).await;
             Err(Error::Step(format!(
                 "writes through {} block: a test commit did not return within {:.1}s (synchronous_standby_names waits for a standby that does not confirm); check pg_stat_replication there",
                 node.label(),
@@ -677,7 +673,7 @@ pub async fn repoint(
     if points_at(current, primary) {
         return Ok(Repointed::AlreadyPointed);
     }
-    let conninfo = follow_conninfo(
+    let mut conninfo = follow_conninfo(
         current,
         primary,
         &topo.config.postgres.replication_user,
@@ -688,6 +684,16 @@ pub async fn repoint(
     let method = RepointMethod::for_version(state.server_version_num);
     match method {
         RepointMethod::AlterSystemReload | RepointMethod::AlterSystemRestart => {
+            // The server logs a reloaded setting's new value: a password
+            // inside primary_conninfo goes to the standby's passfile
+            // instead, where libpq finds it.
+            let mut kv = postgres::parse_conninfo(&conninfo);
+            if let Some(password) = kv.remove("password") {
+                password_to_passfile(topo, remote, node, &kv, &password, t)
+                    .await
+                    .map_err(|e| Error::step(&what, e))?;
+                conninfo = format_conninfo(&kv);
+            }
             let target = topo.pg_target(node);
             let client = postgres::connect(&target)
                 .await
@@ -729,6 +735,69 @@ pub async fn repoint(
         )));
     }
     Ok(Repointed::Restarted)
+}
+
+/// Put `password` for the replication connection `kv` describes into the
+/// standby's passfile (`passfile` in the conninfo, else the ssh user's
+/// `~/.pgpass`, the server's own user), as the first line that matches,
+/// unless a matching line gives it already. Mode 0600; the password goes
+/// over stdin, never on a command line.
+async fn password_to_passfile(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    kv: &BTreeMap<String, String>,
+    password: &str,
+    t: Duration,
+) -> Result<()> {
+    let host = kv.get("host").map(String::as_str).unwrap_or("localhost");
+    let port = kv.get("port").map(String::as_str).unwrap_or("5432");
+    let user = kv
+        .get("user")
+        .map(String::as_str)
+        .unwrap_or(&topo.config.postgres.replication_user);
+    let path = match kv.get("passfile") {
+        Some(p) => p.clone(),
+        None => {
+            let out = remote
+                .run_script(&node.ssh_host, "printf '%s' \"$HOME\"", t)
+                .await
+                .map_err(|e| Error::step(&format!("home directory on {}", node.label()), e))?;
+            format!("{}/.pgpass", out.stdout_str().trim_end())
+        }
+    };
+    let script = format!("cat {} 2>/dev/null || true", remote::quote(&path));
+    let text = remote
+        .run_script(&node.ssh_host, &script, t)
+        .await
+        .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))?
+        .stdout_str();
+    if postgres::pgpass_match(&text, host, port, "replication", user).as_deref() == Some(password) {
+        return Ok(());
+    }
+    let esc = |v: &str| v.replace('\\', "\\\\").replace(':', "\\:");
+    let line = format!(
+        "{}:{}:replication:{}:{}\n",
+        esc(host),
+        esc(port),
+        esc(user),
+        esc(password)
+    );
+    remote
+        .write_file(
+            &node.ssh_host,
+            &path,
+            format!("{line}{text}").as_bytes(),
+            0o600,
+            t,
+        )
+        .await
+        .map_err(|e| Error::step(&format!("write {path} on {}", node.label()), e))?;
+    info!(
+        "{}: the replication password moved from primary_conninfo to {path}",
+        node.label()
+    );
+    Ok(())
 }
 
 /// Wait until `node` streams from `primary` on `timeline`.

@@ -10,6 +10,8 @@
 //! - `deb`: the installed .deb (`lab/test` builds and installs it first).
 //! - `safety`: the safety rules against the faults that break them, with a
 //!   split-brain watcher and a writer whose acknowledged commits must survive.
+//! - `hardening`: issue 16: TLS-only nodes with verify-full, planted FIFOs
+//!   and links, a read-only state directory, passwords kept out of logs.
 //! - `util::watch`: the split-brain watcher and the writer.
 //!
 //! The end-to-end tests need root and the packages `lab/setup.sh` installs;
@@ -28,5 +30,6 @@ mod deb;
 mod failover;
 mod follow;
 mod foundation;
+mod hardening;
 mod pcp;
 mod safety;

@@ -12,10 +12,7 @@
 //!   mode 0600): a live login when pgpool runs, else the `.pcppass` password
 //!   against the md5 in `pcp.conf` beside `pgpool.conf`.
 
-use std::time::Duration;
-
 use md5::{Digest as _, Md5};
-use tokio_postgres::NoTls;
 
 use super::{Finding, SqlFacts, ssh_label, subject};
 use crate::cluster::{Node, Topology};
@@ -347,18 +344,14 @@ async fn pool_login(
             (p, src)
         }
     };
-    let timeout = topo.config.postgres.connect_timeout;
-    // Tried once more after a timeout, as the superuser's login.
-    let attempt = || {
-        try_login(
-            &node.host,
-            node.port,
-            user,
-            db,
-            password.as_deref(),
-            timeout,
-        )
+    let target = PgTarget {
+        user: user.to_string(),
+        dbname: db.to_string(),
+        application_name: "pgha-check".into(),
+        ..topo.pg_target(node)
     };
+    // Tried once more after a timeout, as the superuser's login.
+    let attempt = || try_login(&target, password.as_deref());
     let mut result = attempt().await;
     if result
         .as_ref()
@@ -418,41 +411,20 @@ fn unreachable(e: &str) -> bool {
     .any(|w| m.contains(w))
 }
 
-async fn try_login(
-    host: &str,
-    port: u16,
-    user: &str,
-    db: &str,
-    password: Option<&str>,
-    timeout: Duration,
-) -> Result<(), String> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(host)
-        .port(port)
-        .user(user)
-        .dbname(db)
-        .application_name("pgha-check")
-        .connect_timeout(timeout);
-    if let Some(p) = password {
-        cfg.password(p);
-    }
-    match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
-        Err(_) => Err(format!("no answer from {host}:{port} within {timeout:?}")),
-        Ok(Err(e)) => Err(match e.as_db_error() {
-            Some(d) => d.message().to_string(),
-            None => {
-                let mut s = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(c) = src {
-                    s.push_str(&format!(": {c}"));
-                    src = c.source();
-                }
-                s
-            }
-        }),
-        Ok(Ok((client, conn))) => {
+/// A login as pgpool makes it: pgha's TLS settings, but any password
+/// method answered (pgpool itself answers md5 and cleartext requests).
+async fn try_login(t: &PgTarget, password: Option<&str>) -> Result<(), String> {
+    let mut t = t.clone();
+    t.tls.allow_cleartext_password = true;
+    match postgres::connect_with(&t, password, String::new).await {
+        Err(postgres::PgError::Timeout { .. }) => Err(format!(
+            "no answer from {}:{} within {:?}",
+            t.host, t.port, t.connect_timeout
+        )),
+        Err(postgres::PgError::Connect { message, .. }) => Err(message),
+        Err(e) => Err(e.to_string()),
+        Ok(client) => {
             drop(client);
-            let _ = tokio::time::timeout(timeout, conn).await;
             Ok(())
         }
     }

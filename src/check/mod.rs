@@ -266,6 +266,9 @@ pub async fn check(topo: &Topology) -> Report {
     findings.extend(pgpoolconf::commands(topo));
     findings.push(pgpoolconf::watchdog(&topo.pgpool));
     findings.push(state_dir(&topo.config.state_dir));
+    if let Some(dir) = &topo.config.ssh.control_dir {
+        findings.push(control_dir(dir));
+    }
     findings.push(pcp);
     findings.push(pgpoolconf::primary(&sql));
     for (n, probe) in topo.nodes.iter().zip(&probes) {
@@ -409,6 +412,39 @@ pub fn state_dir(dir: &Path) -> Finding {
     }
 }
 
+/// A configured `ssh.control_dir` holds the ssh master sockets and their
+/// config files: another user who can write there (or swap it through a
+/// link) can plant FIFOs and links under the names pgha uses, and every ssh
+/// step would then fail. A missing directory is fine: pgha creates it 0700.
+pub fn control_dir(dir: &Path) -> Finding {
+    let me = local_user();
+    let shown = dir.display();
+    if std::fs::symlink_metadata(dir).is_err() {
+        return Finding::pass(
+            "control_dir",
+            "pgpool",
+            format!("ssh.control_dir {shown} does not exist yet; pgha creates it, mode 0700"),
+        );
+    }
+    match crate::files::private_dir_problem(dir) {
+        None => Finding::pass(
+            "control_dir",
+            "pgpool",
+            format!("ssh.control_dir {shown} is private to {me}"),
+        ),
+        Some(problem) => Finding::fail(
+            "control_dir",
+            "pgpool",
+            format!(
+                "ssh.control_dir {shown} is unsafe: {problem}; every ssh step of a failover would fail"
+            ),
+            format!(
+                "rm {shown} if it is a link, then install -d -o {me} -m 0700 {shown} (or remove ssh.control_dir from pgha.toml to use a private default)"
+            ),
+        ),
+    }
+}
+
 /// The user this process runs as, for messages (`USER`, else `LOGNAME`).
 pub fn local_user() -> String {
     std::env::var("USER")
@@ -495,5 +531,34 @@ mod tests {
         assert!(!f.ok);
         assert!(f.message.contains("unsafe: its mode 0777"), "{f:?}");
         assert!(f.fix.unwrap().contains("chmod 0750"));
+    }
+
+    #[test]
+    fn control_dir_must_be_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        assert!(control_dir(&d.path().join("missing")).ok);
+        let own = d.path().join("own");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(control_dir(&own).ok);
+        let shared = d.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let f = control_dir(&shared);
+        assert!(!f.ok);
+        assert!(f.message.contains("mode 1777"), "{f:?}");
+        assert!(f.fix.unwrap().contains("-m 0700"));
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&own, &link).unwrap();
+        let f = control_dir(&link);
+        assert!(!f.ok && f.message.contains("symbolic link"), "{f:?}");
+        if crate::files::euid() == 0 {
+            let theirs = d.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let f = control_dir(&theirs);
+            assert!(!f.ok && f.message.contains("owned by uid 65534"), "{f:?}");
+        }
     }
 }

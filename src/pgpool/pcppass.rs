@@ -66,20 +66,23 @@ pub fn lookup(
     port: u16,
     user: &str,
 ) -> Result<Option<String>, PcppassError> {
-    let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+    // Opened as every configuration file is (regular files only, never
+    // blocking on a FIFO, bounded), and the mode read from the open file,
+    // so a swap between the check and the read changes nothing.
+    let read_err = |source: std::io::Error| PcppassError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = crate::files::open_regular(path).map_err(|source| match source.kind() {
         ErrorKind::NotFound => PcppassError::NotFound {
             path: path.to_path_buf(),
         },
-        _ => PcppassError::Read {
+        ErrorKind::InvalidInput => PcppassError::NotRegular {
             path: path.to_path_buf(),
-            source,
         },
+        _ => read_err(source),
     })?;
-    if !meta.is_file() {
-        return Err(PcppassError::NotRegular {
-            path: path.to_path_buf(),
-        });
-    }
+    let meta = file.metadata().map_err(read_err)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(PcppassError::Permissions {
@@ -87,10 +90,16 @@ pub fn lookup(
             mode,
         });
     }
-    let bytes = std::fs::read(path).map_err(|source| PcppassError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let max = crate::files::MAX_CONFIG_BYTES;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, max + 1), &mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > max {
+        return Err(read_err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {max} bytes, too large for a password file"),
+        )));
+    }
     let text = String::from_utf8_lossy(&bytes);
     let host = if host.is_empty() || host.starts_with('/') {
         "localhost"
@@ -312,5 +321,22 @@ mod tests {
                     .map(|h| PathBuf::from(h).join(".pcppass"))
             });
         assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(".pcppass");
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        let e = lookup(&p, "127.0.0.1", 9898, "pgpool").unwrap_err();
+        assert!(matches!(e, PcppassError::NotRegular { .. }), "{e:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = lookup(&link, "127.0.0.1", 9898, "pgpool").unwrap_err();
+        assert!(matches!(e, PcppassError::NotRegular { .. }), "{e:?}");
     }
 }
