@@ -156,3 +156,54 @@ fn explicit_config_that_does_not_exist() {
         .code(3)
         .stderr_contains("/nonexistent/pgha.toml");
 }
+
+/// A backend_hostname or ssh_host that ssh would read as an option is
+/// refused at load, exit 3, naming the file, line and key, by every binary;
+/// the option never runs.
+#[test]
+fn hostile_hostnames_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let planted = dir.path().join("ran");
+    let cfg = config(dir.path(), "");
+    let pool = dir.path().join("pgpool.conf");
+    std::fs::write(
+        &pool,
+        format!(
+            "backend_hostname0 = '127.0.250.2'\nbackend_hostname1 = '-oProxyCommand=touch {}'\n",
+            planted.display()
+        ),
+    )
+    .unwrap();
+    for bin in BINARIES {
+        let args: &[&str] = match bin {
+            "pgha-failover" => &["0", "0", "1"],
+            "pgha-check" => &[],
+            _ => &["1"],
+        };
+        Cmd::new(bin)
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .run()
+            .code(3)
+            .stderr_contains(&format!("{}:2", pool.display()))
+            .stderr_contains("backend_hostname1");
+    }
+    // The same through pgha.toml.
+    std::fs::write(&pool, "backend_hostname0 = '127.0.250.2'\n").unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[nodes.0]\nssh_host = \"-oProxyCommand=touch {}\"\n",
+            planted.display()
+        ),
+    );
+    Cmd::new("pgha-check")
+        .arg("--config")
+        .arg(&cfg)
+        .run()
+        .code(3)
+        .stderr_contains("nodes.0.ssh_host");
+    assert!(!planted.exists(), "the planted ssh option ran");
+    assert!(!dir.path().join("state").exists(), "nothing may be written");
+}

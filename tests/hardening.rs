@@ -352,3 +352,72 @@ fn a_password_in_primary_conninfo_reaches_no_log() {
     }
     watcher.assert_never_two_primaries();
 }
+
+/// `systemctl stop` and pgpool's shutdown send SIGTERM: pgha closes its
+/// ssh masters, removes its control files and directory, says so on its
+/// last line and exits 128 + 15, having changed nothing it had not done.
+#[test]
+fn sigterm_mid_run_leaves_no_control_files() {
+    let lab = Lab::up(LabOptions {
+        failover_command: Some("/bin/true".into()),
+        ..LabOptions::default()
+    });
+    // pg0 answers on its replication address only: pgha fences it first,
+    // over ssh to its main address, which hangs for ssh's connect timeout.
+    lab.blackhole(&lab.addr("pg0"));
+    let bin = lab.bin("pgha-failover");
+    let child = Command::new(crate::util::lab::lab_sh())
+        .args([
+            "exec",
+            &lab.name,
+            "app",
+            "--",
+            "env",
+            "-u",
+            "XDG_RUNTIME_DIR",
+        ])
+        .args([&bin, "0", "0", "1", "--old-primary", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp = lab.host_dir("app").join("tmp");
+    let controls = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("pgha-"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let dir = lab.wait_until("pgha's control directory in the app host's /tmp", T, || {
+        controls().into_iter().next()
+    });
+    // The pgha-failover process itself (not lab.sh, nsenter or runuser).
+    let pid = lab.wait_until("the pgha-failover process", T, || {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmd.starts_with(format!("{bin}\0").as_bytes())
+                .then_some(pid)
+        })
+    });
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 15), "{err}");
+    assert!(
+        err.contains("stopped by SIGTERM") && err.contains("control files removed"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "{} is left behind: {err}", dir.display());
+    assert!(controls().is_empty(), "left in /tmp: {:?}", controls());
+    lab.unblackhole(&lab.addr("pg0"));
+    assert_eq!(role(&lab, "pg0").unwrap(), (true, 1), "pg0 untouched");
+    assert!(!role(&lab, "pg1").unwrap().0, "nothing promoted");
+}
