@@ -282,16 +282,36 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
             if let Some(r) = &risk {
                 warn!("{r}");
             }
-            // A restore_command still reaching the failed node holds the
-            // promotion hostage while that node is silent: point it at the
-            // candidate's own archive first, and cut short the attempt in
-            // flight once the promote request is sent.
-            let reaches_failed = crate::restore::source_of(&cstate.restore_command, &topo.nodes)
-                .is_some_and(|s| s.id == failed.id);
-            if reaches_failed && let Err(e) = steps::retarget_restore(topo, &c, &cstate, &c).await {
+            // Promotion runs restore_command too (for timeline history
+            // files, for the last segment): with one that reaches a silent
+            // host, or makes an ssh connection per file, that costs seconds.
+            // On 14+ the candidate promotes with none (reload), any attempt
+            // in flight cut short; afterwards it gets one pointed at its own
+            // archive, so a later rejoin repoints it like any standby.
+            let quiet = cstate.server_version_num >= 140000 && !cstate.restore_command.is_empty();
+            if quiet
+                && let Err(e) =
+                    steps::set_restore_command(topo, &c, cstate.server_version_num, "").await
+            {
                 warn!("{e}");
             }
-            let promoted = promote_step(ctx, &c, &cstate, &reason, reaches_failed, summary).await;
+            let promoted = promote_step(ctx, &c, &cstate, &reason, quiet, summary).await;
+            if quiet {
+                let own = match crate::restore::retarget(
+                    &cstate.restore_command,
+                    topo.config.postgres.restore_command.as_deref(),
+                    &topo.nodes,
+                    &c,
+                ) {
+                    crate::restore::Retarget::Set(cmd) => cmd,
+                    _ => cstate.restore_command.clone(),
+                };
+                if let Err(e) =
+                    steps::set_restore_command(topo, &c, cstate.server_version_num, &own).await
+                {
+                    warn!("{e}");
+                }
+            }
             let timeline = promoted?;
             fault_point("promote");
             summary.outcome = "promoted".into();

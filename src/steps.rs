@@ -334,8 +334,20 @@ pub async fn retarget_restore(
             return Err(Error::Step(format!("{}: {why}", node.label())));
         }
     };
-    let literal = postgres::quote_literal(&want)
-        .ok_or_else(|| Error::Usage(format!("restore_command {want:?} holds a NUL")))?;
+    let applied = set_restore_command(topo, node, state.server_version_num, &want).await?;
+    Ok(Some((current.to_string(), want, applied)))
+}
+
+/// `ALTER SYSTEM SET restore_command`, then a reload where the server
+/// reads it on reload (14 and later).
+pub async fn set_restore_command(
+    topo: &Topology,
+    node: &Node,
+    server_version_num: u32,
+    value: &str,
+) -> Result<RestoreApplied> {
+    let literal = postgres::quote_literal(value)
+        .ok_or_else(|| Error::Usage(format!("restore_command {value:?} holds a NUL")))?;
     execute_node(
         topo,
         node,
@@ -343,13 +355,12 @@ pub async fn retarget_restore(
         &format!("ALTER SYSTEM SET restore_command = {literal}"),
     )
     .await?;
-    let applied = if state.server_version_num >= 140000 {
+    if server_version_num >= 140000 {
         execute_node(topo, node, "pg_reload_conf()", "SELECT pg_reload_conf()").await?;
-        RestoreApplied::Reloaded
+        Ok(RestoreApplied::Reloaded)
     } else {
-        RestoreApplied::AtRestart
-    };
-    Ok(Some((current.to_string(), want, applied)))
+        Ok(RestoreApplied::AtRestart)
+    }
 }
 
 /// Cut short the `restore_command` a standby's startup process is running
