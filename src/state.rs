@@ -370,7 +370,9 @@ impl Journal {
             f.insert("blocked_ms".into(), b.into());
         }
         f.insert("message".into(), crate::text::mask_secrets(&message).into());
-        self.record_fields("run", None, None, &outcome, "", elapsed, f);
+        // The node the run was about (pgpool's %d for pgha-failover).
+        let node = res.ok().and_then(|s| u32::try_from(s.node).ok());
+        self.record_fields("run", node, None, &outcome, "", elapsed, f);
     }
 
     /// One `write(2)` of the whole line with `O_APPEND`, so concurrent runs
@@ -554,7 +556,7 @@ fn run_of(g: &[&Line]) -> Run {
             kind: str_field(r, "kind"),
             phase: str_field(r, "phase"),
             outcome: r.outcome.clone(),
-            node,
+            node: r.node.or(node),
             ms: r.ms,
             blocked_ms: num_field(r, "blocked_ms"),
             message: str_field(r, "message"),
