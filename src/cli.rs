@@ -208,8 +208,21 @@ failover can work. systemd runs it as pgha-check.service before pgpool2.
 )]
 pub struct CheckArgs {
     /// Keep checking at --interval and serve /health and /metrics.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "status")]
     pub watch: bool,
+
+    /// Show the cluster at a glance instead of checking: a row per backend
+    /// (pgpool's and PostgreSQL's view, LSNs, lag, upstream, ssh) with what
+    /// is wrong and the command that fixes it, then the last runs from the
+    /// journal. Read-only. Exit 1 when a node needs attention. With --json,
+    /// one JSON object.
+    #[arg(long)]
+    pub status: bool,
+
+    /// With --status: redraw every DURATION (e.g. 2s) until Ctrl-C, in
+    /// place on a terminal.
+    #[arg(long, value_name = "DURATION", requires = "status")]
+    pub every: Option<String>,
 
     /// Time between checks in --watch mode.
     #[arg(long, default_value = "30s", value_name = "DURATION")]

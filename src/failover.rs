@@ -63,6 +63,7 @@ async fn fault_delay(_step: &str) {}
 /// Run `pgha-failover` as the arguments say.
 pub async fn run(args: &FailoverArgs) -> Result<Summary> {
     let start = Instant::now();
+    let started = std::time::SystemTime::now();
     let topo = Topology::load(args.common.config.as_deref())?;
     let deadline = start + topo.config.failover.deadline;
     let failed = topo.node(args.failed_node)?.clone();
@@ -75,7 +76,15 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
         topo.node(id)?;
     }
     if args.settle {
-        return settle(&topo, args, deadline).await;
+        let res = settle(&topo, args, deadline).await;
+        Journal::new(&topo.config.state_dir, "failover").run_end(
+            "failover",
+            "settle",
+            res.as_ref(),
+            started,
+            start.elapsed(),
+        );
+        return res;
     }
     let mut summary = Summary {
         node: args.failed_node,
@@ -140,7 +149,26 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
         spawn_settle(args, p);
     }
     remote.close().await;
-    result.map(|()| summary)
+    let res = result.map(|()| summary);
+    if !args.common.dry_run {
+        let kind = run_kind(res.as_ref().ok().and_then(|s| s.plan.as_ref()), failed.id);
+        journal.run_end(kind, "main", res.as_ref(), started, start.elapsed());
+    }
+    res
+}
+
+/// What a run was, for the journal's `run` line and the metrics: a
+/// `switchover` when the failed primary was alive and pgha fenced it
+/// (`pcp_promote_node -s`, or a primary pgpool detached while it ran), a
+/// `failover` when a standby was promoted (or an earlier run's promotion
+/// finished), `standby_failed`, or `refused`.
+pub fn run_kind(plan: Option<&Decision>, failed: u32) -> &'static str {
+    match plan {
+        Some(Decision::Promote { fence: Some(f), .. }) if *f == failed => "switchover",
+        Some(Decision::Promote { .. } | Decision::AlreadyPromoted { .. }) => "failover",
+        Some(Decision::StandbyFailed { .. }) => "standby_failed",
+        Some(Decision::Refuse { .. }) | None => "refused",
+    }
 }
 
 /// What every step of one run needs.
@@ -219,13 +247,14 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
         summary.message = format!("plan (nothing changed): {plan}");
         return Ok(());
     }
-    ctx.journal.record(
+    ctx.journal.record_fields(
         "observe",
         None,
         None,
         "done",
-        &format!("{decision:?}"),
+        "",
         t0.elapsed(),
+        crate::state::decision_fields(&decision),
     );
     info!("plan: {}", describe_decision(topo, &decision));
     match decision {

@@ -1028,6 +1028,7 @@ pub(crate) async fn run_mode(
     command: &'static str,
 ) -> Result<Summary> {
     let start = Instant::now();
+    let started = std::time::SystemTime::now();
     let deadline = start + topo.config.follow.deadline;
     let node = topo.node(node_id)?.clone();
     let new_primary = optional_node(topo, hints.new_primary)?;
@@ -1059,7 +1060,11 @@ pub(crate) async fn run_mode(
     .await;
     remote.close().await;
     summary.blocked_ms = start.elapsed().as_millis() as u64;
-    res.map(|()| summary)
+    let res = res.map(|()| summary);
+    if !common.dry_run {
+        journal.run_end(command, "main", res.as_ref(), started, start.elapsed());
+    }
+    res
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1082,13 +1087,14 @@ async fn act(
     let mut plan = decide(&obs.input);
     summary.new_primary = Some(obs.primary.id);
     summary.timeline = Some(obs.pstate.timeline);
-    journal.record(
+    journal.record_fields(
         "observe",
         Some(node.id),
         Some(&node.host),
         "done",
-        &format!("{plan:?}"),
+        "",
         t0.elapsed(),
+        crate::state::decision_fields(&plan),
     );
     if common.dry_run {
         let detach = if plan.stops_node() && obs.input.attached == Some(true) {

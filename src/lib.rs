@@ -26,10 +26,12 @@
 //!   blocking, bounded) and the test for a private directory.
 //! - [`restore`]: `restore_command` text pointed at the primary a standby
 //!   follows (pure).
-//! - [`state`]: the lock and the journal in the state directory.
+//! - [`state`]: the lock and the journal in the state directory (JSON
+//!   lines with structured fields, rotated past 10 MiB, read back as runs).
 //! - [`text`]: pure rules for values that leave the process: hosts that
 //!   cannot become ssh options, no control characters, secrets masked.
-//! - One module per command: [`failover`], [`follow`], [`attach`], [`check`];
+//! - One module per command: [`failover`], [`follow`], [`attach`], [`check`] (with
+//!   `--status`, the cluster at a glance);
 //!   [`cli`] holds their arguments, [`report`] their final line, [`exit`]
 //!   their exit codes, [`error`] the error they return.
 //!

@@ -218,6 +218,9 @@ pub struct Replica {
     pub sync_state: String,
     /// `replay_lsn`: how far the standby has replayed.
     pub replay_lsn: Option<Lsn>,
+    /// `replay_lag` in milliseconds (10+; `None` when idle or unknown).
+    #[serde(default)]
+    pub replay_lag_ms: Option<u64>,
 }
 
 /// What one server says about itself, read in one short session.
@@ -330,7 +333,8 @@ FROM r, c";
     const RECEIVER_12: &str = "SELECT status, sender_host, sender_port, received_tli, \
          received_lsn::text, conninfo FROM pg_stat_wal_receiver";
     const REPLICAS: &str = "SELECT application_name, host(client_addr), state, sync_state, \
-         replay_lsn::text FROM pg_stat_replication ORDER BY application_name";
+         replay_lsn::text, (extract(epoch FROM replay_lag) * 1000)::int8 \
+         FROM pg_stat_replication ORDER BY application_name";
 
     let what = "server state query";
     let row = bounded(
@@ -455,6 +459,10 @@ FROM r, c";
                 .map(|s| s.parse())
                 .transpose()
                 .map_err(bad)?,
+            replay_lag_ms: r
+                .try_get::<_, Option<i64>>(5)
+                .map_err(col)?
+                .and_then(|v| u64::try_from(v).ok()),
         });
     }
 

@@ -198,7 +198,18 @@ impl Lock {
 /// a timeout: the wait is bounded by its caller's deadline).
 const LOCK_POLL: Duration = Duration::from_millis(20);
 
+/// Past this size `journal.jsonl` is renamed to `journal.jsonl.1` (the
+/// previous `.1` is replaced) before the next line is written: the journal
+/// keeps at most about twice this much.
+pub const JOURNAL_MAX_BYTES: u64 = 10 * 1024 * 1024;
+
 /// One line of the journal.
+///
+/// Every line has these fields; a line may add structured ones
+/// (`fields`, flattened): the decision of an `observe` step (`decision`,
+/// `candidate`, `reason`, `fence`, `timeline`, ... as [`crate::plan`]
+/// serializes it), and on the `run` line that ends every run `kind`,
+/// `phase`, `started_ms`, `blocked_ms`, `message`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry<'a> {
     pub ts: String,
@@ -209,10 +220,50 @@ pub struct Entry<'a> {
     pub node: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<&'a str>,
-    /// `done`, `skipped` (already done), `failed`, `planned`.
+    /// `done`, `skipped` (already done), `failed`, `refused`, `planned`;
+    /// on a `run` line the run's outcome (`promoted`, `refused`, ...).
     pub outcome: &'a str,
     pub detail: &'a str,
     pub ms: u64,
+    #[serde(flatten)]
+    pub fields: Fields,
+}
+
+/// Structured fields of a journal line.
+pub type Fields = serde_json::Map<String, serde_json::Value>;
+
+/// A decision (a `serde` enum tagged `action`, as [`crate::plan::Decision`]
+/// and follow's plan are) as journal fields: the tag becomes `decision`,
+/// every other field is kept as it is, secrets masked.
+pub fn decision_fields(decision: &impl Serialize) -> Fields {
+    let mut out = Fields::new();
+    match serde_json::to_value(decision) {
+        Ok(serde_json::Value::Object(map)) => {
+            for (k, v) in map {
+                let k = if k == "action" {
+                    "decision".to_string()
+                } else {
+                    k
+                };
+                out.insert(k, mask_value(v));
+            }
+        }
+        Ok(serde_json::Value::String(s)) => {
+            out.insert("decision".into(), serde_json::Value::String(s));
+        }
+        _ => {}
+    }
+    out
+}
+
+fn mask_value(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(crate::text::mask_secrets(&s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(mask_value).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, mask_value(v))).collect()),
+        other => other,
+    }
 }
 
 /// Append-only JSON-lines log of actions in `STATE_DIR/journal.jsonl`.
@@ -220,6 +271,7 @@ pub struct Entry<'a> {
 pub struct Journal {
     pub path: PathBuf,
     command: &'static str,
+    max_bytes: u64,
 }
 
 impl Journal {
@@ -227,6 +279,7 @@ impl Journal {
         Journal {
             path: dir.join("journal.jsonl"),
             command,
+            max_bytes: JOURNAL_MAX_BYTES,
         }
     }
 
@@ -242,6 +295,21 @@ impl Journal {
         detail: &str,
         elapsed: Duration,
     ) {
+        self.record_fields(step, node, host, outcome, detail, elapsed, Fields::new());
+    }
+
+    /// [`Journal::record`] with structured fields.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_fields(
+        &self,
+        step: &str,
+        node: Option<u32>,
+        host: Option<&str>,
+        outcome: &str,
+        detail: &str,
+        elapsed: Duration,
+        fields: Fields,
+    ) {
         let detail = crate::text::mask_secrets(detail);
         let entry = Entry {
             ts: rfc3339(SystemTime::now()),
@@ -253,22 +321,311 @@ impl Journal {
             outcome,
             detail: &detail,
             ms: elapsed.as_millis() as u64,
+            fields,
         };
-        let line = match serde_json::to_string(&entry) {
+        let mut line = match serde_json::to_string(&entry) {
             Ok(l) => l,
             Err(_) => return,
         };
-        // Never through a link, never blocking on a FIFO, regular files
-        // only; one write(2) per line so concurrent runs do not interleave.
-        let res = open_state_file(
-            &self.path,
-            OpenOptions::new().create(true).append(true).mode(0o640),
-        )
-        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
-        if let Err(e) = res {
+        line.push('\n');
+        if let Err(e) = self.append(line.as_bytes()) {
             tracing::warn!("cannot append to journal {}: {e}", self.path.display());
         }
     }
+
+    /// The line that ends a run: its outcome (`outcome` of the summary,
+    /// or `refused`/`failed`/`error`), what kind of run it was, when it
+    /// started and how long it and pgpool's wait took.
+    pub fn run_end(
+        &self,
+        kind: &str,
+        phase: &str,
+        res: std::result::Result<&crate::report::Summary, &Error>,
+        started: SystemTime,
+        elapsed: Duration,
+    ) {
+        let (outcome, message, blocked) = match res {
+            Ok(s) => (s.outcome.clone(), s.message.clone(), Some(s.blocked_ms)),
+            Err(e) => (
+                match e {
+                    Error::Refused(_) => "refused",
+                    Error::Usage(_) | Error::Config(_) | Error::PgpoolConf(_) => "error",
+                    _ => "failed",
+                }
+                .to_string(),
+                format!("{e:#}"),
+                None,
+            ),
+        };
+        let mut f = Fields::new();
+        f.insert("kind".into(), kind.into());
+        f.insert("phase".into(), phase.into());
+        let started_ms = started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        f.insert("started_ms".into(), started_ms.into());
+        if phase == "main" {
+            let b = blocked.unwrap_or(elapsed.as_millis() as u64);
+            f.insert("blocked_ms".into(), b.into());
+        }
+        f.insert("message".into(), crate::text::mask_secrets(&message).into());
+        // The node the run was about (pgpool's %d for pgha-failover).
+        let node = res.ok().and_then(|s| u32::try_from(s.node).ok());
+        self.record_fields("run", node, None, &outcome, "", elapsed, f);
+    }
+
+    /// One `write(2)` of the whole line with `O_APPEND`, so concurrent runs
+    /// never interleave; never through a link, never blocking on a FIFO,
+    /// regular files only. Rotates first when the line would take the file
+    /// past [`JOURNAL_MAX_BYTES`].
+    fn append(&self, line: &[u8]) -> std::io::Result<()> {
+        let opts = || {
+            let mut o = OpenOptions::new();
+            o.create(true).append(true).mode(0o640);
+            o
+        };
+        let mut f = open_state_file(&self.path, &mut opts())?;
+        if f.metadata()?.len() + line.len() as u64 > self.max_bytes {
+            self.rotate(&f);
+            f = open_state_file(&self.path, &mut opts())?;
+        }
+        f.write_all(line)
+    }
+
+    /// Rename the full journal to `journal.jsonl.1`. Under an flock of the
+    /// full file, and only if the path still names that file: of two runs
+    /// that both find it full, one renames it and the other sees the new
+    /// file and keeps writing.
+    fn rotate(&self, full: &File) {
+        use std::os::unix::fs::MetadataExt as _;
+        if full.try_lock().is_err() {
+            return;
+        }
+        let same = match (full.metadata(), fs::symlink_metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        };
+        if same {
+            let old = rotated(&self.path);
+            if let Err(e) = fs::rename(&self.path, &old) {
+                tracing::warn!(
+                    "cannot rotate journal {} to {}: {e}",
+                    self.path.display(),
+                    old.display()
+                );
+            }
+        }
+        let _ = full.unlock();
+    }
+}
+
+/// `journal.jsonl.1`, where a full journal goes.
+pub fn rotated(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
+/// One journal line as read back: old lines (with only `detail`) and new
+/// ones (with structured fields) alike.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, Serialize)]
+#[serde(default)]
+pub struct Line {
+    pub ts: String,
+    pub pid: u32,
+    pub command: String,
+    pub step: String,
+    pub node: Option<u32>,
+    pub host: Option<String>,
+    pub outcome: String,
+    pub detail: String,
+    pub ms: u64,
+    #[serde(flatten)]
+    pub fields: Fields,
+}
+
+/// Every readable line of the journal in `dir`, oldest first
+/// (`journal.jsonl.1` then `journal.jsonl`); lines that do not parse are
+/// skipped. Each file is read through [`open_state_file`] (no links, no
+/// FIFOs) and at most twice [`JOURNAL_MAX_BYTES`] of it.
+pub fn read_journal(dir: &Path) -> Vec<Line> {
+    use std::io::Read as _;
+    let path = dir.join("journal.jsonl");
+    let mut out = Vec::new();
+    for p in [rotated(&path), path] {
+        let Ok(f) = open_state_file(&p, OpenOptions::new().read(true)) else {
+            continue;
+        };
+        let mut text = String::new();
+        let mut bytes = Vec::new();
+        if f.take(2 * JOURNAL_MAX_BYTES)
+            .read_to_end(&mut bytes)
+            .is_err()
+        {
+            continue;
+        }
+        text.push_str(&String::from_utf8_lossy(&bytes));
+        out.extend(parse_lines(&text));
+    }
+    out
+}
+
+/// The journal lines of `text` that parse.
+pub fn parse_lines(text: &str) -> Vec<Line> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+        .filter(|l| !l.command.is_empty())
+        .collect()
+}
+
+/// One run of a pgha command as the journal tells it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    /// When it started (UTC, as the journal's `ts`).
+    pub when: String,
+    /// Unix time in ms of the start.
+    pub started_ms: u64,
+    /// `failover`, `follow`, `attach`.
+    pub command: String,
+    pub pid: u32,
+    /// `failover`, `switchover`, `standby_failed`, ... (empty on old lines).
+    pub kind: String,
+    /// `main`, or `settle` for pgha-failover's detached phase.
+    pub phase: String,
+    /// The run's outcome: a summary outcome (`promoted`, `attached`, ...),
+    /// `refused`, `failed`; for old journals without a `run` line the
+    /// worst step outcome.
+    pub outcome: String,
+    pub node: Option<u32>,
+    /// Wall time of the run.
+    pub ms: u64,
+    /// How long pgpool waited (pgha-failover's main phase).
+    pub blocked_ms: Option<u64>,
+    pub message: String,
+}
+
+/// The runs in `lines`, oldest first: the lines of one process (command
+/// and pid) make one run; its `run` line, when there is one, says the
+/// outcome and the times, otherwise they are inferred from the steps.
+pub fn runs(lines: &[Line]) -> Vec<Run> {
+    let mut groups: Vec<Vec<&Line>> = Vec::new();
+    let mut open: std::collections::HashMap<(&str, u32), usize> = Default::default();
+    for l in lines {
+        let key = (l.command.as_str(), l.pid);
+        match open.get(&key) {
+            // A run ends at its `run` line: a reused pid is another run.
+            Some(&i) if groups[i].last().is_some_and(|p| p.step != "run") => groups[i].push(l),
+            _ => {
+                open.insert(key, groups.len());
+                groups.push(vec![l]);
+            }
+        }
+    }
+    groups.iter().map(|g| run_of(g)).collect()
+}
+
+fn run_of(g: &[&Line]) -> Run {
+    let first = g[0];
+    let start_of = |l: &Line| parse_rfc3339(&l.ts).map(|t| t.saturating_sub(l.ms));
+    let started = g.iter().filter_map(|l| start_of(l)).min().unwrap_or(0);
+    let end = g
+        .iter()
+        .filter_map(|l| parse_rfc3339(&l.ts))
+        .max()
+        .unwrap_or(started);
+    let node = g.iter().find_map(|l| l.node);
+    let str_field = |l: &Line, k: &str| {
+        l.fields
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let num_field = |l: &Line, k: &str| l.fields.get(k).and_then(|v| v.as_u64());
+    let decision = g
+        .iter()
+        .find_map(|l| l.fields.get("decision").and_then(|v| v.as_str()));
+    if let Some(r) = g.iter().rev().find(|l| l.step == "run") {
+        let started_ms = num_field(r, "started_ms").unwrap_or(started);
+        return Run {
+            when: rfc3339(UNIX_EPOCH + Duration::from_millis(started_ms)),
+            started_ms,
+            command: first.command.clone(),
+            pid: first.pid,
+            kind: str_field(r, "kind"),
+            phase: str_field(r, "phase"),
+            outcome: r.outcome.clone(),
+            node: r.node.or(node),
+            ms: r.ms,
+            blocked_ms: num_field(r, "blocked_ms"),
+            message: str_field(r, "message"),
+        };
+    }
+    // An old journal, or a run that died before its last line.
+    let worst = ["failed", "refused"]
+        .into_iter()
+        .find(|o| g.iter().any(|l| l.outcome == *o))
+        .map(str::to_string);
+    let promoted = g.iter().any(|l| l.step == "promote" && l.outcome == "done");
+    let outcome = worst.unwrap_or_else(|| if promoted { "promoted" } else { "done" }.into());
+    let last = g[g.len() - 1];
+    Run {
+        when: rfc3339(UNIX_EPOCH + Duration::from_millis(started)),
+        started_ms: started,
+        command: first.command.clone(),
+        pid: first.pid,
+        kind: match decision {
+            Some("standby_failed") => "standby_failed".into(),
+            _ if promoted => "failover".into(),
+            _ => String::new(),
+        },
+        phase: if g.iter().any(|l| l.step == "settle") {
+            "settle"
+        } else {
+            "main"
+        }
+        .into(),
+        outcome,
+        node,
+        ms: end.saturating_sub(started),
+        blocked_ms: None,
+        message: if last.detail.starts_with(|c: char| c.is_ascii_uppercase()) {
+            // An old `{:?}` decision says little to a reader.
+            String::new()
+        } else {
+            last.detail.clone()
+        },
+    }
+}
+
+/// Milliseconds since the epoch of a timestamp [`rfc3339`] wrote.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    let ms = if b.get(19) == Some(&b'.') {
+        n(20..23)?
+    } else {
+        0
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let t = ((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms;
+    u64::try_from(t).ok()
 }
 
 /// UTC timestamp `2026-11-25T18:30:00.123Z` without a date crate.
@@ -464,5 +821,141 @@ mod tests {
         assert_eq!(lines[0]["ms"], 120);
         assert_eq!(lines[1]["outcome"], "skipped");
         assert!(lines[1].get("host").is_none());
+    }
+
+    #[test]
+    fn timestamps_parse_back() {
+        for ms in [0u64, 951_782_400_000, 1_795_631_400_123, 4_102_444_799_999] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339("2026-13-01T00:00:00.000Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn decisions_become_fields() {
+        let d = crate::plan::Decision::Refuse {
+            reason: "host=x password=s3cret".into(),
+        };
+        let f = decision_fields(&d);
+        assert_eq!(f["decision"], "refuse");
+        assert!(!f["reason"].as_str().unwrap().contains("s3cret"));
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path(), "failover");
+        j.record_fields("observe", None, None, "done", "", Duration::ZERO, f);
+        let l = &read_journal(dir.path())[0];
+        assert_eq!(l.step, "observe");
+        assert_eq!(l.fields["decision"], "refuse");
+    }
+
+    #[test]
+    fn the_journal_rotates_past_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::new(dir.path(), "failover");
+        j.max_bytes = 1000;
+        for i in 0..30 {
+            j.record("step", Some(i), None, "done", "x", Duration::ZERO);
+        }
+        let now = fs::metadata(&j.path).unwrap().len();
+        let old = fs::metadata(rotated(&j.path)).unwrap().len();
+        assert!(now <= 1000 && old <= 1000 && old > 800, "{now} {old}");
+        // Both files are read back, oldest first, each line whole.
+        let lines = read_journal(dir.path());
+        assert!(lines.len() >= 8, "{}", lines.len());
+        assert_eq!(lines.last().unwrap().node, Some(29));
+        let nodes: Vec<u32> = lines.iter().filter_map(|l| l.node).collect();
+        assert!(nodes.windows(2).all(|w| w[0] + 1 == w[1]), "{nodes:?}");
+    }
+
+    #[test]
+    fn concurrent_writers_never_interleave() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "y".repeat(3000);
+        std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let (dir, long) = (dir.path(), &long);
+                s.spawn(move || {
+                    let j = Journal::new(dir, "follow");
+                    for _ in 0..50 {
+                        j.record("step", Some(t), None, "done", long, Duration::ZERO);
+                    }
+                });
+            }
+        });
+        let text = fs::read_to_string(dir.path().join("journal.jsonl")).unwrap();
+        assert_eq!(text.lines().count(), 200);
+        assert_eq!(parse_lines(&text).len(), 200);
+    }
+
+    #[test]
+    fn runs_from_new_and_old_lines() {
+        let text = concat!(
+            // An old run: only `detail`, no `run` line.
+            r#"{"ts":"2026-11-25T18:30:00.100Z","pid":7,"command":"failover","step":"observe","outcome":"done","detail":"Promote { candidate: 1, reason: \"x\", fence: None }","ms":100}"#,
+            "\n",
+            r#"{"ts":"2026-11-25T18:30:00.300Z","pid":7,"command":"failover","step":"promote","node":1,"host":"h","outcome":"done","detail":"timeline 2","ms":150}"#,
+            "\n",
+            "not json\n",
+            // A new one that was refused.
+            r#"{"ts":"2026-11-25T19:00:00.050Z","pid":9,"command":"failover","step":"observe","outcome":"done","detail":"","ms":40,"decision":"refuse","reason":"r"}"#,
+            "\n",
+            r#"{"ts":"2026-11-25T19:00:00.060Z","pid":9,"command":"failover","step":"run","outcome":"refused","detail":"","ms":60,"kind":"refused","phase":"main","started_ms":1795633200000,"blocked_ms":60,"message":"REFUSED"}"#,
+            "\n",
+            // The same pid again later: another run.
+            r#"{"ts":"2026-11-26T08:00:00.000Z","pid":9,"command":"failover","step":"run","outcome":"promoted","detail":"","ms":90,"kind":"switchover","phase":"main","started_ms":1795680000000,"blocked_ms":90,"message":"ok"}"#,
+            "\n",
+        );
+        let r = runs(&parse_lines(text));
+        assert_eq!(r.len(), 3, "{r:#?}");
+        assert_eq!(
+            (r[0].outcome.as_str(), r[0].kind.as_str(), r[0].ms),
+            ("promoted", "failover", 300)
+        );
+        assert_eq!(r[0].when, "2026-11-25T18:30:00.000Z");
+        assert_eq!(r[0].message, "timeline 2");
+        assert_eq!(
+            (r[1].outcome.as_str(), r[1].blocked_ms),
+            ("refused", Some(60))
+        );
+        assert_eq!(r[2].kind, "switchover");
+    }
+
+    #[test]
+    fn a_run_line_ends_every_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path(), "failover");
+        let s = crate::report::Summary {
+            outcome: "promoted".into(),
+            message: "node 0 failed".into(),
+            blocked_ms: 80,
+            ..Default::default()
+        };
+        j.run_end(
+            "failover",
+            "main",
+            Ok(&s),
+            SystemTime::now(),
+            Duration::from_millis(85),
+        );
+        let e = Error::Refused("unsafe".into());
+        j.run_end(
+            "refused",
+            "main",
+            Err(&e),
+            SystemTime::now(),
+            Duration::from_millis(5),
+        );
+        let r = runs(&read_journal(dir.path()));
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].outcome.as_str(), r[0].blocked_ms),
+            ("promoted", Some(80))
+        );
+        assert_eq!(
+            (r[1].outcome.as_str(), r[1].blocked_ms),
+            ("refused", Some(5))
+        );
+        assert_eq!(r[1].message, "unsafe");
     }
 }

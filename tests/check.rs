@@ -344,7 +344,7 @@ fn preflight_passes_before_pgpool_starts() {
 }
 
 /// One HTTP GET to `addr`: (status code, body).
-fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
+pub(crate) fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
@@ -360,7 +360,7 @@ fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
 }
 
 /// The value of one sample of /metrics.
-fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
@@ -368,9 +368,9 @@ fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
 
 /// `pgha-check --watch` started on the app host; stopped (SIGTERM by pid)
 /// when dropped.
-struct Watch<'a> {
-    lab: &'a Lab,
-    child: Child,
+pub(crate) struct Watch<'a> {
+    pub(crate) lab: &'a Lab,
+    pub(crate) child: Child,
 }
 
 impl Drop for Watch<'_> {

@@ -12,6 +12,9 @@
 //!   split-brain watcher and a writer whose acknowledged commits must survive.
 //! - `hardening`: issue 16: TLS-only nodes with verify-full, planted FIFOs
 //!   and links, a read-only state directory, passwords kept out of logs.
+//! - `status`: issue 14: `pgha-check --status` (table and JSON) on a
+//!   healthy lab, a detached, a lagging and a failed-over one; `/metrics`
+//!   after a failover.
 //! - `util::watch`: the split-brain watcher and the writer.
 //!
 //! The end-to-end tests need root and the packages `lab/setup.sh` installs;
@@ -33,3 +36,4 @@ mod foundation;
 mod hardening;
 mod pcp;
 mod safety;
+mod status;

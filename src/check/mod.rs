@@ -18,6 +18,8 @@
 //!   `sr_check_user`, and PCP;
 //! - [`pgpoolconf`]: `pgpool.conf` itself (the commands point at pgha,
 //!   `backend_application_nameN` match the standbys, watchdog quorum);
+//! - [`status`]: `--status`, the cluster at a glance with the fix for
+//!   each node, and the last runs from the journal;
 //! - [`watch`]: `--watch`, the loop and its `/health` and `/metrics`.
 //!
 //! Every check ends in one [`Finding`]: ok, or FAIL with the fix to apply.
@@ -28,6 +30,7 @@ pub mod mesh;
 pub mod node;
 pub mod pgpoolconf;
 pub mod settings;
+pub mod status;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -177,6 +180,9 @@ impl Report {
 pub async fn run(args: &CheckArgs) -> Result<Summary> {
     if args.watch {
         return watch::run(args).await;
+    }
+    if args.status {
+        return status::run(args).await;
     }
     let topo = Topology::load(args.common.config.as_deref())?;
     if args.common.dry_run {

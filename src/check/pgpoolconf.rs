@@ -667,6 +667,7 @@ mod tests {
             state: "streaming".into(),
             sync_state: "async".into(),
             replay_lsn: None,
+            replay_lag_ms: None,
         };
         let p = node(0, Some("pg0"));
         let s = node(1, Some("pg1"));

@@ -7,7 +7,12 @@
 //!   failed checks.
 //! - `GET /metrics`: Prometheus text format: `pgha_check_ok{check,node}`
 //!   (1 passed, 0 failed), `pgha_check_last_run_timestamp_seconds`,
-//!   `pgha_check_duration_seconds`, `pgha_checks_failed`.
+//!   `pgha_check_duration_seconds`, `pgha_checks_failed`; from the journal
+//!   ([`history_metrics`]) `pgha_failovers_total`, `pgha_switchovers_total`,
+//!   `pgha_refusals_total`, `pgha_runs_total` and the last failover's
+//!   times; from a `--status` round each interval ([`node_metrics`])
+//!   `pgha_node_role`, `_timeline`, `_lag_bytes`, `_lag_seconds`,
+//!   `_pgpool_attached`, `_problem`.
 //!
 //! The listener is a few lines of HTTP/1.1 on tokio (one request per
 //! connection, `Connection: close`), bound to a loopback address only: the
@@ -54,8 +59,18 @@ pub fn loopback_listen(s: &str) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// The last report, shared between the check loop and the listener.
-type Shared = Arc<RwLock<Option<Report>>>;
+/// The last report and status, shared between the check loop and the
+/// listener.
+type Shared = Arc<RwLock<Last>>;
+
+/// What the listener serves.
+#[derive(Debug, Clone, Default)]
+pub struct Last {
+    pub report: Option<Report>,
+    pub status: Option<super::status::Status>,
+    /// Every run in the journal (counters come from all of them).
+    pub runs: Vec<crate::state::Run>,
+}
 
 /// Run the watch loop until SIGTERM or SIGINT.
 pub async fn run(args: &CheckArgs) -> Result<Summary> {
@@ -75,7 +90,7 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
         "serving /health and /metrics on http://{addr}, checking every {}",
         args.interval
     );
-    let shared: Shared = Arc::new(RwLock::new(None));
+    let shared: Shared = Arc::new(RwLock::new(Last::default()));
     tokio::spawn(serve(listener, shared.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -84,19 +99,29 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
     loop {
         let round = async {
             match Topology::load(args.common.config.as_deref()) {
-                Ok(topo) => super::check(&topo).await,
-                Err(e) => Report::new(
-                    vec![Finding::fail(
-                        "config",
-                        "pgpool",
-                        format!("{e:#}"),
-                        "fix the configuration file named in the message",
-                    )],
-                    Duration::ZERO,
+                Ok(topo) => {
+                    let (report, status) =
+                        tokio::join!(super::check(&topo), super::status::collect(&topo));
+                    let runs =
+                        crate::state::runs(&crate::state::read_journal(&topo.config.state_dir));
+                    (report, Some(status), runs)
+                }
+                Err(e) => (
+                    Report::new(
+                        vec![Finding::fail(
+                            "config",
+                            "pgpool",
+                            format!("{e:#}"),
+                            "fix the configuration file named in the message",
+                        )],
+                        Duration::ZERO,
+                    ),
+                    None,
+                    vec![],
                 ),
             }
         };
-        let report = tokio::select! {
+        let (report, status, all_runs) = tokio::select! {
             r = round => r,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -110,7 +135,11 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
             }
             warn!("{}", report.summary());
         }
-        *shared.write().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        *shared.write().unwrap_or_else(|e| e.into_inner()) = Last {
+            report: Some(report),
+            status,
+            runs: all_runs,
+        };
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = term.recv() => break,
@@ -161,8 +190,8 @@ async fn handle(mut stream: TcpStream, shared: Shared) {
         return;
     }
     let response = {
-        let report = shared.read().unwrap_or_else(|e| e.into_inner());
-        respond(&buf, report.as_ref())
+        let last = shared.read().unwrap_or_else(|e| e.into_inner());
+        respond(&buf, &last)
     };
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
         stream.write_all(&response).await?;
@@ -172,7 +201,8 @@ async fn handle(mut stream: TcpStream, shared: Shared) {
 }
 
 /// The whole HTTP response to the request head `req`.
-pub fn respond(req: &[u8], report: Option<&Report>) -> Vec<u8> {
+pub fn respond(req: &[u8], last: &Last) -> Vec<u8> {
+    let report = last.report.as_ref();
     let head = String::from_utf8_lossy(req);
     let mut first = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
@@ -205,7 +235,9 @@ pub fn respond(req: &[u8], report: Option<&Report>) -> Vec<u8> {
             200,
             "OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            &metrics(report),
+            &(metrics(report)
+                + &history_metrics(&last.runs, now())
+                + &node_metrics(last.status.as_ref())),
             with_body,
         ),
         _ => http(
@@ -296,6 +328,212 @@ pub fn metrics(report: Option<&Report>) -> String {
     out
 }
 
+/// A detached phase belongs to the run that started it when it starts
+/// this soon after that run ended (it is spawned as the run ends).
+const SETTLE_STARTS_WITHIN_MS: u64 = 5_000;
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn sample(out: &mut String, name: &str, help: &str, kind: &str, rows: &[(String, String)]) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            out.push_str(&format!("{name} {v}\n"));
+        } else {
+            out.push_str(&format!("{name}{{{labels}}} {v}\n"));
+        }
+    }
+}
+
+/// Metrics from what happened (the journal's runs), at `now` (Unix
+/// seconds): counters of failovers, switchovers and refusals by outcome,
+/// of every run by command and outcome, and the last failover's times.
+/// The counters restart when the journal rotates past its bound (a
+/// counter reset, which `rate()` and `increase()` handle).
+pub fn history_metrics(runs: &[crate::state::Run], now: f64) -> String {
+    use std::collections::BTreeMap;
+    let main: Vec<&crate::state::Run> = runs.iter().filter(|r| r.phase != "settle").collect();
+    let count = |pred: &dyn Fn(&crate::state::Run) -> bool,
+                 key: &dyn Fn(&crate::state::Run) -> String| {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for r in main.iter().filter(|r| pred(r)) {
+            *m.entry(key(r)).or_default() += 1;
+        }
+        m.into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let by_outcome = |r: &crate::state::Run| format!("outcome=\"{}\"", label(&r.outcome));
+    let mut out = String::new();
+    sample(
+        &mut out,
+        "pgha_failovers_total",
+        "pgha-failover runs that promoted (or finished a promotion), by outcome.",
+        "counter",
+        &count(
+            &|r| r.command == "failover" && r.kind == "failover",
+            &by_outcome,
+        ),
+    );
+    sample(
+        &mut out,
+        "pgha_switchovers_total",
+        "pgha-failover runs for a primary that was alive (fenced, then a standby promoted), by outcome.",
+        "counter",
+        &count(
+            &|r| r.command == "failover" && r.kind == "switchover",
+            &by_outcome,
+        ),
+    );
+    sample(
+        &mut out,
+        "pgha_refusals_total",
+        "Runs that refused to act (nothing changed), by command.",
+        "counter",
+        &count(&|r| r.outcome == "refused", &|r| {
+            format!("command=\"{}\"", label(&r.command))
+        }),
+    );
+    sample(
+        &mut out,
+        "pgha_runs_total",
+        "Every run in the journal, by command and outcome.",
+        "counter",
+        &count(&|_| true, &|r| {
+            format!(
+                "command=\"{}\",outcome=\"{}\"",
+                label(&r.command),
+                label(&r.outcome)
+            )
+        }),
+    );
+    let last = main
+        .iter()
+        .rev()
+        .find(|r| r.command == "failover" && matches!(r.kind.as_str(), "failover" | "switchover"));
+    let (ts, blocked, total, since) = match last {
+        Some(r) => {
+            let start = r.started_ms as f64 / 1000.0;
+            let end_main = start + r.ms as f64 / 1000.0;
+            // The detached phase it started, if it ran: the total ends there.
+            let end = runs
+                .iter()
+                .filter(|s| s.phase == "settle" && s.started_ms >= r.started_ms)
+                .filter(|s| s.started_ms <= r.started_ms + r.ms + SETTLE_STARTS_WITHIN_MS)
+                .map(|s| (s.started_ms + s.ms) as f64 / 1000.0)
+                .next()
+                .unwrap_or(end_main);
+            let blocked = r.blocked_ms.unwrap_or(r.ms) as f64 / 1000.0;
+            (start, blocked, end - start, (now - end_main).max(0.0))
+        }
+        None => (0.0, 0.0, 0.0, -1.0),
+    };
+    let one = |v: f64| vec![(String::new(), format!("{v:.3}"))];
+    sample(
+        &mut out,
+        "pgha_last_failover_timestamp_seconds",
+        "When the last failover or switchover started (Unix time; 0: none in the journal).",
+        "gauge",
+        &one(ts),
+    );
+    sample(
+        &mut out,
+        "pgha_last_failover_blocked_seconds",
+        "How long pgpool waited for the last failover's pgha-failover.",
+        "gauge",
+        &one(blocked),
+    );
+    sample(
+        &mut out,
+        "pgha_last_failover_total_seconds",
+        "The last failover from its start to the end of its detached phase (standbys following and attached).",
+        "gauge",
+        &one(total),
+    );
+    sample(
+        &mut out,
+        "pgha_seconds_since_last_failover",
+        "Seconds since the last failover ended (-1: none in the journal).",
+        "gauge",
+        &one(since),
+    );
+    out
+}
+
+/// Per-node gauges from the last `--status` round.
+pub fn node_metrics(status: Option<&super::status::Status>) -> String {
+    let mut out = String::new();
+    let nodes = status.map(|s| s.nodes.as_slice()).unwrap_or_default();
+    let l = |r: &super::status::Row| format!("node=\"{}\",address=\"{}\"", r.id, label(&r.address));
+    let rows = |f: &dyn Fn(&super::status::Row) -> Option<String>| {
+        nodes
+            .iter()
+            .filter_map(|r| f(r).map(|v| (l(r), v)))
+            .collect::<Vec<_>>()
+    };
+    let mut roles = Vec::new();
+    for r in nodes {
+        for role in ["primary", "standby", "down", "unknown"] {
+            roles.push((
+                format!("{},role=\"{role}\"", l(r)),
+                u8::from(r.role == role).to_string(),
+            ));
+        }
+    }
+    sample(
+        &mut out,
+        "pgha_node_role",
+        "What the node says it is (1 for its role): primary, standby, down (no answer), unknown.",
+        "gauge",
+        &roles,
+    );
+    sample(
+        &mut out,
+        "pgha_node_timeline",
+        "The node's timeline.",
+        "gauge",
+        &rows(&|r| r.timeline.map(|t| t.to_string())),
+    );
+    sample(
+        &mut out,
+        "pgha_node_lag_bytes",
+        "Bytes of WAL the standby has not received from the primary.",
+        "gauge",
+        &rows(&|r| r.lag_bytes.map(|b| b.to_string())),
+    );
+    sample(
+        &mut out,
+        "pgha_node_lag_seconds",
+        "pg_stat_replication.replay_lag on the primary.",
+        "gauge",
+        &rows(&|r| r.lag_seconds.map(|s| format!("{s:.3}"))),
+    );
+    sample(
+        &mut out,
+        "pgha_node_pgpool_attached",
+        "Attached in pgpool (status up or waiting).",
+        "gauge",
+        &rows(&|r| {
+            r.pgpool_status
+                .as_ref()
+                .map(|s| u8::from(s == "up" || s == "waiting").to_string())
+        }),
+    );
+    sample(
+        &mut out,
+        "pgha_node_problem",
+        "1 when --status finds something to fix on the node.",
+        "gauge",
+        &rows(&|r| Some(u8::from(r.problem.is_some()).to_string())),
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +546,93 @@ mod tests {
             ],
             Duration::from_millis(1500),
         )
+    }
+
+    fn last(r: &Report) -> Last {
+        Last {
+            report: Some(r.clone()),
+            ..Last::default()
+        }
+    }
+
+    fn run(kind: &str, phase: &str, outcome: &str, started_ms: u64, ms: u64) -> crate::state::Run {
+        crate::state::Run {
+            when: String::new(),
+            started_ms,
+            command: "failover".into(),
+            pid: 1,
+            kind: kind.into(),
+            phase: phase.into(),
+            outcome: outcome.into(),
+            node: Some(0),
+            ms,
+            blocked_ms: (phase == "main").then_some(ms),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn metrics_from_what_happened() {
+        let none = history_metrics(&[], 100.0);
+        assert!(
+            none.contains("pgha_seconds_since_last_failover -1.000\n"),
+            "{none}"
+        );
+        assert!(
+            none.contains("# TYPE pgha_failovers_total counter\n"),
+            "{none}"
+        );
+        let runs = vec![
+            run("refused", "main", "refused", 1_000, 10),
+            run("failover", "main", "promoted", 10_000, 50),
+            run("failover", "settle", "settled", 10_060, 300),
+            run("switchover", "main", "promoted", 20_000, 200),
+            run("failover", "main", "failed", 30_000, 1500),
+            run("failover", "main", "promoted", 40_000, 80),
+        ];
+        let m = history_metrics(&runs, 50.0);
+        assert!(
+            m.contains("pgha_failovers_total{outcome=\"promoted\"} 2\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pgha_failovers_total{outcome=\"failed\"} 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pgha_switchovers_total{outcome=\"promoted\"} 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pgha_refusals_total{command=\"failover\"} 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pgha_last_failover_timestamp_seconds 40.000\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pgha_last_failover_blocked_seconds 0.080\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("pgha_seconds_since_last_failover 9.920\n"),
+            "{m}"
+        );
+        // The settle phase of an earlier run is not the last one's.
+        assert!(
+            m.contains("pgha_last_failover_total_seconds 0.080\n"),
+            "{m}"
+        );
+        let m = history_metrics(&runs[..3], 50.0);
+        assert!(
+            m.contains("pgha_last_failover_total_seconds 0.360\n"),
+            "{m}"
+        );
+        for l in m.lines().filter(|l| !l.starts_with('#')) {
+            assert!(l.rsplit_once(' ').unwrap().1.parse::<f64>().is_ok(), "{l}");
+        }
+        assert!(node_metrics(None).contains("# TYPE pgha_node_role gauge"));
     }
 
     #[test]
@@ -360,7 +685,7 @@ mod tests {
         let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
         let h = text(respond(
             b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
-            Some(&r),
+            &last(&r),
         ));
         assert!(h.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{h}");
         assert!(h.contains("1 of 2 checks FAILED"), "{h}");
@@ -374,27 +699,35 @@ mod tests {
             vec![Finding::pass("ssh", "pgpool->node0", "ok")],
             Duration::ZERO,
         );
-        let h = text(respond(b"GET /health HTTP/1.1\r\n\r\n", Some(&ok)));
+        let h = text(respond(b"GET /health HTTP/1.1\r\n\r\n", &last(&ok)));
         assert!(h.starts_with("HTTP/1.1 200 OK\r\n"), "{h}");
-        let h = text(respond(b"GET /health HTTP/1.1\r\n\r\n", None));
+        let h = text(respond(b"GET /health HTTP/1.1\r\n\r\n", &Last::default()));
         assert!(h.starts_with("HTTP/1.1 503"), "{h}");
-        let m = text(respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", Some(&r)));
+        let m = text(respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", &last(&r)));
         assert!(
             m.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4"),
             "{m}"
         );
-        let head = text(respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", Some(&r)));
+        let head = text(respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &last(&r)));
         assert!(head.ends_with("\r\n\r\n"), "{head}");
-        assert!(text(respond(b"POST /health HTTP/1.1\r\n\r\n", None)).starts_with("HTTP/1.1 405"));
-        assert!(text(respond(b"GET / HTTP/1.1\r\n\r\n", None)).starts_with("HTTP/1.1 404"));
-        assert!(text(respond(&vec![b'a'; MAX_REQUEST + 1], None)).starts_with("HTTP/1.1 431"));
+        assert!(
+            text(respond(b"POST /health HTTP/1.1\r\n\r\n", &Last::default()))
+                .starts_with("HTTP/1.1 405")
+        );
+        assert!(
+            text(respond(b"GET / HTTP/1.1\r\n\r\n", &Last::default())).starts_with("HTTP/1.1 404")
+        );
+        assert!(
+            text(respond(&vec![b'a'; MAX_REQUEST + 1], &Last::default()))
+                .starts_with("HTTP/1.1 431")
+        );
     }
 
     #[tokio::test]
     async fn serves_over_tcp() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared: Shared = Arc::new(RwLock::new(Some(report())));
+        let shared: Shared = Arc::new(RwLock::new(last(&report())));
         tokio::spawn(serve(listener, shared.clone()));
         let get = |path: &'static str| async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
@@ -406,7 +739,7 @@ mod tests {
             out
         };
         assert!(get("/health").await.starts_with("HTTP/1.1 503"));
-        *shared.write().unwrap() = Some(Report::new(
+        *shared.write().unwrap() = last(&Report::new(
             vec![Finding::pass("ssh", "pgpool->node0", "ok")],
             Duration::ZERO,
         ));

@@ -1,0 +1,214 @@
+//! `pgha-check --status` end to end (issue 14): one lab taken through a
+//! detached standby, a lagging one (its walsender stopped on the primary,
+//! as in `safety.rs`) and a failover; at each stage the JSON is parsed and
+//! checked against the cluster, the table names the fix, and `/metrics` of
+//! `--watch` counts the failover.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::check::{Watch, get, sample};
+use crate::util::lab::{Lab, LabOptions, lab_sh};
+
+const T: Duration = Duration::from_secs(30);
+
+/// `pgha-check --status ARGS` on the app host, as postgres: (exit, stdout).
+fn status(lab: &Lab, args: &[&str]) -> (Option<i32>, String, String) {
+    let bin = lab.bin("pgha-check");
+    let mut argv = vec![bin.as_str(), "--status"];
+    argv.extend_from_slice(args);
+    let o = lab.exec("app", &argv);
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The JSON status, polled until `ok` accepts it.
+#[track_caller]
+fn json_until(lab: &Lab, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    lab.wait_observing(what, T, || {
+        let (_, out, err) = status(lab, &["--json"]);
+        let v: Value = serde_json::from_str(out.trim()).map_err(|e| format!("{e}: {out}{err}"))?;
+        if ok(&v) { Ok(v) } else { Err(out) }
+    })
+}
+
+fn node(v: &Value, id: u64) -> &Value {
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .unwrap()
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn first(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+fn pcp(lab: &Lab, tool: &str, id: &str) {
+    let app = lab.addr("app");
+    let out = lab.exec(
+        "app",
+        &[
+            tool, "-w", "-h", &app, "-p", "9898", "-U", "pgpool", "-n", id,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{tool}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn status_shows_each_fault_with_its_fix_and_metrics_count_the_failover() {
+    let lab = Lab::up(LabOptions::default());
+
+    // Healthy: exit 0, a primary, two streaming standbys, nothing to fix.
+    let v = json_until(&lab, "a healthy status", |v| {
+        v["problems"] == 0 && v["nodes"].as_array().is_some_and(|n| n.len() == 3)
+    });
+    assert_eq!(v["primary"], 0);
+    for id in [1, 2] {
+        let n = node(&v, id);
+        assert_eq!(n["role"], "standby", "{n}");
+        assert_eq!(n["upstream"], 0, "{n}");
+        assert_eq!(n["timeline"], 1, "{n}");
+        assert_eq!(n["pgpool_status"], "up", "{n}");
+        assert_eq!(n["ssh"], true, "{n}");
+        assert_eq!(n["sync_state"], "async", "{n}");
+        assert!(
+            n["receive_lsn"].as_str().is_some_and(|l| l.contains('/')),
+            "{n}"
+        );
+    }
+    assert_eq!(node(&v, 0)["pgpool_role"], "primary");
+    let (code, table, err) = status(&lab, &[]);
+    assert_eq!(code, Some(0), "{table}{err}");
+    assert!(table.starts_with("id  address"), "{table}");
+    assert!(!table.contains('\x1b'), "no colour without a tty: {table}");
+    assert!(table.contains("nothing to fix"), "{table}");
+    assert!(
+        err.contains("pgha-check: OK: 3 nodes, primary node 0"),
+        "{err}"
+    );
+    println!("--- healthy ---\n{table}");
+
+    // Detached in pgpool: pgha-attach 2.
+    pcp(&lab, "pcp_detach_node", "2");
+    let v = json_until(&lab, "node 2 shown detached", |v| {
+        node(v, 2)["fix"] == "pgha-attach 2"
+    });
+    assert_eq!(node(&v, 2)["pgpool_status"], "down");
+    let (code, table, _) = status(&lab, &[]);
+    assert_eq!(code, Some(1), "{table}");
+    assert!(table.contains("detached -- fix: pgha-attach 2"), "{table}");
+    pcp(&lab, "pcp_attach_node", "2");
+    json_until(&lab, "node 2 attached again", |v| v["problems"] == 0);
+
+    // Lagging: pg1's walsender stopped, writes on the primary.
+    let pid = lab.psql(
+        "pg0",
+        "select pid from pg_stat_replication where application_name = 'pg1'",
+    );
+    assert!(!pid.is_empty());
+    assert!(lab.exec("pg0", &["kill", "-STOP", &pid]).status.success());
+    lab.psql(
+        "pg0",
+        "create table lagged as select g, repeat('x', 200) from generate_series(1, 200000) g",
+    );
+    let v = json_until(&lab, "node 1 shown lagging", |v| {
+        node(v, 1)["problem"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("lags "))
+    });
+    assert!(node(&v, 1)["lag_bytes"].as_u64().unwrap() > 16 << 20, "{v}");
+    assert!(node(&v, 2)["problem"].is_null(), "{v}");
+    println!("--- lagging ---\n{}", status(&lab, &[]).1);
+    assert!(lab.exec("pg0", &["kill", "-CONT", &pid]).status.success());
+    json_until(&lab, "node 1 caught up", |v| v["problems"] == 0);
+
+    // Metrics before and after a failover.
+    let listen = format!("{}:9187", lab.addr("app"));
+    let script = format!(
+        "echo $$ >/tmp/pgha-watch.pid; exec {} --watch --interval 1s --listen {listen}",
+        lab.bin("pgha-check")
+    );
+    let child = Command::new(lab_sh())
+        .args(["exec", &lab.name, "app", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _watch = Watch { lab: &lab, child };
+    let promoted = "pgha_failovers_total{outcome=\"promoted\"}";
+    let before = lab.wait_observing("metrics with node gauges", T, || {
+        let (_, m) = get(&listen, "/metrics")?;
+        match first(&m, "pgha_node_timeline{node=\"0\"") {
+            Some(_) => Ok(m),
+            None => Err(m),
+        }
+    });
+    assert_eq!(sample(&before, promoted), None, "{before}");
+    assert_eq!(
+        sample(&before, "pgha_seconds_since_last_failover"),
+        Some(-1.0)
+    );
+
+    // The primary's host dies: pgpool runs pgha-failover, node 1 is promoted.
+    lab.kill_host("pg0");
+    let v = json_until(&lab, "node 1 primary, node 2 following it", |v| {
+        v["primary"] == 1 && node(v, 2)["upstream"] == 1 && node(v, 2)["problem"].is_null()
+    });
+    let old = node(&v, 0);
+    assert_eq!(old["role"], "down", "{old}");
+    assert_eq!(old["fix"], "start it, then pgha-follow 0", "{old}");
+    assert_eq!(node(&v, 1)["timeline"], 2);
+    let runs = v["runs"].as_array().unwrap();
+    let last = runs.iter().rev().find(|r| r["phase"] == "main").unwrap();
+    assert_eq!(
+        (&last["command"], &last["outcome"]),
+        (&"failover".into(), &"promoted".into()),
+        "{v}"
+    );
+    assert!(last["blocked_ms"].as_u64().is_some(), "{last}");
+    let (_, table, _) = status(&lab, &[]);
+    assert!(
+        table.contains("down: no answer -- fix: start it, then pgha-follow 0"),
+        "{table}"
+    );
+    assert!(table.contains("failover node 0  promoted"), "{table}");
+    println!("--- after the failover ---\n{table}");
+
+    let after = lab.wait_observing("metrics counting the failover", T, || {
+        let (_, m) = get(&listen, "/metrics")?;
+        if sample(&m, promoted) == Some(1.0)
+            && first(&m, "pgha_node_timeline{node=\"1\"") == Some(2.0)
+        {
+            Ok(m)
+        } else {
+            Err(m)
+        }
+    });
+    let blocked = sample(&after, "pgha_last_failover_blocked_seconds").unwrap();
+    let total = sample(&after, "pgha_last_failover_total_seconds").unwrap();
+    assert!(blocked > 0.0 && total >= blocked, "{after}");
+    assert!(sample(&after, "pgha_seconds_since_last_failover").unwrap() >= 0.0);
+    assert!(
+        after.contains(&format!(
+            "pgha_node_role{{node=\"0\",address=\"{}:5432\",role=\"down\"}} 1",
+            lab.addr("pg0")
+        )),
+        "{after}"
+    );
+}
