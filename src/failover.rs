@@ -1013,7 +1013,15 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
             "--settle needs --settle-primary (it is started by pgha-failover itself)".into(),
         ));
     };
-    let observed = cluster::observe_all(topo).await;
+    // The failed node is left out: asking a silent one would cost the
+    // whole connect timeout before any standby is helped.
+    let observed = futures::future::join_all(
+        topo.nodes
+            .iter()
+            .filter(|n| i64::from(n.id) != args.failed_node)
+            .map(|n| cluster::observe_node(topo, n)),
+    )
+    .await;
     // Work from the node the run promoted, never from "the first node not
     // in recovery" (an old primary that came back is one too).
     let Some(p) = observed
