@@ -1083,14 +1083,26 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
         let (primary, history, remote) = (&primary, &history, &remote);
         async move {
             let n = &o.node;
-            // A standby whose startup process sits in a restore_command
-            // reaching a silent host switches to streaming only after it:
-            // cut it short (a missing file to PostgreSQL, retried from the
-            // new archive).
-            if o.ok().is_some_and(|s| {
+            // A standby not streaming yet sits in restore_command attempts
+            // (each an ssh connection in the scp layout, the one in flight
+            // perhaps to a silent host) and switches to streaming only
+            // between them. On 14+ it waits with none (reload), the attempt
+            // in flight cut short; the command it had (pointed at the new
+            // primary already) is put back afterwards, also when the wait
+            // fails.
+            let pending = o.ok().filter(|s| {
                 !s.is_streaming_from(&primary.replication_host)
                     && !s.is_streaming_from(&primary.host)
-            }) {
+            });
+            let quiet = pending
+                .filter(|s| s.server_version_num >= 140000 && !s.restore_command.is_empty())
+                .map(|s| (s.server_version_num, s.restore_command.clone()));
+            if let Some((v, _)) = &quiet
+                && let Err(e) = steps::set_restore_command(topo, n, *v, "").await
+            {
+                warn!("{e}");
+            }
+            if pending.is_some() {
                 match steps::interrupt_restore(topo, remote, n, deadline).await {
                     Ok(0) => {}
                     Ok(k) => info!(
@@ -1100,13 +1112,23 @@ async fn settle(topo: &Topology, args: &FailoverArgs, deadline: Instant) -> Resu
                     Err(e) => warn!("{e}"),
                 }
             }
-            if let (Some(h), Some(st)) = (history, o.ok()) {
-                let copied = steps::put_history(topo, remote, n, st, timeline, h, deadline).await?;
-                for path in copied {
-                    info!("{}: {path} written and verified (md5)", n.label());
+            let followed = async {
+                if let (Some(h), Some(st)) = (history, o.ok()) {
+                    let copied =
+                        steps::put_history(topo, remote, n, st, timeline, h, deadline).await?;
+                    for path in copied {
+                        info!("{}: {path} written and verified (md5)", n.label());
+                    }
                 }
+                steps::wait_streaming(topo, n, primary, timeline, deadline).await
             }
-            let waited = steps::wait_streaming(topo, n, primary, timeline, deadline).await?;
+            .await;
+            if let Some((v, cmd)) = &quiet
+                && let Err(e) = steps::set_restore_command(topo, n, *v, cmd).await
+            {
+                error!("{e}; set restore_command = '{cmd}' there by hand (ALTER SYSTEM, reload)");
+            }
+            let waited = followed?;
             info!(
                 "{}: streams from {} on timeline {timeline} (waited {:.2}s)",
                 n.label(),

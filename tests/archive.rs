@@ -68,11 +68,20 @@ fn a_silent_primary_fails_over_and_every_restore_command_follows_the_new_primary
     watcher.assert_never_two_primaries();
     assert_none_lost(&lab, &new, &acked);
     let want = lab.repl_addr(&new);
+    // The settle phase lets a standby switch to streaming with no
+    // restore_command, then puts back the one pointed at the new primary.
     for h in [other, new.as_str()] {
-        let cmd = lab.psql(h, "show restore_command");
-        assert!(
-            cmd.contains(&format!(" {want}:")) && !cmd.contains(&lab.repl_addr("pg0")),
-            "{h}'s restore_command must fetch from {new} ({want}): {cmd}"
+        lab.wait_observing(
+            &format!("{h}'s restore_command to fetch from {new} ({want})"),
+            T,
+            || {
+                let cmd = lab.psql(h, "show restore_command");
+                if cmd.contains(&format!(" {want}:")) && !cmd.contains(&lab.repl_addr("pg0")) {
+                    Ok(())
+                } else {
+                    Err(cmd)
+                }
+            },
         );
     }
     // The promote step is not held by scp attempts against the silent host
