@@ -24,20 +24,6 @@ fn wait_primary(lab: &Lab, tl: u32) -> String {
     })
 }
 
-fn wait_streams(lab: &Lab, host: &str, from: &str, tl: u32) {
-    let addrs = [lab.addr(from), lab.repl_addr(from)];
-    lab.wait_observing(&format!("{host} streaming from {from} on timeline {tl}"), T, || {
-        let out = lab.try_psql(
-            host,
-            "select sender_host || '|' || received_tli from pg_stat_wal_receiver where status = 'streaming'",
-        );
-        match out.as_deref().map(|o| o.split_once('|')) {
-            Ok(Some((h, t))) if addrs.iter().any(|a| a == h) && t == tl.to_string() => Ok(()),
-            _ => Err(out),
-        }
-    });
-}
-
 /// The seconds pgha's promote step took, from its progress line.
 fn promote_seconds(log: &str) -> Option<f64> {
     log.lines().find_map(|l| {
@@ -62,7 +48,7 @@ fn a_silent_primary_fails_over_and_every_restore_command_follows_the_new_primary
     lab.blackhole(&lab.addr("pg0"));
     let new = wait_primary(&lab, 2);
     let other = if new == "pg1" { "pg2" } else { "pg1" };
-    wait_streams(&lab, other, &new, 2);
+    lab.wait_streams(other, &new, 2, T);
     writer.wait_more(&lab, 10, "writes through pgpool after the failover", T);
     let acked = writer.stop();
     watcher.assert_never_two_primaries();
@@ -97,7 +83,7 @@ fn a_standby_that_needs_archived_wal_catches_up_from_the_new_primarys_archive() 
     lab.kill_host("pg0");
     let new = wait_primary(&lab, 2);
     let other = if new == "pg1" { "pg2" } else { "pg1" };
-    wait_streams(&lab, other, &new, 2);
+    lab.wait_streams(other, &new, 2, T);
     let data = "/var/lib/postgresql/15/main";
     let out = lab.exec(other, &["pg_ctl", "-D", data, "stop", "-m", "fast", "-w"]);
     assert!(
@@ -138,7 +124,7 @@ fn a_standby_that_needs_archived_wal_catches_up_from_the_new_primarys_archive() 
         ) == "t")
             .then_some(())
     });
-    wait_streams(&lab, other, &new, 2);
+    lab.wait_streams(other, &new, 2, T);
     assert!(
         lab.pg_log(other).contains("restored log file"),
         "{other} must have restored from {new}'s archive: {}",

@@ -2,50 +2,12 @@
 //! real PostgreSQL servers, real sshd; assertions on what the cluster is
 //! afterwards (roles, timelines, upstreams, rows, pgpool's node status).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::lab::{Lab, LabOptions, role};
-use crate::util::watch::SplitBrainWatcher;
+use crate::util::lab::{Lab, LabOptions, role, upstream};
+use crate::util::watch::{SplitBrainWatcher, Writer, assert_none_lost};
 
 const T: Duration = Duration::from_secs(30);
-
-/// Where a standby streams from: (sender host, timeline), when streaming.
-fn upstream(lab: &Lab, host: &str) -> Option<(String, u32)> {
-    let out = lab
-        .try_psql(
-            host,
-            "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'",
-        )
-        .ok()?;
-    let (h, tl) = out.split_once('|')?;
-    Some((h.to_string(), tl.parse().ok()?))
-}
-
-/// Wait until `host` streams from `primary` (either of its addresses) on `tl`.
-fn wait_follows(lab: &Lab, host: &str, primary: &str, tl: u32) {
-    let addrs = [lab.addr(primary), lab.repl_addr(primary)];
-    lab.wait_observing(
-        &format!("{host} streaming from {primary} on timeline {tl}"),
-        T,
-        || match upstream(lab, host) {
-            Some((h, t)) if addrs.contains(&h) && t == tl => Ok(()),
-            other => Err(other),
-        },
-    );
-}
-
-fn wait_primary(lab: &Lab, host: &str, tl: u32) {
-    lab.wait_observing(
-        &format!("{host} primary on timeline {tl}"),
-        T,
-        || match role(lab, host) {
-            Ok((true, t)) if t == tl => Ok(()),
-            other => Err(other),
-        },
-    );
-}
 
 fn wait_pcp_up(lab: &Lab, node: u32, role: &str) {
     lab.wait_observing(
@@ -110,10 +72,7 @@ fn passive_lab(standbys: u32) -> Lab {
 
 fn kill_primary_and_wait_detached(lab: &Lab) {
     lab.kill_host("pg0");
-    lab.wait_observing("pgpool to detach node 0", T, || match lab.pcp_node(0) {
-        Ok(n) if n.status == "down" => Ok(()),
-        other => Err(other),
-    });
+    lab.wait_detached(0, T);
 }
 
 #[test]
@@ -126,84 +85,31 @@ fn primary_killed_pgpool_fails_over_and_no_acknowledged_write_is_lost() {
     // With synchronous replication (ANY 1), only the most advanced standby
     // is sure to hold every acknowledged commit.
     set_failover_option(&lab, "candidate = \"most_advanced\"");
-    lab.pgpool_sql("create table acked(id int primary key)")
-        .unwrap();
-
     // A writer through pgpool records every id whose commit was acknowledged.
-    let acked = Arc::new(Mutex::new(Vec::<u32>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (acked, stop) = (acked.clone(), stop.clone());
-        let name = lab.name.clone();
-        let app = lab.addr("app");
-        std::thread::spawn(move || {
-            let mut id = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                id += 1;
-                let sql = format!("insert into acked values ({id})");
-                let out = std::process::Command::new(crate::util::lab::lab_sh())
-                    .args([
-                        "exec", &name, "app", "--", "timeout", "20", "psql", "-X", "-q", "-h", &app,
-                    ])
-                    .args(["-p", "9999"])
-                    .args([
-                        "-U",
-                        "app",
-                        "-d",
-                        "app",
-                        "-v",
-                        "ON_ERROR_STOP=1",
-                        "-c",
-                        &sql,
-                    ])
-                    .output()
-                    .unwrap();
-                if out.status.success() {
-                    acked.lock().unwrap().push(id);
-                }
-            }
-        })
-    };
-    lab.wait_until("a few acknowledged writes", T, || {
-        (acked.lock().unwrap().len() >= 20).then_some(())
-    });
+    let writer = Writer::start(&lab);
+    writer.wait_more(&lab, 20, "a few acknowledged writes", T);
     let killed = Instant::now();
     lab.kill_host("pg0");
-    let before = acked.lock().unwrap().len();
-    lab.wait_until("writes through pgpool to resume", T, || {
-        (acked.lock().unwrap().len() >= before + 20).then_some(())
-    });
+    writer.wait_more(&lab, 20, "writes through pgpool to resume", T);
     eprintln!(
         "writes resumed {:.2}s after the kill",
         killed.elapsed().as_secs_f64()
     );
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    let acked = writer.stop();
 
     let (new, other) = match role(&lab, "pg1") {
         Ok((true, _)) => ("pg1", "pg2"),
         _ => ("pg2", "pg1"),
     };
-    wait_primary(&lab, new, 2);
-    wait_follows(&lab, other, new, 2);
+    lab.wait_primary(new, 2, T);
+    lab.wait_streams(other, new, 2, T);
     let new_id: u32 = new[2..].parse().unwrap();
     let other_id: u32 = other[2..].parse().unwrap();
     wait_pcp_up(&lab, new_id, "primary");
     wait_pcp_up(&lab, other_id, "standby");
     assert_eq!(lab.pcp_node(0).unwrap().status, "down");
 
-    let ids: std::collections::BTreeSet<u32> = lab
-        .try_psql_db(new, "app", "select id from acked")
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let acked = acked.lock().unwrap();
-    let lost: Vec<&u32> = acked.iter().filter(|i| !ids.contains(i)).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged ids missing on the new primary {new}: {lost:?}"
-    );
+    assert_none_lost(&lab, new, &acked);
     lab.pgpool_sql("insert into acked values (1000000)")
         .unwrap();
     assert_eq!(
@@ -229,8 +135,8 @@ fn rerun_changes_nothing_and_standby_failure_promotes_nothing() {
     let lab = Lab::up(LabOptions::default());
     let watcher = SplitBrainWatcher::start(&lab);
     lab.kill_host("pg0");
-    wait_primary(&lab, "pg1", 2);
-    wait_follows(&lab, "pg2", "pg1", 2);
+    lab.wait_primary("pg1", 2, T);
+    lab.wait_streams("pg2", "pg1", 2, T);
     wait_pcp_up(&lab, 2, "standby");
 
     // The same call again: nothing to do, and it says so.
@@ -299,7 +205,7 @@ fn concurrent_runs_promote_once() {
         (true, 2),
         "timeline went up by one"
     );
-    wait_follows(&lab, "pg2", "pg1", 2);
+    lab.wait_streams("pg2", "pg1", 2, T);
     assert_eq!(promotions(&lab), 1);
     watcher.assert_never_two_primaries();
 }
@@ -328,7 +234,7 @@ fn blackholed_standby_costs_its_timeout_and_the_others_still_follow() {
     // The lab's connect timeout is 2 s; the deadline is 50 s.
     assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
     assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
-    wait_follows(&lab, "pg2", "pg1", 2);
+    lab.wait_streams("pg2", "pg1", 2, T);
     watcher.assert_never_two_primaries();
 }
 
@@ -344,8 +250,8 @@ fn pgpool_cut_off_from_the_primary_never_makes_two_primaries() {
         Duration::from_secs(60),
         || lab.pgpool_log().contains("pgha-failover: ").then_some(()),
     );
-    wait_primary(&lab, "pg1", 2);
-    wait_follows(&lab, "pg2", "pg1", 2);
+    lab.wait_primary("pg1", 2, T);
+    lab.wait_streams("pg2", "pg1", 2, T);
     watcher.assert_never_two_primaries();
     let log = lab.pgpool_log();
     assert!(log.contains("may still be alive"), "{log}");
@@ -377,7 +283,7 @@ fn most_advanced_picks_the_standby_with_more_wal() {
         (r == "t").then_some(())
     });
     lab.kill_host("pg0");
-    wait_primary(&lab, "pg2", 2);
+    lab.wait_primary("pg2", 2, T);
     assert_eq!(lab.psql("pg2", "select count(*) from more"), "1000");
     let log = lab.pgpool_log();
     assert!(
@@ -385,7 +291,7 @@ fn most_advanced_picks_the_standby_with_more_wal() {
         "{log}"
     );
     // pg1 had no primary_conninfo at all; it now follows pg2.
-    wait_follows(&lab, "pg1", "pg2", 2);
+    lab.wait_streams("pg1", "pg2", 2, T);
     assert_eq!(lab.psql("pg1", "select count(*) from more"), "1000");
     watcher.assert_never_two_primaries();
 }
@@ -416,7 +322,7 @@ fn killed_after_promotion_the_rerun_finishes_the_job() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("already the primary"), "{err}");
     assert!(err.contains("node 2") && err.contains("repointed"), "{err}");
-    wait_follows(&lab, "pg2", "pg1", 2);
+    lab.wait_streams("pg2", "pg1", 2, T);
     assert_eq!(role(&lab, "pg1").unwrap(), (true, 2), "no second promotion");
     assert_eq!(promotions(&lab), 1);
     wait_pcp_up(&lab, 2, "standby");
@@ -498,7 +404,7 @@ fn a_primary_that_still_answers_is_stopped_first_or_left_alone() {
     assert!(err.contains("fencing node 0"), "{err}");
     assert!(role(&lab, "pg0").is_err(), "the old primary is stopped");
     assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
-    wait_follows(&lab, "pg2", "pg1", 2);
+    lab.wait_streams("pg2", "pg1", 2, T);
     watcher.assert_never_two_primaries();
 }
 
@@ -570,8 +476,8 @@ fn the_settle_phase_holds_no_pgpool_socket_and_pgpool_restarts_meanwhile() {
         std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "settle still runs after the restart"
     );
-    wait_primary(&lab, "pg1", 2);
-    wait_follows(&lab, "pg2", "pg1", 2);
+    lab.wait_primary("pg1", 2, T);
+    lab.wait_streams("pg2", "pg1", 2, T);
     wait_pcp_up(&lab, 2, "standby");
     lab.pgpool_sql("create table after_restart(x int)").unwrap();
     watcher.assert_never_two_primaries();

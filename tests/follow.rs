@@ -28,17 +28,7 @@ pub(crate) fn pgha(lab: &Lab, bin: &str, args: &[&str]) -> Run {
         .run()
 }
 
-/// Where a standby streams from right now: (sender host, timeline).
-pub(crate) fn upstream(lab: &Lab, host: &str) -> Option<(String, u32)> {
-    let out = lab
-        .try_psql(
-            host,
-            "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'",
-        )
-        .ok()?;
-    let (h, tl) = out.split_once('|')?;
-    Some((h.to_string(), tl.parse().ok()?))
-}
+pub(crate) use crate::util::lab::upstream;
 
 /// `pg_is_in_recovery()` on `host`.
 pub(crate) fn in_recovery(lab: &Lab, host: &str) -> bool {

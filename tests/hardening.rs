@@ -17,21 +17,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::lab::{Lab, LabOptions, role};
+use crate::util::lab::{Lab, LabOptions, role, upstream};
 use crate::util::watch::SplitBrainWatcher;
 
 const T: Duration = Duration::from_secs(40);
-
-fn upstream(lab: &Lab, host: &str) -> Option<(String, u32)> {
-    let out = lab
-        .try_psql(
-            host,
-            "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'",
-        )
-        .ok()?;
-    let (h, tl) = out.split_once('|')?;
-    Some((h.to_string(), tl.parse().ok()?))
-}
 
 /// Kills the primary and waits until pgpool's run of pgha-failover made
 /// pg1 or pg2 primary on timeline 2 and the other streams from it.

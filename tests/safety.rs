@@ -46,40 +46,6 @@ fn set_failover_option(lab: &Lab, line: &str) {
     std::fs::write(&path, text).unwrap();
 }
 
-fn wait_primary(lab: &Lab, host: &str, tl: u32) {
-    lab.wait_observing(
-        &format!("{host} primary on timeline {tl}"),
-        T,
-        || match role(lab, host) {
-            Ok((true, t)) if t == tl => Ok(()),
-            other => Err(other),
-        },
-    );
-}
-
-fn wait_streams(lab: &Lab, host: &str, from: &str, tl: u32) {
-    let addrs = [lab.addr(from), lab.repl_addr(from)];
-    lab.wait_observing(&format!("{host} streaming from {from} on timeline {tl}"), T, || {
-        let out = lab.try_psql(
-            host,
-            "select sender_host || '|' || received_tli from pg_stat_wal_receiver where status = 'streaming'",
-        );
-        match out.as_deref().map(|o| o.split_once('|')) {
-            Ok(Some((h, t))) if addrs.iter().any(|a| a == h) && t == tl.to_string() => Ok(()),
-            _ => Err(out),
-        }
-    });
-}
-
-fn wait_detached(lab: &Lab, node: u32) {
-    lab.wait_observing(&format!("pgpool to detach node {node}"), T, || {
-        match lab.pcp_node(node) {
-            Ok(n) if n.status == "down" => Ok(()),
-            other => Err(other),
-        }
-    });
-}
-
 /// Scenario 1: the primary is alive and serves pgpool but rejects pgha's
 /// own user; a standby dies; pgpool calls `pgha-failover 2 0 0`.
 #[test]
@@ -160,9 +126,9 @@ fn synchronous_replication_with_a_lagging_lowest_standby_loses_nothing() {
     );
 
     lab.kill_host("pg0");
-    wait_primary(&lab, "pg2", 2);
+    lab.wait_primary("pg2", 2, T);
     writer.wait_more(&lab, 10, "writes through pgpool after the failover", T);
-    wait_streams(&lab, "pg1", "pg2", 2);
+    lab.wait_streams("pg1", "pg2", 2, T);
     let acked = writer.stop();
     watcher.assert_never_two_primaries();
     assert_none_lost(&lab, "pg2", &acked);
@@ -191,7 +157,7 @@ fn one_synchronous_standby_writes_come_back_after_the_failover() {
     let writer = Writer::start(&lab);
     writer.wait_more(&lab, 10, "writes before the fault", T);
     lab.kill_host("pg0");
-    wait_primary(&lab, "pg1", 2);
+    lab.wait_primary("pg1", 2, T);
     writer.wait_more(&lab, 20, "writes through pgpool after the failover", T);
     let acked = writer.stop();
     watcher.assert_never_two_primaries();
@@ -219,7 +185,7 @@ fn keeping_synchronous_replication_reports_blocked_writes() {
     });
     set_failover_option(&lab, "sync_after_promote = \"keep\"");
     lab.kill_host("pg0");
-    wait_detached(&lab, 0);
+    lab.wait_detached(0, T);
     let watcher = SplitBrainWatcher::start(&lab);
     let out = failover(&lab, &["0", "0", "1", "--old-primary", "0"]);
     let err = stderr(&out);
@@ -268,16 +234,16 @@ fn a_stale_old_primary_is_refused_when_the_new_primary_fails() {
         ],
     );
     assert!(o.status.success(), "crash pg0: {}", stderr(&o));
-    wait_detached(&lab, 0);
+    lab.wait_detached(0, T);
     let out = failover(&lab, &["0", "0", "1", "--old-primary", "0"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    wait_primary(&lab, "pg1", 2);
-    wait_streams(&lab, "pg2", "pg1", 2);
+    lab.wait_primary("pg1", 2, T);
+    lab.wait_streams("pg2", "pg1", 2, T);
     // pg0 comes back as it was: a primary on timeline 1, detached.
     lab.start_pg("pg0");
     assert_eq!(role(&lab, "pg0").unwrap(), (true, 1));
     lab.kill_host("pg1");
-    wait_detached(&lab, 1);
+    lab.wait_detached(1, T);
     let watcher = SplitBrainWatcher::start(&lab);
     for args in [
         &["1", "0", "2", "--old-primary", "1"][..],
@@ -352,7 +318,7 @@ fn the_overall_deadline_cuts_a_run_off_with_a_report() {
         ..LabOptions::default()
     });
     lab.kill_host("pg0");
-    wait_detached(&lab, 0);
+    lab.wait_detached(0, T);
     // pg2 is blackholed after it was seen: its repoint waits for the
     // connect timeout (2s), longer than the whole deadline left.
     let path = lab.host_dir("app").join("etc-pgha/pgha.toml");

@@ -653,6 +653,58 @@ impl Drop for Lab {
     }
 }
 
+/// Where a standby streams from right now: (sender host, timeline).
+pub fn upstream(lab: &Lab, host: &str) -> Option<(String, u32)> {
+    let out = lab
+        .try_psql(
+            host,
+            "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'",
+        )
+        .ok()?;
+    let (h, tl) = out.split_once('|')?;
+    Some((h.to_string(), tl.parse().ok()?))
+}
+
+impl Lab {
+    /// Waits until `host` is a primary on timeline `tl`.
+    pub fn wait_primary(&self, host: &str, tl: u32, timeout: Duration) {
+        self.wait_observing(
+            &format!("{host} primary on timeline {tl}"),
+            timeout,
+            || match role(self, host) {
+                Ok((true, t)) if t == tl => Ok(()),
+                other => Err(other),
+            },
+        );
+    }
+
+    /// Waits until `host` streams from `from` (either of its addresses) on
+    /// timeline `tl`.
+    pub fn wait_streams(&self, host: &str, from: &str, tl: u32, timeout: Duration) {
+        let addrs = [self.addr(from), self.repl_addr(from)];
+        self.wait_observing(
+            &format!("{host} streaming from {from} on timeline {tl}"),
+            timeout,
+            || match upstream(self, host) {
+                Some((h, t)) if addrs.contains(&h) && t == tl => Ok(()),
+                other => Err(other),
+            },
+        );
+    }
+
+    /// Waits until pgpool shows `node` down.
+    pub fn wait_detached(&self, node: u32, timeout: Duration) {
+        self.wait_observing(
+            &format!("pgpool to detach node {node}"),
+            timeout,
+            || match self.pcp_node(node) {
+                Ok(n) if n.status == "down" => Ok(()),
+                other => Err(other),
+            },
+        );
+    }
+}
+
 /// (primary?, timeline) of a node, asked through its local socket: a
 /// primary's timeline from its current WAL file name (the control file lags
 /// after a promotion), a standby's from its WAL receiver (0 when none).
