@@ -99,20 +99,27 @@ impl WireError {
     }
 
     fn io(e: io::Error) -> WireError {
-        let answered = !matches!(
-            e.kind(),
-            io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::HostUnreachable
-                | io::ErrorKind::NetworkUnreachable
-                | io::ErrorKind::AddrNotAvailable
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::NotFound
-        );
+        let answered = !no_answer(e.kind());
         WireError {
             message: e.to_string(),
             answered,
         }
     }
+}
+
+/// Whether a socket error means nothing answered at the address (refused,
+/// unreachable, no reply in time, no such socket file): the only I/O errors
+/// that are no sign of a live server.
+pub fn no_answer(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::NotFound
+    )
 }
 
 /// Whether a cleartext or md5 password may be sent to `peer`.

@@ -841,15 +841,7 @@ fn server_answered(e: &tokio_postgres::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(c) = source {
         if let Some(io) = c.downcast_ref::<io::Error>() {
-            return !matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::HostUnreachable
-                    | io::ErrorKind::NetworkUnreachable
-                    | io::ErrorKind::AddrNotAvailable
-                    | io::ErrorKind::TimedOut
-                    | io::ErrorKind::NotFound
-            );
+            return !crate::pgwire::no_answer(io.kind());
         }
         source = c.source();
     }
