@@ -583,7 +583,7 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             res["follow_commands"] = [rel(t) for t in lg["follow_commands"]]
             res["pgha_lines"] = lg["pgha"]
             for p in lg["pgha"]:
-                m = re.search(r"promoted: accepts writes on timeline \d+ \(([0-9.]+)s\)", p["text"])
+                m = re.search(r"promoted?: accepts writes on timeline \d+ \(([0-9.]+)s\)", p["text"])
                 if m and p["cmd"] == "pgha-failover":
                     res["promote_self_s"] = float(m.group(1))
             if any("not implemented" in p["text"] for p in lg["pgha"]) or \

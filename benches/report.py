@@ -122,7 +122,7 @@ def pgha_steps(runs):
                 at.setdefault("plan", x["at"])
             elif t.startswith("promoting node"):
                 at.setdefault("promoting", x["at"])
-            elif "promoted: accepts writes" in t:
+            elif "promote: accepts writes" in t or "promoted: accepts writes" in t:
                 at.setdefault("promoted", x["at"])
             elif t.startswith("settling in the background"):
                 at.setdefault("settling", x["at"])

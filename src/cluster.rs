@@ -275,7 +275,7 @@ impl Observed {
 /// The backend a standby is streaming from, if it streams from one.
 pub fn upstream_of(topo: &Topology, s: &NodeState) -> Option<u32> {
     let r = s.wal_receiver.as_ref()?;
-    if r.status != "streaming" {
+    if !r.streaming() {
         return None;
     }
     let host = r.sender_host.as_deref()?;

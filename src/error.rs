@@ -37,6 +37,16 @@ impl Error {
         }
     }
 
+    /// How a command that stopped with this error ended.
+    pub fn outcome(&self) -> crate::report::Outcome {
+        use crate::report::Outcome;
+        match self {
+            Error::Refused(_) => Outcome::Refused,
+            Error::Usage(_) | Error::Config(_) | Error::PgpoolConf(_) => Outcome::Error,
+            Error::Step(_) | Error::State { .. } => Outcome::Failed,
+        }
+    }
+
     /// A step error from anything displayable, with the step's name in front.
     pub fn step(step: &str, cause: impl std::fmt::Display) -> Error {
         Error::Step(format!("{step}: {cause}"))

@@ -34,16 +34,17 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::cli::{Common, FollowArgs};
 use crate::cluster::{self, Node, Observed, Topology};
 use crate::error::{Error, Result};
+use crate::exec::Did;
 use crate::pgpool::pcp::{self, PcpClient};
 use crate::postgres::{Lsn, NodeState};
 use crate::rejoin::{self, HistoryEntry, Rewound, ServerStatus};
 use crate::remote::Remote;
-use crate::report::Summary;
+use crate::report::{Outcome, Summary};
 use crate::state::{Journal, Lock};
 use crate::steps::{self, budget};
 
@@ -537,63 +538,29 @@ pub(crate) async fn observe(
 
 /// Acting on one node.
 struct Exec<'a> {
+    x: crate::exec::Exec<'a>,
     topo: &'a Topology,
     remote: &'a Remote,
     node: &'a Node,
     primary: &'a Node,
     pstate: &'a NodeState,
-    journal: &'a Journal,
     deadline: Instant,
 }
 
 impl Exec<'_> {
-    fn ok(&self, step: &str, outcome: &str, detail: &str, t: Instant) {
-        info!(
-            "{}: {step}: {detail} ({:.2}s)",
-            self.node.label(),
-            t.elapsed().as_secs_f64()
-        );
-        self.journal.record(
-            step,
-            Some(self.node.id),
-            Some(&self.node.host),
-            outcome,
-            detail,
-            t.elapsed(),
-        );
-    }
-
-    fn failed(&self, step: &str, e: &Error, t: Instant) {
-        error!("{e}");
-        self.journal.record(
-            step,
-            Some(self.node.id),
-            Some(&self.node.host),
-            "failed",
-            &e.to_string(),
-            t.elapsed(),
-        );
-    }
-
-    /// Run one step: progress line and journal entry either way.
+    /// Run one step about the node: progress line and journal entry either way.
     async fn step<T>(
         &self,
         name: &str,
         fut: impl std::future::Future<Output = Result<T>>,
         detail: impl FnOnce(&T) -> (bool, String),
     ) -> Result<T> {
-        let t = Instant::now();
-        match fut.await {
-            Ok(v) => {
-                let (did, d) = detail(&v);
-                self.ok(name, if did { "done" } else { "skipped" }, &d, t);
-                Ok(v)
-            }
-            Err(e) => {
-                self.failed(name, &e, t);
-                Err(e)
-            }
-        }
+        self.x
+            .step(name, Some(self.node), fut, |v| {
+                let (did, d) = detail(v);
+                Did::new(did, d)
+            })
+            .await
     }
 
     fn slot(&self) -> Option<String> {
@@ -680,7 +647,7 @@ impl Exec<'_> {
         &self,
         rewind_possible: bool,
         rebuild_allowed: bool,
-    ) -> Result<(&'static str, String)> {
+    ) -> Result<(Outcome, String)> {
         let tl = self.pstate.timeline;
         if tl > 1 {
             // A streaming standby fetches the history file from the primary
@@ -732,9 +699,16 @@ impl Exec<'_> {
         self.follow_archive(&st).await;
         match self.wait_streaming().await {
             Ok(_) => Ok(match how {
-                steps::Repointed::Restarted => ("repointed", "repointed (restart)".to_string()),
-                steps::Repointed::Reloaded => ("repointed", "repointed (reload)".to_string()),
-                _ => ("attached", "it pointed at the primary already".to_string()),
+                steps::Repointed::Restarted => {
+                    (Outcome::Repointed, "repointed (restart)".to_string())
+                }
+                steps::Repointed::Reloaded => {
+                    (Outcome::Repointed, "repointed (reload)".to_string())
+                }
+                _ => (
+                    Outcome::Attached,
+                    "it pointed at the primary already".to_string(),
+                ),
             }),
             Err(e) if rewind_possible => {
                 warn!("{}: {e}; rewinding it instead", self.node.label());
@@ -872,7 +846,7 @@ impl Exec<'_> {
         &self,
         stop_first: bool,
         rebuild_allowed: bool,
-    ) -> Result<(&'static str, String)> {
+    ) -> Result<(Outcome, String)> {
         if stop_first {
             self.stop_if_running().await?;
         } else if rejoin::server_status(self.topo, self.remote, self.node, self.deadline).await?
@@ -940,10 +914,10 @@ impl Exec<'_> {
             }
         };
         self.start_as_standby().await?;
-        Ok(("rewound", how))
+        Ok((Outcome::Rewound, how))
     }
 
-    async fn rebuild_path(&self, stop_first: bool) -> Result<(&'static str, String)> {
+    async fn rebuild_path(&self, stop_first: bool) -> Result<(Outcome, String)> {
         if stop_first {
             self.stop_if_running().await?;
         }
@@ -956,12 +930,10 @@ impl Exec<'_> {
         let label =
             rejoin::backup_label_method(self.topo, self.remote, self.node, self.deadline).await?;
         let how = if label.as_deref() == Some("streamed") {
-            self.ok(
-                "rebuild",
-                "skipped",
-                "copied by an earlier run, not started since",
-                Instant::now(),
-            );
+            let did = Did::skipped("copied by an earlier run, not started since");
+            let fields = crate::state::Fields::new();
+            self.x
+                .record("rebuild", Some(self.node), &did, Duration::ZERO, fields);
             "started as a standby (copied by an earlier run)".to_string()
         } else {
             let d = self
@@ -980,7 +952,7 @@ impl Exec<'_> {
             format!("rebuilt ({d})")
         };
         self.start_as_standby().await?;
-        Ok(("rebuilt", how))
+        Ok((Outcome::Rebuilt, how))
     }
 }
 
@@ -1087,12 +1059,16 @@ async fn act(
     let mut plan = decide(&obs.input);
     summary.new_primary = Some(obs.primary.id);
     summary.timeline = Some(obs.pstate.timeline);
-    journal.record_fields(
+    let x = crate::exec::Exec {
+        topo,
+        remote,
+        journal,
+        deadline,
+    };
+    x.record(
         "observe",
-        Some(node.id),
-        Some(&node.host),
-        "done",
-        "",
+        Some(node),
+        &Did::done(describe(&plan)),
         t0.elapsed(),
         crate::state::decision_fields(&plan),
     );
@@ -1110,7 +1086,7 @@ async fn act(
                 describe(&plan)
             )));
         }
-        summary.outcome = "dry_run".into();
+        summary.outcome = Outcome::DryRun;
         summary.message = format!("plan (nothing changed): {detach}{}", describe(&plan));
         return Ok(());
     }
@@ -1118,28 +1094,13 @@ async fn act(
     if plan.stops_node() && obs.input.attached == Some(true) {
         // Before taking the lock: pgpool runs failover_command for the
         // detached node, and pgha-failover takes the same lock.
-        let t = Instant::now();
-        match steps::detach(topo, node, deadline).await {
-            Ok(_) => journal.record(
-                "detach",
-                Some(node.id),
-                Some(&node.host),
-                "done",
-                "detached in pgpool before stopping it",
-                t.elapsed(),
-            ),
-            Err(e) => {
-                journal.record(
-                    "detach",
-                    Some(node.id),
-                    Some(&node.host),
-                    "failed",
-                    &e.to_string(),
-                    t.elapsed(),
-                );
-                return Err(e);
-            }
-        }
+        x.step(
+            "detach",
+            Some(node),
+            steps::detach(topo, node, deadline),
+            |_| Did::done("detached in pgpool before stopping it"),
+        )
+        .await?;
     }
     let mut lock = match plan {
         Plan::Refuse { .. } | Plan::NothingToDo { .. } => None,
@@ -1159,44 +1120,37 @@ async fn act(
     summary.timeline = Some(obs.pstate.timeline);
     match &plan {
         Plan::Refuse { reason } => {
-            journal.record(
-                "decide",
-                Some(node.id),
-                Some(&node.host),
-                "refused",
-                reason,
-                t0.elapsed(),
-            );
-            return Err(Error::Refused(reason.clone()));
+            let e = Error::Refused(reason.clone());
+            x.failed("decide", Some(node), &e, t0.elapsed());
+            return Err(e);
         }
         Plan::NothingToDo { reason } => {
-            journal.record(
+            x.record(
                 "decide",
-                Some(node.id),
-                Some(&node.host),
-                "skipped",
-                reason,
+                Some(node),
+                &Did::skipped(reason.clone()),
                 t0.elapsed(),
+                crate::state::Fields::new(),
             );
-            summary.outcome = "nothing_to_do".into();
+            summary.outcome = Outcome::NothingToDo;
             summary.message = reason.clone();
             return Ok(());
         }
         _ => {}
     }
     let exec = Exec {
+        x,
         topo,
         remote,
         node,
         primary: &obs.primary,
         pstate: &obs.pstate,
-        journal,
         deadline,
     };
     let rewind_possible = matches!(&obs.input.target, TargetView::Running(t) if t.rewind_possible);
     let rebuild_allowed = obs.input.rebuild_allowed;
     let made = match &plan {
-        Plan::Attach { .. } => Ok(("attached", String::new())),
+        Plan::Attach { .. } => Ok((Outcome::Attached, String::new())),
         Plan::Repoint { .. } => exec.repoint_path(rewind_possible, rebuild_allowed).await,
         Plan::Rewind { stop_first, .. } => exec.rewind_path(*stop_first, rebuild_allowed).await,
         Plan::Rebuild { stop_first, .. } => exec.rebuild_path(*stop_first).await,
@@ -1212,7 +1166,7 @@ async fn act(
         )),
         other => other,
     })?;
-    if outcome != "attached" {
+    if outcome != Outcome::Attached {
         summary.repointed.push(node.id);
     }
     let max_lag = topo.config.follow.max_lag;
@@ -1256,7 +1210,7 @@ async fn act(
         },
     )
     .await?;
-    summary.outcome = outcome.into();
+    summary.outcome = outcome;
     let how = if how.is_empty() {
         String::new()
     } else {

@@ -18,6 +18,9 @@
 //! - [`plan`]: decisions computed from observed state, free of I/O: the
 //!   failover rules, and in [`plan::sync`] what `synchronous_standby_names`
 //!   promises about acknowledged commits.
+//! - [`exec`]: the execution context every command's steps run in, and
+//!   its `step()`: the progress line, the journal entry and the timing of
+//!   each step, written in one place.
 //! - [`steps`]: fence, promote, history file, repoint, wait, attach: each
 //!   written once, each checking first whether it is done.
 //! - [`rejoin`]: when repointing is not enough: stop/start over ssh,
@@ -30,7 +33,8 @@
 //!   lines with structured fields, rotated past 10 MiB, read back as runs).
 //! - [`text`]: pure rules for values that leave the process: hosts that
 //!   cannot become ssh options, no control characters, secrets masked.
-//! - One module per command: [`failover`], [`follow`], [`attach`], [`check`] (with
+//! - One module per command: [`failover`] (with its liveness probes and
+//!   the detached settle phase), [`follow`], [`attach`], [`check`] (with
 //!   `--status`, the cluster at a glance);
 //!   [`cli`] holds their arguments, [`report`] their final line, [`exit`]
 //!   their exit codes, [`error`] the error they return.
@@ -46,6 +50,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod exit;
 pub mod failover;
 pub mod files;

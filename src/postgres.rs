@@ -204,6 +204,13 @@ pub struct WalReceiver {
     pub conninfo: Option<String>,
 }
 
+impl WalReceiver {
+    /// The receiver streams (`status = 'streaming'`), from whichever host.
+    pub fn streaming(&self) -> bool {
+        self.status == "streaming"
+    }
+}
+
 /// One row of `pg_stat_replication`: a standby streaming from this server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
@@ -300,7 +307,7 @@ impl NodeState {
     pub fn is_streaming_from(&self, host: &str) -> bool {
         self.wal_receiver
             .as_ref()
-            .is_some_and(|w| w.status == "streaming" && w.sender_host.as_deref() == Some(host))
+            .is_some_and(|w| w.streaming() && w.sender_host.as_deref() == Some(host))
     }
 }
 

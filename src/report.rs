@@ -5,12 +5,73 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+/// How a command ended: the `outcome` of `--json` and of the journal's
+/// `run` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// pgha-check: every check passed.
+    #[default]
+    Ok,
+    /// pgha-failover promoted a standby.
+    Promoted,
+    /// pgha-failover found the promotion done (an earlier run's).
+    AlreadyPromoted,
+    /// pgha-failover: the failed node was a standby; nothing promoted.
+    StandbyFailed,
+    /// pgha-failover: pgpool found no live node (`%m` = -1).
+    NoNodeAlive,
+    /// pgha-failover's detached phase ended.
+    Settled,
+    /// `--dry-run`: the plan, nothing changed.
+    DryRun,
+    /// pgha-follow / pgha-attach: the node was fine already.
+    NothingToDo,
+    /// The node was attached as it was.
+    Attached,
+    /// Repointed at the new primary.
+    Repointed,
+    /// Rewound with pg_rewind, then repointed.
+    Rewound,
+    /// Rebuilt with pg_basebackup.
+    Rebuilt,
+    /// `--watch` or `--status --watch` stopped by the operator.
+    Stopped,
+    /// Acting would have been unsafe; nothing was changed.
+    Refused,
+    /// Bad arguments or configuration.
+    Error,
+    /// A step failed.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Promoted => "promoted",
+            Outcome::AlreadyPromoted => "already_promoted",
+            Outcome::StandbyFailed => "standby_failed",
+            Outcome::NoNodeAlive => "no_node_alive",
+            Outcome::Settled => "settled",
+            Outcome::DryRun => "dry_run",
+            Outcome::NothingToDo => "nothing_to_do",
+            Outcome::Attached => "attached",
+            Outcome::Repointed => "repointed",
+            Outcome::Rewound => "rewound",
+            Outcome::Rebuilt => "rebuilt",
+            Outcome::Stopped => "stopped",
+            Outcome::Refused => "refused",
+            Outcome::Error => "error",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 /// The one-line outcome (and `--json` object).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Summary {
-    /// `promoted`, `already_promoted`, `standby_failed`, `no_node_alive`,
-    /// `dry_run`, `settled`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub message: String,
     /// The node the command was about (`%d` for pgha-failover).
     pub node: i64,
@@ -36,6 +97,27 @@ pub struct Summary {
     pub plan: Option<crate::plan::Decision>,
 }
 
+impl Summary {
+    /// An error naming every step that failed (after the message of what
+    /// was done), or nothing when none did.
+    pub fn errors(&self) -> Result<()> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Step(format!(
+                "{}; but: {}",
+                self.message,
+                self.errors.join("; ")
+            )))
+        }
+    }
+
+    /// The summary, or the error of [`Summary::errors`].
+    pub fn into_result(self) -> Result<Summary> {
+        self.errors().map(|()| self)
+    }
+}
+
 /// Print the outcome and return the exit code: the last line on stderr
 /// always says how it ended, since pgpool ignores exit codes.
 pub fn finish(binary: &str, json: bool, res: Result<Summary>) -> i32 {
@@ -43,13 +125,10 @@ pub fn finish(binary: &str, json: bool, res: Result<Summary>) -> i32 {
         Ok(s) => (crate::exit::OK, format!("{binary}: OK: {}", s.message), s),
         Err(e) => {
             let code = e.exit_code();
-            let kind = match &e {
-                Error::Refused(_) => "REFUSED",
-                Error::Usage(_) | Error::Config(_) | Error::PgpoolConf(_) => "ERROR",
-                _ => "FAILED",
-            };
+            let outcome = e.outcome();
+            let kind = outcome.as_str().to_uppercase();
             let s = Summary {
-                outcome: kind.to_lowercase(),
+                outcome,
                 message: format!("{e:#}"),
                 ..Summary::default()
             };

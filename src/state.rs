@@ -229,6 +229,54 @@ pub struct Entry<'a> {
     pub fields: Fields,
 }
 
+/// What became of one step, as its journal line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// It changed something.
+    Done,
+    /// It was done already (every step checks first).
+    Skipped,
+    Failed,
+    /// Acting would have been unsafe; nothing changed.
+    Refused,
+}
+
+impl Mark {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Done => "done",
+            Mark::Skipped => "skipped",
+            Mark::Failed => "failed",
+            Mark::Refused => "refused",
+        }
+    }
+}
+
+/// One journal entry about a step.
+#[derive(Debug, Clone)]
+pub struct Step<'a> {
+    pub name: &'a str,
+    /// The node (id, host) the step was about.
+    pub node: Option<(u32, &'a str)>,
+    pub mark: Mark,
+    pub detail: &'a str,
+    pub elapsed: Duration,
+    pub fields: Fields,
+}
+
+impl<'a> Step<'a> {
+    pub fn new(name: &'a str, mark: Mark, detail: &'a str, elapsed: Duration) -> Step<'a> {
+        Step {
+            name,
+            node: None,
+            mark,
+            detail,
+            elapsed,
+            fields: Fields::new(),
+        }
+    }
+}
+
 /// Structured fields of a journal line.
 pub type Fields = serde_json::Map<String, serde_json::Value>;
 
@@ -283,45 +331,27 @@ impl Journal {
         }
     }
 
-    /// Record one action. A journal that cannot be written is logged, not
+    /// Record one step. A journal that cannot be written is logged, not
     /// fatal: failing a failover because of a full disk for the log would
-    /// be worse.
-    pub fn record(
-        &self,
-        step: &str,
-        node: Option<u32>,
-        host: Option<&str>,
-        outcome: &str,
-        detail: &str,
-        elapsed: Duration,
-    ) {
-        self.record_fields(step, node, host, outcome, detail, elapsed, Fields::new());
+    /// be worse. Commands do not call this: [`crate::exec::Exec`] does, for
+    /// every step it runs.
+    pub fn record(&self, s: &Step<'_>) {
+        self.write(s, s.mark.as_str());
     }
 
-    /// [`Journal::record`] with structured fields.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_fields(
-        &self,
-        step: &str,
-        node: Option<u32>,
-        host: Option<&str>,
-        outcome: &str,
-        detail: &str,
-        elapsed: Duration,
-        fields: Fields,
-    ) {
-        let detail = crate::text::mask_secrets(detail);
+    fn write(&self, s: &Step<'_>, outcome: &str) {
+        let detail = crate::text::mask_secrets(s.detail);
         let entry = Entry {
             ts: rfc3339(SystemTime::now()),
             pid: std::process::id(),
             command: self.command,
-            step,
-            node,
-            host,
+            step: s.name,
+            node: s.node.map(|(id, _)| id),
+            host: s.node.map(|(_, h)| h).filter(|h| !h.is_empty()),
             outcome,
             detail: &detail,
-            ms: elapsed.as_millis() as u64,
-            fields,
+            ms: s.elapsed.as_millis() as u64,
+            fields: s.fields.clone(),
         };
         let mut line = match serde_json::to_string(&entry) {
             Ok(l) => l,
@@ -345,17 +375,8 @@ impl Journal {
         elapsed: Duration,
     ) {
         let (outcome, message, blocked) = match res {
-            Ok(s) => (s.outcome.clone(), s.message.clone(), Some(s.blocked_ms)),
-            Err(e) => (
-                match e {
-                    Error::Refused(_) => "refused",
-                    Error::Usage(_) | Error::Config(_) | Error::PgpoolConf(_) => "error",
-                    _ => "failed",
-                }
-                .to_string(),
-                format!("{e:#}"),
-                None,
-            ),
+            Ok(s) => (s.outcome, s.message.clone(), Some(s.blocked_ms)),
+            Err(e) => (e.outcome(), format!("{e:#}"), None),
         };
         let mut f = Fields::new();
         f.insert("kind".into(), kind.into());
@@ -372,7 +393,12 @@ impl Journal {
         f.insert("message".into(), crate::text::mask_secrets(&message).into());
         // The node the run was about (pgpool's %d for pgha-failover).
         let node = res.ok().and_then(|s| u32::try_from(s.node).ok());
-        self.record_fields("run", node, None, &outcome, "", elapsed, f);
+        let step = Step {
+            node: node.map(|id| (id, "")),
+            fields: f,
+            ..Step::new("run", Mark::Done, "", elapsed)
+        };
+        self.write(&step, outcome.as_str());
     }
 
     /// One `write(2)` of the whole line with `O_APPEND`, so concurrent runs
@@ -656,6 +682,27 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
 
+    /// One step line, as [`crate::exec::Exec`] writes it.
+    fn rec(
+        j: &Journal,
+        step: &str,
+        node: Option<u32>,
+        host: Option<&str>,
+        mark: &str,
+        detail: &str,
+        elapsed: Duration,
+    ) {
+        let mark = match mark {
+            "done" => Mark::Done,
+            "skipped" => Mark::Skipped,
+            _ => Mark::Failed,
+        };
+        j.record(&Step {
+            node: node.map(|n| (n, host.unwrap_or(""))),
+            ..Step::new(step, mark, detail, elapsed)
+        });
+    }
+
     #[test]
     fn timestamps() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
@@ -760,7 +807,8 @@ mod tests {
     fn the_journal_never_blocks_never_follows_links_and_masks_secrets() {
         let d = tempfile::tempdir().unwrap();
         let j = Journal::new(d.path(), "failover");
-        j.record(
+        rec(
+            &j,
             "repoint",
             Some(2),
             None,
@@ -775,18 +823,18 @@ mod tests {
         // A FIFO in its place: the record is dropped with a warning, at once.
         fs::remove_file(&j.path).unwrap();
         mkfifo(&j.path);
-        j.record("promote", Some(1), None, "done", "", Duration::ZERO);
+        rec(&j, "promote", Some(1), None, "done", "", Duration::ZERO);
         // A link in its place: the target is never written.
         fs::remove_file(&j.path).unwrap();
         let target = d.path().join("target");
         fs::write(&target, "keep").unwrap();
         std::os::unix::fs::symlink(&target, &j.path).unwrap();
-        j.record("promote", Some(1), None, "done", "", Duration::ZERO);
+        rec(&j, "promote", Some(1), None, "done", "", Duration::ZERO);
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
         // Nor a hard link to another file.
         fs::remove_file(&j.path).unwrap();
         fs::hard_link(&target, &j.path).unwrap();
-        j.record("promote", Some(1), None, "done", "", Duration::ZERO);
+        rec(&j, "promote", Some(1), None, "done", "", Duration::ZERO);
         assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
     }
 
@@ -794,7 +842,8 @@ mod tests {
     fn journal_appends_json_lines() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path(), "failover");
-        j.record(
+        rec(
+            &j,
             "promote",
             Some(1),
             Some("127.0.0.3"),
@@ -802,7 +851,8 @@ mod tests {
             "timeline 2",
             Duration::from_millis(120),
         );
-        j.record(
+        rec(
+            &j,
             "repoint",
             Some(2),
             None,
@@ -843,7 +893,10 @@ mod tests {
         assert!(!f["reason"].as_str().unwrap().contains("s3cret"));
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path(), "failover");
-        j.record_fields("observe", None, None, "done", "", Duration::ZERO, f);
+        j.record(&Step {
+            fields: f,
+            ..Step::new("observe", Mark::Done, "", Duration::ZERO)
+        });
         let l = &read_journal(dir.path())[0];
         assert_eq!(l.step, "observe");
         assert_eq!(l.fields["decision"], "refuse");
@@ -855,7 +908,7 @@ mod tests {
         let mut j = Journal::new(dir.path(), "failover");
         j.max_bytes = 1000;
         for i in 0..30 {
-            j.record("step", Some(i), None, "done", "x", Duration::ZERO);
+            rec(&j, "step", Some(i), None, "done", "x", Duration::ZERO);
         }
         let now = fs::metadata(&j.path).unwrap().len();
         let old = fs::metadata(rotated(&j.path)).unwrap().len();
@@ -878,7 +931,7 @@ mod tests {
                 s.spawn(move || {
                     let j = Journal::new(dir, "follow");
                     for _ in 0..50 {
-                        j.record("step", Some(t), None, "done", long, Duration::ZERO);
+                        rec(&j, "step", Some(t), None, "done", long, Duration::ZERO);
                     }
                 });
             }
@@ -926,7 +979,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path(), "failover");
         let s = crate::report::Summary {
-            outcome: "promoted".into(),
+            outcome: crate::report::Outcome::Promoted,
             message: "node 0 failed".into(),
             blocked_ms: 80,
             ..Default::default()

@@ -671,7 +671,7 @@ pub async fn repoint(
     deadline: Instant,
 ) -> Result<Repointed> {
     let streaming_from_primary = state.wal_receiver.as_ref().is_some_and(|r| {
-        r.status == "streaming"
+        r.streaming()
             && r.received_tli == timeline
             && r.sender_host
                 .as_deref()
@@ -831,7 +831,7 @@ pub async fn wait_streaming(
                         .sender_host
                         .as_deref()
                         .is_some_and(|h| primary.addresses().contains(&h));
-                    if r.status == "streaming" && r.received_tli == timeline && from_primary {
+                    if r.streaming() && r.received_tli == timeline && from_primary {
                         return Ok(start.elapsed());
                     }
                     last = format!(

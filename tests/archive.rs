@@ -27,7 +27,7 @@ fn wait_primary(lab: &Lab, tl: u32) -> String {
 /// The seconds pgha's promote step took, from its progress line.
 fn promote_seconds(log: &str) -> Option<f64> {
     log.lines().find_map(|l| {
-        let rest = l.split("promoted: accepts writes on timeline ").nth(1)?;
+        let rest = l.split("promote: accepts writes on timeline ").nth(1)?;
         rest.split(" (").nth(1)?.strip_suffix("s)")?.parse().ok()
     })
 }

@@ -193,7 +193,7 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
             }
         }
         return Ok(Summary {
-            outcome: "dry_run".into(),
+            outcome: crate::report::Outcome::DryRun,
             message: format!("{} checks planned, nothing was run", plan.len()),
             ..Summary::default()
         });
@@ -208,7 +208,7 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
     }
     if report.passing() {
         Ok(Summary {
-            outcome: "ok".into(),
+            outcome: crate::report::Outcome::Ok,
             message: report.summary(),
             ..Summary::default()
         })

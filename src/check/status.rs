@@ -562,7 +562,7 @@ pub async fn run(args: &crate::cli::CheckArgs) -> Result<Summary> {
             let line = summary_line(&s);
             return if s.problems == 0 {
                 Ok(Summary {
-                    outcome: "ok".into(),
+                    outcome: crate::report::Outcome::Ok,
                     message: line,
                     ..Summary::default()
                 })
@@ -574,7 +574,7 @@ pub async fn run(args: &crate::cli::CheckArgs) -> Result<Summary> {
             _ = tokio::time::sleep(every) => {}
             _ = tokio::signal::ctrl_c() => {
                 return Ok(Summary {
-                    outcome: "stopped".into(),
+                    outcome: crate::report::Outcome::Stopped,
                     message: "status stopped".into(),
                     ..Summary::default()
                 });

@@ -147,7 +147,7 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
         }
     }
     Ok(Summary {
-        outcome: "stopped".into(),
+        outcome: crate::report::Outcome::Stopped,
         message: format!("watch stopped after {runs} runs"),
         ..Summary::default()
     })

@@ -1,0 +1,271 @@
+//! The detached `--settle` phase, off pgpool's clock: copy the history
+//! file, wait until each standby streams from the new primary on its
+//! timeline, make sure pgpool has it attached, then prove that a commit
+//! returns.
+
+use std::time::Instant;
+
+use tracing::{error, info, warn};
+
+use crate::cli::FailoverArgs;
+use crate::cluster::{self, Node, Observed, Topology};
+use crate::error::{Error, Result};
+use crate::exec::{Did, Exec};
+use crate::postgres::NodeState;
+use crate::report::{Outcome, Summary};
+use crate::state::{Journal, Lock};
+use crate::steps;
+
+/// Run the detached phase for the primary `--settle-primary` names.
+pub(super) async fn run(
+    topo: &Topology,
+    args: &FailoverArgs,
+    deadline: Instant,
+) -> Result<Summary> {
+    let mut summary = Summary {
+        outcome: Outcome::Settled,
+        node: args.failed_node,
+        ..Summary::default()
+    };
+    let Some(_lock) = Lock::try_acquire(&topo.config.state_dir, "settle")? else {
+        summary.message = "another pgha is settling the standbys already".into();
+        return Ok(summary);
+    };
+    super::fault::delay("settle").await;
+    let Some(pid) = args.settle_primary else {
+        return Err(Error::Usage(
+            "--settle needs --settle-primary (it is started by pgha-failover itself)".into(),
+        ));
+    };
+    let observed = observe_others(topo, args.failed_node).await;
+    let (primary, pstate) = the_primary(topo, &observed, pid)?;
+    summary.new_primary = Some(primary.id);
+    summary.timeline = Some(pstate.timeline);
+    let history = history(topo, primary, pstate, &mut summary).await;
+    let standbys = followers(&observed, primary, pstate, history.as_deref(), &mut summary);
+    let journal = Journal::new(&topo.config.state_dir, "failover");
+    let remote = topo.remote();
+    let x = Exec {
+        topo,
+        remote: &remote,
+        journal: &journal,
+        deadline,
+    };
+    let tasks = standbys
+        .iter()
+        .map(|o| settle_one(&x, o, primary, pstate.timeline, history.as_deref()));
+    for r in futures::future::join_all(tasks).await {
+        if let Err(e) = r {
+            summary.errors.push(e.to_string());
+        }
+    }
+    remote.close().await;
+    let streaming = standbys.len().saturating_sub(summary.errors.len());
+    prove_commit(topo, primary, deadline, &mut summary).await;
+    summary.message = format!(
+        "{streaming} standby(s) streaming from {} on timeline {} and attached",
+        primary.label(),
+        pstate.timeline
+    );
+    summary.into_result()
+}
+
+/// Every node but the failed one: asking a silent one would cost the
+/// whole connect timeout before any standby is helped.
+async fn observe_others(topo: &Topology, failed: i64) -> Vec<Observed> {
+    futures::future::join_all(
+        topo.nodes
+            .iter()
+            .filter(|n| i64::from(n.id) != failed)
+            .map(|n| cluster::observe_node(topo, n)),
+    )
+    .await
+}
+
+/// The node the run promoted, never "the first node not in recovery" (an
+/// old primary that came back is one too).
+fn the_primary<'o>(
+    topo: &Topology,
+    observed: &'o [Observed],
+    pid: u32,
+) -> Result<(&'o Node, &'o NodeState)> {
+    observed
+        .iter()
+        .find(|o| o.node.id == pid)
+        .and_then(|o| o.ok().filter(|s| !s.in_recovery).map(|s| (&o.node, s)))
+        .ok_or_else(|| match topo.node(i64::from(pid)) {
+            Ok(n) => Error::Step(format!(
+                "settle: {} does not answer as a primary any more; run pgha-failover again",
+                n.label()
+            )),
+            Err(e) => e,
+        })
+}
+
+/// The new timeline's history file, read from the primary; it goes to
+/// every standby's WAL directory and archive here: a streaming standby
+/// fetches it from the primary by itself, the copy serves restores.
+async fn history(
+    topo: &Topology,
+    primary: &Node,
+    pstate: &NodeState,
+    summary: &mut Summary,
+) -> Option<Vec<u8>> {
+    if pstate.timeline <= 1 {
+        return None;
+    }
+    match steps::read_history(topo, primary, pstate, pstate.timeline).await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn!("{e}");
+            summary.errors.push(e.to_string());
+            None
+        }
+    }
+}
+
+/// The standbys to wait for. One with WAL the new primary lacks cannot
+/// stream from it: it was left alone, and waiting for it would only time
+/// out.
+fn followers<'o>(
+    observed: &'o [Observed],
+    primary: &Node,
+    pstate: &NodeState,
+    history: Option<&[u8]>,
+    summary: &mut Summary,
+) -> Vec<&'o Observed> {
+    let entries = history
+        .map(|h| crate::rejoin::parse_history(&String::from_utf8_lossy(h)))
+        .unwrap_or_default();
+    observed
+        .iter()
+        .filter(|o| o.node.id != primary.id)
+        .filter(|o| {
+            let Some(s) = o.ok().filter(|s| s.in_recovery) else {
+                return false;
+            };
+            if history.is_none() {
+                return true;
+            }
+            let lineage = crate::rejoin::check_lineage(
+                &entries,
+                pstate.timeline,
+                pstate.current_lsn,
+                s.timeline,
+                s.best_lsn(),
+            );
+            let Err(why) = lineage else { return true };
+            let e = format!(
+                "{} cannot follow {}: {why}; left alone (pgha-follow {} --discard-wal would rewind it)",
+                o.node.label(),
+                primary.label(),
+                o.node.id
+            );
+            error!("{e}");
+            summary.errors.push(e);
+            false
+        })
+        .collect()
+}
+
+/// One standby: streaming from the primary, then attached in pgpool.
+async fn settle_one(
+    x: &Exec<'_>,
+    o: &Observed,
+    primary: &Node,
+    timeline: u32,
+    history: Option<&[u8]>,
+) -> Result<bool> {
+    let n = &o.node;
+    let work = async {
+        let waited = stream(x, o, primary, timeline, history).await?;
+        info!(
+            "{}: streams from {} on timeline {timeline} (waited {:.2}s)",
+            n.label(),
+            primary.label(),
+            waited.as_secs_f64()
+        );
+        steps::attach(x.topo, n, x.deadline).await
+    };
+    x.step("settle", Some(n), work, |attached| {
+        Did::new(
+            *attached,
+            if *attached {
+                "attached"
+            } else {
+                "attached already"
+            },
+        )
+    })
+    .await
+}
+
+/// Wait until the standby streams. One not streaming yet sits in
+/// restore_command attempts (each an ssh connection in the scp layout, the
+/// one in flight perhaps to a silent host) and switches to streaming only
+/// between them. On 14+ it waits with none (reload), the attempt in flight
+/// cut short; the command it had (pointed at the new primary already) is
+/// put back afterwards, also when the wait fails.
+async fn stream(
+    x: &Exec<'_>,
+    o: &Observed,
+    primary: &Node,
+    timeline: u32,
+    history: Option<&[u8]>,
+) -> Result<std::time::Duration> {
+    let (topo, n) = (x.topo, &o.node);
+    let pending = o.ok().filter(|s| {
+        !s.is_streaming_from(&primary.replication_host) && !s.is_streaming_from(&primary.host)
+    });
+    let quiet = pending
+        .filter(|s| s.server_version_num >= 140000 && !s.restore_command.is_empty())
+        .map(|s| (s.server_version_num, s.restore_command.clone()));
+    if let Some((v, _)) = &quiet
+        && let Err(e) = steps::set_restore_command(topo, n, *v, "").await
+    {
+        warn!("{e}");
+    }
+    if pending.is_some() {
+        match steps::interrupt_restore(topo, x.remote, n, x.deadline).await {
+            Ok(0) => {}
+            Ok(k) => info!(
+                "{}: cut short {k} restore_command attempt(s) in flight",
+                n.label()
+            ),
+            Err(e) => warn!("{e}"),
+        }
+    }
+    let followed = async {
+        if let (Some(h), Some(st)) = (history, o.ok()) {
+            let copied = steps::put_history(topo, x.remote, n, st, timeline, h, x.deadline).await?;
+            for path in copied {
+                info!("{}: {path} written and verified (md5)", n.label());
+            }
+        }
+        steps::wait_streaming(topo, n, primary, timeline, x.deadline).await
+    }
+    .await;
+    if let Some((v, cmd)) = &quiet
+        && let Err(e) = steps::set_restore_command(topo, n, *v, cmd).await
+    {
+        error!("{e}; set restore_command = '{cmd}' there by hand (ALTER SYSTEM, reload)");
+    }
+    followed
+}
+
+/// The proof that writes work: a commit, synchronous replication
+/// included, returns.
+async fn prove_commit(topo: &Topology, primary: &Node, deadline: Instant, summary: &mut Summary) {
+    let bound = steps::budget(deadline, topo.config.failover.follow_timeout);
+    match steps::commit_returns(topo, primary, bound).await {
+        Ok(took) => info!(
+            "{}: a test commit returned in {:.3}s",
+            primary.label(),
+            took.as_secs_f64()
+        ),
+        Err(e) => {
+            error!("{e}");
+            summary.errors.push(e.to_string());
+        }
+    }
+}
