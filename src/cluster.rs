@@ -127,18 +127,7 @@ impl Topology {
 
     /// Same, at another of the node's addresses.
     pub fn pg_target_at(&self, node: &Node, host: &str) -> PgTarget {
-        let pg = &self.config.postgres;
-        PgTarget {
-            host: host.to_string(),
-            port: node.port,
-            user: pg.user.clone(),
-            dbname: pg.database.clone(),
-            passfile: pg.passfile.clone(),
-            connect_timeout: pg.connect_timeout,
-            query_timeout: pg.query_timeout,
-            application_name: "pgha".into(),
-            tls: crate::pgwire::TlsSettings::from_config(pg),
-        }
+        PgTarget::new(host, node.port, &self.config.postgres)
     }
 
     /// The ssh client for this invocation.

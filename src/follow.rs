@@ -40,7 +40,8 @@ use crate::cli::{Common, FollowArgs};
 use crate::cluster::{self, Node, Observed, Topology};
 use crate::error::{Error, Result};
 use crate::exec::Did;
-use crate::pgpool::pcp::{self, PcpClient};
+use crate::pgpool::ops;
+use crate::pgpool::pcp;
 use crate::postgres::{Lsn, NodeState};
 use crate::rejoin::{self, HistoryEntry, Rewound, ServerStatus};
 use crate::remote::Remote;
@@ -369,26 +370,6 @@ pub(crate) struct Observation {
     pub pstate: NodeState,
 }
 
-/// pgpool's view of every backend, on one PCP connection, retried as
-/// [`steps::pcp_retry`] does.
-async fn pgpool_view(topo: &Topology, deadline: Instant) -> Result<Vec<pcp::NodeInfo>> {
-    steps::pcp_retry(
-        topo,
-        deadline,
-        "ask pgpool about the backends",
-        |t| async move {
-            let mut c = PcpClient::connect(&t).await?;
-            let mut v = Vec::new();
-            for n in &topo.nodes {
-                v.push(c.node_info(n.id).await?);
-            }
-            c.close().await;
-            Ok(v)
-        },
-    )
-    .await
-}
-
 /// The current primary: `--new-primary` when given (it must answer as a
 /// primary), else the one node that answers as a primary, else the one of
 /// them pgpool routes writes to.
@@ -446,7 +427,10 @@ pub(crate) async fn observe(
     old_primary: Option<u32>,
     deadline: Instant,
 ) -> Result<Observation> {
-    let (observed, pgpool) = tokio::join!(cluster::observe_all(topo), pgpool_view(topo, deadline));
+    let (observed, pgpool) = tokio::join!(
+        cluster::observe_all(topo),
+        ops::every_node_info(topo, deadline)
+    );
     let pgpool = match pgpool {
         Ok(v) => Some(v),
         Err(e) => {
@@ -763,7 +747,7 @@ impl Exec<'_> {
             return Ok(());
         }
         rejoin::same_server(self.topo, self.remote, self.node, self.deadline).await?;
-        if let Ok(info) = steps::pgpool_node_info(self.topo, self.node, self.deadline).await
+        if let Ok(info) = ops::node_info(self.topo, self.node, self.deadline).await
             && info.is_up()
         {
             return Err(Error::Refused(format!(
@@ -1097,7 +1081,7 @@ async fn act(
         x.step(
             "detach",
             Some(node),
-            steps::detach(topo, node, deadline),
+            ops::detach(topo, node, deadline),
             |_| Did::done("detached in pgpool before stopping it"),
         )
         .await?;
@@ -1188,7 +1172,7 @@ async fn act(
     // The node streams: the rest is pgpool's; let a failover run meanwhile.
     lock.take();
     let attached = exec
-        .step("attach", steps::attach(topo, node, deadline), |a| {
+        .step("attach", ops::attach(topo, node, deadline), |a| {
             (
                 *a,
                 if *a {
@@ -1201,7 +1185,7 @@ async fn act(
         .await?;
     exec.step(
         "pgpool_up",
-        steps::wait_pgpool_status(topo, node, true, deadline),
+        ops::wait_status(topo, node, true, deadline),
         |w| {
             (
                 false,

@@ -877,8 +877,9 @@ fn is_auth_error(e: &tokio_postgres::Error) -> bool {
 
 /// Runs query `fut` of `client` for at most `limit`; on expiry, also asks
 /// the server to cancel it (a local timeout alone leaves it running there),
-/// in the background and bounded by `connect_timeout`.
-async fn bounded<T, F>(
+/// in the background and bounded by `connect_timeout`. Every query pgha
+/// sends goes through here.
+pub(crate) async fn bounded<T, F>(
     client: &Client,
     t: &PgTarget,
     what: &str,

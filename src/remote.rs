@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use md5::{Digest as _, Md5};
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -308,43 +307,6 @@ impl Remote {
         self.write_verified(host, path, data, mode, timeout)
             .await
             .map(|_| ())
-    }
-
-    /// Copy `from_path` on `from` to `to_path` on `to` through this machine
-    /// (the nodes need no ssh access to each other), written as by
-    /// [`Remote::write_file`]. The MD5 computed by `md5sum` on the destination
-    /// must match the bytes read; it is returned (lowercase hex). `timeout`
-    /// bounds the whole copy.
-    pub async fn copy_file(
-        &self,
-        from: &str,
-        from_path: &str,
-        to: &str,
-        to_path: &str,
-        mode: u32,
-        timeout: Duration,
-    ) -> Result<String, RemoteError> {
-        let start = Instant::now();
-        let data = self.read_file(from, from_path, timeout).await?;
-        let left = timeout.saturating_sub(start.elapsed());
-        self.write_verified(to, to_path, &data, mode, left).await
-    }
-
-    /// Whether `path` exists on `host` (`test -e`; a dangling symlink does
-    /// not count).
-    pub async fn file_exists(
-        &self,
-        host: &str,
-        path: &str,
-        timeout: Duration,
-    ) -> Result<bool, RemoteError> {
-        let argv = ["test", "-e", path];
-        let out = self.run(host, &argv, timeout).await?;
-        match out.status {
-            0 => Ok(true),
-            1 => Ok(false),
-            _ => checked(host, &shorten(&join(&argv)), out).map(|_| false),
-        }
     }
 
     /// Close every master (`ssh -O exit`) and remove the control directory
@@ -1244,10 +1206,7 @@ fn write_script(path: &str, dir: &str, base: &str, mode: u32, md5: &str) -> Stri
 }
 
 fn md5_hex(data: &[u8]) -> String {
-    Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::text::md5_hex(&[data])
 }
 
 /// One line of at most [`SHOWN_MAX`] characters for messages.

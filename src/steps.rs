@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use md5::{Digest, Md5};
 use tracing::{debug, info, warn};
 
 use crate::cluster::{Node, Topology};
 use crate::error::{Error, Result};
-use crate::pgpool::pcp::{self, PcpClient};
+
 use crate::postgres::{self, NodeState};
 use crate::remote::{self, Remote};
 
@@ -416,20 +415,16 @@ pub async fn commit_returns(topo: &Topology, node: &Node, within: Duration) -> R
     // asynchronously and never waits for a standby.
     let sql = "BEGIN; SET LOCAL synchronous_commit = on; \
                CREATE TEMPORARY TABLE pgha_commit_check (x int) ON COMMIT DROP; COMMIT";
-    tracing::debug!("sql {step}");
-    match tokio::time::timeout(within, client.batch_execute(sql)).await {
-        Ok(Ok(())) => Ok(t.elapsed()),
-        Ok(Err(e)) => Err(Error::step(&step, e)),
-        Err(_) => {
-            // Stop waiting on the server too (the commit stays, locally).
-            let token = client.cancel_token();
-            let _ = postgres::cancel(&token, &target).await;
-            Err(Error::Step(format!(
-                "writes through {} block: a test commit did not return within {:.1}s (synchronous_standby_names waits for a standby that does not confirm); check pg_stat_replication there",
-                node.label(),
-                within.as_secs_f64()
-            )))
-        }
+    match postgres::bounded(&client, &target, &step, within, client.batch_execute(sql)).await {
+        Ok(()) => Ok(t.elapsed()),
+        // The commit stays, locally; bounded() stopped the wait on the
+        // server too.
+        Err(postgres::PgError::Timeout { .. }) => Err(Error::Step(format!(
+            "writes through {} block: a test commit did not return within {:.1}s (synchronous_standby_names waits for a standby that does not confirm); check pg_stat_replication there",
+            node.label(),
+            within.as_secs_f64()
+        ))),
+        Err(e) => Err(Error::step(&step, e)),
     }
 }
 
@@ -588,10 +583,7 @@ pub async fn put_history(
     data: &[u8],
     deadline: Instant,
 ) -> Result<Vec<String>> {
-    let want: String = Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let want = crate::text::md5_hex(&[data]);
     let name = history_file_name(timeline);
     let mut dirs = vec![node.data_dir()?.join(wal_dir(state.server_version_num))];
     if let Some(a) = &topo.config.postgres.archive_dir {
@@ -889,151 +881,6 @@ pub fn slot_name(node: &Node) -> String {
         .collect()
 }
 
-/// Log a warning without failing: used where one node's trouble must not
-/// stop the work on the others.
-pub fn warn_step(node: &Node, e: &Error) {
-    warn!("{}: {e}", node.label());
-}
-
-/// Whether a PCP error is worth another try, `elapsed` into the step:
-/// pgpool refusing during a failover, or a connection its PCP process
-/// dropped (pgpool restarts that process about a second after every
-/// failover and failback) are; a refused connect only within one `[pcp]
-/// timeout` (pgpool restarting), not for as long as pgpool is down.
-pub fn pcp_transient(topo: &Topology, e: &pcp::PcpError, elapsed: Duration) -> bool {
-    match e {
-        pcp::PcpError::FailoverInProgress { .. } | pcp::PcpError::Io { .. } => true,
-        pcp::PcpError::Connect { .. } => elapsed < topo.config.pcp.timeout,
-        _ => false,
-    }
-}
-
-/// One PCP request, retried while [`pcp_transient`] says so, for at most
-/// `[pcp] busy_retry_for`.
-pub async fn pcp_retry<T, F, Fut>(topo: &Topology, deadline: Instant, what: &str, f: F) -> Result<T>
-where
-    F: Fn(pcp::PcpTarget) -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, pcp::PcpError>>,
-{
-    let target = topo.pcp_target()?;
-    let start = Instant::now();
-    let end = start + budget(deadline, topo.config.pcp.busy_retry_for);
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match f(target.clone()).await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() + delay < end && pcp_transient(topo, &e, start.elapsed()) => {
-                debug!("{what}: {e}; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => return Err(Error::step(what, e)),
-        }
-    }
-}
-
-async fn pcp_retrying<T, F, Fut>(
-    topo: &Topology,
-    node: &Node,
-    deadline: Instant,
-    what: &str,
-    f: F,
-) -> Result<T>
-where
-    F: Fn(pcp::PcpTarget) -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, pcp::PcpError>>,
-{
-    pcp_retry(topo, deadline, &format!("{what} for {}", node.label()), f).await
-}
-
-/// Attach `node` in pgpool (`pcp_attach_node`) unless pgpool has it
-/// attached already, retrying as [`pcp_retry`] does; returns whether it
-/// asked. Retries while pgpool says a failover is in progress (it refuses
-/// PCP then) and while it restarts its PCP process right after a failover
-/// or failback.
-pub async fn attach(topo: &Topology, node: &Node, deadline: Instant) -> Result<bool> {
-    if pgpool_node_info(topo, node, deadline).await?.is_up() {
-        return Ok(false);
-    }
-    let id = node.id;
-    pcp_retrying(topo, node, deadline, "pcp attach", |t| async move {
-        let mut c = PcpClient::connect(&t).await?;
-        let r = c.attach_node(id).await;
-        c.close().await;
-        r
-    })
-    .await?;
-    info!("{}: attached in pgpool", node.label());
-    Ok(true)
-}
-
-/// pgpool's view of `node` (`pcp_node_info`): attached or not, and the
-/// role pgpool gives it.
-pub async fn pgpool_node_info(
-    topo: &Topology,
-    node: &Node,
-    deadline: Instant,
-) -> Result<pcp::NodeInfo> {
-    let id = node.id;
-    pcp_retrying(topo, node, deadline, "pcp node info", |t| async move {
-        let mut c = PcpClient::connect(&t).await?;
-        let info = c.node_info(id).await;
-        c.close().await;
-        info
-    })
-    .await
-}
-
-/// Wait until pgpool shows `node` attached (`up` true) or detached. A PCP
-/// attach only queues a failback request: pgpool's main process applies
-/// it a moment later, also while `follow_primary_command` still runs.
-/// Bounded by `[pcp] busy_retry_for`.
-pub async fn wait_pgpool_status(
-    topo: &Topology,
-    node: &Node,
-    up: bool,
-    deadline: Instant,
-) -> Result<Duration> {
-    let start = Instant::now();
-    let end = start + budget(deadline, topo.config.pcp.busy_retry_for);
-    loop {
-        let info = pgpool_node_info(topo, node, deadline).await?;
-        if info.is_up() == up {
-            return Ok(start.elapsed());
-        }
-        if Instant::now() >= end {
-            return Err(Error::Step(format!(
-                "pgpool still shows {} {} after {:.1}s (wanted {}); see pgpool's log",
-                node.label(),
-                info.status_name(),
-                start.elapsed().as_secs_f64(),
-                if up { "attached" } else { "detached" }
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Detach `node` in pgpool (`pcp_detach_node`, not graceful) so that no
-/// client is sent to a server about to be stopped; pgpool then runs its
-/// `failover_command` for it. Returns false when it was detached already.
-pub async fn detach(topo: &Topology, node: &Node, deadline: Instant) -> Result<bool> {
-    if !pgpool_node_info(topo, node, deadline).await?.is_up() {
-        return Ok(false);
-    }
-    let id = node.id;
-    pcp_retrying(topo, node, deadline, "pcp detach", |t| async move {
-        let mut c = PcpClient::connect(&t).await?;
-        let r = c.detach_node(id, false).await;
-        c.close().await;
-        r
-    })
-    .await?;
-    wait_pgpool_status(topo, node, false, deadline).await?;
-    info!("{}: detached in pgpool", node.label());
-    Ok(true)
-}
-
 /// Bytes of WAL `standby` has yet to replay to reach where `primary` is
 /// (`pg_current_wal_lsn()` minus `pg_last_wal_replay_lsn()`); `None` when
 /// either position is unknown. What `[follow] max_lag` bounds.
@@ -1095,21 +942,10 @@ pub async fn query_node(
     let client = postgres::connect(&target)
         .await
         .map_err(|e| Error::step(&step, e))?;
-    tracing::debug!("sql {step}");
-    match tokio::time::timeout(target.query_timeout, client.query(sql, params)).await {
-        Ok(Ok(rows)) => Ok(rows),
-        Ok(Err(e)) => {
-            let msg = e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string());
-            Err(Error::Step(format!("{step}: {msg}")))
-        }
-        Err(_) => Err(Error::Step(format!(
-            "{step}: timed out after {:.1}s ([postgres] query_timeout)",
-            target.query_timeout.as_secs_f64()
-        ))),
-    }
+    let rows = client.query(sql, params);
+    postgres::bounded(&client, &target, &step, target.query_timeout, rows)
+        .await
+        .map_err(|e| Error::Step(e.to_string()))
 }
 
 /// Run one statement on `node` with the simple protocol (what `ALTER
@@ -1120,21 +956,10 @@ pub async fn execute_node(topo: &Topology, node: &Node, what: &str, sql: &str) -
     let client = postgres::connect(&target)
         .await
         .map_err(|e| Error::step(&step, e))?;
-    tracing::debug!("sql {step}");
-    match tokio::time::timeout(target.query_timeout, client.batch_execute(sql)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            let msg = e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string());
-            Err(Error::Step(format!("{step}: {msg}")))
-        }
-        Err(_) => Err(Error::Step(format!(
-            "{step}: timed out after {:.1}s ([postgres] query_timeout)",
-            target.query_timeout.as_secs_f64()
-        ))),
-    }
+    let done = client.batch_execute(sql);
+    postgres::bounded(&client, &target, &step, target.query_timeout, done)
+        .await
+        .map_err(|e| Error::Step(e.to_string()))
 }
 
 /// Create the physical replication slot `slot` on `primary` unless it
@@ -1346,49 +1171,5 @@ mod tests {
         );
         assert_eq!(replay_lag(&p, &state(true, None, None, None)), None);
         assert_eq!(replay_lag(&state(true, None, None, None), &p), None);
-    }
-
-    #[test]
-    fn which_pcp_errors_are_retried() {
-        let topo = Topology::from_parts(
-            crate::config::Config::default(),
-            crate::pgpool::conf::PgpoolConf::parse(
-                std::path::Path::new("p.conf"),
-                "backend_hostname0 = '127.0.0.2'\n",
-            )
-            .unwrap(),
-        );
-        let (h, p) = ("127.0.0.20".to_string(), 9898);
-        let busy = pcp::PcpError::FailoverInProgress {
-            host: h.clone(),
-            port: p,
-            detail: String::new(),
-        };
-        let reset = pcp::PcpError::Io {
-            host: h.clone(),
-            port: p,
-            step: "read the md5 salt".into(),
-            source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
-        };
-        let refused = pcp::PcpError::Connect {
-            host: h.clone(),
-            port: p,
-            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-        };
-        let auth = pcp::PcpError::Auth {
-            host: h,
-            port: p,
-            user: "pgpool".into(),
-            message: "no".into(),
-        };
-        let long = topo.config.pcp.timeout * 2;
-        assert!(pcp_transient(&topo, &busy, long));
-        assert!(pcp_transient(&topo, &reset, long));
-        assert!(pcp_transient(&topo, &refused, Duration::ZERO));
-        assert!(
-            !pcp_transient(&topo, &refused, long),
-            "pgpool down is not retried for long"
-        );
-        assert!(!pcp_transient(&topo, &auth, Duration::ZERO));
     }
 }

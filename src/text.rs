@@ -153,6 +153,18 @@ pub fn has_password(conninfo: &str) -> bool {
     mask_secrets(conninfo) != conninfo
 }
 
+/// The lowercase hex md5 of the parts, one after the other: what
+/// `md5sum` prints for a file, what `pg_md5` stores in `pcp.conf`, and
+/// the pieces of PCP's salted password hash.
+pub fn md5_hex(parts: &[&[u8]]) -> String {
+    use md5::{Digest as _, Md5};
+    let mut h = Md5::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

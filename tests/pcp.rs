@@ -86,10 +86,22 @@ fn node_info_matches_pcp_node_info_and_attach_works() {
             other => Err(other),
         }
     });
-    rt.block_on(pgha::pgpool::pcp::attach_with_retry(
+    // Attached as pgha does it: a fresh connection per try, retried while
+    // pgpool is busy with the detach's failover.
+    let policy = pgha::pgpool::ops::Retry {
+        until: std::time::Instant::now() + Duration::from_secs(20),
+        connect_for: Duration::from_secs(2),
+    };
+    rt.block_on(pgha::pgpool::ops::retry(
         &target(&lab),
-        2,
-        Duration::from_secs(20),
+        policy,
+        "attach node 2",
+        |t| async move {
+            let mut c = PcpClient::connect(&t).await?;
+            let r = c.attach_node(2).await;
+            c.close().await;
+            r
+        },
     ))
     .unwrap();
     lab.wait_observing(

@@ -185,7 +185,7 @@ async fn settle_one(
             primary.label(),
             waited.as_secs_f64()
         );
-        steps::attach(x.topo, n, x.deadline).await
+        crate::pgpool::ops::attach(x.topo, n, x.deadline).await
     };
     x.step("settle", Some(n), work, |attached| {
         Did::new(

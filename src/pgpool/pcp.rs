@@ -17,7 +17,6 @@ use std::fmt;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use md5::{Digest, Md5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -106,7 +105,7 @@ pub enum PcpError {
     },
     /// pgpool is in the middle of a failover, failback, switchover or
     /// promotion and refuses node operations until it is done; retrying
-    /// later is the right reaction (see [`attach_with_retry`]).
+    /// later is the right reaction (see [`super::ops::retry`]).
     #[error(
         "pgpool at {host}:{port} refused the request while a failover/switchover is in progress: {detail}"
     )]
@@ -798,58 +797,13 @@ async fn bounded<T>(
     }
 }
 
-/// Attaches node `id`, retrying while pgpool answers that a failover or
-/// switchover is in progress: pgpool refuses node operations until its own
-/// failover (and `follow_primary_command`) has finished, which is exactly
-/// when pgha's hooks want to re-attach standbys. Each try opens a fresh
-/// connection; the pause starts at 100 ms and doubles up to 1 s; after
-/// `retry_for` the last `FailoverInProgress` is returned. Any other error
-/// is returned at once.
-pub async fn attach_with_retry(
-    t: &PcpTarget,
-    id: u32,
-    retry_for: Duration,
-) -> Result<(), PcpError> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let result = async {
-            let mut client = PcpClient::connect(t).await?;
-            let r = client.attach_node(id).await;
-            client.close().await;
-            r
-        }
-        .await;
-        match result {
-            Err(PcpError::FailoverInProgress { .. }) if start.elapsed() + pause <= retry_for => {
-                tracing::info!(
-                    node = id,
-                    pcp = %format!("{}:{}", t.host, t.port),
-                    "pgpool busy with a failover; retrying attach in {pause:?}"
-                );
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// The hash PCP's `R` packet carries: `md5(md5(password) + user)` (what
 /// `pcp.conf` stores, salted with the user like PostgreSQL's md5 auth),
 /// then md5 of that hex string followed by the 4 salt bytes.
 fn pcp_md5(password: &str, user: &str, salt: &[u8; 4]) -> String {
-    let stored = hex_md5(&[password.as_bytes()]);
-    let with_user = hex_md5(&[stored.as_bytes(), user.as_bytes()]);
-    hex_md5(&[with_user.as_bytes(), salt])
-}
-
-fn hex_md5(parts: &[&[u8]]) -> String {
-    let mut h = Md5::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let stored = crate::text::md5_hex(&[password.as_bytes()]);
+    let with_user = crate::text::md5_hex(&[stored.as_bytes(), user.as_bytes()]);
+    crate::text::md5_hex(&[with_user.as_bytes(), salt])
 }
 
 fn nul_terminated(id: u32) -> Vec<u8> {
@@ -1074,8 +1028,14 @@ mod tests {
     #[test]
     fn md5_matches_pgpool() {
         // `pg_md5 s3cret` printed this for pcp.conf.
-        assert_eq!(hex_md5(&[b"s3cret"]), "33e1b232a4e6fa0028a6670753749a17");
-        assert_eq!(hex_md5(&[b"a", b"bc"]), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            crate::text::md5_hex(&[b"s3cret"]),
+            "33e1b232a4e6fa0028a6670753749a17"
+        );
+        assert_eq!(
+            crate::text::md5_hex(&[b"a", b"bc"]),
+            "900150983cd24fb0d6963f7d28e17f72"
+        );
         // md5(md5("s3cret") + "pgpool") + salt, computed independently.
         assert_eq!(
             pcp_md5("s3cret", "pgpool", &SALT),
@@ -1571,6 +1531,25 @@ mod tests {
         });
         let err = PcpClient::connect(&target(port, "pw")).await.unwrap_err();
         assert!(matches!(err, PcpError::Protocol { .. }), "{err:?}");
+    }
+
+    /// Attach node 1 as pgha does: [`super::super::ops::retry`] for `retry_for`.
+    async fn attach_with_retry(
+        t: &PcpTarget,
+        id: u32,
+        retry_for: Duration,
+    ) -> Result<(), PcpError> {
+        let policy = crate::pgpool::ops::Retry {
+            until: Instant::now() + retry_for,
+            connect_for: Duration::ZERO,
+        };
+        crate::pgpool::ops::retry(t, policy, "attach", |t| async move {
+            let mut c = PcpClient::connect(&t).await?;
+            let r = c.attach_node(id).await;
+            c.close().await;
+            r
+        })
+        .await
     }
 
     #[tokio::test]
