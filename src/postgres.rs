@@ -335,14 +335,6 @@ SELECT current_setting('server_version_num')::int4,
        current_setting('synchronous_commit'),
        current_setting('restore_command', true)
 FROM r, c";
-    const RECEIVER_13: &str = "SELECT status, sender_host, sender_port, received_tli, \
-         flushed_lsn::text, conninfo FROM pg_stat_wal_receiver";
-    const RECEIVER_12: &str = "SELECT status, sender_host, sender_port, received_tli, \
-         received_lsn::text, conninfo FROM pg_stat_wal_receiver";
-    const REPLICAS: &str = "SELECT application_name, host(client_addr), state, sync_state, \
-         replay_lsn::text, (extract(epoch FROM replay_lag) * 1000)::int8 \
-         FROM pg_stat_replication ORDER BY application_name";
-
     let what = "server state query";
     let row = bounded(
         client,
@@ -352,91 +344,125 @@ FROM r, c";
         client.query_one(STATE, &[]),
     )
     .await?;
-    let bad = |message: String| query_error(t, what, message);
-    let get = |row: &tokio_postgres::Row, i| -> Result<Option<String>, PgError> {
-        row.try_get::<_, Option<String>>(i)
-            .map_err(|e| bad(format!("column {i}: {}", describe(&e))))
+    let c = Columns { row: &row, t, what };
+    let server_version_num = c.int(0)? as u32;
+    let in_recovery = c.flag(1)?;
+    let checkpoint_tli = c.int(6)? as u32;
+    let walfile = c.opt(8)?;
+    let wal_receiver = match in_recovery {
+        true => wal_receiver(client, t, server_version_num).await?,
+        false => None,
     };
-    let lsn = |v: Option<String>| -> Result<Option<Lsn>, PgError> {
-        v.map(|s| s.parse::<Lsn>()).transpose().map_err(&bad)
-    };
-    let int = |i| -> Result<i32, PgError> {
-        row.try_get::<_, i32>(i)
-            .map_err(|e| bad(format!("column {i}: {}", describe(&e))))
-    };
-    let flag = |i| -> Result<bool, PgError> {
-        row.try_get::<_, bool>(i)
-            .map_err(|e| bad(format!("column {i}: {}", describe(&e))))
-    };
-
-    let server_version_num = int(0)? as u32;
-    let in_recovery = flag(1)?;
-    let data_directory = get(&row, 2)?.unwrap_or_default();
-    let wal_log_hints = flag(3)?;
-    let data_checksums = flag(4)?;
-    let system_identifier =
-        row.try_get::<_, i64>(5)
-            .map_err(|e| bad(format!("column 5: {}", describe(&e))))? as u64;
-    let checkpoint_tli = int(6)? as u32;
-    let current_lsn = lsn(get(&row, 7)?)?;
-    let walfile = get(&row, 8)?;
-    let receive_lsn = lsn(get(&row, 9)?)?;
-    let replay_lsn = lsn(get(&row, 10)?)?;
-    let primary_conninfo = get(&row, 11)?.filter(|s| !s.is_empty());
-    let synchronous_standby_names = get(&row, 12)?.unwrap_or_default();
-    let synchronous_commit = get(&row, 13)?.unwrap_or_default();
-    let restore_command = get(&row, 14)?.unwrap_or_default();
-
-    let wal_receiver = if in_recovery {
-        let (what, sql) = if server_version_num >= 130000 {
-            ("pg_stat_wal_receiver query", RECEIVER_13)
-        } else {
-            ("pg_stat_wal_receiver query (12)", RECEIVER_12)
-        };
-        let rows = bounded(client, t, what, t.query_timeout, client.query(sql, &[])).await?;
-        match rows.first() {
-            None => None,
-            Some(r) => {
-                let bad = |message: String| query_error(t, what, message);
-                let col = |e: tokio_postgres::Error| bad(describe(&e));
-                Some(WalReceiver {
-                    status: r
-                        .try_get::<_, Option<String>>(0)
-                        .map_err(col)?
-                        .unwrap_or_default(),
-                    sender_host: r.try_get(1).map_err(col)?,
-                    sender_port: r
-                        .try_get::<_, Option<i32>>(2)
-                        .map_err(col)?
-                        .and_then(|p| u16::try_from(p).ok()),
-                    received_tli: r.try_get::<_, Option<i32>>(3).map_err(col)?.unwrap_or(0) as u32,
-                    flushed_lsn: r
-                        .try_get::<_, Option<String>>(4)
-                        .map_err(col)?
-                        .map(|s| s.parse())
-                        .transpose()
-                        .map_err(bad)?,
-                    conninfo: r.try_get(5).map_err(col)?,
-                })
-            }
-        }
-    } else {
-        None
-    };
-
-    let timeline = if in_recovery {
-        match &wal_receiver {
-            Some(w) if w.received_tli > 0 => w.received_tli,
-            _ => standby_timeline_without_receiver(client, t, checkpoint_tli).await,
-        }
-    } else {
-        walfile
+    let timeline = match (in_recovery, &wal_receiver) {
+        (true, Some(w)) if w.received_tli > 0 => w.received_tli,
+        (true, _) => standby_timeline_without_receiver(client, t, checkpoint_tli).await,
+        (false, _) => walfile
             .as_deref()
             .and_then(|f| f.get(..8))
             .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .ok_or_else(|| bad(format!("unexpected WAL file name {walfile:?}")))?
+            .ok_or_else(|| c.bad(format!("unexpected WAL file name {walfile:?}")))?,
     };
+    Ok(NodeState {
+        host: t.host.clone(),
+        port: t.port,
+        server_version_num,
+        in_recovery,
+        timeline,
+        current_lsn: c.lsn(7)?,
+        receive_lsn: c.lsn(9)?,
+        replay_lsn: c.lsn(10)?,
+        wal_receiver,
+        primary_conninfo: c.opt(11)?.filter(|s| !s.is_empty()),
+        system_identifier: c.get::<i64>(5)? as u64,
+        data_directory: c.text(2)?,
+        wal_log_hints: c.flag(3)?,
+        data_checksums: c.flag(4)?,
+        replicas: replicas(client, t).await?,
+        synchronous_standby_names: c.text(12)?,
+        synchronous_commit: c.text(13)?,
+        restore_command: c.text(14)?,
+    })
+}
 
+/// The columns of one row of query `what`, each read error naming the
+/// query, the column and the server.
+struct Columns<'a> {
+    row: &'a tokio_postgres::Row,
+    t: &'a PgTarget,
+    what: &'a str,
+}
+
+impl Columns<'_> {
+    fn bad(&self, message: String) -> PgError {
+        query_error(self.t, self.what, message)
+    }
+
+    fn get<'r, T: tokio_postgres::types::FromSql<'r>>(&'r self, i: usize) -> Result<T, PgError> {
+        self.row
+            .try_get::<_, T>(i)
+            .map_err(|e| self.bad(format!("column {i}: {}", describe(&e))))
+    }
+
+    fn opt(&self, i: usize) -> Result<Option<String>, PgError> {
+        self.get::<Option<String>>(i)
+    }
+
+    /// Text, NULL as empty.
+    fn text(&self, i: usize) -> Result<String, PgError> {
+        Ok(self.opt(i)?.unwrap_or_default())
+    }
+
+    fn int(&self, i: usize) -> Result<i32, PgError> {
+        self.get::<i32>(i)
+    }
+
+    fn flag(&self, i: usize) -> Result<bool, PgError> {
+        self.get::<bool>(i)
+    }
+
+    fn lsn(&self, i: usize) -> Result<Option<Lsn>, PgError> {
+        self.opt(i)?
+            .map(|s| s.parse::<Lsn>())
+            .transpose()
+            .map_err(|e| self.bad(e))
+    }
+}
+
+/// The standby's WAL receiver (`pg_stat_wal_receiver`), if one runs.
+async fn wal_receiver(
+    client: &Client,
+    t: &PgTarget,
+    version: u32,
+) -> Result<Option<WalReceiver>, PgError> {
+    const RECEIVER_13: &str = "SELECT status, sender_host, sender_port, received_tli, \
+         flushed_lsn::text, conninfo FROM pg_stat_wal_receiver";
+    const RECEIVER_12: &str = "SELECT status, sender_host, sender_port, received_tli, \
+         received_lsn::text, conninfo FROM pg_stat_wal_receiver";
+    let (what, sql) = if version >= 130000 {
+        ("pg_stat_wal_receiver query", RECEIVER_13)
+    } else {
+        ("pg_stat_wal_receiver query (12)", RECEIVER_12)
+    };
+    let rows = bounded(client, t, what, t.query_timeout, client.query(sql, &[])).await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let c = Columns { row, t, what };
+    Ok(Some(WalReceiver {
+        status: c.text(0)?,
+        sender_host: c.opt(1)?,
+        sender_port: c.get::<Option<i32>>(2)?.and_then(|p| u16::try_from(p).ok()),
+        received_tli: c.get::<Option<i32>>(3)?.unwrap_or(0) as u32,
+        flushed_lsn: c.lsn(4)?,
+        conninfo: c.opt(5)?,
+    }))
+}
+
+/// The standbys connected to this server (`pg_stat_replication`).
+async fn replicas(client: &Client, t: &PgTarget) -> Result<Vec<Replica>, PgError> {
+    const REPLICAS: &str = "SELECT application_name, host(client_addr), state, sync_state, \
+         replay_lsn::text, (extract(epoch FROM replay_lag) * 1000)::int8 \
+         FROM pg_stat_replication ORDER BY application_name";
     let what = "pg_stat_replication query";
     let rows = bounded(
         client,
@@ -447,52 +473,18 @@ FROM r, c";
     )
     .await?;
     let mut replicas = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let bad = |message: String| query_error(t, what, message);
-        let col = |e: tokio_postgres::Error| bad(describe(&e));
-        let text = |i| -> Result<String, PgError> {
-            Ok(r.try_get::<_, Option<String>>(i)
-                .map_err(col)?
-                .unwrap_or_default())
-        };
+    for row in &rows {
+        let c = Columns { row, t, what };
         replicas.push(Replica {
-            application_name: text(0)?,
-            client_addr: r.try_get(1).map_err(col)?,
-            state: text(2)?,
-            sync_state: text(3)?,
-            replay_lsn: r
-                .try_get::<_, Option<String>>(4)
-                .map_err(col)?
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(bad)?,
-            replay_lag_ms: r
-                .try_get::<_, Option<i64>>(5)
-                .map_err(col)?
-                .and_then(|v| u64::try_from(v).ok()),
+            application_name: c.text(0)?,
+            client_addr: c.opt(1)?,
+            state: c.text(2)?,
+            sync_state: c.text(3)?,
+            replay_lsn: c.lsn(4)?,
+            replay_lag_ms: c.get::<Option<i64>>(5)?.and_then(|v| u64::try_from(v).ok()),
         });
     }
-
-    Ok(NodeState {
-        host: t.host.clone(),
-        port: t.port,
-        server_version_num,
-        in_recovery,
-        timeline,
-        current_lsn,
-        receive_lsn,
-        replay_lsn,
-        wal_receiver,
-        primary_conninfo,
-        system_identifier,
-        data_directory,
-        wal_log_hints,
-        data_checksums,
-        replicas,
-        synchronous_standby_names,
-        synchronous_commit,
-        restore_command,
-    })
+    Ok(replicas)
 }
 
 /// The timeline a standby with no WAL receiver is on. The control file's

@@ -441,28 +441,8 @@ impl Remote {
                     reconnected = true;
                     continue;
                 }
-                let bound = Duration::from_secs(whole_secs(self.opts.connect_timeout));
-                let alive = match tokio::time::timeout(bound, session.check()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(error_chain(&e)),
-                    Err(_) => Err("the master does not answer `ssh -O check`".to_string()),
-                };
-                if let Err(why) = alive {
-                    self.forget(host, &session).await;
-                    let mut message = format!(
-                        "connection lost during `{shown}`: {}",
-                        clean_ssh_message(&why)
-                    );
-                    let stderr = last_lines(&raw.stderr, STDERR_LINES);
-                    if !stderr.is_empty() {
-                        message.push_str(&format!(" (ssh: {stderr})"));
-                    }
-                    return Err(RemoteError::Connect {
-                        host: host.to_string(),
-                        message,
-                        after: elapsed,
-                    });
-                }
+                self.check_master(host, &session, shown, &raw.stderr, elapsed)
+                    .await?;
             }
             // 124: TERM at the deadline worked; 137 or 255 (timeout re-raises
             // the KILL on itself): the command had to be killed.
@@ -480,6 +460,38 @@ impl Remote {
                 elapsed,
             });
         }
+    }
+
+    /// After an exit of 255 (ssh's own failure, or the command's): is the
+    /// master still alive? If not, the connection was lost mid-command.
+    async fn check_master(
+        &self,
+        host: &str,
+        session: &Arc<Session>,
+        shown: &str,
+        stderr: &[u8],
+        elapsed: Duration,
+    ) -> Result<(), RemoteError> {
+        let bound = Duration::from_secs(whole_secs(self.opts.connect_timeout));
+        let alive = match tokio::time::timeout(bound, session.check()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => error_chain(&e),
+            Err(_) => "the master does not answer `ssh -O check`".to_string(),
+        };
+        self.forget(host, session).await;
+        let mut message = format!(
+            "connection lost during `{shown}`: {}",
+            clean_ssh_message(&alive)
+        );
+        let stderr = last_lines(stderr, STDERR_LINES);
+        if !stderr.is_empty() {
+            message.push_str(&format!(" (ssh: {stderr})"));
+        }
+        Err(RemoteError::Connect {
+            host: host.to_string(),
+            message,
+            after: elapsed,
+        })
     }
 
     fn slot(&self, host: &str) -> Arc<HostSlot> {
@@ -566,24 +578,7 @@ impl Remote {
         }
         let (dir, config) = self.prepare_files(host)?;
         let secs = whole_secs(self.opts.connect_timeout);
-        let mut builder = SessionBuilder::default();
-        builder
-            .user(self.opts.user.clone())
-            .port(self.opts.port)
-            .known_hosts_check(KnownHosts::Strict)
-            .connect_timeout(Duration::from_secs(secs))
-            .server_alive_interval(Duration::from_secs(secs))
-            .control_directory(&dir)
-            .control_persist(ControlPersist::IdleFor(
-                NonZeroUsize::new(MASTER_IDLE_SECS).expect("non-zero"),
-            ))
-            .config_file(&config);
-        if let Some(key) = &self.opts.identity_file {
-            builder.keyfile(key);
-        }
-        if let Some(known_hosts) = &self.opts.known_hosts_file {
-            builder.user_known_hosts_file(known_hosts);
-        }
+        let builder = self.builder(&dir, &config, secs);
         let bound = Duration::from_secs(secs) + CONNECT_GRACE;
         match tokio::time::timeout(bound, builder.connect(host)).await {
             Ok(Ok(session)) => {
@@ -616,6 +611,31 @@ impl Remote {
                 after: start.elapsed(),
             }),
         }
+    }
+
+    /// The master's ssh options: strict host keys, ConnectTimeout and
+    /// ServerAliveInterval of `[ssh] connect_timeout`, our control
+    /// directory and configuration file.
+    fn builder(&self, dir: &Path, config: &Path, secs: u64) -> SessionBuilder {
+        let mut builder = SessionBuilder::default();
+        builder
+            .user(self.opts.user.clone())
+            .port(self.opts.port)
+            .known_hosts_check(KnownHosts::Strict)
+            .connect_timeout(Duration::from_secs(secs))
+            .server_alive_interval(Duration::from_secs(secs))
+            .control_directory(dir)
+            .control_persist(ControlPersist::IdleFor(
+                NonZeroUsize::new(MASTER_IDLE_SECS).expect("non-zero"),
+            ))
+            .config_file(config);
+        if let Some(key) = &self.opts.identity_file {
+            builder.keyfile(key);
+        }
+        if let Some(known_hosts) = &self.opts.known_hosts_file {
+            builder.user_known_hosts_file(known_hosts);
+        }
+        builder
     }
 
     /// Choose (and create) the control directory and write this

@@ -676,7 +676,7 @@ pub async fn repoint(
     if points_at(current, primary) {
         return Ok(Repointed::AlreadyPointed);
     }
-    let mut conninfo = follow_conninfo(
+    let conninfo = follow_conninfo(
         current,
         primary,
         &topo.config.postgres.replication_user,
@@ -685,51 +685,19 @@ pub async fn repoint(
     let what = format!("repoint {} to {}", node.label(), primary.label());
     let t = budget(deadline, topo.config.ssh.command_timeout);
     let method = RepointMethod::for_version(state.server_version_num);
-    match method {
+    let set = match method {
         RepointMethod::AlterSystemReload | RepointMethod::AlterSystemRestart => {
-            // The server logs a reloaded setting's new value: a password
-            // inside primary_conninfo goes to the standby's passfile
-            // instead, where libpq finds it.
-            let mut kv = postgres::parse_conninfo(&conninfo);
-            if let Some(password) = kv.remove("password") {
-                password_to_passfile(topo, remote, node, &kv, &password, t)
-                    .await
-                    .map_err(|e| Error::step(&what, e))?;
-                conninfo = format_conninfo(&kv);
-            }
-            let target = topo.pg_target(node);
-            let client = postgres::connect(&target)
-                .await
-                .map_err(|e| Error::step(&what, e))?;
-            postgres::set_primary_conninfo(&client, &target, &conninfo)
-                .await
-                .map_err(|e| Error::step(&what, e))?;
+            alter_primary_conninfo(topo, remote, node, conninfo, t).await
         }
-        RepointMethod::RecoveryConfRestart => {
-            let path = node.data_dir()?.join("recovery.conf").display().to_string();
-            let text = remote
-                .read_file(&node.ssh_host, &path, t)
-                .await
-                .map_err(|e| Error::step(&what, e))?;
-            let new = rewrite_recovery_conf(&String::from_utf8_lossy(&text), &conninfo);
-            remote
-                .write_file(&node.ssh_host, &path, new.as_bytes(), 0o600, t)
-                .await
-                .map_err(|e| Error::step(&what, e))?;
-        }
-    }
+        RepointMethod::RecoveryConfRestart => write_recovery_conf(remote, node, &conninfo, t).await,
+    };
+    set.map_err(|e| Error::step(&what, e))?;
     if method == RepointMethod::AlterSystemReload {
         return Ok(Repointed::Reloaded);
     }
     let log = pg_ctl_log(topo, node)?;
-    let out = pg_ctl(
-        topo,
-        remote,
-        node,
-        &["restart", "-m", "fast", "-w", "-l", &log],
-        t,
-    )
-    .await?;
+    let argv = ["restart", "-m", "fast", "-w", "-l", &log];
+    let out = pg_ctl(topo, remote, node, &argv, t).await?;
     if !out.success() {
         return Err(Error::Step(format!(
             "{what}: pg_ctl restart exited {}: {}",
@@ -738,6 +706,56 @@ pub async fn repoint(
         )));
     }
     Ok(Repointed::Restarted)
+}
+
+/// 12+: `ALTER SYSTEM SET primary_conninfo` (and a reload). The server
+/// logs a reloaded setting's new value: a password inside primary_conninfo
+/// goes to the standby's passfile instead, where libpq finds it.
+async fn alter_primary_conninfo(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    mut conninfo: String,
+    t: Duration,
+) -> std::result::Result<(), String> {
+    let mut kv = postgres::parse_conninfo(&conninfo);
+    if let Some(password) = kv.remove("password") {
+        password_to_passfile(topo, remote, node, &kv, &password, t)
+            .await
+            .map_err(|e| e.to_string())?;
+        conninfo = format_conninfo(&kv);
+    }
+    let target = topo.pg_target(node);
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| e.to_string())?;
+    postgres::set_primary_conninfo(&client, &target, &conninfo)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// 11 and older: `primary_conninfo` in `recovery.conf` (read at start).
+async fn write_recovery_conf(
+    remote: &Remote,
+    node: &Node,
+    conninfo: &str,
+    t: Duration,
+) -> std::result::Result<(), String> {
+    let path = node
+        .data_dir()
+        .map_err(|e| e.to_string())?
+        .join("recovery.conf")
+        .display()
+        .to_string();
+    let text = remote
+        .read_file(&node.ssh_host, &path, t)
+        .await
+        .map_err(|e| e.to_string())?;
+    let new = rewrite_recovery_conf(&String::from_utf8_lossy(&text), conninfo);
+    remote
+        .write_file(&node.ssh_host, &path, new.as_bytes(), 0o600, t)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Put `password` for the replication connection `kv` describes into the

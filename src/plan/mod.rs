@@ -360,53 +360,83 @@ fn unclear_nodes(nodes: &[NodeView], failed: u32) -> Vec<String> {
 }
 
 fn promote(input: &FailoverInput, nodes: &[NodeView], why_primary: &str) -> Decision {
+    promotion(input, nodes, why_primary).unwrap_or_else(|reason| Decision::Refuse { reason })
+}
+
+/// The promotion, or (as the error) the reason for refusing it.
+fn promotion(
+    input: &FailoverInput,
+    nodes: &[NodeView],
+    why_primary: &str,
+) -> Result<Decision, String> {
     let failed = input.failed;
     let answers = unclear_nodes(nodes, failed);
     if !answers.is_empty() {
-        return Decision::Refuse {
-            reason: format!(
-                "the primary (node {failed}) failed, but {}: it might be a writable primary, and promoting next to it could make two; nothing was changed; fix pgha's login there (pg_hba.conf, password, max_connections), then run pgha-failover again",
-                answers.join("; ")
-            ),
-        };
+        return Err(format!(
+            "the primary (node {failed}) failed, but {}: it might be a writable primary, and promoting next to it could make two; nothing was changed; fix pgha's login there (pg_hba.conf, password, max_connections), then run pgha-failover again",
+            answers.join("; ")
+        ));
     }
     let failed_view = nodes.iter().find(|n| n.id == failed);
+    let fence = fence_for(input, failed_view)?;
+    let candidates: Vec<&NodeView> = nodes
+        .iter()
+        .filter(|n| n.id != failed && n.is_standby())
+        .collect();
+    let Some(best) = candidates.iter().copied().max_by_key(|n| n.position()) else {
+        return Err(format!(
+            "the primary (node {failed}) failed and no standby answers: nothing can be promoted; nothing was changed"
+        ));
+    };
+    let rules = sync_rules(nodes)?;
+    let (proofs, risk) = sync_proofs(input, nodes, &rules, best)?;
+    // The allowed lag: none under synchronous replication (only the most
+    // advanced standby is sure to hold every acknowledged commit).
+    let max_lag = if rules.is_empty() { input.max_lag } else { 0 };
+    let chosen = choose(input, &candidates, best, max_lag);
+    let mut reason = candidate_reason(input, &candidates, chosen, best, max_lag);
+    reason = format!("{reason}; node {failed} was the primary: {why_primary}");
+    if !proofs.is_empty() {
+        reason = format!("{reason}; {}", proofs.join("; "));
+    }
+    let chosen_pos = chosen.position();
+    let ahead: Vec<u32> = candidates
+        .iter()
+        .filter(|n| n.id != chosen.id && n.position() > chosen_pos)
+        .map(|n| n.id)
+        .collect();
+    Ok(Decision::Promote {
+        candidate: chosen.id,
+        reason,
+        fence,
+        switch_point: chosen_pos.and_then(|(_, l)| l),
+        sync: sync_after(input, nodes, chosen, &ahead),
+        ahead,
+        risk,
+    })
+}
+
+/// The node to stop before promoting: the failed primary when it may be
+/// alive, unless `failover.fence = "abort"` refuses instead.
+fn fence_for(input: &FailoverInput, failed_view: Option<&NodeView>) -> Result<Option<u32>, String> {
+    let failed = input.failed;
     let alive = match (failed_view.map(|n| &n.seen), &input.failed_liveness) {
         (Some(Seen::Primary { .. }), _) => Some("it still answers SQL as a primary".to_string()),
         (Some(Seen::Answers(why)), _) => Some(format!("it answers ({why})")),
         (_, Liveness::Alive(why)) => Some(why.clone()),
         _ => None,
     };
-    let fence = match (alive, input.fence_policy) {
-        (None, _) => None,
-        (Some(why), FencePolicy::Abort) => {
-            return Decision::Refuse {
-                reason: format!(
-                    "the old primary (node {failed}) may still be alive ({why}) and failover.fence is \"abort\": not promoting; nothing was changed; stop it by hand, then run pgha-failover again"
-                ),
-            };
-        }
-        (Some(_), FencePolicy::Stop) => Some(failed),
-    };
-    let candidates: Vec<&NodeView> = nodes
-        .iter()
-        .filter(|n| n.id != failed && n.is_standby())
-        .collect();
-    if candidates.is_empty() {
-        return Decision::Refuse {
-            reason: format!(
-                "the primary (node {failed}) failed and no standby answers: nothing can be promoted; nothing was changed"
-            ),
-        };
+    match (alive, input.fence_policy) {
+        (None, _) => Ok(None),
+        (Some(why), FencePolicy::Abort) => Err(format!(
+            "the old primary (node {failed}) may still be alive ({why}) and failover.fence is \"abort\": not promoting; nothing was changed; stop it by hand, then run pgha-failover again"
+        )),
+        (Some(_), FencePolicy::Stop) => Ok(Some(failed)),
     }
-    let best = candidates
-        .iter()
-        .copied()
-        .max_by_key(|n| n.position())
-        .expect("candidates is not empty");
-    let (best_tl, best_lsn) = best.position().expect("a standby has a position");
+}
 
-    // Synchronous replication: every distinct setting seen must be proven.
+/// Every distinct `synchronous_standby_names` seen: each must be proven.
+fn sync_rules(nodes: &[NodeView]) -> Result<Vec<SyncRule>, String> {
     let mut rules: Vec<SyncRule> = Vec::new();
     for n in nodes {
         let Some(raw) = n.sync.as_deref() else {
@@ -415,13 +445,22 @@ fn promote(input: &FailoverInput, nodes: &[NodeView], why_primary: &str) -> Deci
         match SyncRule::parse(raw) {
             Ok(Some(r)) if !rules.iter().any(|x| x.raw == r.raw) => rules.push(r),
             Ok(_) => {}
-            Err(e) => {
-                return Decision::Refuse {
-                    reason: format!("node {}: {e}; nothing was changed", n.id),
-                };
-            }
+            Err(e) => return Err(format!("node {}: {e}; nothing was changed", n.id)),
         }
     }
+    Ok(rules)
+}
+
+/// For each rule, the proof that a standby seen holds every acknowledged
+/// commit; without one, refuse or (`sync_unproven = "promote"`) carry the
+/// risk into the decision.
+fn sync_proofs(
+    input: &FailoverInput,
+    nodes: &[NodeView],
+    rules: &[SyncRule],
+    best: &NodeView,
+) -> Result<(Vec<String>, Option<String>), String> {
+    let failed = input.failed;
     let members: Vec<Member> = nodes
         .iter()
         .filter(|n| n.id != failed)
@@ -431,41 +470,47 @@ fn promote(input: &FailoverInput, nodes: &[NodeView], why_primary: &str) -> Deci
             seen_standby: n.is_standby(),
         })
         .collect();
-    let failed_name = failed_view.and_then(|n| n.name.as_deref());
-    let mut unproven = Vec::new();
-    let mut proofs = Vec::new();
-    for r in &rules {
-        let (ok, text) = sync::holds_every_ack(r, failed_name, &members);
-        if ok {
-            proofs.push(text);
-        } else {
-            unproven.push(text);
+    let failed_name = nodes
+        .iter()
+        .find(|n| n.id == failed)
+        .and_then(|n| n.name.as_deref());
+    let (mut proofs, mut unproven) = (Vec::new(), Vec::new());
+    for r in rules {
+        match sync::holds_every_ack(r, failed_name, &members) {
+            (true, text) => proofs.push(text),
+            (false, text) => unproven.push(text),
         }
     }
-    let mut risk = None;
-    if !unproven.is_empty() {
-        match input.sync_unproven {
-            SyncUnprovenPolicy::Refuse => {
-                return Decision::Refuse {
-                    reason: format!(
-                        "{}: pgha cannot prove that any standby it sees holds every acknowledged commit, so promoting could lose some; nothing was changed; bring the missing standbys back (or make them answer pgha) and run pgha-failover again, or set sync_unproven = \"promote\" in [failover] to promote the most advanced standby seen ({} at {}) and accept that loss",
-                        unproven.join("; "),
-                        best.id,
-                        best.lsn_text()
-                    ),
-                };
-            }
-            SyncUnprovenPolicy::Promote => {
-                risk = Some(format!(
-                    "{}; [failover] sync_unproven = \"promote\": promoting the most advanced standby seen; acknowledged commits that only the unseen standbys hold are lost",
-                    unproven.join("; ")
-                ));
-            }
-        }
+    if unproven.is_empty() {
+        return Ok((proofs, None));
     }
-    // The allowed lag: none under synchronous replication (only the most
-    // advanced standby is sure to hold every acknowledged commit).
-    let max_lag = if rules.is_empty() { input.max_lag } else { 0 };
+    match input.sync_unproven {
+        SyncUnprovenPolicy::Refuse => Err(format!(
+            "{}: pgha cannot prove that any standby it sees holds every acknowledged commit, so promoting could lose some; nothing was changed; bring the missing standbys back (or make them answer pgha) and run pgha-failover again, or set sync_unproven = \"promote\" in [failover] to promote the most advanced standby seen ({} at {}) and accept that loss",
+            unproven.join("; "),
+            best.id,
+            best.lsn_text()
+        )),
+        SyncUnprovenPolicy::Promote => Ok((
+            proofs,
+            Some(format!(
+                "{}; [failover] sync_unproven = \"promote\": promoting the most advanced standby seen; acknowledged commits that only the unseen standbys hold are lost",
+                unproven.join("; ")
+            )),
+        )),
+    }
+}
+
+/// The candidate: among the standbys on the best timeline within
+/// `max_lag` of the best, pgpool's choice (`candidate = "pgpool"`) or the
+/// most advanced.
+fn choose<'a>(
+    input: &FailoverInput,
+    candidates: &[&'a NodeView],
+    best: &NodeView,
+    max_lag: u64,
+) -> &'a NodeView {
+    let (best_tl, best_lsn) = best.position().expect("a standby has a position");
     let behind = |n: &NodeView| -> u64 {
         match (n.position(), best_lsn) {
             (Some((_, Some(l))), Some(b)) => l.bytes_behind(b),
@@ -478,36 +523,14 @@ fn promote(input: &FailoverInput, nodes: &[NodeView], why_primary: &str) -> Deci
         .copied()
         .filter(|n| n.position().is_some_and(|(tl, _)| tl == best_tl) && behind(n) <= max_lag)
         .collect();
-    let is_main = |n: &NodeView| input.new_main == Some(n.id);
-    let chosen = match input.candidate_policy {
+    match input.candidate_policy {
         // pgpool's choice when it is eligible; else the most advanced.
         CandidatePolicy::Pgpool => eligible
             .iter()
             .copied()
-            .find(|n| is_main(n))
+            .find(|n| input.new_main == Some(n.id))
             .unwrap_or_else(|| pick_most_advanced(&eligible, input.new_main)),
         CandidatePolicy::MostAdvanced => pick_most_advanced(&eligible, input.new_main),
-    };
-    let mut reason = candidate_reason(input, &candidates, chosen, best, max_lag);
-    reason = format!("{reason}; node {failed} was the primary: {why_primary}");
-    if !proofs.is_empty() {
-        reason = format!("{reason}; {}", proofs.join("; "));
-    }
-    let switch_point = chosen.position().and_then(|(_, l)| l);
-    let chosen_pos = chosen.position();
-    let ahead: Vec<u32> = candidates
-        .iter()
-        .filter(|n| n.id != chosen.id && n.position() > chosen_pos)
-        .map(|n| n.id)
-        .collect();
-    Decision::Promote {
-        candidate: chosen.id,
-        reason,
-        fence,
-        switch_point,
-        sync: sync_after(input, nodes, chosen, &ahead),
-        ahead,
-        risk,
     }
 }
 

@@ -123,44 +123,16 @@ pub fn holds_every_ack(
     failed: Option<&str>,
     members: &[Member],
 ) -> (bool, String) {
-    let star = rule.names.iter().any(|n| n == "*");
-    // The listed standbys: every other backend for `*`, else each listed
-    // name but the old primary's (a name no backend has still counts: a
-    // standby pgpool does not know may hold the commit).
-    let mut listed: Vec<(String, bool)> = Vec::new();
-    if star {
-        for m in members {
-            let label = m
-                .name
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("node {}", m.id));
-            listed.push((label, m.seen_standby));
-        }
-    } else {
-        for n in &rule.names {
-            if failed.is_some_and(|f| f.eq_ignore_ascii_case(n)) {
-                continue;
-            }
-            if listed.iter().any(|(l, _)| l.eq_ignore_ascii_case(n)) {
-                continue;
-            }
-            let seen = members
-                .iter()
-                .any(|m| m.seen_standby && m.name.is_some_and(|mn| mn.eq_ignore_ascii_case(n)));
-            listed.push((n.clone(), seen));
-        }
-    }
+    let listed = listed_standbys(rule, failed, members);
     let total = listed.len() as u32;
-    let seen: Vec<&str> = listed
-        .iter()
-        .filter(|(_, s)| *s)
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let unseen: Vec<&str> = listed
-        .iter()
-        .filter(|(_, s)| !*s)
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let names = |seen: bool| -> Vec<&str> {
+        listed
+            .iter()
+            .filter(|(_, s)| *s == seen)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    };
+    let (seen, unseen) = (names(true), names(false));
     let needed = (total + 1).saturating_sub(rule.k);
     let all: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
     let promise = if total < rule.k {
@@ -177,29 +149,63 @@ pub fn holds_every_ack(
         )
     };
     let proven = seen.len() as u32 >= needed;
-    let text = if proven {
-        format!(
+    let text = match (proven, seen.is_empty()) {
+        (true, empty) => format!(
             "{promise}; pgha sees {} of them ({}), enough to be sure",
             seen.len(),
-            if seen.is_empty() {
+            if empty {
                 "none needed".to_string()
             } else {
                 seen.join(", ")
             }
-        )
-    } else {
-        format!(
+        ),
+        (false, empty) => format!(
             "{promise}; pgha sees only {} ({}) and must see {needed} to be sure; not seen: {}",
             seen.len(),
-            if seen.is_empty() {
+            if empty {
                 "none".to_string()
             } else {
                 seen.join(", ")
             },
             unseen.join(", ")
-        )
+        ),
     };
     (proven, text)
+}
+
+/// The standbys `rule` lists, each with whether pgha saw it as a standby:
+/// every other backend for `*`, else each listed name but the old
+/// primary's (a name no backend has still counts: a standby pgpool does
+/// not know may hold the commit).
+fn listed_standbys(
+    rule: &SyncRule,
+    failed: Option<&str>,
+    members: &[Member],
+) -> Vec<(String, bool)> {
+    if rule.names.iter().any(|n| n == "*") {
+        return members
+            .iter()
+            .map(|m| {
+                let label = m
+                    .name
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("node {}", m.id));
+                (label, m.seen_standby)
+            })
+            .collect();
+    }
+    let mut listed: Vec<(String, bool)> = Vec::new();
+    for n in &rule.names {
+        let is_failed = failed.is_some_and(|f| f.eq_ignore_ascii_case(n));
+        if is_failed || listed.iter().any(|(l, _)| l.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        let seen = members
+            .iter()
+            .any(|m| m.seen_standby && m.name.is_some_and(|mn| mn.eq_ignore_ascii_case(n)));
+        listed.push((n.clone(), seen));
+    }
+    listed
 }
 
 /// What the new primary's own `synchronous_standby_names` means for
