@@ -51,9 +51,12 @@ pub(super) async fn run(
         journal: &journal,
         deadline,
     };
-    let tasks = standbys
-        .iter()
-        .map(|o| settle_one(&x, o, primary, pstate.timeline, history.as_deref()));
+    let to = Upstream {
+        primary,
+        timeline: pstate.timeline,
+        history: history.as_deref(),
+    };
+    let tasks = standbys.iter().map(|o| settle_one(&x, o, &to));
     for r in futures::future::join_all(tasks).await {
         if let Err(e) = r {
             summary.errors.push(e.to_string());
@@ -168,17 +171,20 @@ fn followers<'o>(
         .collect()
 }
 
-/// One standby: streaming from the primary, then attached in pgpool.
-async fn settle_one(
-    x: &Exec<'_>,
-    o: &Observed,
-    primary: &Node,
+/// What the standbys settle on.
+struct Upstream<'a> {
+    primary: &'a Node,
     timeline: u32,
-    history: Option<&[u8]>,
-) -> Result<bool> {
+    /// The new timeline's history file, to copy.
+    history: Option<&'a [u8]>,
+}
+
+/// One standby: streaming from the primary, then attached in pgpool.
+async fn settle_one(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<bool> {
     let n = &o.node;
+    let (primary, timeline) = (to.primary, to.timeline);
     let work = async {
-        let waited = stream(x, o, primary, timeline, history).await?;
+        let waited = stream(x, o, to).await?;
         info!(
             "{}: streams from {} on timeline {timeline} (waited {:.2}s)",
             n.label(),
@@ -206,14 +212,9 @@ async fn settle_one(
 /// between them. On 14+ it waits with none (reload), the attempt in flight
 /// cut short; the command it had (pointed at the new primary already) is
 /// put back afterwards, also when the wait fails.
-async fn stream(
-    x: &Exec<'_>,
-    o: &Observed,
-    primary: &Node,
-    timeline: u32,
-    history: Option<&[u8]>,
-) -> Result<std::time::Duration> {
+async fn stream(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<std::time::Duration> {
     let (topo, n) = (x.topo, &o.node);
+    let (primary, timeline, history) = (to.primary, to.timeline, to.history);
     let pending = o.ok().filter(|s| {
         !s.is_streaming_from(&primary.replication_host) && !s.is_streaming_from(&primary.host)
     });
