@@ -280,14 +280,19 @@ pub struct PcpConfig {
 #[serde(deny_unknown_fields)]
 pub struct FailoverConfig {
     /// Duration: overall deadline of one failover; pgpool waits for
-    /// `failover_command`, so it must never hang. Default `"60s"`.
+    /// `failover_command`, so it must never hang. Also how long
+    /// `pgha-follow`/`pgha-attach` wait for the failover lock (a failover
+    /// in progress ends by then). Default `"60s"`.
     #[serde(default = "default_failover_deadline", with = "duration_serde")]
     pub deadline: Duration,
-    /// Duration: from `pg_promote()` until the candidate accepts writes.
-    /// Default `"30s"`.
+    /// Duration: from `pg_promote()` until the candidate accepts writes
+    /// (also bounds the promote request's own SQL and ssh). Default
+    /// `"30s"`.
     #[serde(default = "default_promote_timeout", with = "duration_serde")]
     pub promote_timeout: Duration,
-    /// Duration: for one standby to stream from the new primary. Default
+    /// Duration: for one standby to stream from the new primary, in
+    /// pgha-failover's settle phase and in `pgha-follow`/`pgha-attach`
+    /// (streaming, catching up, a restarted standby answering). Default
     /// `"30s"`.
     #[serde(default = "default_follow_timeout", with = "duration_serde")]
     pub follow_timeout: Duration,
@@ -306,7 +311,9 @@ pub struct FailoverConfig {
     #[serde(default = "default_liveness_timeout", with = "liveness_serde")]
     pub liveness_timeout: Duration,
     /// Drop a failed standby's replication slot (`pg_drop_replication_slot`)
-    /// and create slots for the standbys of a new primary. Default `false`.
+    /// and create slots for the standbys of a new primary; `pgha-follow`
+    /// and `pgha-attach` create the slot of the standby they repoint too.
+    /// Default `false`.
     #[serde(default)]
     pub replication_slots: bool,
     /// Bytes: how far behind the most advanced reachable standby (received
