@@ -52,6 +52,8 @@ RUN_DEADLINE = 75.0  # seconds after the kill; a phase not reached by then is mi
 LINGER = 1.0  # seconds to keep watching once every phase is reached
 WRITE_TIMEOUT = 5.0
 PGHA_BIN = str(REPO / "target" / "release")  # --pgha-bin
+PG_BIN = os.environ.get("PGHA_PG_BIN", "/usr/lib/postgresql/15/bin")  # --pg-bin
+PGPOOL_BIN = os.environ.get("PGHA_PGPOOL_BIN", "/usr/sbin")  # --pgpool-bin
 
 VARIANTS = {
     "floor": {"pgpool": False},
@@ -637,15 +639,18 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
 # --- the matrix ------------------------------------------------------------------
 
 
-def matrix(quick):
-    ns = [2] if quick else [1, 2, 4]
+def matrix(quick, ns=None):
+    """Every (variant, N, fault, sync) of one round; `ns` (e.g. [2, 4])
+    replaces the standby counts of the kill and blackhole cases."""
+    ns = ns or ([2] if quick else [1, 2, 4])
     runs = []
     for n in ns:
         for v in VARIANTS:
             runs.append((v, n, "kill", False))
-    for v in VARIANTS:
-        if v != "floor":
-            runs.append((v, 2, "blackhole", False))
+    for n in [n for n in ns if n >= 2] or [2]:
+        for v in VARIANTS:
+            if v != "floor":
+                runs.append((v, n, "blackhole", False))
     for v in VARIANTS:
         if v != "floor":
             runs.append((v, 2, "kill", True))
@@ -678,8 +683,8 @@ def machine():
         "memory": mem,
         "kernel": platform.release(),
         "os": cmd("sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"),
-        "postgresql": cmd("/usr/lib/postgresql/15/bin/postgres", "--version"),
-        "pgpool": cmd("sh", "-c", "pgpool --version 2>&1"),
+        "postgresql": cmd(str(Path(PG_BIN) / "postgres"), "--version"),
+        "pgpool": cmd("sh", "-c", f"{Path(PGPOOL_BIN) / 'pgpool'} --version 2>&1"),
         "pgha_commit": cmd("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
         "pgha_tree": "modified" if cmd("git", "-C", str(REPO), "status", "--porcelain", "src") else "clean",
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
@@ -687,7 +692,7 @@ def machine():
 
 
 def main():
-    global PGHA_BIN
+    global PGHA_BIN, PG_BIN, PGPOOL_BIN
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=int(os.environ.get("K", "5")), help="failovers per case (default 5, or $K)")
     ap.add_argument("--quick", action="store_true", help="K=1, 2 standbys only")
@@ -696,6 +701,14 @@ def main():
     ap.add_argument("--pgha-bin", default=PGHA_BIN,
                     help="where the pgha-* binaries are (default target/release: what operators run)")
     ap.add_argument("--report-only", action="store_true", help="rewrite results.md and phases.svg from results.json")
+    ap.add_argument("--pg-bin", default=PG_BIN,
+                    help="PostgreSQL server binaries (default $PGHA_PG_BIN or PostgreSQL 15's; lab/versions.sh prints others)")
+    ap.add_argument("--pgpool-bin", default=PGPOOL_BIN,
+                    help="the directory of the pgpool binary (default $PGHA_PGPOOL_BIN or /usr/sbin)")
+    ap.add_argument("--cases", default=os.environ.get("CASES", ""),
+                    help="comma-separated subset of kill,blackhole,kill-sync,kill-lagging (default all, or $CASES)")
+    ap.add_argument("--ns", default=os.environ.get("NS", ""),
+                    help="comma-separated standby counts for the kill and blackhole cases, e.g. 2,4 (or $NS)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.report_only:
@@ -706,6 +719,9 @@ def main():
         print("bench: run as root (the lab needs namespaces, mounts and iptables)", file=sys.stderr)
         return 2
     PGHA_BIN = str(Path(args.pgha_bin).resolve())
+    PG_BIN, PGPOOL_BIN = str(Path(args.pg_bin).resolve()), str(Path(args.pgpool_bin).resolve())
+    # lab.sh reads these: every lab of the run uses the same versions.
+    os.environ["PGHA_PG_BIN"], os.environ["PGHA_PGPOOL_BIN"] = PG_BIN, PGPOOL_BIN
     if not (Path(PGHA_BIN) / "pgha-failover").exists():
         print(f"bench: {PGHA_BIN}/pgha-failover missing: cargo build --release --bins", file=sys.stderr)
         return 2
@@ -718,7 +734,16 @@ def main():
         if v not in VARIANTS:
             print(f"bench: unknown variant {v!r} (one of {', '.join(VARIANTS)})", file=sys.stderr)
             return 2
-    cases = [c for c in matrix(args.quick) if c[0] in wanted]
+    ns = [int(n) for n in args.ns.split(",") if n.strip()]
+    cases = [c for c in matrix(args.quick, ns) if c[0] in wanted]
+    if args.cases:
+        kinds = {c.strip() for c in args.cases.split(",") if c.strip()}
+        name = lambda c: c[2] + ("-sync" if c[3] and c[2] == "kill" else "")
+        unknown = kinds - {"kill", "blackhole", "kill-sync", "kill-lagging"}
+        if unknown:
+            print(f"bench: unknown case(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        cases = [c for c in cases if name(c) in kinds]
     if not (Path(PGHA_BIN) / "pgha-follow").exists():
         cases = [c for c in cases if c[0] != "pgha+follow"]
     out.mkdir(parents=True, exist_ok=True)
