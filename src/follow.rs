@@ -997,7 +997,7 @@ pub(crate) async fn run_mode(
     }
     let remote = topo.remote();
     let mut summary = Summary {
-        node: i64::from(node.id),
+        node: Some(node.id),
         ..Summary::default()
     };
     let res = act(

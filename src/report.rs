@@ -74,7 +74,8 @@ pub struct Summary {
     pub outcome: Outcome,
     pub message: String,
     /// The node the command was about (`%d` for pgha-failover).
-    pub node: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_primary: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -392,7 +392,7 @@ impl Journal {
         }
         f.insert("message".into(), crate::text::mask_secrets(&message).into());
         // The node the run was about (pgpool's %d for pgha-failover).
-        let node = res.ok().and_then(|s| u32::try_from(s.node).ok());
+        let node = res.ok().and_then(|s| s.node);
         let step = Step {
             node: node.map(|id| (id, "")),
             fields: f,

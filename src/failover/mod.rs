@@ -53,7 +53,7 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
     }
     if args.new_main == -1 {
         return Ok(Summary {
-            node: args.failed_node,
+            node: u32::try_from(args.failed_node).ok(),
             outcome: Outcome::NoNodeAlive,
             message: format!(
                 "{} failed and pgpool found no live node (%m = -1): nothing to promote; when a node is back, run pgha-attach NODE",
@@ -94,7 +94,7 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
 /// steps' own timeouts add up to; then the detached phase is started.
 async fn main_phase(ctx: &Ctx<'_>, args: &FailoverArgs, start: Instant) -> Result<Summary> {
     let mut summary = Summary {
-        node: args.failed_node,
+        node: u32::try_from(args.failed_node).ok(),
         ..Summary::default()
     };
     let acting = act(ctx, args, &mut summary);

@@ -24,7 +24,7 @@ pub(super) async fn run(
 ) -> Result<Summary> {
     let mut summary = Summary {
         outcome: Outcome::Settled,
-        node: args.failed_node,
+        node: u32::try_from(args.failed_node).ok(),
         ..Summary::default()
     };
     let Some(_lock) = Lock::try_acquire(&topo.config.state_dir, "settle")? else {
