@@ -24,7 +24,7 @@ use crate::postgres::{self, PgTarget};
 /// `dst`: physical replication (`replication=true`, matched by the
 /// `replication` keyword in `pg_hba.conf`), database `replication` for the
 /// `.pgpass` lookup, bounded by `connect_timeout`.
-pub fn replication_conninfo(dst: &Node, user: &str, connect_secs: u64) -> String {
+pub(crate) fn replication_conninfo(dst: &Node, user: &str, connect_secs: u64) -> String {
     let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
     format!(
         "host={} port={} user={} dbname=replication replication=true application_name=pgha-check connect_timeout={connect_secs}",
@@ -36,7 +36,7 @@ pub fn replication_conninfo(dst: &Node, user: &str, connect_secs: u64) -> String
 
 /// The finding of the replication login from `src` to `dst`: the exit
 /// status and output of `psql ... -c IDENTIFY_SYSTEM` on `src`.
-pub fn replication(
+pub(crate) fn replication(
     topo: &Topology,
     src: &Node,
     dst: &Node,
@@ -171,7 +171,11 @@ pub fn replication(
 }
 
 /// pgha's superuser login on `node` ([`super::SqlFacts`] came from it).
-pub fn superuser(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) -> Vec<Finding> {
+pub(crate) fn superuser(
+    topo: &Topology,
+    node: &Node,
+    facts: &Result<SqlFacts, String>,
+) -> Vec<Finding> {
     let pg = &topo.config.postgres;
     let here = subject(node);
     let t = topo.pg_target(node);
@@ -244,7 +248,7 @@ pub fn superuser(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>)
 /// How pgpool.conf gives a password (`health_check_password`,
 /// `sr_check_password`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PoolPassword {
+enum PoolPassword {
     /// Empty: pgpool looks in `pool_passwd`, then tries without.
     Empty,
     /// In clear (also the `TEXT` prefix).
@@ -254,7 +258,7 @@ pub enum PoolPassword {
 }
 
 /// Decode a pgpool password setting.
-pub fn pool_password(v: &str) -> PoolPassword {
+fn pool_password(v: &str) -> PoolPassword {
     if v.is_empty() {
         PoolPassword::Empty
     } else if let Some(p) = v.strip_prefix("TEXT") {
@@ -279,7 +283,7 @@ fn pool_setting<'a>(topo: &'a Topology, key: &str, id: u32, default: &'a str) ->
 
 /// pgpool's `health_check_user` and `sr_check_user` logins on every node,
 /// from this host, all at once.
-pub async fn pgpool_users(topo: &Topology) -> Vec<Finding> {
+pub(crate) async fn pgpool_users(topo: &Topology) -> Vec<Finding> {
     let mut futs = Vec::new();
     for n in &topo.nodes {
         let period: u64 = pool_setting(topo, "health_check_period", n.id, "0")
@@ -431,7 +435,7 @@ async fn try_login(t: &PgTarget, password: Option<&str>) -> Result<(), String> {
 }
 
 /// The md5 `pcp.conf` keeps for a PCP password (`pg_md5 PASSWORD`).
-pub fn pcp_md5(password: &str) -> String {
+fn pcp_md5(password: &str) -> String {
     Md5::digest(password.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -439,7 +443,7 @@ pub fn pcp_md5(password: &str) -> String {
 }
 
 /// The md5 of `user` in a `pcp.conf` text (`user:md5hex` lines).
-pub fn pcp_conf_hash(text: &str, user: &str) -> Option<String> {
+fn pcp_conf_hash(text: &str, user: &str) -> Option<String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -452,7 +456,7 @@ pub fn pcp_conf_hash(text: &str, user: &str) -> Option<String> {
 /// PCP: `.pcppass` present, mode 0600, with a line for pgpool's PCP
 /// address; a live login when pgpool runs, else its password compared with
 /// `pcp.conf`.
-pub async fn pcp(topo: &Topology) -> Finding {
+pub(crate) async fn pcp(topo: &Topology) -> Finding {
     let c = &topo.config.pcp;
     let pass_path = pcppass::default_path(c.pass_file.as_deref())
         .map(|p| p.display().to_string())

@@ -19,22 +19,22 @@ use crate::remote::{RemoteError, quote};
 
 /// One ssh edge: from `src` (`None`: this host) to `dst`.
 #[derive(Debug, Clone)]
-pub struct Edge {
+pub(crate) struct Edge {
     /// The source node; `None` is the host pgha-check runs on.
-    pub src: Option<Node>,
+    pub(crate) src: Option<Node>,
     /// The node ssh goes to, at its `ssh_host`.
-    pub dst: Node,
+    pub(crate) dst: Node,
 }
 
 impl Edge {
     /// `pgpool->node1` or `node1->node2`: the metric label.
-    pub fn subject(&self) -> String {
+    fn subject(&self) -> String {
         let src = self.src.as_ref().map_or("pgpool".to_string(), subject);
         format!("{src}->{}", subject(&self.dst))
     }
 
     /// "this host -> node 1 (127.0.0.3)", "node 1 (...) -> node 2 (...)".
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let src = self.src.as_ref().map_or("this host".to_string(), ssh_label);
         format!("{src} -> {}", ssh_label(&self.dst))
     }
@@ -42,7 +42,7 @@ impl Edge {
 
 /// Every edge failover may use: this host to each node, then each ordered
 /// pair of nodes.
-pub fn edges(topo: &Topology) -> Vec<Edge> {
+pub(crate) fn edges(topo: &Topology) -> Vec<Edge> {
     let mut out: Vec<Edge> = topo
         .nodes
         .iter()
@@ -66,7 +66,7 @@ pub fn edges(topo: &Topology) -> Vec<Edge> {
 
 /// Why an ssh login failed, from ssh's own words.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SshFailure {
+pub(crate) enum SshFailure {
     /// `Permission denied (publickey)`: the source's key is not in the
     /// destination's `authorized_keys` (or the source has no key).
     MissingKey,
@@ -89,7 +89,7 @@ pub enum SshFailure {
 
 /// Classify ssh's output (`status` is its exit status; 124 is `timeout`
 /// killing it).
-pub fn classify(output: &str, status: i32) -> SshFailure {
+pub(crate) fn classify(output: &str, status: i32) -> SshFailure {
     let m = output.to_ascii_lowercase();
     if m.contains("identification has changed") || m.contains("has changed and you have") {
         SshFailure::ChangedHostKey
@@ -115,25 +115,25 @@ pub fn classify(output: &str, status: i32) -> SshFailure {
 
 /// What the fix texts need to know about ssh on both ends.
 #[derive(Debug, Clone)]
-pub struct SshContext {
+pub(crate) struct SshContext {
     /// `[ssh] user`: the login on every node, and the user whose keys the
     /// nodes use for node-to-node edges.
-    pub user: String,
+    pub(crate) user: String,
     /// `[ssh] port`.
-    pub port: u16,
+    pub(crate) port: u16,
     /// `ConnectTimeout` in whole seconds.
-    pub connect_secs: u64,
+    pub(crate) connect_secs: u64,
     /// `[ssh] identity_file` of this host, if set.
-    pub identity_file: Option<String>,
+    identity_file: Option<String>,
     /// `[ssh] known_hosts_file` of this host, if set.
-    pub known_hosts_file: Option<String>,
+    known_hosts_file: Option<String>,
     /// Who runs pgha-check here.
-    pub local_user: String,
+    local_user: String,
 }
 
 impl SshContext {
     /// The context of `topo`'s `[ssh]` section.
-    pub fn of(topo: &Topology) -> SshContext {
+    pub(crate) fn of(topo: &Topology) -> SshContext {
         let s = &topo.config.ssh;
         SshContext {
             user: s.user.clone(),
@@ -147,12 +147,12 @@ impl SshContext {
 }
 
 /// `d` in whole seconds, rounded up, at least 1 (as ssh's `ConnectTimeout`).
-pub fn whole_secs(d: Duration) -> u64 {
+pub(crate) fn whole_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// The failure's name and the fix for `edge`.
-pub fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static str, String) {
+fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static str, String) {
     let dst = &edge.dst.ssh_host;
     let dst_label = ssh_label(&edge.dst);
     let user = &ctx.user;
@@ -261,7 +261,11 @@ pub fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static
 
 /// The finding of `edge` from ssh's result: `Ok(elapsed)` or the failed
 /// ssh's output and exit status.
-pub fn finding(edge: &Edge, result: Result<Duration, (String, i32)>, ctx: &SshContext) -> Finding {
+pub(crate) fn finding(
+    edge: &Edge,
+    result: Result<Duration, (String, i32)>,
+    ctx: &SshContext,
+) -> Finding {
     match result {
         Ok(took) => Finding::pass(
             "ssh",
@@ -294,7 +298,7 @@ pub fn finding(edge: &Edge, result: Result<Duration, (String, i32)>, ctx: &SshCo
 
 /// A direct edge's result from the [`RemoteError`] of connecting to it;
 /// pgha's own hint is dropped, [`explain`] gives the fix.
-pub fn remote_failure(e: &RemoteError) -> (String, i32) {
+pub(crate) fn remote_failure(e: &RemoteError) -> (String, i32) {
     let text = match e {
         RemoteError::Connect { message, .. } => message.clone(),
         RemoteError::Timeout { .. } => return (e.to_string() + " (timed out)", 124),
@@ -306,7 +310,7 @@ pub fn remote_failure(e: &RemoteError) -> (String, i32) {
 
 /// The ssh command a node runs to try an edge to `dst`: key-only, strict
 /// host keys, bounded by `ConnectTimeout`.
-pub fn hop_argv(dst: &str, ctx: &SshContext) -> Vec<String> {
+pub(crate) fn hop_argv(dst: &str, ctx: &SshContext) -> Vec<String> {
     let mut v: Vec<String> = [
         "ssh",
         "-o",
@@ -333,7 +337,7 @@ pub fn hop_argv(dst: &str, ctx: &SshContext) -> Vec<String> {
 }
 
 /// Output in one line: ssh banners and blank lines dropped.
-pub fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("@@@") && !l.starts_with("@ "))

@@ -17,25 +17,25 @@ use crate::cluster::{Node, Topology};
 use crate::remote::{Remote, quote};
 
 /// The binaries pgha runs on a node, all from `[postgres] bin_dir`.
-pub const BINARIES: [&str; 4] = ["pg_ctl", "pg_rewind", "pg_basebackup", "psql"];
+const BINARIES: [&str; 4] = ["pg_ctl", "pg_rewind", "pg_basebackup", "psql"];
 
 /// Less free space than this in the archive directory fails the check: a
 /// few dozen 16 MB WAL segments, so that the archive does not fill up
 /// during the first hours after a failover.
-pub const MIN_ARCHIVE_FREE_BYTES: u64 = 512 << 20;
+const MIN_ARCHIVE_FREE_BYTES: u64 = 512 << 20;
 
 /// A directory's owner and permission bits (`stat -c '%U %a'`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirInfo {
+struct DirInfo {
     /// Owner's user name.
-    pub owner: String,
+    owner: String,
     /// Permission bits (`0o700`).
-    pub mode: u32,
+    mode: u32,
 }
 
 /// The archive directory as the ssh user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Archive {
+enum Archive {
     /// Nothing at that path.
     Missing,
     /// Something other than a directory.
@@ -54,34 +54,34 @@ pub enum Archive {
 
 /// What the script found on one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
+struct Facts {
     /// Each of [`BINARIES`] with the first line of its `--version`, `None`
     /// when it is not executable.
-    pub binaries: Vec<(String, Option<String>)>,
+    binaries: Vec<(String, Option<String>)>,
     /// The data directory: `None` not asked, `Some(None)` missing.
-    pub data_dir: Option<Option<DirInfo>>,
+    data_dir: Option<Option<DirInfo>>,
     /// `PG_VERSION` in the data directory.
-    pub pg_version: Option<String>,
+    pg_version: Option<String>,
     /// The archive directory, when one is configured.
-    pub archive: Option<Archive>,
+    archive: Option<Archive>,
     /// ssh to other nodes, by node id: exit status and output.
-    pub hops: BTreeMap<u32, (i32, String)>,
+    hops: BTreeMap<u32, (i32, String)>,
     /// Replication logins to other nodes, by node id: exit status, output.
-    pub repl: BTreeMap<u32, (i32, String)>,
+    repl: BTreeMap<u32, (i32, String)>,
 }
 
 /// Everything learnt about one node over ssh.
 #[derive(Debug, Clone)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// ssh from this host: how long the key login took, or ssh's words and
     /// exit status.
-    pub connect: Result<Duration, (String, i32)>,
+    connect: Result<Duration, (String, i32)>,
     /// The script's findings, or why it did not run.
-    pub facts: Result<Facts, String>,
+    facts: Result<Facts, String>,
 }
 
 /// Log in to `node` from this host, then run the probe script there.
-pub async fn probe(topo: &Topology, remote: &Remote, node: &Node) -> Probe {
+pub(crate) async fn probe(topo: &Topology, remote: &Remote, node: &Node) -> Probe {
     let ctx = SshContext::of(topo);
     let connect_bound = topo.config.ssh.connect_timeout + Duration::from_secs(2);
     let start = Instant::now();
@@ -128,7 +128,7 @@ pub async fn probe(topo: &Topology, remote: &Remote, node: &Node) -> Probe {
 
 /// The script run on `node` (as the ssh user, through `sh -c`). It prints
 /// one tab-separated record per line; see [`parse`].
-pub fn script(topo: &Topology, node: &Node, ctx: &SshContext) -> String {
+fn script(topo: &Topology, node: &Node, ctx: &SshContext) -> String {
     let pg = &topo.config.postgres;
     let data = node
         .data_dir
@@ -230,7 +230,7 @@ fn dir_info(s: &str) -> Option<DirInfo> {
 }
 
 /// Parse the script's output. Unknown or malformed lines are ignored.
-pub fn parse(out: &str) -> Facts {
+fn parse(out: &str) -> Facts {
     let mut f = Facts::default();
     let mut archive_info = None;
     let mut write_error = None;
@@ -290,7 +290,7 @@ pub fn parse(out: &str) -> Facts {
 
 /// The major version in a `--version` line: `pg_ctl (PostgreSQL) 15.18
 /// (Debian 15.18-1)` gives `15`, `9.6.24` gives `9.6`.
-pub fn major_of(version_line: &str) -> Option<String> {
+fn major_of(version_line: &str) -> Option<String> {
     let after = version_line
         .split_once(") ")
         .map_or(version_line, |(_, v)| v);
@@ -310,7 +310,7 @@ pub fn major_of(version_line: &str) -> Option<String> {
 }
 
 /// The major version of `server_version_num`: 150018 is `15`, 90624 `9.6`.
-pub fn major_of_num(n: u32) -> String {
+fn major_of_num(n: u32) -> String {
     if n >= 100000 {
         (n / 10000).to_string()
     } else {
@@ -321,7 +321,7 @@ pub fn major_of_num(n: u32) -> String {
 /// The findings of one node: its ssh edge from this host, binaries, data
 /// directory, archive directory, its edges to the other nodes and its
 /// replication logins to them.
-pub fn findings(
+pub(crate) fn findings(
     topo: &Topology,
     node: &Node,
     probe: &Probe,
@@ -666,7 +666,7 @@ fn archive_dir(topo: &Topology, node: &Node, facts: &Facts) -> Finding {
 }
 
 /// Bytes in binary units with one decimal (`1.5 GiB`).
-pub fn human(b: u64) -> String {
+fn human(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;

@@ -40,7 +40,7 @@ const PLACEHOLDERS: [(&str, &str); 12] = [
 ];
 
 /// A command line with pgpool's placeholders filled in with sample values.
-pub fn substitute(cmd: &str) -> String {
+fn substitute(cmd: &str) -> String {
     let mut out = String::with_capacity(cmd.len());
     let mut rest = cmd;
     while let Some(i) = rest.find('%') {
@@ -64,7 +64,7 @@ pub fn substitute(cmd: &str) -> String {
 /// Split a command line into words as `sh` would for a simple command:
 /// single and double quotes, backslash escapes. `None` for anything that
 /// needs a real shell (pipes, `;`, `&&`, redirections, `$`).
-pub fn shell_words(s: &str) -> Option<Vec<String>> {
+fn shell_words(s: &str) -> Option<Vec<String>> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -260,7 +260,7 @@ fn clap_error(e: clap::Error) -> String {
 }
 
 /// `failover_command` and `follow_primary_command`.
-pub fn commands(topo: &Topology) -> Vec<Finding> {
+pub(crate) fn commands(topo: &Topology) -> Vec<Finding> {
     vec![
         needs_old_primary(
             &topo.pgpool,
@@ -301,7 +301,7 @@ fn is_on(v: Option<&str>) -> bool {
 
 /// The number of pgpool nodes a watchdog setting describes: `hostnameN`
 /// (pgpool 4.2 and later), else this node plus `other_pgpool_hostnameN`.
-pub fn watchdog_nodes(conf: &PgpoolConf) -> usize {
+fn watchdog_nodes(conf: &PgpoolConf) -> usize {
     let count = |prefix: &str| {
         (0..128)
             .filter(|i| {
@@ -320,7 +320,7 @@ pub fn watchdog_nodes(conf: &PgpoolConf) -> usize {
 /// `enable_consensus_with_half_votes = on`, or
 /// `failover_when_quorum_exists = off`, lets two halves fail over each on
 /// their own.
-pub fn watchdog(conf: &PgpoolConf) -> Finding {
+pub(crate) fn watchdog(conf: &PgpoolConf) -> Finding {
     if !is_on(conf.get("use_watchdog")) {
         return Finding::pass(
             "watchdog",
@@ -366,7 +366,7 @@ pub fn watchdog(conf: &PgpoolConf) -> Finding {
 }
 
 /// Exactly one primary among the nodes that answered.
-pub fn primary(sql: &[(Node, Result<SqlFacts, String>)]) -> Finding {
+pub(crate) fn primary(sql: &[(Node, Result<SqlFacts, String>)]) -> Finding {
     let primaries: Vec<&Node> = sql
         .iter()
         .filter(|(_, f)| f.as_ref().is_ok_and(|f| !f.state.in_recovery))
@@ -396,7 +396,7 @@ pub fn primary(sql: &[(Node, Result<SqlFacts, String>)]) -> Finding {
 
 /// The `application_name` a standby's walreceiver uses: `application_name`
 /// of its `primary_conninfo`, else `cluster_name`, else `walreceiver`.
-pub fn effective_application_name(facts: &SqlFacts) -> String {
+fn effective_application_name(facts: &SqlFacts) -> String {
     if let Some(a) = facts
         .state
         .primary_conninfo
@@ -416,7 +416,10 @@ pub fn effective_application_name(facts: &SqlFacts) -> String {
 }
 
 /// For a standby: it streams from the primary as `backend_application_nameN`.
-pub fn application_name(node: &Node, sql: &[(Node, Result<SqlFacts, String>)]) -> Option<Finding> {
+pub(crate) fn application_name(
+    node: &Node,
+    sql: &[(Node, Result<SqlFacts, String>)],
+) -> Option<Finding> {
     let facts = sql.iter().find(|(n, _)| n.id == node.id)?.1.as_ref().ok()?;
     if !facts.state.in_recovery {
         return None;

@@ -20,7 +20,7 @@ use super::{Finding, SqlFacts, subject};
 use crate::cluster::{Node, Topology};
 
 /// The settings read from every node.
-pub const NAMES: [&str; 12] = [
+pub(crate) const NAMES: [&str; 12] = [
     "wal_level",
     "hot_standby",
     "max_wal_senders",
@@ -36,10 +36,10 @@ pub const NAMES: [&str; 12] = [
 ];
 
 /// A decision: `Ok(what was found)` or `Err((what is wrong, the fix))`.
-pub type Verdict = Result<String, (String, String)>;
+type Verdict = Result<String, (String, String)>;
 
 /// `wal_level` must be `replica` (or `logical`, which includes it).
-pub fn wal_level(v: &str) -> Verdict {
+fn wal_level(v: &str) -> Verdict {
     match v {
         "replica" | "logical" => Ok(format!("wal_level = {v}")),
         other => Err((
@@ -53,7 +53,7 @@ pub fn wal_level(v: &str) -> Verdict {
 
 /// `hot_standby` must be on: pgpool health-checks the standbys and pgha
 /// observes them over SQL.
-pub fn hot_standby(v: &str) -> Verdict {
+fn hot_standby(v: &str) -> Verdict {
     if is_on(v) {
         Ok("hot_standby = on".into())
     } else {
@@ -66,7 +66,7 @@ pub fn hot_standby(v: &str) -> Verdict {
 
 /// Whichever node becomes primary serves every other node: `max_wal_senders`
 /// at least the number of nodes minus one.
-pub fn max_wal_senders(v: &str, nodes: usize) -> Verdict {
+fn max_wal_senders(v: &str, nodes: usize) -> Verdict {
     let need = nodes.saturating_sub(1).max(1);
     match v.parse::<usize>() {
         Ok(n) if n >= need => Ok(format!("max_wal_senders = {n} (at least {need} needed)")),
@@ -87,7 +87,7 @@ pub fn max_wal_senders(v: &str, nodes: usize) -> Verdict {
 /// `pg_rewind` needs `wal_log_hints = on` or data checksums, and
 /// `full_page_writes = on`; without them an old primary can only rejoin by
 /// a full `pg_basebackup`.
-pub fn rewind(wal_log_hints: bool, data_checksums: bool, full_page_writes: bool) -> Verdict {
+fn rewind(wal_log_hints: bool, data_checksums: bool, full_page_writes: bool) -> Verdict {
     let hints = if wal_log_hints { "on" } else { "off" };
     let sums = if data_checksums { "on" } else { "off" };
     if !full_page_writes {
@@ -120,7 +120,7 @@ pub fn rewind(wal_log_hints: bool, data_checksums: bool, full_page_writes: bool)
 /// With `[postgres] archive_dir` configured, archiving must be on and have a
 /// command; an `archive_mode` without command fills `pg_wal` until the
 /// primary stops.
-pub fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&str>) -> Verdict {
+fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&str>) -> Verdict {
     let mode_on = matches!(archive_mode, "on" | "always");
     match (archive_dir, mode_on, archive_command.trim().is_empty()) {
         (_, true, true) => Err((
@@ -149,7 +149,7 @@ pub fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&s
 
 /// The `ssh`-like program in `cmd` (`ssh`, `scp`, `rsync`, `sftp`), as a
 /// command word or a path ending in it.
-pub fn remote_tool(cmd: &str) -> Option<&'static str> {
+fn remote_tool(cmd: &str) -> Option<&'static str> {
     const TOOLS: [&str; 4] = ["ssh", "scp", "rsync", "sftp"];
     cmd.split(|c: char| c.is_whitespace() || ";|&()`'\"{}$".contains(c))
         .filter(|w| !w.is_empty())
@@ -162,7 +162,7 @@ pub fn remote_tool(cmd: &str) -> Option<&'static str> {
 
 /// Whether `cmd` ends in `|| exit N` (1 <= N <= 125) or `|| false`, so that
 /// a failing remote copy is reported as an ordinary failure.
-pub fn guarded(cmd: &str) -> bool {
+fn guarded(cmd: &str) -> bool {
     let Some((_, rest)) = cmd.rsplit_once("||") else {
         return false;
     };
@@ -184,7 +184,7 @@ pub fn guarded(cmd: &str) -> bool {
 
 /// `archive_command` or `restore_command` (`name`): flagged when it runs an
 /// ssh-like program without `|| exit 1`.
-pub fn command_safety(name: &str, cmd: &str) -> Verdict {
+fn command_safety(name: &str, cmd: &str) -> Verdict {
     let cmd = cmd.trim();
     if cmd.is_empty() {
         return Ok(format!("{name} not set"));
@@ -217,7 +217,7 @@ pub fn command_safety(name: &str, cmd: &str) -> Verdict {
 }
 
 /// With `[failover] replication_slots`, every node needs a slot per standby.
-pub fn replication_slots(v: &str, nodes: usize) -> Verdict {
+fn replication_slots(v: &str, nodes: usize) -> Verdict {
     let need = nodes.saturating_sub(1);
     match v.parse::<usize>() {
         Ok(n) if n >= need => Ok(format!(
@@ -238,7 +238,7 @@ fn is_on(v: &str) -> bool {
 /// when it was given a password): replication works, but the password sits
 /// in `postgresql.auto.conf`, in `pg_settings` for every superuser and in
 /// any log that quotes the setting. `None` when there is none.
-pub fn conninfo_password(primary_conninfo: Option<&str>) -> Option<(String, String)> {
+fn conninfo_password(primary_conninfo: Option<&str>) -> Option<(String, String)> {
     let c = primary_conninfo.filter(|c| crate::text::has_password(c))?;
     Some((
         format!(
@@ -256,7 +256,7 @@ pub fn conninfo_password(primary_conninfo: Option<&str>) -> Option<(String, Stri
 /// one still naming another backend (the old primary, after a failover
 /// the classic recipe's scripts never repointed) can never catch up once
 /// its upstream has recycled the WAL it needs.
-pub fn restore_source(
+fn restore_source(
     restore_command: &str,
     nodes: &[Node],
     upstream: Option<&Node>,
@@ -287,7 +287,11 @@ pub fn restore_source(
 }
 
 /// The settings findings of one node.
-pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) -> Vec<Finding> {
+pub(crate) fn findings(
+    topo: &Topology,
+    node: &Node,
+    facts: &Result<SqlFacts, String>,
+) -> Vec<Finding> {
     let here = subject(node);
     let f = match facts {
         Ok(f) => f,

@@ -21,66 +21,66 @@ use crate::report::Summary;
 use crate::state::{self, Run};
 
 /// How many runs of the journal the status shows.
-pub const RUNS_SHOWN: usize = 8;
+const RUNS_SHOWN: usize = 8;
 
 /// The whole status, as `--json` prints it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     /// When it was taken (UTC).
-    pub taken_at: String,
+    taken_at: String,
     /// How long it took.
-    pub took_ms: u64,
+    took_ms: u64,
     /// The current primary: on the newest timeline, alone there.
-    pub primary: Option<u32>,
+    primary: Option<u32>,
     /// Why pgpool's view is missing, when PCP did not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pcp_error: Option<String>,
-    pub nodes: Vec<Row>,
+    pcp_error: Option<String>,
+    pub(crate) nodes: Vec<Row>,
     /// Number of nodes with a problem.
-    pub problems: usize,
+    problems: usize,
     /// The last runs of pgha, newest last.
-    pub runs: Vec<Run>,
+    runs: Vec<Run>,
 }
 
 /// One backend.
 #[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    pub id: u32,
+pub(crate) struct Row {
+    pub(crate) id: u32,
     /// `host:port` pgpool and pgha connect to.
-    pub address: String,
+    pub(crate) address: String,
     /// pgpool's status (`up`, `waiting`, `down`, `quarantine`).
-    pub pgpool_status: Option<String>,
+    pub(crate) pgpool_status: Option<String>,
     /// pgpool's role (`primary`, `standby`).
-    pub pgpool_role: Option<String>,
+    pgpool_role: Option<String>,
     /// What PostgreSQL says: `primary`, `standby`, `down` (no answer) or
     /// `unknown` (answers, but pgha cannot log in).
-    pub role: String,
-    pub timeline: Option<u32>,
-    pub current_lsn: Option<Lsn>,
-    pub receive_lsn: Option<Lsn>,
-    pub replay_lsn: Option<Lsn>,
+    pub(crate) role: String,
+    pub(crate) timeline: Option<u32>,
+    current_lsn: Option<Lsn>,
+    receive_lsn: Option<Lsn>,
+    replay_lsn: Option<Lsn>,
     /// Bytes of WAL the standby has not received from the primary.
-    pub lag_bytes: Option<u64>,
+    pub(crate) lag_bytes: Option<u64>,
     /// `pg_stat_replication.replay_lag` on the primary, in seconds.
-    pub lag_seconds: Option<f64>,
+    pub(crate) lag_seconds: Option<f64>,
     /// The node it streams from.
-    pub upstream: Option<u32>,
+    upstream: Option<u32>,
     /// `pg_stat_replication.sync_state` on the primary.
-    pub sync_state: Option<String>,
+    sync_state: Option<String>,
     /// Whether pgha reaches it over ssh (`true` on it).
-    pub ssh: Option<bool>,
+    ssh: Option<bool>,
     /// Why PostgreSQL did not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    error: Option<String>,
     /// What is wrong, `None` when nothing is.
-    pub problem: Option<String>,
+    pub(crate) problem: Option<String>,
     /// The command (or action) that fixes it.
-    pub fix: Option<String>,
+    fix: Option<String>,
 }
 
 /// PostgreSQL's view of a node, reduced to what [`advise`] needs.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Pg {
+enum Pg {
     Primary {
         timeline: u32,
     },
@@ -97,18 +97,18 @@ pub enum Pg {
 
 /// One node's facts for [`advise`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Facts {
-    pub id: u32,
-    pub pg: Pg,
+struct Facts {
+    id: u32,
+    pg: Pg,
     /// Attached in pgpool; `None` when PCP did not answer.
-    pub attached: Option<bool>,
+    attached: Option<bool>,
     /// Reached over ssh; `None` when not probed.
-    pub ssh: Option<bool>,
+    ssh: Option<bool>,
 }
 
 /// The primaries seen.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Primary {
+enum Primary {
     None,
     /// `(id, timeline)` of the one primary on the newest timeline.
     One(u32, u32),
@@ -117,7 +117,7 @@ pub enum Primary {
 }
 
 /// The current primary among `facts`: the one on the newest timeline.
-pub fn primary_of(facts: &[Facts]) -> Primary {
+fn primary_of(facts: &[Facts]) -> Primary {
     let prim: Vec<(u32, u32)> = facts
         .iter()
         .filter_map(|f| match f.pg {
@@ -137,7 +137,7 @@ pub fn primary_of(facts: &[Facts]) -> Primary {
 }
 
 /// What is wrong with a node and the fix: `None` when nothing is.
-pub fn advise(f: &Facts, primary: &Primary, max_lag: u64) -> Option<(String, String)> {
+fn advise(f: &Facts, primary: &Primary, max_lag: u64) -> Option<(String, String)> {
     let n = f.id;
     let w = |p: String, fix: String| Some((p, fix));
     match (&f.pg, primary) {
@@ -220,7 +220,7 @@ fn join(ids: &[u32]) -> String {
 }
 
 /// Take the status of `topo`: every node, PCP and ssh at once.
-pub async fn collect(topo: &Topology) -> Status {
+pub(crate) async fn collect(topo: &Topology) -> Status {
     let start = Instant::now();
     let remote = topo.remote();
     let ssh_bound = topo.config.ssh.connect_timeout;
@@ -266,7 +266,7 @@ async fn pgpool_view(topo: &Topology) -> std::result::Result<Vec<NodeInfo>, Stri
 }
 
 /// The status from what was observed (pure).
-pub fn build(
+fn build(
     topo: &Topology,
     observed: &[Observed],
     pcp: std::result::Result<Vec<NodeInfo>, String>,
@@ -403,7 +403,7 @@ fn replica_of<'a>(node: &Node, primary: &'a NodeState) -> Option<&'a crate::post
 }
 
 /// The table and the runs, as printed; `colour` adds ANSI colours.
-pub fn render(s: &Status, colour: bool) -> String {
+fn render(s: &Status, colour: bool) -> String {
     let dash = || "-".to_string();
     let opt = |v: Option<String>| v.unwrap_or_else(dash);
     let head = [
@@ -527,7 +527,7 @@ fn summary_line(s: &Status) -> String {
 }
 
 /// `pgha-check --status [--every DURATION]`.
-pub async fn run(args: &crate::cli::CheckArgs) -> Result<Summary> {
+pub(crate) async fn run(args: &crate::cli::CheckArgs) -> Result<Summary> {
     let every = args
         .every
         .as_deref()

@@ -41,7 +41,7 @@ const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `--listen` address, refused unless it is a loopback address.
-pub fn loopback_listen(s: &str) -> Result<SocketAddr> {
+fn loopback_listen(s: &str) -> Result<SocketAddr> {
     let addr: SocketAddr = s.parse().map_err(|_| {
         Error::Usage(format!(
             "--listen {s:?}: expected IP:PORT, e.g. 127.0.0.1:9187 or [::1]:9187"
@@ -65,15 +65,15 @@ type Shared = Arc<RwLock<Last>>;
 
 /// What the listener serves.
 #[derive(Debug, Clone, Default)]
-pub struct Last {
-    pub report: Option<Report>,
-    pub status: Option<super::status::Status>,
+struct Last {
+    report: Option<Report>,
+    status: Option<super::status::Status>,
     /// Every run in the journal (counters come from all of them).
-    pub runs: Vec<crate::state::Run>,
+    runs: Vec<crate::state::Run>,
 }
 
 /// Run the watch loop until SIGTERM or SIGINT.
-pub async fn run(args: &CheckArgs) -> Result<Summary> {
+pub(crate) async fn run(args: &CheckArgs) -> Result<Summary> {
     let interval = parse_duration(&args.interval)
         .map_err(|e| Error::Usage(format!("--interval {}: {e}", args.interval)))?;
     if interval.is_zero() {
@@ -201,7 +201,7 @@ async fn handle(mut stream: TcpStream, shared: Shared) {
 }
 
 /// The whole HTTP response to the request head `req`.
-pub fn respond(req: &[u8], last: &Last) -> Vec<u8> {
+fn respond(req: &[u8], last: &Last) -> Vec<u8> {
     let report = last.report.as_ref();
     let head = String::from_utf8_lossy(req);
     let mut first = head.lines().next().unwrap_or("").split_whitespace();
@@ -263,7 +263,7 @@ fn http(code: u16, reason: &str, ctype: &str, body: &str, with_body: bool) -> Ve
 }
 
 /// `/health`: status and body.
-pub fn health(report: Option<&Report>) -> (u16, &'static str, String) {
+fn health(report: Option<&Report>) -> (u16, &'static str, String) {
     match report {
         None => (
             503,
@@ -287,14 +287,14 @@ pub fn health(report: Option<&Report>) -> (u16, &'static str, String) {
 }
 
 /// A Prometheus label value: backslash, double quote and newline escaped.
-pub fn label(v: &str) -> String {
+fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
 /// `/metrics` in the Prometheus text exposition format.
-pub fn metrics(report: Option<&Report>) -> String {
+fn metrics(report: Option<&Report>) -> String {
     let mut out = String::new();
     out.push_str(
         "# HELP pgha_check_ok Whether the check passed in the last run (1) or failed (0).\n\
@@ -355,7 +355,7 @@ fn sample(out: &mut String, name: &str, help: &str, kind: &str, rows: &[(String,
 /// of every run by command and outcome, and the last failover's times.
 /// The counters restart when the journal rotates past its bound (a
 /// counter reset, which `rate()` and `increase()` handle).
-pub fn history_metrics(runs: &[crate::state::Run], now: f64) -> String {
+fn history_metrics(runs: &[crate::state::Run], now: f64) -> String {
     use std::collections::BTreeMap;
     let main: Vec<&crate::state::Run> = runs.iter().filter(|r| r.phase != "settle").collect();
     let count = |pred: &dyn Fn(&crate::state::Run) -> bool,
@@ -466,7 +466,7 @@ pub fn history_metrics(runs: &[crate::state::Run], now: f64) -> String {
 }
 
 /// Per-node gauges from the last `--status` round.
-pub fn node_metrics(status: Option<&super::status::Status>) -> String {
+fn node_metrics(status: Option<&super::status::Status>) -> String {
     let mut out = String::new();
     let nodes = status.map(|s| s.nodes.as_slice()).unwrap_or_default();
     let l = |r: &super::status::Row| format!("node=\"{}\",address=\"{}\"", r.id, label(&r.address));
