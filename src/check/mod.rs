@@ -135,10 +135,7 @@ impl Report {
             passed: checks.len() - failed,
             failed,
             duration_ms: took.as_millis() as u64,
-            finished_at: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
+            finished_at: unix_now(),
             checks,
         }
     }
@@ -449,6 +446,24 @@ fn control_dir(dir: &Path) -> Finding {
             ),
         ),
     }
+}
+
+/// Now, in seconds since the Unix epoch (0 before it).
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The value of a duration option (`--interval`, `--every`): more than 0s.
+fn positive_duration(flag: &str, value: &str) -> Result<Duration> {
+    let d = crate::config::parse_duration(value)
+        .map_err(|e| Error::Usage(format!("{flag} {value}: {e}")))?;
+    if d.is_zero() {
+        return Err(Error::Usage(format!("{flag} must be more than 0s")));
+    }
+    Ok(d)
 }
 
 /// The user this process runs as, for messages (`USER`, else `LOGNAME`).
