@@ -153,58 +153,19 @@ pub(crate) fn whole_secs(d: Duration) -> u64 {
 
 /// The failure's name and the fix for `edge`.
 fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static str, String) {
-    let dst = &edge.dst.ssh_host;
-    let dst_label = ssh_label(&edge.dst);
-    let user = &ctx.user;
-    let p = if ctx.port == 22 {
-        String::new()
-    } else {
-        format!(" -p {}", ctx.port)
-    };
-    // Where the fix is applied on the source side, and with which files.
-    let (src_where, src_user, key, known_hosts) = match &edge.src {
-        None => (
-            "this host".to_string(),
-            ctx.local_user.clone(),
-            ctx.identity_file
-                .clone()
-                .unwrap_or_else(|| format!("~{}/.ssh/id_*.pub", ctx.local_user)),
-            ctx.known_hosts_file
-                .clone()
-                .unwrap_or_else(|| format!("~{}/.ssh/known_hosts", ctx.local_user)),
-        ),
-        Some(s) => (
-            ssh_label(s),
-            user.clone(),
-            format!("~{user}/.ssh/id_*.pub"),
-            format!("~{user}/.ssh/known_hosts"),
-        ),
-    };
-    let key_pub = if key.ends_with(".pub") {
-        key.clone()
-    } else {
-        format!("{key}.pub")
-    };
+    let fx = Fixes::new(edge, ctx);
+    let Fixes {
+        dst,
+        dst_label,
+        p,
+        src_where,
+        src_user,
+        known_hosts,
+        ..
+    } = &fx;
+    let (user, port) = (&ctx.user, ctx.port);
     match failure {
-        SshFailure::MissingKey => {
-            let copy = match &edge.src {
-                None => {
-                    format!("cat {key_pub} | ssh{p} {user}@{dst} 'cat >> .ssh/authorized_keys'")
-                }
-                Some(s) => format!(
-                    "ssh{p} {user}@{} 'cat .ssh/id_*.pub' | ssh{p} {user}@{dst} 'cat >> .ssh/authorized_keys'",
-                    s.ssh_host
-                ),
-            };
-            (
-                "missing authorized key",
-                format!(
-                    "append the public key of {src_user} on {src_where} ({key_pub}) to \
-                     ~{user}/.ssh/authorized_keys on {dst_label}, e.g. from a host that reaches \
-                     both: {copy}"
-                ),
-            )
-        }
+        SshFailure::MissingKey => ("missing authorized key", fx.missing_key()),
         SshFailure::UnknownHostKey => (
             "unknown host key",
             format!(
@@ -213,33 +174,20 @@ fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static str
                  /etc/ssh/ssh_host_ed25519_key.pub` on {dst_label}"
             ),
         ),
-        SshFailure::ChangedHostKey => (
-            "changed host key",
-            format!(
-                "if {dst_label} was reinstalled: on {src_where} as {src_user}, ssh-keygen -R {} -f \
-                 {known_hosts}, then add the new key (ssh-keyscan{p} {dst} >> {known_hosts}) after \
-                 checking its fingerprint on {dst_label}; otherwise suspect an impostor",
-                quote(&if ctx.port == 22 {
-                    dst.clone()
-                } else {
-                    format!("[{dst}]:{}", ctx.port)
-                })
-            ),
-        ),
+        SshFailure::ChangedHostKey => ("changed host key", fx.changed_host_key()),
         SshFailure::Unreachable => (
             "unreachable",
             format!(
-                "{dst_label} does not answer on port {} from {src_where} within {}s \
+                "{dst_label} does not answer on port {port} from {src_where} within {}s \
                  (ConnectTimeout): check that the host is up, that sshd runs there, and the \
                  firewall between them",
-                ctx.port, ctx.connect_secs
+                ctx.connect_secs
             ),
         ),
         SshFailure::Refused => (
             "connection refused",
             format!(
-                "nothing listens on {dst} port {}: start sshd on {dst_label} (or fix [ssh] port)",
-                ctx.port
+                "nothing listens on {dst} port {port}: start sshd on {dst_label} (or fix [ssh] port)"
             ),
         ),
         SshFailure::Unresolvable => (
@@ -256,6 +204,118 @@ fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static str
                 "run `ssh -o BatchMode=yes -o StrictHostKeyChecking=yes{p} {user}@{dst} true` on {src_where} as {src_user} and fix what it says"
             ),
         ),
+    }
+}
+
+/// What the fixes of one edge name: the destination, and where on the
+/// source side the fix is applied, as whom and with which files.
+struct Fixes<'a> {
+    edge: &'a Edge,
+    ctx: &'a SshContext,
+    /// The destination's `ssh_host`.
+    dst: &'a str,
+    dst_label: String,
+    /// ` -p PORT` for a port other than 22, else empty.
+    p: String,
+    src_where: String,
+    src_user: String,
+    /// The source's public key file (`.pub`).
+    key_pub: String,
+    known_hosts: String,
+}
+
+impl<'a> Fixes<'a> {
+    fn new(edge: &'a Edge, ctx: &'a SshContext) -> Self {
+        let user = &ctx.user;
+        let (src_where, src_user, key, known_hosts) = match &edge.src {
+            None => (
+                "this host".to_string(),
+                ctx.local_user.clone(),
+                ctx.identity_file
+                    .clone()
+                    .unwrap_or_else(|| format!("~{}/.ssh/id_*.pub", ctx.local_user)),
+                ctx.known_hosts_file
+                    .clone()
+                    .unwrap_or_else(|| format!("~{}/.ssh/known_hosts", ctx.local_user)),
+            ),
+            Some(s) => (
+                ssh_label(s),
+                user.clone(),
+                format!("~{user}/.ssh/id_*.pub"),
+                format!("~{user}/.ssh/known_hosts"),
+            ),
+        };
+        let key_pub = if key.ends_with(".pub") {
+            key
+        } else {
+            format!("{key}.pub")
+        };
+        Fixes {
+            edge,
+            ctx,
+            dst: &edge.dst.ssh_host,
+            dst_label: ssh_label(&edge.dst),
+            p: if ctx.port == 22 {
+                String::new()
+            } else {
+                format!(" -p {}", ctx.port)
+            },
+            src_where,
+            src_user,
+            key_pub,
+            known_hosts,
+        }
+    }
+
+    /// Append the source's public key to the destination's
+    /// `authorized_keys`.
+    fn missing_key(&self) -> String {
+        let Fixes {
+            dst,
+            dst_label,
+            p,
+            src_where,
+            src_user,
+            key_pub,
+            ..
+        } = self;
+        let user = &self.ctx.user;
+        let copy = match &self.edge.src {
+            None => format!("cat {key_pub} | ssh{p} {user}@{dst} 'cat >> .ssh/authorized_keys'"),
+            Some(s) => format!(
+                "ssh{p} {user}@{} 'cat .ssh/id_*.pub' | ssh{p} {user}@{dst} 'cat >> .ssh/authorized_keys'",
+                s.ssh_host
+            ),
+        };
+        format!(
+            "append the public key of {src_user} on {src_where} ({key_pub}) to \
+             ~{user}/.ssh/authorized_keys on {dst_label}, e.g. from a host that reaches \
+             both: {copy}"
+        )
+    }
+
+    /// Replace the recorded host key, once its fingerprint is checked.
+    fn changed_host_key(&self) -> String {
+        let Fixes {
+            dst,
+            dst_label,
+            p,
+            src_where,
+            src_user,
+            known_hosts,
+            ..
+        } = self;
+        let recorded = if self.ctx.port == 22 {
+            dst.to_string()
+        } else {
+            format!("[{dst}]:{}", self.ctx.port)
+        };
+        format!(
+            "if {dst_label} was reinstalled: on {src_where} as {src_user}, ssh-keygen -R {} -f \
+             {known_hosts}, then add the new key (ssh-keyscan{p} {dst} >> {known_hosts}) after \
+             checking its fingerprint on {dst_label}; otherwise suspect an impostor",
+            quote(&recorded)
+        )
     }
 }
 

@@ -160,16 +160,12 @@ fn command(
     parse: impl Fn(&[String]) -> Result<(), String>,
 ) -> Finding {
     let value = conf.get(key).unwrap_or("").trim();
-    let at = match conf.line_of(key) {
-        Some(l) => format!("{}:{l}", conf.path.display()),
-        None => conf.path.display().to_string(),
-    };
+    let at = at(conf, key);
     let fix = format!("set {key} = '{example}' in {}", conf.path.display());
+    let fail = |message: String, fix: String| Finding::fail(key, "pgpool", message, fix);
     if value.is_empty() {
         return if required {
-            Finding::fail(
-                key,
-                "pgpool",
+            fail(
                 format!("{key} is empty ({at}): pgpool will never run {binary}"),
                 fix,
             )
@@ -182,37 +178,29 @@ fn command(
         };
     }
     let Some(words) = shell_words(&substitute(value)) else {
-        return Finding::fail(
-            key,
-            "pgpool",
+        return fail(
             format!("{key} = '{value}' ({at}) is a shell pipeline, not a plain call of {binary}"),
             fix,
         );
     };
     let Some((i, prog)) = program(&words) else {
-        return Finding::fail(key, "pgpool", format!("{key} ({at}) runs nothing"), fix);
+        return fail(format!("{key} ({at}) runs nothing"), fix);
     };
     let base = prog.rsplit('/').next().unwrap_or(prog);
     if base != binary {
-        return Finding::fail(
-            key,
-            "pgpool",
+        return fail(
             format!("{key} = '{value}' ({at}) runs {prog}, not {binary}"),
             fix,
         );
     }
     let Some(path) = locate(prog) else {
-        return Finding::fail(
-            key,
-            "pgpool",
+        return fail(
             format!("{key} ({at}) runs {prog}, which is not an executable file on this host"),
             format!("install pgha on this host (it provides /usr/bin/{binary}), or {fix}"),
         );
     };
     if let Err(e) = parse(&words[i..]) {
-        return Finding::fail(
-            key,
-            "pgpool",
+        return fail(
             format!("{key} = '{value}' ({at}): {binary} would refuse its arguments: {e}"),
             fix,
         );
@@ -224,6 +212,14 @@ fn command(
     )
 }
 
+/// Where `key` is set: `pgpool.conf:LINE`, or the file when it is not.
+fn at(conf: &PgpoolConf, key: &str) -> String {
+    match conf.line_of(key) {
+        Some(l) => format!("{}:{l}", conf.path.display()),
+        None => conf.path.display().to_string(),
+    }
+}
+
 /// A `failover_command` that does not pass `%P` leaves pgha to infer the
 /// old primary from the survivors (`%m` and `%M` are only the lowest live
 /// node ids), and it refuses when they cannot tell: fail it.
@@ -232,10 +228,7 @@ fn needs_old_primary(conf: &PgpoolConf, f: Finding) -> Finding {
     if !f.ok || value.contains("%P") {
         return f;
     }
-    let at = match conf.line_of("failover_command") {
-        Some(l) => format!("{}:{l}", conf.path.display()),
-        None => conf.path.display().to_string(),
-    };
+    let at = at(conf, "failover_command");
     Finding::fail(
         "failover_command",
         "pgpool",
@@ -424,32 +417,9 @@ pub(crate) fn application_name(
     if !facts.state.in_recovery {
         return None;
     }
-    let here = subject(node);
     let name = effective_application_name(facts);
-    let key = format!("backend_application_name{}", node.id);
-    match &node.application_name {
-        None => {
-            return Some(Finding::fail(
-                "application_name",
-                &here,
-                format!("{key} is not set; {} streams as '{name}'", node.label()),
-                format!("set {key} = '{name}' in pgpool.conf"),
-            ));
-        }
-        Some(a) if *a != name => {
-            return Some(Finding::fail(
-                "application_name",
-                &here,
-                format!(
-                    "{key} = '{a}', but {} streams as '{name}': pgpool cannot see its replication state",
-                    node.label()
-                ),
-                format!(
-                    "set {key} = '{name}' in pgpool.conf, or application_name={a} in the standby's primary_conninfo"
-                ),
-            ));
-        }
-        Some(_) => {}
+    if let Some(f) = unnamed_in_pgpool(node, &name) {
+        return Some(f);
     }
     let primary = sql
         .iter()
@@ -458,7 +428,7 @@ pub(crate) fn application_name(
     let Some((pn, pf)) = primary else {
         return Some(Finding::fail(
             "application_name",
-            &here,
+            &subject(node),
             format!(
                 "{} streams as '{name}', but there is no primary to stream from",
                 node.label()
@@ -466,13 +436,49 @@ pub(crate) fn application_name(
             "see check primary",
         ));
     };
+    Some(streams_from(node, &name, pn, pf))
+}
+
+/// `backend_application_nameN` is not the `name` the standby streams as.
+fn unnamed_in_pgpool(node: &Node, name: &str) -> Option<Finding> {
+    let key = format!("backend_application_name{}", node.id);
+    let fail = |message: String, fix: String| {
+        Some(Finding::fail(
+            "application_name",
+            &subject(node),
+            message,
+            fix,
+        ))
+    };
+    match &node.application_name {
+        None => fail(
+            format!("{key} is not set; {} streams as '{name}'", node.label()),
+            format!("set {key} = '{name}' in pgpool.conf"),
+        ),
+        Some(a) if *a != name => fail(
+            format!(
+                "{key} = '{a}', but {} streams as '{name}': pgpool cannot see its replication state",
+                node.label()
+            ),
+            format!(
+                "set {key} = '{name}' in pgpool.conf, or application_name={a} in the standby's primary_conninfo"
+            ),
+        ),
+        Some(_) => None,
+    }
+}
+
+/// The primary `pn` (`pf`) lists the standby `node`, as `name`, streaming.
+fn streams_from(node: &Node, name: &str, pn: &Node, pf: &SqlFacts) -> Finding {
+    let here = subject(node);
+    let key = format!("backend_application_name{}", node.id);
     match pf
         .state
         .replicas
         .iter()
         .find(|r| r.application_name == name)
     {
-        Some(r) if r.state == "streaming" => Some(Finding::pass(
+        Some(r) if r.state == "streaming" => Finding::pass(
             "application_name",
             &here,
             format!(
@@ -481,8 +487,8 @@ pub(crate) fn application_name(
                 pn.label(),
                 r.sync_state
             ),
-        )),
-        Some(r) => Some(Finding::fail(
+        ),
+        Some(r) => Finding::fail(
             "application_name",
             &here,
             format!(
@@ -495,8 +501,8 @@ pub(crate) fn application_name(
                 "wait for it to catch up, or look at the server log of {}",
                 node.label()
             ),
-        )),
-        None => Some(Finding::fail(
+        ),
+        None => Finding::fail(
             "application_name",
             &here,
             format!(
@@ -509,7 +515,7 @@ pub(crate) fn application_name(
                 node.label(),
                 node.id
             ),
-        )),
+        ),
     }
 }
 
