@@ -296,25 +296,20 @@ impl<'a> Fixes<'a> {
 
     /// Replace the recorded host key, once its fingerprint is checked.
     fn changed_host_key(&self) -> String {
-        let Fixes {
-            dst,
-            dst_label,
-            p,
-            src_where,
-            src_user,
-            known_hosts,
-            ..
-        } = self;
+        let (dst, dst_label, known_hosts) = (self.dst, &self.dst_label, &self.known_hosts);
         let recorded = if self.ctx.port == 22 {
             dst.to_string()
         } else {
             format!("[{dst}]:{}", self.ctx.port)
         };
         format!(
-            "if {dst_label} was reinstalled: on {src_where} as {src_user}, ssh-keygen -R {} -f \
-             {known_hosts}, then add the new key (ssh-keyscan{p} {dst} >> {known_hosts}) after \
+            "if {dst_label} was reinstalled: on {} as {}, ssh-keygen -R {} -f \
+             {known_hosts}, then add the new key (ssh-keyscan{} {dst} >> {known_hosts}) after \
              checking its fingerprint on {dst_label}; otherwise suspect an impostor",
-            quote(&recorded)
+            self.src_where,
+            self.src_user,
+            quote(&recorded),
+            self.p
         )
     }
 }

@@ -403,16 +403,6 @@ fn hop(node: &Node, p: &Node, facts: &Facts, ctx: &SshContext) -> Finding {
     f
 }
 
-/// A check the script should have reported on and did not.
-fn not_reported(check: &str, node: &Node, what: String) -> Finding {
-    Finding::fail(
-        check,
-        &subject(node),
-        format!("{what}: the check script said nothing about it"),
-        "run pgha-check --verbose",
-    )
-}
-
 /// [`BINARIES`] are there and of the server's major version (`expected`).
 fn binaries(topo: &Topology, node: &Node, facts: &Facts, expected: Option<&str>) -> Finding {
     let dir = topo.config.postgres.bin_dir.display();
@@ -509,39 +499,61 @@ fn data_dir(
             ),
         );
     };
-    let d = DataDir {
-        node,
-        on: ssh_label(node),
-        path,
-    };
+    let d = NodeDir::new("data_dir", node, path);
     let info = match &facts.data_dir {
         Some(Some(i)) => i,
         Some(None) => return d.missing(sql),
-        None => {
-            let what = format!("data directory {} on {}", d.path, d.on);
-            return not_reported("data_dir", node, what);
-        }
+        None => return d.not_reported("data directory"),
     };
     d.wrong_owner(info, &topo.config.ssh.user)
         .or_else(|| d.not_the_servers(sql))
         .or_else(|| d.wrong_version(facts.pg_version.as_deref(), expected))
-        .unwrap_or_else(|| d.pass(info, facts.pg_version.as_deref()))
+        .unwrap_or_else(|| d.data_dir_ok(info, facts.pg_version.as_deref()))
 }
 
-/// A configured data directory, and the words its findings use.
-struct DataDir<'a> {
+/// A configured directory on a node (`data_dir`, `archive_dir`), and the
+/// words its findings use.
+struct NodeDir<'a> {
+    /// The finding's check.
+    check: &'static str,
     node: &'a Node,
     /// `ssh_label` of the node.
     on: String,
-    /// `backend_data_directoryN`.
     path: String,
 }
 
-impl DataDir<'_> {
-    fn fail(&self, message: String, fix: String) -> Finding {
-        Finding::fail("data_dir", &subject(self.node), message, fix)
+impl<'a> NodeDir<'a> {
+    fn new(check: &'static str, node: &'a Node, path: String) -> Self {
+        NodeDir {
+            check,
+            node,
+            on: ssh_label(node),
+            path,
+        }
     }
 
+    fn fail(&self, message: String, fix: String) -> Finding {
+        Finding::fail(self.check, &subject(self.node), message, fix)
+    }
+
+    fn pass(&self, message: String) -> Finding {
+        Finding::pass(self.check, &subject(self.node), message)
+    }
+
+    /// The script should have said something about it (`what`), and did not.
+    fn not_reported(&self, what: &str) -> Finding {
+        self.fail(
+            format!(
+                "{what} {} on {}: the check script said nothing about it",
+                self.path, self.on
+            ),
+            "run pgha-check --verbose".into(),
+        )
+    }
+}
+
+/// The data directory's decisions.
+impl NodeDir<'_> {
     fn missing(&self, sql: Option<&SqlFacts>) -> Finding {
         self.fail(
             format!("data directory {} does not exist on {}", self.path, self.on),
@@ -604,21 +616,17 @@ impl DataDir<'_> {
         ))
     }
 
-    fn pass(&self, info: &DirInfo, pg_version: Option<&str>) -> Finding {
-        Finding::pass(
-            "data_dir",
-            &subject(self.node),
-            format!(
-                "{} on {} exists, owned by {} (mode {:04o}){}",
-                self.path,
-                self.on,
-                info.owner,
-                info.mode,
-                pg_version
-                    .map(|v| format!(", PostgreSQL {v}"))
-                    .unwrap_or_default()
-            ),
-        )
+    fn data_dir_ok(&self, info: &DirInfo, pg_version: Option<&str>) -> Finding {
+        self.pass(format!(
+            "{} on {} exists, owned by {} (mode {:04o}){}",
+            self.path,
+            self.on,
+            info.owner,
+            info.mode,
+            pg_version
+                .map(|v| format!(", PostgreSQL {v}"))
+                .unwrap_or_default()
+        ))
     }
 }
 
@@ -638,70 +646,49 @@ fn archive_dir(topo: &Topology, node: &Node, facts: &Facts) -> Finding {
             "no [postgres] archive_dir configured: standbys get history files over streaming replication",
         );
     };
-    let a = ArchiveDir {
-        node,
-        user: &topo.config.ssh.user,
-        on: ssh_label(node),
-        path,
-    };
+    let a = NodeDir::new("archive_dir", node, path);
+    let user = &topo.config.ssh.user;
     match &facts.archive {
-        None => {
-            let what = format!("archive directory {} on {}", a.path, a.on);
-            not_reported("archive_dir", node, what)
-        }
+        None => a.not_reported("archive directory"),
         Some(Archive::Missing) => a.fail(
             format!("archive directory {} does not exist on {}", a.path, a.on),
-            a.create(),
+            a.create_archive(user),
         ),
         Some(Archive::NotDir) => a.fail(
             format!(
                 "archive directory {} on {} is not a directory",
                 a.path, a.on
             ),
-            format!("on {}: move it away, then {}", a.on, a.create()),
+            format!("on {}: move it away, then {}", a.on, a.create_archive(user)),
         ),
         Some(Archive::Dir {
             info,
             write_error,
             avail_kib,
-        }) => a.dir(info.as_ref(), write_error.as_deref(), *avail_kib),
+        }) => a.archive(user, info.as_ref(), write_error.as_deref(), *avail_kib),
     }
 }
 
-/// A configured archive directory, and the words its findings use.
-struct ArchiveDir<'a> {
-    node: &'a Node,
-    /// `[ssh] user`, who writes there.
-    user: &'a str,
-    /// `ssh_label` of the node.
-    on: String,
-    /// `[postgres] archive_dir`.
-    path: String,
-}
-
-impl ArchiveDir<'_> {
-    fn fail(&self, message: String, fix: String) -> Finding {
-        Finding::fail("archive_dir", &subject(self.node), message, fix)
-    }
-
+/// The archive directory's decisions; `user` (`[ssh] user`) writes there.
+impl NodeDir<'_> {
     /// The command that creates it right.
-    fn create(&self) -> String {
+    fn create_archive(&self, user: &str) -> String {
         format!(
             "on {} as root: install -d -o {user} -g {user} -m 0700 {}",
             self.on,
-            quote(&self.path),
-            user = self.user
+            quote(&self.path)
         )
     }
 
     /// It is a directory: writable, with room left.
-    fn dir(
+    fn archive(
         &self,
+        user: &str,
         info: Option<&DirInfo>,
         write_error: Option<&str>,
         avail_kib: Option<u64>,
     ) -> Finding {
-        let (path, on, user) = (&self.path, &self.on, self.user);
+        let (path, on) = (&self.path, &self.on);
         let owned = info
             .map(|i| format!("owner {}, mode {:04o}", i.owner, i.mode))
             .unwrap_or_else(|| "owner unknown".into());
@@ -731,14 +718,10 @@ impl ArchiveDir<'_> {
                 ),
             );
         }
-        Finding::pass(
-            "archive_dir",
-            &subject(self.node),
-            format!(
-                "{path} on {on} is writable by {user} ({owned}), {} free",
-                free.map(human).unwrap_or_else(|| "unknown".into())
-            ),
-        )
+        self.pass(format!(
+            "{path} on {on} is writable by {user} ({owned}), {} free",
+            free.map(human).unwrap_or_else(|| "unknown".into())
+        ))
     }
 }
 
