@@ -19,22 +19,22 @@ use crate::remote::{RemoteError, quote};
 
 /// One ssh edge: from `src` (`None`: this host) to `dst`.
 #[derive(Debug, Clone)]
-pub struct Edge {
+pub(crate) struct Edge {
     /// The source node; `None` is the host pgha-check runs on.
-    pub src: Option<Node>,
+    pub(crate) src: Option<Node>,
     /// The node ssh goes to, at its `ssh_host`.
-    pub dst: Node,
+    pub(crate) dst: Node,
 }
 
 impl Edge {
     /// `pgpool->node1` or `node1->node2`: the metric label.
-    pub fn subject(&self) -> String {
+    fn subject(&self) -> String {
         let src = self.src.as_ref().map_or("pgpool".to_string(), subject);
         format!("{src}->{}", subject(&self.dst))
     }
 
     /// "this host -> node 1 (127.0.0.3)", "node 1 (...) -> node 2 (...)".
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let src = self.src.as_ref().map_or("this host".to_string(), ssh_label);
         format!("{src} -> {}", ssh_label(&self.dst))
     }
@@ -42,7 +42,7 @@ impl Edge {
 
 /// Every edge failover may use: this host to each node, then each ordered
 /// pair of nodes.
-pub fn edges(topo: &Topology) -> Vec<Edge> {
+pub(crate) fn edges(topo: &Topology) -> Vec<Edge> {
     let mut out: Vec<Edge> = topo
         .nodes
         .iter()
@@ -66,7 +66,7 @@ pub fn edges(topo: &Topology) -> Vec<Edge> {
 
 /// Why an ssh login failed, from ssh's own words.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SshFailure {
+pub(crate) enum SshFailure {
     /// `Permission denied (publickey)`: the source's key is not in the
     /// destination's `authorized_keys` (or the source has no key).
     MissingKey,
@@ -89,7 +89,7 @@ pub enum SshFailure {
 
 /// Classify ssh's output (`status` is its exit status; 124 is `timeout`
 /// killing it).
-pub fn classify(output: &str, status: i32) -> SshFailure {
+pub(crate) fn classify(output: &str, status: i32) -> SshFailure {
     let m = output.to_ascii_lowercase();
     if m.contains("identification has changed") || m.contains("has changed and you have") {
         SshFailure::ChangedHostKey
@@ -115,25 +115,25 @@ pub fn classify(output: &str, status: i32) -> SshFailure {
 
 /// What the fix texts need to know about ssh on both ends.
 #[derive(Debug, Clone)]
-pub struct SshContext {
+pub(crate) struct SshContext {
     /// `[ssh] user`: the login on every node, and the user whose keys the
     /// nodes use for node-to-node edges.
-    pub user: String,
+    pub(crate) user: String,
     /// `[ssh] port`.
-    pub port: u16,
+    pub(crate) port: u16,
     /// `ConnectTimeout` in whole seconds.
-    pub connect_secs: u64,
+    pub(crate) connect_secs: u64,
     /// `[ssh] identity_file` of this host, if set.
-    pub identity_file: Option<String>,
+    identity_file: Option<String>,
     /// `[ssh] known_hosts_file` of this host, if set.
-    pub known_hosts_file: Option<String>,
+    known_hosts_file: Option<String>,
     /// Who runs pgha-check here.
-    pub local_user: String,
+    local_user: String,
 }
 
 impl SshContext {
     /// The context of `topo`'s `[ssh]` section.
-    pub fn of(topo: &Topology) -> SshContext {
+    pub(crate) fn of(topo: &Topology) -> SshContext {
         let s = &topo.config.ssh;
         SshContext {
             user: s.user.clone(),
@@ -147,64 +147,25 @@ impl SshContext {
 }
 
 /// `d` in whole seconds, rounded up, at least 1 (as ssh's `ConnectTimeout`).
-pub fn whole_secs(d: Duration) -> u64 {
+pub(crate) fn whole_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// The failure's name and the fix for `edge`.
-pub fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static str, String) {
-    let dst = &edge.dst.ssh_host;
-    let dst_label = ssh_label(&edge.dst);
-    let user = &ctx.user;
-    let p = if ctx.port == 22 {
-        String::new()
-    } else {
-        format!(" -p {}", ctx.port)
-    };
-    // Where the fix is applied on the source side, and with which files.
-    let (src_where, src_user, key, known_hosts) = match &edge.src {
-        None => (
-            "this host".to_string(),
-            ctx.local_user.clone(),
-            ctx.identity_file
-                .clone()
-                .unwrap_or_else(|| format!("~{}/.ssh/id_*.pub", ctx.local_user)),
-            ctx.known_hosts_file
-                .clone()
-                .unwrap_or_else(|| format!("~{}/.ssh/known_hosts", ctx.local_user)),
-        ),
-        Some(s) => (
-            ssh_label(s),
-            user.clone(),
-            format!("~{user}/.ssh/id_*.pub"),
-            format!("~{user}/.ssh/known_hosts"),
-        ),
-    };
-    let key_pub = if key.ends_with(".pub") {
-        key.clone()
-    } else {
-        format!("{key}.pub")
-    };
+fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static str, String) {
+    let fx = Fixes::new(edge, ctx);
+    let Fixes {
+        dst,
+        dst_label,
+        p,
+        src_where,
+        src_user,
+        known_hosts,
+        ..
+    } = &fx;
+    let (user, port) = (&ctx.user, ctx.port);
     match failure {
-        SshFailure::MissingKey => {
-            let copy = match &edge.src {
-                None => {
-                    format!("cat {key_pub} | ssh{p} {user}@{dst} 'cat >> .ssh/authorized_keys'")
-                }
-                Some(s) => format!(
-                    "ssh{p} {user}@{} 'cat .ssh/id_*.pub' | ssh{p} {user}@{dst} 'cat >> .ssh/authorized_keys'",
-                    s.ssh_host
-                ),
-            };
-            (
-                "missing authorized key",
-                format!(
-                    "append the public key of {src_user} on {src_where} ({key_pub}) to \
-                     ~{user}/.ssh/authorized_keys on {dst_label}, e.g. from a host that reaches \
-                     both: {copy}"
-                ),
-            )
-        }
+        SshFailure::MissingKey => ("missing authorized key", fx.missing_key()),
         SshFailure::UnknownHostKey => (
             "unknown host key",
             format!(
@@ -213,33 +174,20 @@ pub fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static
                  /etc/ssh/ssh_host_ed25519_key.pub` on {dst_label}"
             ),
         ),
-        SshFailure::ChangedHostKey => (
-            "changed host key",
-            format!(
-                "if {dst_label} was reinstalled: on {src_where} as {src_user}, ssh-keygen -R {} -f \
-                 {known_hosts}, then add the new key (ssh-keyscan{p} {dst} >> {known_hosts}) after \
-                 checking its fingerprint on {dst_label}; otherwise suspect an impostor",
-                quote(&if ctx.port == 22 {
-                    dst.clone()
-                } else {
-                    format!("[{dst}]:{}", ctx.port)
-                })
-            ),
-        ),
+        SshFailure::ChangedHostKey => ("changed host key", fx.changed_host_key()),
         SshFailure::Unreachable => (
             "unreachable",
             format!(
-                "{dst_label} does not answer on port {} from {src_where} within {}s \
+                "{dst_label} does not answer on port {port} from {src_where} within {}s \
                  (ConnectTimeout): check that the host is up, that sshd runs there, and the \
                  firewall between them",
-                ctx.port, ctx.connect_secs
+                ctx.connect_secs
             ),
         ),
         SshFailure::Refused => (
             "connection refused",
             format!(
-                "nothing listens on {dst} port {}: start sshd on {dst_label} (or fix [ssh] port)",
-                ctx.port
+                "nothing listens on {dst} port {port}: start sshd on {dst_label} (or fix [ssh] port)"
             ),
         ),
         SshFailure::Unresolvable => (
@@ -259,9 +207,120 @@ pub fn explain(edge: &Edge, failure: &SshFailure, ctx: &SshContext) -> (&'static
     }
 }
 
+/// What the fixes of one edge name: the destination, and where on the
+/// source side the fix is applied, as whom and with which files.
+struct Fixes<'a> {
+    edge: &'a Edge,
+    ctx: &'a SshContext,
+    /// The destination's `ssh_host`.
+    dst: &'a str,
+    dst_label: String,
+    /// ` -p PORT` for a port other than 22, else empty.
+    p: String,
+    src_where: String,
+    src_user: String,
+    /// The source's public key file (`.pub`).
+    key_pub: String,
+    known_hosts: String,
+}
+
+impl<'a> Fixes<'a> {
+    fn new(edge: &'a Edge, ctx: &'a SshContext) -> Self {
+        let user = &ctx.user;
+        let (src_where, src_user, key, known_hosts) = match &edge.src {
+            None => (
+                "this host".to_string(),
+                ctx.local_user.clone(),
+                ctx.identity_file
+                    .clone()
+                    .unwrap_or_else(|| format!("~{}/.ssh/id_*.pub", ctx.local_user)),
+                ctx.known_hosts_file
+                    .clone()
+                    .unwrap_or_else(|| format!("~{}/.ssh/known_hosts", ctx.local_user)),
+            ),
+            Some(s) => (
+                ssh_label(s),
+                user.clone(),
+                format!("~{user}/.ssh/id_*.pub"),
+                format!("~{user}/.ssh/known_hosts"),
+            ),
+        };
+        let key_pub = if key.ends_with(".pub") {
+            key
+        } else {
+            format!("{key}.pub")
+        };
+        Fixes {
+            edge,
+            ctx,
+            dst: &edge.dst.ssh_host,
+            dst_label: ssh_label(&edge.dst),
+            p: if ctx.port == 22 {
+                String::new()
+            } else {
+                format!(" -p {}", ctx.port)
+            },
+            src_where,
+            src_user,
+            key_pub,
+            known_hosts,
+        }
+    }
+
+    /// Append the source's public key to the destination's
+    /// `authorized_keys`.
+    fn missing_key(&self) -> String {
+        let Fixes {
+            dst,
+            dst_label,
+            p,
+            src_where,
+            src_user,
+            key_pub,
+            ..
+        } = self;
+        let user = &self.ctx.user;
+        let copy = match &self.edge.src {
+            None => format!("cat {key_pub} | ssh{p} {user}@{dst} 'cat >> .ssh/authorized_keys'"),
+            Some(s) => format!(
+                "ssh{p} {user}@{} 'cat .ssh/id_*.pub' | ssh{p} {user}@{dst} 'cat >> .ssh/authorized_keys'",
+                s.ssh_host
+            ),
+        };
+        format!(
+            "append the public key of {src_user} on {src_where} ({key_pub}) to \
+             ~{user}/.ssh/authorized_keys on {dst_label}, e.g. from a host that reaches \
+             both: {copy}"
+        )
+    }
+
+    /// Replace the recorded host key, once its fingerprint is checked.
+    fn changed_host_key(&self) -> String {
+        let (dst, dst_label, known_hosts) = (self.dst, &self.dst_label, &self.known_hosts);
+        let recorded = if self.ctx.port == 22 {
+            dst.to_string()
+        } else {
+            format!("[{dst}]:{}", self.ctx.port)
+        };
+        format!(
+            "if {dst_label} was reinstalled: on {} as {}, ssh-keygen -R {} -f \
+             {known_hosts}, then add the new key (ssh-keyscan{} {dst} >> {known_hosts}) after \
+             checking its fingerprint on {dst_label}; otherwise suspect an impostor",
+            self.src_where,
+            self.src_user,
+            quote(&recorded),
+            self.p
+        )
+    }
+}
+
 /// The finding of `edge` from ssh's result: `Ok(elapsed)` or the failed
 /// ssh's output and exit status.
-pub fn finding(edge: &Edge, result: Result<Duration, (String, i32)>, ctx: &SshContext) -> Finding {
+pub(crate) fn finding(
+    edge: &Edge,
+    result: Result<Duration, (String, i32)>,
+    ctx: &SshContext,
+) -> Finding {
     match result {
         Ok(took) => Finding::pass(
             "ssh",
@@ -294,7 +353,7 @@ pub fn finding(edge: &Edge, result: Result<Duration, (String, i32)>, ctx: &SshCo
 
 /// A direct edge's result from the [`RemoteError`] of connecting to it;
 /// pgha's own hint is dropped, [`explain`] gives the fix.
-pub fn remote_failure(e: &RemoteError) -> (String, i32) {
+pub(crate) fn remote_failure(e: &RemoteError) -> (String, i32) {
     let text = match e {
         RemoteError::Connect { message, .. } => message.clone(),
         RemoteError::Timeout { .. } => return (e.to_string() + " (timed out)", 124),
@@ -306,7 +365,7 @@ pub fn remote_failure(e: &RemoteError) -> (String, i32) {
 
 /// The ssh command a node runs to try an edge to `dst`: key-only, strict
 /// host keys, bounded by `ConnectTimeout`.
-pub fn hop_argv(dst: &str, ctx: &SshContext) -> Vec<String> {
+pub(crate) fn hop_argv(dst: &str, ctx: &SshContext) -> Vec<String> {
     let mut v: Vec<String> = [
         "ssh",
         "-o",
@@ -333,7 +392,7 @@ pub fn hop_argv(dst: &str, ctx: &SshContext) -> Vec<String> {
 }
 
 /// Output in one line: ssh banners and blank lines dropped.
-pub fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("@@@") && !l.starts_with("@ "))

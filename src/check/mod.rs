@@ -25,13 +25,13 @@
 //! Every check ends in one [`Finding`]: ok, or FAIL with the fix to apply.
 //! The exit status is 0 only when every check passed.
 
-pub mod logins;
-pub mod mesh;
-pub mod node;
-pub mod pgpoolconf;
-pub mod settings;
-pub mod status;
-pub mod watch;
+mod logins;
+mod mesh;
+mod node;
+mod pgpoolconf;
+mod settings;
+mod status;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -48,25 +48,25 @@ use crate::report::Summary;
 
 /// The outcome of one check: what was found and, when it failed, what to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
+struct Finding {
     /// What was checked (`ssh`, `archive_dir`, `wal_level`, `pcp_login`,
     /// ...): the `check` label of the `pgha_check_ok` metric.
-    pub check: String,
+    check: String,
     /// Where: `pgpool` (this host), `node1`, an ssh edge `node1->node2`,
     /// `cluster`: the `node` label of the metric.
-    pub node: String,
+    node: String,
     /// Passed.
-    pub ok: bool,
+    ok: bool,
     /// What was found, naming the hosts, paths and settings involved.
-    pub message: String,
+    message: String,
     /// For a failure: the change that makes it pass.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
+    fix: Option<String>,
 }
 
 impl Finding {
     /// A check that passed.
-    pub fn pass(check: &str, node: &str, message: impl Into<String>) -> Finding {
+    fn pass(check: &str, node: &str, message: impl Into<String>) -> Finding {
         Finding {
             check: check.into(),
             node: node.into(),
@@ -77,7 +77,7 @@ impl Finding {
     }
 
     /// A check that failed, with its fix.
-    pub fn fail(
+    fn fail(
         check: &str,
         node: &str,
         message: impl Into<String>,
@@ -94,7 +94,7 @@ impl Finding {
 
     /// The line printed for this finding: `ok` or `FAIL`, the check, where,
     /// what was found and, for a failure, the fix.
-    pub fn line(&self) -> String {
+    fn line(&self) -> String {
         let verdict = if self.ok { "ok" } else { "FAIL" };
         let mut s = format!(
             "{verdict:<4} {:<22} {:<14} {}",
@@ -111,45 +111,42 @@ impl Finding {
 /// Every finding of one run, as printed with `--json` and served by
 /// `--watch`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+struct Report {
     /// `ok` when every check passed, else `failed`.
-    pub outcome: String,
+    outcome: String,
     /// Number of checks that passed.
-    pub passed: usize,
+    passed: usize,
     /// Number of checks that failed.
-    pub failed: usize,
+    failed: usize,
     /// Wall time of the whole run.
-    pub duration_ms: u64,
+    duration_ms: u64,
     /// When the run ended, seconds since the Unix epoch.
-    pub finished_at: f64,
+    finished_at: f64,
     /// One entry per check, in a stable order.
-    pub checks: Vec<Finding>,
+    checks: Vec<Finding>,
 }
 
 impl Report {
     /// A report of `checks` that took `took`.
-    pub fn new(checks: Vec<Finding>, took: Duration) -> Report {
+    fn new(checks: Vec<Finding>, took: Duration) -> Report {
         let failed = checks.iter().filter(|f| !f.ok).count();
         Report {
             outcome: if failed == 0 { "ok" } else { "failed" }.into(),
             passed: checks.len() - failed,
             failed,
             duration_ms: took.as_millis() as u64,
-            finished_at: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
+            finished_at: unix_now(),
             checks,
         }
     }
 
     /// Whether failover could work: no check failed.
-    pub fn passing(&self) -> bool {
+    fn passing(&self) -> bool {
         self.failed == 0 && !self.checks.is_empty()
     }
 
     /// One line: counts, time, and the failed checks by name.
-    pub fn summary(&self) -> String {
+    fn summary(&self) -> String {
         let secs = self.duration_ms as f64 / 1000.0;
         if self.passing() {
             return format!(
@@ -219,7 +216,7 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
 
 /// What a run would check, one line per check, without connecting anywhere
 /// (`--dry-run`).
-pub fn plan(topo: &Topology) -> Vec<String> {
+fn plan(topo: &Topology) -> Vec<String> {
     let mut out = vec![format!(
         "pgpool.conf {}: failover_command, follow_primary_command, watchdog",
         topo.pgpool.path.display()
@@ -244,19 +241,19 @@ pub fn plan(topo: &Topology) -> Vec<String> {
 
 /// What one node said over SQL, as pgha's superuser.
 #[derive(Debug, Clone)]
-pub struct SqlFacts {
+struct SqlFacts {
     /// The state pgha's other commands observe.
-    pub state: NodeState,
+    state: NodeState,
     /// `rolsuper` of the login role.
-    pub superuser: bool,
+    superuser: bool,
     /// The settings of [`settings::NAMES`], by name (`pg_settings.setting`).
-    pub settings: BTreeMap<String, String>,
+    settings: BTreeMap<String, String>,
     /// Set when the connect needed a second try, saying why.
-    pub note: Option<String>,
+    note: Option<String>,
 }
 
 /// Run every check once against `topo`.
-pub async fn check(topo: &Topology) -> Report {
+async fn check(topo: &Topology) -> Report {
     let start = Instant::now();
     let remote = topo.remote();
     let sql = futures::future::join_all(topo.nodes.iter().map(|n| sql_facts(topo, n)));
@@ -371,7 +368,7 @@ async fn read_settings(
 /// pgha-failover keeps its lock and journal in `state_dir` on this host: it
 /// must be creatable and writable by the user pgpool runs the commands as
 /// (this one, when pgha-check runs as that user).
-pub fn state_dir(dir: &Path) -> Finding {
+fn state_dir(dir: &Path) -> Finding {
     let me = local_user();
     let shown = dir.display();
     let fix = format!(
@@ -422,7 +419,7 @@ pub fn state_dir(dir: &Path) -> Finding {
 /// config files: another user who can write there (or swap it through a
 /// link) can plant FIFOs and links under the names pgha uses, and every ssh
 /// step would then fail. A missing directory is fine: pgha creates it 0700.
-pub fn control_dir(dir: &Path) -> Finding {
+fn control_dir(dir: &Path) -> Finding {
     let me = local_user();
     let shown = dir.display();
     if std::fs::symlink_metadata(dir).is_err() {
@@ -451,8 +448,26 @@ pub fn control_dir(dir: &Path) -> Finding {
     }
 }
 
+/// Now, in seconds since the Unix epoch (0 before it).
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The value of a duration option (`--interval`, `--every`): more than 0s.
+fn positive_duration(flag: &str, value: &str) -> Result<Duration> {
+    let d = crate::config::parse_duration(value)
+        .map_err(|e| Error::Usage(format!("{flag} {value}: {e}")))?;
+    if d.is_zero() {
+        return Err(Error::Usage(format!("{flag} must be more than 0s")));
+    }
+    Ok(d)
+}
+
 /// The user this process runs as, for messages (`USER`, else `LOGNAME`).
-pub fn local_user() -> String {
+fn local_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()
@@ -461,12 +476,12 @@ pub fn local_user() -> String {
 }
 
 /// `node1`, the `node` label of a node's findings.
-pub fn subject(node: &Node) -> String {
+fn subject(node: &Node) -> String {
     format!("node{}", node.id)
 }
 
 /// "node 1 (127.0.0.3)": a node named by the address pgha sshes to.
-pub fn ssh_label(node: &Node) -> String {
+fn ssh_label(node: &Node) -> String {
     format!("node {} ({})", node.id, node.ssh_host)
 }
 

@@ -17,25 +17,25 @@ use crate::cluster::{Node, Topology};
 use crate::remote::{Remote, quote};
 
 /// The binaries pgha runs on a node, all from `[postgres] bin_dir`.
-pub const BINARIES: [&str; 4] = ["pg_ctl", "pg_rewind", "pg_basebackup", "psql"];
+const BINARIES: [&str; 4] = ["pg_ctl", "pg_rewind", "pg_basebackup", "psql"];
 
 /// Less free space than this in the archive directory fails the check: a
 /// few dozen 16 MB WAL segments, so that the archive does not fill up
 /// during the first hours after a failover.
-pub const MIN_ARCHIVE_FREE_BYTES: u64 = 512 << 20;
+const MIN_ARCHIVE_FREE_BYTES: u64 = 512 << 20;
 
 /// A directory's owner and permission bits (`stat -c '%U %a'`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirInfo {
+struct DirInfo {
     /// Owner's user name.
-    pub owner: String,
+    owner: String,
     /// Permission bits (`0o700`).
-    pub mode: u32,
+    mode: u32,
 }
 
 /// The archive directory as the ssh user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Archive {
+enum Archive {
     /// Nothing at that path.
     Missing,
     /// Something other than a directory.
@@ -54,34 +54,34 @@ pub enum Archive {
 
 /// What the script found on one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
+struct Facts {
     /// Each of [`BINARIES`] with the first line of its `--version`, `None`
     /// when it is not executable.
-    pub binaries: Vec<(String, Option<String>)>,
+    binaries: Vec<(String, Option<String>)>,
     /// The data directory: `None` not asked, `Some(None)` missing.
-    pub data_dir: Option<Option<DirInfo>>,
+    data_dir: Option<Option<DirInfo>>,
     /// `PG_VERSION` in the data directory.
-    pub pg_version: Option<String>,
+    pg_version: Option<String>,
     /// The archive directory, when one is configured.
-    pub archive: Option<Archive>,
+    archive: Option<Archive>,
     /// ssh to other nodes, by node id: exit status and output.
-    pub hops: BTreeMap<u32, (i32, String)>,
+    hops: BTreeMap<u32, (i32, String)>,
     /// Replication logins to other nodes, by node id: exit status, output.
-    pub repl: BTreeMap<u32, (i32, String)>,
+    repl: BTreeMap<u32, (i32, String)>,
 }
 
 /// Everything learnt about one node over ssh.
 #[derive(Debug, Clone)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// ssh from this host: how long the key login took, or ssh's words and
     /// exit status.
-    pub connect: Result<Duration, (String, i32)>,
+    connect: Result<Duration, (String, i32)>,
     /// The script's findings, or why it did not run.
-    pub facts: Result<Facts, String>,
+    facts: Result<Facts, String>,
 }
 
 /// Log in to `node` from this host, then run the probe script there.
-pub async fn probe(topo: &Topology, remote: &Remote, node: &Node) -> Probe {
+pub(crate) async fn probe(topo: &Topology, remote: &Remote, node: &Node) -> Probe {
     let ctx = SshContext::of(topo);
     let connect_bound = topo.config.ssh.connect_timeout + Duration::from_secs(2);
     let start = Instant::now();
@@ -128,27 +128,38 @@ pub async fn probe(topo: &Topology, remote: &Remote, node: &Node) -> Probe {
 
 /// The script run on `node` (as the ssh user, through `sh -c`). It prints
 /// one tab-separated record per line; see [`parse`].
-pub fn script(topo: &Topology, node: &Node, ctx: &SshContext) -> String {
+fn script(topo: &Topology, node: &Node, ctx: &SshContext) -> String {
     let pg = &topo.config.postgres;
-    let data = node
-        .data_dir
-        .as_ref()
-        .map(|d| d.display().to_string())
-        .unwrap_or_default();
-    let archive = pg
-        .archive_dir
-        .as_ref()
-        .map(|d| d.display().to_string())
-        .unwrap_or_default();
-    let hop_secs = 2 * ctx.connect_secs + 2;
-    let pg_secs = mesh::whole_secs(pg.connect_timeout).max(2);
+    let shown =
+        |d: Option<&std::path::PathBuf>| d.map(|d| d.display().to_string()).unwrap_or_default();
     let mut s = format!(
         "b={} d={} a={}\n",
         quote(&pg.bin_dir.display().to_string()),
-        quote(&data),
-        quote(&archive)
+        quote(&shown(node.data_dir.as_ref())),
+        quote(&shown(pg.archive_dir.as_ref()))
     );
-    s.push_str(&format!(
+    s.push_str(&local_probes());
+    let peers: Vec<&Node> = topo.nodes.iter().filter(|n| n.id != node.id).collect();
+    for p in &peers {
+        s.push_str(&peer_probes(topo, p, ctx));
+    }
+    s.push_str("wait\n");
+    for p in &peers {
+        for kind in ["hop", "repl"] {
+            s.push_str(&format!(
+                "printf '{kind}\\t{id}\\t%s\\t%s\\n' \"$(cat \"$w/{kind}.{id}.rc\" 2>/dev/null)\" \"$(tr '\\t\\r\\n' '  |' <\"$w/{kind}.{id}\" 2>/dev/null)\"\n",
+                id = p.id
+            ));
+        }
+    }
+    s
+}
+
+/// The part of [`script`] about the node itself: binaries in `$b`, the
+/// data directory `$d`, the archive directory `$a`; then the work
+/// directory `$w` and the `psql` the peer probes use.
+fn local_probes() -> String {
+    format!(
         r#"for t in {bins}; do
   if [ -x "$b/$t" ]; then
     printf 'bin\t%s\t%s\n' "$t" "$("$b/$t" --version 2>&1 | head -n 1 | tr '\t' ' ')"
@@ -186,39 +197,34 @@ psql=$b/psql
 [ -x "$psql" ] || psql=psql
 "#,
         bins = BINARIES.join(" ")
-    ));
-    let peers: Vec<&Node> = topo.nodes.iter().filter(|n| n.id != node.id).collect();
-    for p in &peers {
-        let argv = mesh::hop_argv(&p.ssh_host, ctx);
-        let argv: Vec<String> = argv.iter().map(|a| quote(a)).collect();
-        // Tried once more after a timeout (status 124, or ssh's own).
-        s.push_str(&format!(
-            "(h() {{ timeout -k 1 {hop_secs} {} </dev/null >\"$w/hop.{id}\" 2>&1; }}; h; rc=$?; \
-             if [ $rc = 124 ] || grep -q 'timed out' \"$w/hop.{id}\"; then h; rc=$?; fi; \
-             echo $rc >\"$w/hop.{id}.rc\") &\n",
-            argv.join(" "),
-            id = p.id
-        ));
-        let conninfo = logins::replication_conninfo(p, &pg.replication_user, pg_secs);
-        s.push_str(&format!(
-            "(r() {{ timeout -k 1 {} \"$psql\" -X -w -A -t -d {} -c IDENTIFY_SYSTEM </dev/null >\"$w/repl.{id}\" 2>&1; }}; r; rc=$?; \
-             if [ $rc = 124 ] || grep -q 'timeout expired' \"$w/repl.{id}\"; then r; rc=$?; fi; \
-             echo $rc >\"$w/repl.{id}.rc\") &\n",
-            pg_secs + 2,
-            quote(&conninfo),
-            id = p.id
-        ));
-    }
-    s.push_str("wait\n");
-    for p in &peers {
-        for kind in ["hop", "repl"] {
-            s.push_str(&format!(
-                "printf '{kind}\\t{id}\\t%s\\t%s\\n' \"$(cat \"$w/{kind}.{id}.rc\" 2>/dev/null)\" \"$(tr '\\t\\r\\n' '  |' <\"$w/{kind}.{id}\" 2>/dev/null)\"\n",
-                id = p.id
-            ));
-        }
-    }
-    s
+    )
+}
+
+/// The two background jobs of [`script`] for peer `p`: the ssh edge to it
+/// and the replication login to it, each tried once more after a timeout
+/// (status 124, or ssh's or libpq's own), their output and status left in
+/// `$w`.
+fn peer_probes(topo: &Topology, p: &Node, ctx: &SshContext) -> String {
+    let pg = &topo.config.postgres;
+    let hop_secs = 2 * ctx.connect_secs + 2;
+    let pg_secs = mesh::whole_secs(pg.connect_timeout).max(2);
+    let argv: Vec<String> = mesh::hop_argv(&p.ssh_host, ctx)
+        .iter()
+        .map(|a| quote(a))
+        .collect();
+    let conninfo = logins::replication_conninfo(p, &pg.replication_user, pg_secs);
+    format!(
+        "(h() {{ timeout -k 1 {hop_secs} {} </dev/null >\"$w/hop.{id}\" 2>&1; }}; h; rc=$?; \
+         if [ $rc = 124 ] || grep -q 'timed out' \"$w/hop.{id}\"; then h; rc=$?; fi; \
+         echo $rc >\"$w/hop.{id}.rc\") &\n\
+         (r() {{ timeout -k 1 {} \"$psql\" -X -w -A -t -d {} -c IDENTIFY_SYSTEM </dev/null >\"$w/repl.{id}\" 2>&1; }}; r; rc=$?; \
+         if [ $rc = 124 ] || grep -q 'timeout expired' \"$w/repl.{id}\"; then r; rc=$?; fi; \
+         echo $rc >\"$w/repl.{id}.rc\") &\n",
+        argv.join(" "),
+        pg_secs + 2,
+        quote(&conninfo),
+        id = p.id
+    )
 }
 
 fn dir_info(s: &str) -> Option<DirInfo> {
@@ -230,7 +236,7 @@ fn dir_info(s: &str) -> Option<DirInfo> {
 }
 
 /// Parse the script's output. Unknown or malformed lines are ignored.
-pub fn parse(out: &str) -> Facts {
+fn parse(out: &str) -> Facts {
     let mut f = Facts::default();
     let mut archive_info = None;
     let mut write_error = None;
@@ -255,25 +261,19 @@ pub fn parse(out: &str) -> Facts {
             ["archive_write", "ok"] => write_error = None,
             ["archive_write", e] => write_error = Some(e.trim().to_string()),
             ["archive_free", kib] => avail = kib.trim().parse().ok(),
-            [kind @ ("hop" | "repl"), id, rc, output] => {
+            [kind @ ("hop" | "repl"), id, rc, output @ ..] => {
                 let Ok(id) = id.parse::<u32>() else { continue };
                 let rc = rc.trim().parse::<i32>().unwrap_or(-1);
-                let output = output.trim_end_matches('|').trim().to_string();
-                if *kind == "hop" {
-                    f.hops.insert(id, (rc, output));
-                } else {
-                    f.repl.insert(id, (rc, output));
-                }
-            }
-            [kind @ ("hop" | "repl"), id, rc] => {
-                let Ok(id) = id.parse::<u32>() else { continue };
-                let rc = rc.trim().parse::<i32>().unwrap_or(-1);
+                let output = output
+                    .first()
+                    .map(|o| o.trim_end_matches('|').trim().to_string())
+                    .unwrap_or_default();
                 let map = if *kind == "hop" {
                     &mut f.hops
                 } else {
                     &mut f.repl
                 };
-                map.insert(id, (rc, String::new()));
+                map.insert(id, (rc, output));
             }
             _ => {}
         }
@@ -290,7 +290,7 @@ pub fn parse(out: &str) -> Facts {
 
 /// The major version in a `--version` line: `pg_ctl (PostgreSQL) 15.18
 /// (Debian 15.18-1)` gives `15`, `9.6.24` gives `9.6`.
-pub fn major_of(version_line: &str) -> Option<String> {
+fn major_of(version_line: &str) -> Option<String> {
     let after = version_line
         .split_once(") ")
         .map_or(version_line, |(_, v)| v);
@@ -310,7 +310,7 @@ pub fn major_of(version_line: &str) -> Option<String> {
 }
 
 /// The major version of `server_version_num`: 150018 is `15`, 90624 `9.6`.
-pub fn major_of_num(n: u32) -> String {
+fn major_of_num(n: u32) -> String {
     if n >= 100000 {
         (n / 10000).to_string()
     } else {
@@ -321,7 +321,7 @@ pub fn major_of_num(n: u32) -> String {
 /// The findings of one node: its ssh edge from this host, binaries, data
 /// directory, archive directory, its edges to the other nodes and its
 /// replication logins to them.
-pub fn findings(
+pub(crate) fn findings(
     topo: &Topology,
     node: &Node,
     probe: &Probe,
@@ -334,27 +334,10 @@ pub fn findings(
         dst: node.clone(),
     };
     let mut out = vec![mesh::finding(&direct, probe.connect.clone(), &ctx)];
-    let here = subject(node);
     let facts = match &probe.facts {
         Ok(f) => f,
         Err(why) => {
-            let fix = if probe.connect.is_err() {
-                format!(
-                    "fix ssh from this host to {} (the ssh line above), then run pgha-check again",
-                    ssh_label(node)
-                )
-            } else {
-                "run the check again with --verbose and look at what the script printed".into()
-            };
-            out.push(Finding::fail(
-                "node_checks",
-                &here,
-                format!(
-                    "binaries, data directory, archive and the edges from {}: {why}",
-                    ssh_label(node)
-                ),
-                fix,
-            ));
+            out.push(not_probed(node, probe, why));
             return out;
         }
     };
@@ -365,20 +348,7 @@ pub fn findings(
     out.push(data_dir(topo, node, facts, facts_sql, expected.as_deref()));
     out.push(archive_dir(topo, node, facts));
     for p in topo.nodes.iter().filter(|p| p.id != node.id) {
-        let edge = Edge {
-            src: Some(node.clone()),
-            dst: p.clone(),
-        };
-        let hop = match facts.hops.get(&p.id) {
-            Some((0, _)) => Ok(Duration::ZERO),
-            Some((rc, output)) => Err((output.replace('|', "\n"), *rc)),
-            None => Err(("the check script did not report this edge".to_string(), -1)),
-        };
-        let mut f = mesh::finding(&edge, hop, &ctx);
-        if f.ok {
-            f.message = format!("{}: key login as {}", edge.describe(), ctx.user);
-        }
-        out.push(f);
+        out.push(hop(node, p, facts, &ctx));
         let dst_facts = sql
             .iter()
             .find(|(n, _)| n.id == p.id)
@@ -394,6 +364,46 @@ pub fn findings(
     out
 }
 
+/// The script did not run on `node` (`why`): nothing it checks is known.
+fn not_probed(node: &Node, probe: &Probe, why: &str) -> Finding {
+    let fix = if probe.connect.is_err() {
+        format!(
+            "fix ssh from this host to {} (the ssh line above), then run pgha-check again",
+            ssh_label(node)
+        )
+    } else {
+        "run the check again with --verbose and look at what the script printed".into()
+    };
+    Finding::fail(
+        "node_checks",
+        &subject(node),
+        format!(
+            "binaries, data directory, archive and the edges from {}: {why}",
+            ssh_label(node)
+        ),
+        fix,
+    )
+}
+
+/// The ssh edge from `node` to its peer `p`, as the script tried it.
+fn hop(node: &Node, p: &Node, facts: &Facts, ctx: &SshContext) -> Finding {
+    let edge = Edge {
+        src: Some(node.clone()),
+        dst: p.clone(),
+    };
+    let hop = match facts.hops.get(&p.id) {
+        Some((0, _)) => Ok(Duration::ZERO),
+        Some((rc, output)) => Err((output.replace('|', "\n"), *rc)),
+        None => Err(("the check script did not report this edge".to_string(), -1)),
+    };
+    let mut f = mesh::finding(&edge, hop, ctx);
+    if f.ok {
+        f.message = format!("{}: key login as {}", edge.describe(), ctx.user);
+    }
+    f
+}
+
+/// [`BINARIES`] are there and of the server's major version (`expected`).
 fn binaries(topo: &Topology, node: &Node, facts: &Facts, expected: Option<&str>) -> Finding {
     let dir = topo.config.postgres.bin_dir.display();
     let here = subject(node);
@@ -420,11 +430,6 @@ fn binaries(topo: &Topology, node: &Node, facts: &Facts, expected: Option<&str>)
             ),
         );
     }
-    let majors: Vec<(String, Option<String>)> = facts
-        .binaries
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_deref().and_then(major_of)))
-        .collect();
     let Some(expected) = expected else {
         return Finding::pass(
             "binaries",
@@ -435,38 +440,47 @@ fn binaries(topo: &Topology, node: &Node, facts: &Facts, expected: Option<&str>)
             ),
         );
     };
-    let wrong: Vec<String> = majors
+    binary_versions(topo, node, facts, expected)
+}
+
+/// Every binary is PostgreSQL `expected`, as the server.
+fn binary_versions(topo: &Topology, node: &Node, facts: &Facts, expected: &str) -> Finding {
+    let dir = topo.config.postgres.bin_dir.display();
+    let wrong: Vec<String> = facts
+        .binaries
         .iter()
+        .map(|(n, v)| (n, v.as_deref().and_then(major_of)))
         .filter(|(_, m)| m.as_deref() != Some(expected))
         .map(|(n, m)| format!("{n} is {}", m.as_deref().unwrap_or("of unknown version")))
         .collect();
     if wrong.is_empty() {
-        Finding::pass(
+        return Finding::pass(
             "binaries",
-            &here,
+            &subject(node),
             format!(
                 "{} in {dir} are PostgreSQL {expected}, as the server",
                 BINARIES.join(", ")
             ),
-        )
-    } else {
-        Finding::fail(
-            "binaries",
-            &here,
-            format!(
-                "in {dir} on {}: {} but the server is PostgreSQL {expected} (pg_rewind and \
-                 pg_basebackup refuse other major versions)",
-                ssh_label(node),
-                wrong.join(", ")
-            ),
-            format!(
-                "set [postgres] bin_dir to /usr/lib/postgresql/{expected}/bin (Debian's layout) \
-                 or install PostgreSQL {expected} there"
-            ),
-        )
+        );
     }
+    Finding::fail(
+        "binaries",
+        &subject(node),
+        format!(
+            "in {dir} on {}: {} but the server is PostgreSQL {expected} (pg_rewind and \
+             pg_basebackup refuse other major versions)",
+            ssh_label(node),
+            wrong.join(", ")
+        ),
+        format!(
+            "set [postgres] bin_dir to /usr/lib/postgresql/{expected}/bin (Debian's layout) \
+             or install PostgreSQL {expected} there"
+        ),
+    )
 }
 
+/// The data directory: configured, there, owned by the ssh user, the one
+/// the server runs from, of the server's version (`expected`).
 fn data_dir(
     topo: &Topology,
     node: &Node,
@@ -474,12 +488,10 @@ fn data_dir(
     sql: Option<&SqlFacts>,
     expected: Option<&str>,
 ) -> Finding {
-    let here = subject(node);
-    let user = &topo.config.ssh.user;
     let Some(path) = node.data_dir.as_ref().map(|p| p.display().to_string()) else {
         return Finding::fail(
             "data_dir",
-            &here,
+            &subject(node),
             format!("{} has no data directory configured", node.label()),
             format!(
                 "set backend_data_directory{id} in pgpool.conf (or [nodes.{id}] data_directory in pgha.toml)",
@@ -487,97 +499,140 @@ fn data_dir(
             ),
         );
     };
-    let on = ssh_label(node);
+    let d = NodeDir::new("data_dir", node, path);
     let info = match &facts.data_dir {
         Some(Some(i)) => i,
-        Some(None) => {
-            return Finding::fail(
-                "data_dir",
-                &here,
-                format!("data directory {path} does not exist on {on}"),
-                format!(
-                    "fix backend_data_directory{} in pgpool.conf: the server's data_directory is {}",
-                    node.id,
-                    sql.map_or("shown by SHOW data_directory".into(), |s| s
-                        .state
-                        .data_directory
-                        .clone())
-                ),
-            );
-        }
-        None => {
-            return Finding::fail(
-                "data_dir",
-                &here,
-                format!("data directory {path} on {on}: the check script said nothing about it"),
-                "run pgha-check --verbose",
-            );
-        }
+        Some(None) => return d.missing(sql),
+        None => return d.not_reported("data directory"),
     };
-    if info.owner != *user {
-        return Finding::fail(
-            "data_dir",
-            &here,
-            format!(
-                "data directory {path} on {on} is owned by {}, but pgha runs pg_ctl and pg_rewind there as {user}",
-                info.owner
-            ),
-            format!(
-                "set [ssh] user to {} (the user the server runs as)",
-                info.owner
-            ),
-        );
+    d.wrong_owner(info, &topo.config.ssh.user)
+        .or_else(|| d.not_the_servers(sql))
+        .or_else(|| d.wrong_version(facts.pg_version.as_deref(), expected))
+        .unwrap_or_else(|| d.data_dir_ok(info, facts.pg_version.as_deref()))
+}
+
+/// A configured directory on a node (`data_dir`, `archive_dir`), and the
+/// words its findings use.
+struct NodeDir<'a> {
+    /// The finding's check.
+    check: &'static str,
+    node: &'a Node,
+    /// `ssh_label` of the node.
+    on: String,
+    path: String,
+}
+
+impl<'a> NodeDir<'a> {
+    fn new(check: &'static str, node: &'a Node, path: String) -> Self {
+        NodeDir {
+            check,
+            node,
+            on: ssh_label(node),
+            path,
+        }
     }
-    if let Some(s) = sql
-        && s.state.data_directory != path
-    {
-        return Finding::fail(
-            "data_dir",
-            &here,
+
+    fn fail(&self, message: String, fix: String) -> Finding {
+        Finding::fail(self.check, &subject(self.node), message, fix)
+    }
+
+    fn pass(&self, message: String) -> Finding {
+        Finding::pass(self.check, &subject(self.node), message)
+    }
+
+    /// The script should have said something about it (`what`), and did not.
+    fn not_reported(&self, what: &str) -> Finding {
+        self.fail(
             format!(
-                "pgpool.conf gives {path} as the data directory of {}, but the server runs from {}",
-                node.label(),
+                "{what} {} on {}: the check script said nothing about it",
+                self.path, self.on
+            ),
+            "run pgha-check --verbose".into(),
+        )
+    }
+}
+
+/// The data directory's decisions.
+impl NodeDir<'_> {
+    fn missing(&self, sql: Option<&SqlFacts>) -> Finding {
+        self.fail(
+            format!("data directory {} does not exist on {}", self.path, self.on),
+            format!(
+                "fix backend_data_directory{} in pgpool.conf: the server's data_directory is {}",
+                self.node.id,
+                sql.map_or("shown by SHOW data_directory".into(), |s| s
+                    .state
+                    .data_directory
+                    .clone())
+            ),
+        )
+    }
+
+    /// pgha runs `pg_ctl` and `pg_rewind` there as the ssh `user`.
+    fn wrong_owner(&self, info: &DirInfo, user: &str) -> Option<Finding> {
+        (info.owner != user).then(|| {
+            self.fail(
+                format!(
+                    "data directory {} on {} is owned by {}, but pgha runs pg_ctl and pg_rewind there as {user}",
+                    self.path, self.on, info.owner
+                ),
+                format!(
+                    "set [ssh] user to {} (the user the server runs as)",
+                    info.owner
+                ),
+            )
+        })
+    }
+
+    /// The server (`sql`) runs from another directory.
+    fn not_the_servers(&self, sql: Option<&SqlFacts>) -> Option<Finding> {
+        let s = sql.filter(|s| s.state.data_directory != self.path)?;
+        Some(self.fail(
+            format!(
+                "pgpool.conf gives {} as the data directory of {}, but the server runs from {}",
+                self.path,
+                self.node.label(),
                 s.state.data_directory
             ),
             format!(
                 "set backend_data_directory{} = '{}' in pgpool.conf",
-                node.id, s.state.data_directory
+                self.node.id, s.state.data_directory
             ),
-        );
+        ))
     }
-    if let (Some(v), Some(e)) = (&facts.pg_version, expected)
-        && v != e
-    {
-        return Finding::fail(
-            "data_dir",
-            &here,
-            format!("{path}/PG_VERSION on {on} says {v}, the server is PostgreSQL {e}"),
+
+    /// `PG_VERSION` there is not the running server's major version.
+    fn wrong_version(&self, pg_version: Option<&str>, expected: Option<&str>) -> Option<Finding> {
+        let (v, e) = pg_version.zip(expected).filter(|(v, e)| v != e)?;
+        Some(self.fail(
+            format!(
+                "{}/PG_VERSION on {} says {v}, the server is PostgreSQL {e}",
+                self.path, self.on
+            ),
             format!(
                 "point backend_data_directory{} at the data directory of the running server",
-                node.id
+                self.node.id
             ),
-        );
+        ))
     }
-    Finding::pass(
-        "data_dir",
-        &here,
-        format!(
-            "{path} on {on} exists, owned by {} (mode {:04o}){}",
+
+    fn data_dir_ok(&self, info: &DirInfo, pg_version: Option<&str>) -> Finding {
+        self.pass(format!(
+            "{} on {} exists, owned by {} (mode {:04o}){}",
+            self.path,
+            self.on,
             info.owner,
             info.mode,
-            facts
-                .pg_version
-                .as_deref()
+            pg_version
                 .map(|v| format!(", PostgreSQL {v}"))
                 .unwrap_or_default()
-        ),
-    )
+        ))
+    }
 }
 
+/// The archive directory, when `[postgres] archive_dir` is set: a
+/// directory the ssh user can write, with room left.
 fn archive_dir(topo: &Topology, node: &Node, facts: &Facts) -> Finding {
-    let here = subject(node);
-    let user = &topo.config.ssh.user;
-    let on = ssh_label(node);
     let Some(path) = topo
         .config
         .postgres
@@ -587,86 +642,91 @@ fn archive_dir(topo: &Topology, node: &Node, facts: &Facts) -> Finding {
     else {
         return Finding::pass(
             "archive_dir",
-            &here,
+            &subject(node),
             "no [postgres] archive_dir configured: standbys get history files over streaming replication",
         );
     };
-    let create = format!(
-        "on {on} as root: install -d -o {user} -g {user} -m 0700 {}",
-        quote(&path)
-    );
+    let a = NodeDir::new("archive_dir", node, path);
+    let user = &topo.config.ssh.user;
     match &facts.archive {
-        None => Finding::fail(
-            "archive_dir",
-            &here,
-            format!("archive directory {path} on {on}: the check script said nothing about it"),
-            "run pgha-check --verbose",
+        None => a.not_reported("archive directory"),
+        Some(Archive::Missing) => a.fail(
+            format!("archive directory {} does not exist on {}", a.path, a.on),
+            a.create_archive(user),
         ),
-        Some(Archive::Missing) => Finding::fail(
-            "archive_dir",
-            &here,
-            format!("archive directory {path} does not exist on {on}"),
-            create,
-        ),
-        Some(Archive::NotDir) => Finding::fail(
-            "archive_dir",
-            &here,
-            format!("archive directory {path} on {on} is not a directory"),
-            format!("on {on}: move it away, then {create}"),
+        Some(Archive::NotDir) => a.fail(
+            format!(
+                "archive directory {} on {} is not a directory",
+                a.path, a.on
+            ),
+            format!("on {}: move it away, then {}", a.on, a.create_archive(user)),
         ),
         Some(Archive::Dir {
             info,
             write_error,
             avail_kib,
-        }) => {
-            let owned = info
-                .as_ref()
-                .map(|i| format!("owner {}, mode {:04o}", i.owner, i.mode))
-                .unwrap_or_else(|| "owner unknown".into());
-            if let Some(e) = write_error {
-                return Finding::fail(
-                    "archive_dir",
-                    &here,
-                    format!(
-                        "archive directory {path} on {on} is not writable by {user} ({owned}): {e}"
-                    ),
-                    format!(
-                        "on {on} as root: chown {user}:{user} {q} && chmod 0700 {q}",
-                        q = quote(&path)
-                    ),
-                );
-            }
-            let free = avail_kib.map(|k| k.saturating_mul(1024));
-            if let Some(b) = free
-                && b < MIN_ARCHIVE_FREE_BYTES
-            {
-                return Finding::fail(
-                    "archive_dir",
-                    &here,
-                    format!(
-                        "archive directory {path} on {on} has {} free, less than {}",
-                        human(b),
-                        human(MIN_ARCHIVE_FREE_BYTES)
-                    ),
-                    format!(
-                        "free space on {on} (remove WAL no standby needs, e.g. with pg_archivecleanup) or move the archive to a larger file system"
-                    ),
-                );
-            }
-            Finding::pass(
-                "archive_dir",
-                &here,
+        }) => a.archive(user, info.as_ref(), write_error.as_deref(), *avail_kib),
+    }
+}
+
+/// The archive directory's decisions; `user` (`[ssh] user`) writes there.
+impl NodeDir<'_> {
+    /// The command that creates it right.
+    fn create_archive(&self, user: &str) -> String {
+        format!(
+            "on {} as root: install -d -o {user} -g {user} -m 0700 {}",
+            self.on,
+            quote(&self.path)
+        )
+    }
+
+    /// It is a directory: writable, with room left.
+    fn archive(
+        &self,
+        user: &str,
+        info: Option<&DirInfo>,
+        write_error: Option<&str>,
+        avail_kib: Option<u64>,
+    ) -> Finding {
+        let (path, on) = (&self.path, &self.on);
+        let owned = info
+            .map(|i| format!("owner {}, mode {:04o}", i.owner, i.mode))
+            .unwrap_or_else(|| "owner unknown".into());
+        if let Some(e) = write_error {
+            return self.fail(
                 format!(
-                    "{path} on {on} is writable by {user} ({owned}), {} free",
-                    free.map(human).unwrap_or_else(|| "unknown".into())
+                    "archive directory {path} on {on} is not writable by {user} ({owned}): {e}"
                 ),
-            )
+                format!(
+                    "on {on} as root: chown {user}:{user} {q} && chmod 0700 {q}",
+                    q = quote(path)
+                ),
+            );
         }
+        let free = avail_kib.map(|k| k.saturating_mul(1024));
+        if let Some(b) = free
+            && b < MIN_ARCHIVE_FREE_BYTES
+        {
+            return self.fail(
+                format!(
+                    "archive directory {path} on {on} has {} free, less than {}",
+                    human(b),
+                    human(MIN_ARCHIVE_FREE_BYTES)
+                ),
+                format!(
+                    "free space on {on} (remove WAL no standby needs, e.g. with pg_archivecleanup) or move the archive to a larger file system"
+                ),
+            );
+        }
+        self.pass(format!(
+            "{path} on {on} is writable by {user} ({owned}), {} free",
+            free.map(human).unwrap_or_else(|| "unknown".into())
+        ))
     }
 }
 
 /// Bytes in binary units with one decimal (`1.5 GiB`).
-pub fn human(b: u64) -> String {
+fn human(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;

@@ -40,7 +40,7 @@ const PLACEHOLDERS: [(&str, &str); 12] = [
 ];
 
 /// A command line with pgpool's placeholders filled in with sample values.
-pub fn substitute(cmd: &str) -> String {
+fn substitute(cmd: &str) -> String {
     let mut out = String::with_capacity(cmd.len());
     let mut rest = cmd;
     while let Some(i) = rest.find('%') {
@@ -64,7 +64,7 @@ pub fn substitute(cmd: &str) -> String {
 /// Split a command line into words as `sh` would for a simple command:
 /// single and double quotes, backslash escapes. `None` for anything that
 /// needs a real shell (pipes, `;`, `&&`, redirections, `$`).
-pub fn shell_words(s: &str) -> Option<Vec<String>> {
+fn shell_words(s: &str) -> Option<Vec<String>> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -160,16 +160,12 @@ fn command(
     parse: impl Fn(&[String]) -> Result<(), String>,
 ) -> Finding {
     let value = conf.get(key).unwrap_or("").trim();
-    let at = match conf.line_of(key) {
-        Some(l) => format!("{}:{l}", conf.path.display()),
-        None => conf.path.display().to_string(),
-    };
+    let at = at(conf, key);
     let fix = format!("set {key} = '{example}' in {}", conf.path.display());
+    let fail = |message: String, fix: String| Finding::fail(key, "pgpool", message, fix);
     if value.is_empty() {
         return if required {
-            Finding::fail(
-                key,
-                "pgpool",
+            fail(
                 format!("{key} is empty ({at}): pgpool will never run {binary}"),
                 fix,
             )
@@ -182,37 +178,29 @@ fn command(
         };
     }
     let Some(words) = shell_words(&substitute(value)) else {
-        return Finding::fail(
-            key,
-            "pgpool",
+        return fail(
             format!("{key} = '{value}' ({at}) is a shell pipeline, not a plain call of {binary}"),
             fix,
         );
     };
     let Some((i, prog)) = program(&words) else {
-        return Finding::fail(key, "pgpool", format!("{key} ({at}) runs nothing"), fix);
+        return fail(format!("{key} ({at}) runs nothing"), fix);
     };
     let base = prog.rsplit('/').next().unwrap_or(prog);
     if base != binary {
-        return Finding::fail(
-            key,
-            "pgpool",
+        return fail(
             format!("{key} = '{value}' ({at}) runs {prog}, not {binary}"),
             fix,
         );
     }
     let Some(path) = locate(prog) else {
-        return Finding::fail(
-            key,
-            "pgpool",
+        return fail(
             format!("{key} ({at}) runs {prog}, which is not an executable file on this host"),
             format!("install pgha on this host (it provides /usr/bin/{binary}), or {fix}"),
         );
     };
     if let Err(e) = parse(&words[i..]) {
-        return Finding::fail(
-            key,
-            "pgpool",
+        return fail(
             format!("{key} = '{value}' ({at}): {binary} would refuse its arguments: {e}"),
             fix,
         );
@@ -224,6 +212,14 @@ fn command(
     )
 }
 
+/// Where `key` is set: `pgpool.conf:LINE`, or the file when it is not.
+fn at(conf: &PgpoolConf, key: &str) -> String {
+    match conf.line_of(key) {
+        Some(l) => format!("{}:{l}", conf.path.display()),
+        None => conf.path.display().to_string(),
+    }
+}
+
 /// A `failover_command` that does not pass `%P` leaves pgha to infer the
 /// old primary from the survivors (`%m` and `%M` are only the lowest live
 /// node ids), and it refuses when they cannot tell: fail it.
@@ -232,10 +228,7 @@ fn needs_old_primary(conf: &PgpoolConf, f: Finding) -> Finding {
     if !f.ok || value.contains("%P") {
         return f;
     }
-    let at = match conf.line_of("failover_command") {
-        Some(l) => format!("{}:{l}", conf.path.display()),
-        None => conf.path.display().to_string(),
-    };
+    let at = at(conf, "failover_command");
     Finding::fail(
         "failover_command",
         "pgpool",
@@ -260,7 +253,7 @@ fn clap_error(e: clap::Error) -> String {
 }
 
 /// `failover_command` and `follow_primary_command`.
-pub fn commands(topo: &Topology) -> Vec<Finding> {
+pub(crate) fn commands(topo: &Topology) -> Vec<Finding> {
     vec![
         needs_old_primary(
             &topo.pgpool,
@@ -301,7 +294,7 @@ fn is_on(v: Option<&str>) -> bool {
 
 /// The number of pgpool nodes a watchdog setting describes: `hostnameN`
 /// (pgpool 4.2 and later), else this node plus `other_pgpool_hostnameN`.
-pub fn watchdog_nodes(conf: &PgpoolConf) -> usize {
+fn watchdog_nodes(conf: &PgpoolConf) -> usize {
     let count = |prefix: &str| {
         (0..128)
             .filter(|i| {
@@ -320,7 +313,7 @@ pub fn watchdog_nodes(conf: &PgpoolConf) -> usize {
 /// `enable_consensus_with_half_votes = on`, or
 /// `failover_when_quorum_exists = off`, lets two halves fail over each on
 /// their own.
-pub fn watchdog(conf: &PgpoolConf) -> Finding {
+pub(crate) fn watchdog(conf: &PgpoolConf) -> Finding {
     if !is_on(conf.get("use_watchdog")) {
         return Finding::pass(
             "watchdog",
@@ -366,7 +359,7 @@ pub fn watchdog(conf: &PgpoolConf) -> Finding {
 }
 
 /// Exactly one primary among the nodes that answered.
-pub fn primary(sql: &[(Node, Result<SqlFacts, String>)]) -> Finding {
+pub(crate) fn primary(sql: &[(Node, Result<SqlFacts, String>)]) -> Finding {
     let primaries: Vec<&Node> = sql
         .iter()
         .filter(|(_, f)| f.as_ref().is_ok_and(|f| !f.state.in_recovery))
@@ -396,7 +389,7 @@ pub fn primary(sql: &[(Node, Result<SqlFacts, String>)]) -> Finding {
 
 /// The `application_name` a standby's walreceiver uses: `application_name`
 /// of its `primary_conninfo`, else `cluster_name`, else `walreceiver`.
-pub fn effective_application_name(facts: &SqlFacts) -> String {
+fn effective_application_name(facts: &SqlFacts) -> String {
     if let Some(a) = facts
         .state
         .primary_conninfo
@@ -416,37 +409,17 @@ pub fn effective_application_name(facts: &SqlFacts) -> String {
 }
 
 /// For a standby: it streams from the primary as `backend_application_nameN`.
-pub fn application_name(node: &Node, sql: &[(Node, Result<SqlFacts, String>)]) -> Option<Finding> {
+pub(crate) fn application_name(
+    node: &Node,
+    sql: &[(Node, Result<SqlFacts, String>)],
+) -> Option<Finding> {
     let facts = sql.iter().find(|(n, _)| n.id == node.id)?.1.as_ref().ok()?;
     if !facts.state.in_recovery {
         return None;
     }
-    let here = subject(node);
     let name = effective_application_name(facts);
-    let key = format!("backend_application_name{}", node.id);
-    match &node.application_name {
-        None => {
-            return Some(Finding::fail(
-                "application_name",
-                &here,
-                format!("{key} is not set; {} streams as '{name}'", node.label()),
-                format!("set {key} = '{name}' in pgpool.conf"),
-            ));
-        }
-        Some(a) if *a != name => {
-            return Some(Finding::fail(
-                "application_name",
-                &here,
-                format!(
-                    "{key} = '{a}', but {} streams as '{name}': pgpool cannot see its replication state",
-                    node.label()
-                ),
-                format!(
-                    "set {key} = '{name}' in pgpool.conf, or application_name={a} in the standby's primary_conninfo"
-                ),
-            ));
-        }
-        Some(_) => {}
+    if let Some(f) = unnamed_in_pgpool(node, &name) {
+        return Some(f);
     }
     let primary = sql
         .iter()
@@ -455,7 +428,7 @@ pub fn application_name(node: &Node, sql: &[(Node, Result<SqlFacts, String>)]) -
     let Some((pn, pf)) = primary else {
         return Some(Finding::fail(
             "application_name",
-            &here,
+            &subject(node),
             format!(
                 "{} streams as '{name}', but there is no primary to stream from",
                 node.label()
@@ -463,13 +436,49 @@ pub fn application_name(node: &Node, sql: &[(Node, Result<SqlFacts, String>)]) -
             "see check primary",
         ));
     };
+    Some(streams_from(node, &name, pn, pf))
+}
+
+/// `backend_application_nameN` is not the `name` the standby streams as.
+fn unnamed_in_pgpool(node: &Node, name: &str) -> Option<Finding> {
+    let key = format!("backend_application_name{}", node.id);
+    let fail = |message: String, fix: String| {
+        Some(Finding::fail(
+            "application_name",
+            &subject(node),
+            message,
+            fix,
+        ))
+    };
+    match &node.application_name {
+        None => fail(
+            format!("{key} is not set; {} streams as '{name}'", node.label()),
+            format!("set {key} = '{name}' in pgpool.conf"),
+        ),
+        Some(a) if *a != name => fail(
+            format!(
+                "{key} = '{a}', but {} streams as '{name}': pgpool cannot see its replication state",
+                node.label()
+            ),
+            format!(
+                "set {key} = '{name}' in pgpool.conf, or application_name={a} in the standby's primary_conninfo"
+            ),
+        ),
+        Some(_) => None,
+    }
+}
+
+/// The primary `pn` (`pf`) lists the standby `node`, as `name`, streaming.
+fn streams_from(node: &Node, name: &str, pn: &Node, pf: &SqlFacts) -> Finding {
+    let here = subject(node);
+    let key = format!("backend_application_name{}", node.id);
     match pf
         .state
         .replicas
         .iter()
         .find(|r| r.application_name == name)
     {
-        Some(r) if r.state == "streaming" => Some(Finding::pass(
+        Some(r) if r.state == "streaming" => Finding::pass(
             "application_name",
             &here,
             format!(
@@ -478,8 +487,8 @@ pub fn application_name(node: &Node, sql: &[(Node, Result<SqlFacts, String>)]) -
                 pn.label(),
                 r.sync_state
             ),
-        )),
-        Some(r) => Some(Finding::fail(
+        ),
+        Some(r) => Finding::fail(
             "application_name",
             &here,
             format!(
@@ -492,8 +501,8 @@ pub fn application_name(node: &Node, sql: &[(Node, Result<SqlFacts, String>)]) -
                 "wait for it to catch up, or look at the server log of {}",
                 node.label()
             ),
-        )),
-        None => Some(Finding::fail(
+        ),
+        None => Finding::fail(
             "application_name",
             &here,
             format!(
@@ -506,7 +515,7 @@ pub fn application_name(node: &Node, sql: &[(Node, Result<SqlFacts, String>)]) -
                 node.label(),
                 node.id
             ),
-        )),
+        ),
     }
 }
 

@@ -14,13 +14,11 @@
 //!   fatal and shuts the standby down (and restarts the archiver for
 //!   `archive_command`). Such commands need `|| exit 1`.
 
-use std::collections::BTreeMap;
-
 use super::{Finding, SqlFacts, subject};
 use crate::cluster::{Node, Topology};
 
 /// The settings read from every node.
-pub const NAMES: [&str; 12] = [
+pub(crate) const NAMES: [&str; 12] = [
     "wal_level",
     "hot_standby",
     "max_wal_senders",
@@ -36,10 +34,10 @@ pub const NAMES: [&str; 12] = [
 ];
 
 /// A decision: `Ok(what was found)` or `Err((what is wrong, the fix))`.
-pub type Verdict = Result<String, (String, String)>;
+type Verdict = Result<String, (String, String)>;
 
 /// `wal_level` must be `replica` (or `logical`, which includes it).
-pub fn wal_level(v: &str) -> Verdict {
+fn wal_level(v: &str) -> Verdict {
     match v {
         "replica" | "logical" => Ok(format!("wal_level = {v}")),
         other => Err((
@@ -53,7 +51,7 @@ pub fn wal_level(v: &str) -> Verdict {
 
 /// `hot_standby` must be on: pgpool health-checks the standbys and pgha
 /// observes them over SQL.
-pub fn hot_standby(v: &str) -> Verdict {
+fn hot_standby(v: &str) -> Verdict {
     if is_on(v) {
         Ok("hot_standby = on".into())
     } else {
@@ -66,7 +64,7 @@ pub fn hot_standby(v: &str) -> Verdict {
 
 /// Whichever node becomes primary serves every other node: `max_wal_senders`
 /// at least the number of nodes minus one.
-pub fn max_wal_senders(v: &str, nodes: usize) -> Verdict {
+fn max_wal_senders(v: &str, nodes: usize) -> Verdict {
     let need = nodes.saturating_sub(1).max(1);
     match v.parse::<usize>() {
         Ok(n) if n >= need => Ok(format!("max_wal_senders = {n} (at least {need} needed)")),
@@ -87,7 +85,7 @@ pub fn max_wal_senders(v: &str, nodes: usize) -> Verdict {
 /// `pg_rewind` needs `wal_log_hints = on` or data checksums, and
 /// `full_page_writes = on`; without them an old primary can only rejoin by
 /// a full `pg_basebackup`.
-pub fn rewind(wal_log_hints: bool, data_checksums: bool, full_page_writes: bool) -> Verdict {
+fn rewind(wal_log_hints: bool, data_checksums: bool, full_page_writes: bool) -> Verdict {
     let hints = if wal_log_hints { "on" } else { "off" };
     let sums = if data_checksums { "on" } else { "off" };
     if !full_page_writes {
@@ -120,7 +118,7 @@ pub fn rewind(wal_log_hints: bool, data_checksums: bool, full_page_writes: bool)
 /// With `[postgres] archive_dir` configured, archiving must be on and have a
 /// command; an `archive_mode` without command fills `pg_wal` until the
 /// primary stops.
-pub fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&str>) -> Verdict {
+fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&str>) -> Verdict {
     let mode_on = matches!(archive_mode, "on" | "always");
     match (archive_dir, mode_on, archive_command.trim().is_empty()) {
         (_, true, true) => Err((
@@ -149,7 +147,7 @@ pub fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&s
 
 /// The `ssh`-like program in `cmd` (`ssh`, `scp`, `rsync`, `sftp`), as a
 /// command word or a path ending in it.
-pub fn remote_tool(cmd: &str) -> Option<&'static str> {
+fn remote_tool(cmd: &str) -> Option<&'static str> {
     const TOOLS: [&str; 4] = ["ssh", "scp", "rsync", "sftp"];
     cmd.split(|c: char| c.is_whitespace() || ";|&()`'\"{}$".contains(c))
         .filter(|w| !w.is_empty())
@@ -162,7 +160,7 @@ pub fn remote_tool(cmd: &str) -> Option<&'static str> {
 
 /// Whether `cmd` ends in `|| exit N` (1 <= N <= 125) or `|| false`, so that
 /// a failing remote copy is reported as an ordinary failure.
-pub fn guarded(cmd: &str) -> bool {
+fn guarded(cmd: &str) -> bool {
     let Some((_, rest)) = cmd.rsplit_once("||") else {
         return false;
     };
@@ -182,9 +180,30 @@ pub fn guarded(cmd: &str) -> bool {
     }
 }
 
-/// `archive_command` or `restore_command` (`name`): flagged when it runs an
+/// A command PostgreSQL runs for WAL, whose exit status above 125 it
+/// takes as fatal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WalCommand {
+    /// `archive_command`: the archiver restarts.
+    Archive,
+    /// `restore_command`: the standby shuts down.
+    Restore,
+}
+
+impl WalCommand {
+    /// The setting's name.
+    fn name(self) -> &'static str {
+        match self {
+            WalCommand::Archive => "archive_command",
+            WalCommand::Restore => "restore_command",
+        }
+    }
+}
+
+/// `archive_command` or `restore_command` (`which`): flagged when it runs an
 /// ssh-like program without `|| exit 1`.
-pub fn command_safety(name: &str, cmd: &str) -> Verdict {
+fn command_safety(which: WalCommand, cmd: &str) -> Verdict {
+    let name = which.name();
     let cmd = cmd.trim();
     if cmd.is_empty() {
         return Ok(format!("{name} not set"));
@@ -195,10 +214,11 @@ pub fn command_safety(name: &str, cmd: &str) -> Verdict {
     if guarded(cmd) {
         return Ok(format!("{name} runs {tool}, protected by `|| exit 1`"));
     }
-    let consequence = if name == "restore_command" {
-        "PostgreSQL takes that as fatal and shuts the standby down"
-    } else {
-        "PostgreSQL takes that as fatal and restarts the archiver, over and over"
+    let consequence = match which {
+        WalCommand::Restore => "PostgreSQL takes that as fatal and shuts the standby down",
+        WalCommand::Archive => {
+            "PostgreSQL takes that as fatal and restarts the archiver, over and over"
+        }
     };
     let fixed = if cmd.contains(';') {
         format!("{{ {cmd}; }} || exit 1")
@@ -217,7 +237,7 @@ pub fn command_safety(name: &str, cmd: &str) -> Verdict {
 }
 
 /// With `[failover] replication_slots`, every node needs a slot per standby.
-pub fn replication_slots(v: &str, nodes: usize) -> Verdict {
+fn replication_slots(v: &str, nodes: usize) -> Verdict {
     let need = nodes.saturating_sub(1);
     match v.parse::<usize>() {
         Ok(n) if n >= need => Ok(format!(
@@ -238,7 +258,7 @@ fn is_on(v: &str) -> bool {
 /// when it was given a password): replication works, but the password sits
 /// in `postgresql.auto.conf`, in `pg_settings` for every superuser and in
 /// any log that quotes the setting. `None` when there is none.
-pub fn conninfo_password(primary_conninfo: Option<&str>) -> Option<(String, String)> {
+fn conninfo_password(primary_conninfo: Option<&str>) -> Option<(String, String)> {
     let c = primary_conninfo.filter(|c| crate::text::has_password(c))?;
     Some((
         format!(
@@ -256,7 +276,7 @@ pub fn conninfo_password(primary_conninfo: Option<&str>) -> Option<(String, Stri
 /// one still naming another backend (the old primary, after a failover
 /// the classic recipe's scripts never repointed) can never catch up once
 /// its upstream has recycled the WAL it needs.
-pub fn restore_source(
+fn restore_source(
     restore_command: &str,
     nodes: &[Node],
     upstream: Option<&Node>,
@@ -287,7 +307,11 @@ pub fn restore_source(
 }
 
 /// The settings findings of one node.
-pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) -> Vec<Finding> {
+pub(crate) fn findings(
+    topo: &Topology,
+    node: &Node,
+    facts: &Result<SqlFacts, String>,
+) -> Vec<Finding> {
     let here = subject(node);
     let f = match facts {
         Ok(f) => f,
@@ -303,14 +327,38 @@ pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) 
             )];
         }
     };
-    let s: &BTreeMap<String, String> = &f.settings;
-    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
-    let mut verdicts: Vec<(&str, Verdict)> = vec![
+    let mut out: Vec<Finding> = verdicts(topo, f)
+        .into_iter()
+        .map(|(check, v)| match v {
+            Ok(m) => Finding::pass(check, &here, format!("{}: {m}", node.label())),
+            Err((m, fix)) => Finding::fail(check, &here, format!("{}: {m}", node.label()), fix),
+        })
+        .collect();
+    // A warning, not a failure: failover works, the secret is exposed.
+    if let Some((m, fix)) = conninfo_password(f.state.primary_conninfo.as_deref()) {
+        let mut w = Finding::pass("primary_conninfo", &here, format!("{}: {m}", node.label()));
+        w.fix = Some(fix);
+        out.push(w);
+    }
+    out
+}
+
+/// Every decision about one node's settings, by check name.
+fn verdicts(topo: &Topology, f: &SqlFacts) -> Vec<(&'static str, Verdict)> {
+    let get = |k: &str| f.settings.get(k).map(String::as_str).unwrap_or("");
+    let nodes = topo.nodes.len();
+    let archive_dir = topo
+        .config
+        .postgres
+        .archive_dir
+        .as_ref()
+        .and_then(|p| p.to_str());
+    let mut verdicts = vec![
         ("wal_level", wal_level(get("wal_level"))),
         ("hot_standby", hot_standby(get("hot_standby"))),
         (
             "max_wal_senders",
-            max_wal_senders(get("max_wal_senders"), topo.nodes.len()),
+            max_wal_senders(get("max_wal_senders"), nodes),
         ),
         (
             "rewind",
@@ -322,23 +370,15 @@ pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) 
         ),
         (
             "archive_mode",
-            archive(
-                get("archive_mode"),
-                get("archive_command"),
-                topo.config
-                    .postgres
-                    .archive_dir
-                    .as_ref()
-                    .and_then(|p| p.to_str()),
-            ),
+            archive(get("archive_mode"), get("archive_command"), archive_dir),
         ),
         (
             "archive_command",
-            command_safety("archive_command", get("archive_command")),
+            command_safety(WalCommand::Archive, get("archive_command")),
         ),
         (
             "restore_command",
-            command_safety("restore_command", get("restore_command")),
+            command_safety(WalCommand::Restore, get("restore_command")),
         ),
     ];
     if f.state.in_recovery {
@@ -357,23 +397,10 @@ pub fn findings(topo: &Topology, node: &Node, facts: &Result<SqlFacts, String>) 
     if topo.config.failover.replication_slots {
         verdicts.push((
             "replication_slots",
-            replication_slots(get("max_replication_slots"), topo.nodes.len()),
+            replication_slots(get("max_replication_slots"), nodes),
         ));
     }
-    let mut out: Vec<Finding> = verdicts
-        .into_iter()
-        .map(|(check, v)| match v {
-            Ok(m) => Finding::pass(check, &here, format!("{}: {m}", node.label())),
-            Err((m, fix)) => Finding::fail(check, &here, format!("{}: {m}", node.label()), fix),
-        })
-        .collect();
-    // A warning, not a failure: failover works, the secret is exposed.
-    if let Some((m, fix)) = conninfo_password(f.state.primary_conninfo.as_deref()) {
-        let mut w = Finding::pass("primary_conninfo", &here, format!("{}: {m}", node.label()));
-        w.fix = Some(fix);
-        out.push(w);
-    }
-    out
+    verdicts
 }
 
 #[cfg(test)]
@@ -490,44 +517,52 @@ mod tests {
 
     #[test]
     fn remote_copies_need_exit_1() {
-        let (m, fix) = command_safety("restore_command", "scp pg1:/archive/%f %p").unwrap_err();
+        let (m, fix) = command_safety(WalCommand::Restore, "scp pg1:/archive/%f %p").unwrap_err();
         assert!(m.contains("runs scp, which exits with 255"), "{m}");
         assert!(m.contains("shuts the standby down"), "{m}");
         assert_eq!(
             fix,
             "end it with `|| exit 1`: restore_command = 'scp pg1:/archive/%f %p || exit 1', then reload"
         );
-        assert!(command_safety("restore_command", "scp pg1:/a/%f %p || exit 1").is_ok());
+        assert!(command_safety(WalCommand::Restore, "scp pg1:/a/%f %p || exit 1").is_ok());
         assert!(
-            command_safety("restore_command", "/usr/bin/rsync -a pg1:/a/%f %p||exit 1").is_ok()
+            command_safety(
+                WalCommand::Restore,
+                "/usr/bin/rsync -a pg1:/a/%f %p||exit 1"
+            )
+            .is_ok()
         );
-        assert!(command_safety("restore_command", "scp pg1:/a/%f %p || false").is_ok());
-        assert!(command_safety("restore_command", "sh -c 'scp a %p || exit 1'").is_ok());
+        assert!(command_safety(WalCommand::Restore, "scp pg1:/a/%f %p || false").is_ok());
+        assert!(command_safety(WalCommand::Restore, "sh -c 'scp a %p || exit 1'").is_ok());
         // Exit codes above 125 are as fatal as 255; `|| true` lies.
-        assert!(command_safety("restore_command", "scp a %p || exit 255").is_err());
-        assert!(command_safety("restore_command", "scp a %p || true").is_err());
-        assert!(command_safety("restore_command", "scp a %p || exit").is_err());
+        assert!(command_safety(WalCommand::Restore, "scp a %p || exit 255").is_err());
+        assert!(command_safety(WalCommand::Restore, "scp a %p || true").is_err());
+        assert!(command_safety(WalCommand::Restore, "scp a %p || exit").is_err());
         // The guard must be at the end: an earlier `||` protects nothing.
         assert!(
-            command_safety("archive_command", "test -f x || exit 1; ssh h cat > /a/%f").is_err()
+            command_safety(
+                WalCommand::Archive,
+                "test -f x || exit 1; ssh h cat > /a/%f"
+            )
+            .is_err()
         );
         let (_, fix) =
-            command_safety("archive_command", "test ! -f /a/%f; scp %p h:/a/%f").unwrap_err();
+            command_safety(WalCommand::Archive, "test ! -f /a/%f; scp %p h:/a/%f").unwrap_err();
         assert!(
             fix.contains("'{ test ! -f /a/%f; scp %p h:/a/%f; } || exit 1'"),
             "{fix}"
         );
         // Local copies and scripts without remote tools are fine; names
         // merely containing a tool's letters are not tools.
-        assert!(command_safety("archive_command", "test ! -f /a/%f && cp %p /a/%f").is_ok());
-        assert!(command_safety("archive_command", "/usr/local/bin/sshelper %p").is_ok());
+        assert!(command_safety(WalCommand::Archive, "test ! -f /a/%f && cp %p /a/%f").is_ok());
+        assert!(command_safety(WalCommand::Archive, "/usr/local/bin/sshelper %p").is_ok());
         assert!(
-            command_safety("restore_command", "")
+            command_safety(WalCommand::Restore, "")
                 .unwrap()
                 .contains("not set")
         );
         // Quotes in the command are doubled in the suggested setting.
-        let (_, fix) = command_safety("restore_command", "ssh h 'cat /a/%f' > %p").unwrap_err();
+        let (_, fix) = command_safety(WalCommand::Restore, "ssh h 'cat /a/%f' > %p").unwrap_err();
         assert!(fix.contains("ssh h ''cat /a/%f'' > %p || exit 1"), "{fix}");
         assert_eq!(remote_tool("env X=1 /usr/bin/ssh -q h"), Some("ssh"));
         assert_eq!(remote_tool("$(which scp) a b"), Some("scp"));

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::cluster::{self, Node, Observed, Topology};
-use crate::config::parse_duration;
 use crate::error::{Error, Result};
 use crate::pgpool::pcp::{NodeInfo, PcpClient};
 use crate::postgres::{Lsn, NodeState};
@@ -21,66 +20,91 @@ use crate::report::Summary;
 use crate::state::{self, Run};
 
 /// How many runs of the journal the status shows.
-pub const RUNS_SHOWN: usize = 8;
+const RUNS_SHOWN: usize = 8;
 
 /// The whole status, as `--json` prints it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     /// When it was taken (UTC).
-    pub taken_at: String,
+    taken_at: String,
     /// How long it took.
-    pub took_ms: u64,
+    took_ms: u64,
     /// The current primary: on the newest timeline, alone there.
-    pub primary: Option<u32>,
+    primary: Option<u32>,
     /// Why pgpool's view is missing, when PCP did not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pcp_error: Option<String>,
-    pub nodes: Vec<Row>,
+    pcp_error: Option<String>,
+    pub(crate) nodes: Vec<Row>,
     /// Number of nodes with a problem.
-    pub problems: usize,
+    problems: usize,
     /// The last runs of pgha, newest last.
-    pub runs: Vec<Run>,
+    runs: Vec<Run>,
 }
 
 /// One backend.
 #[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    pub id: u32,
+pub(crate) struct Row {
+    pub(crate) id: u32,
     /// `host:port` pgpool and pgha connect to.
-    pub address: String,
+    pub(crate) address: String,
     /// pgpool's status (`up`, `waiting`, `down`, `quarantine`).
-    pub pgpool_status: Option<String>,
+    pub(crate) pgpool_status: Option<String>,
     /// pgpool's role (`primary`, `standby`).
-    pub pgpool_role: Option<String>,
-    /// What PostgreSQL says: `primary`, `standby`, `down` (no answer) or
-    /// `unknown` (answers, but pgha cannot log in).
-    pub role: String,
-    pub timeline: Option<u32>,
-    pub current_lsn: Option<Lsn>,
-    pub receive_lsn: Option<Lsn>,
-    pub replay_lsn: Option<Lsn>,
+    pgpool_role: Option<String>,
+    /// What PostgreSQL says.
+    pub(crate) role: Role,
+    pub(crate) timeline: Option<u32>,
+    current_lsn: Option<Lsn>,
+    receive_lsn: Option<Lsn>,
+    replay_lsn: Option<Lsn>,
     /// Bytes of WAL the standby has not received from the primary.
-    pub lag_bytes: Option<u64>,
+    pub(crate) lag_bytes: Option<u64>,
     /// `pg_stat_replication.replay_lag` on the primary, in seconds.
-    pub lag_seconds: Option<f64>,
+    pub(crate) lag_seconds: Option<f64>,
     /// The node it streams from.
-    pub upstream: Option<u32>,
+    upstream: Option<u32>,
     /// `pg_stat_replication.sync_state` on the primary.
-    pub sync_state: Option<String>,
+    sync_state: Option<String>,
     /// Whether pgha reaches it over ssh (`true` on it).
-    pub ssh: Option<bool>,
+    ssh: Option<bool>,
     /// Why PostgreSQL did not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    error: Option<String>,
     /// What is wrong, `None` when nothing is.
-    pub problem: Option<String>,
+    pub(crate) problem: Option<String>,
     /// The command (or action) that fixes it.
-    pub fix: Option<String>,
+    fix: Option<String>,
+}
+
+/// What PostgreSQL says a node is, as `--json` and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    Primary,
+    Standby,
+    /// No answer.
+    Down,
+    /// Answers, but pgha cannot log in.
+    Unknown,
+}
+
+impl Role {
+    /// Every role, in the order the metrics list them.
+    pub(crate) const ALL: [Role; 4] = [Role::Primary, Role::Standby, Role::Down, Role::Unknown];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+            Role::Down => "down",
+            Role::Unknown => "unknown",
+        }
+    }
 }
 
 /// PostgreSQL's view of a node, reduced to what [`advise`] needs.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Pg {
+enum Pg {
     Primary {
         timeline: u32,
     },
@@ -95,20 +119,31 @@ pub enum Pg {
     Silent,
 }
 
+impl Pg {
+    fn role(&self) -> Role {
+        match self {
+            Pg::Primary { .. } => Role::Primary,
+            Pg::Standby { .. } => Role::Standby,
+            Pg::Answers => Role::Unknown,
+            Pg::Silent => Role::Down,
+        }
+    }
+}
+
 /// One node's facts for [`advise`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Facts {
-    pub id: u32,
-    pub pg: Pg,
+struct Facts {
+    id: u32,
+    pg: Pg,
     /// Attached in pgpool; `None` when PCP did not answer.
-    pub attached: Option<bool>,
+    attached: Option<bool>,
     /// Reached over ssh; `None` when not probed.
-    pub ssh: Option<bool>,
+    ssh: Option<bool>,
 }
 
 /// The primaries seen.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Primary {
+enum Primary {
     None,
     /// `(id, timeline)` of the one primary on the newest timeline.
     One(u32, u32),
@@ -117,7 +152,7 @@ pub enum Primary {
 }
 
 /// The current primary among `facts`: the one on the newest timeline.
-pub fn primary_of(facts: &[Facts]) -> Primary {
+fn primary_of(facts: &[Facts]) -> Primary {
     let prim: Vec<(u32, u32)> = facts
         .iter()
         .filter_map(|f| match f.pg {
@@ -137,7 +172,7 @@ pub fn primary_of(facts: &[Facts]) -> Primary {
 }
 
 /// What is wrong with a node and the fix: `None` when nothing is.
-pub fn advise(f: &Facts, primary: &Primary, max_lag: u64) -> Option<(String, String)> {
+fn advise(f: &Facts, primary: &Primary, max_lag: u64) -> Option<(String, String)> {
     let n = f.id;
     let w = |p: String, fix: String| Some((p, fix));
     match (&f.pg, primary) {
@@ -220,7 +255,7 @@ fn join(ids: &[u32]) -> String {
 }
 
 /// Take the status of `topo`: every node, PCP and ssh at once.
-pub async fn collect(topo: &Topology) -> Status {
+pub(crate) async fn collect(topo: &Topology) -> Status {
     let start = Instant::now();
     let remote = topo.remote();
     let ssh_bound = topo.config.ssh.connect_timeout;
@@ -266,7 +301,7 @@ async fn pgpool_view(topo: &Topology) -> std::result::Result<Vec<NodeInfo>, Stri
 }
 
 /// The status from what was observed (pure).
-pub fn build(
+fn build(
     topo: &Topology,
     observed: &[Observed],
     pcp: std::result::Result<Vec<NodeInfo>, String>,
@@ -277,12 +312,6 @@ pub fn build(
     let (infos, pcp_error) = match pcp {
         Ok(v) => (v, None),
         Err(e) => (vec![], Some(e)),
-    };
-    let ok = |id: u32| {
-        observed
-            .iter()
-            .find(|o| o.node.id == id)
-            .and_then(|o| o.ok())
     };
     let facts: Vec<Facts> = observed
         .iter()
@@ -296,50 +325,21 @@ pub fn build(
         .collect();
     let primary = primary_of(&facts);
     let pstate = match primary {
-        Primary::One(p, _) => ok(p),
+        Primary::One(p, _) => observed
+            .iter()
+            .find(|o| o.node.id == p)
+            .and_then(|o| o.ok()),
         _ => None,
     };
-    let mut rows = Vec::new();
-    for (o, f) in observed.iter().zip(&facts) {
-        let info = infos.iter().find(|x| x.id == o.node.id);
-        let s = o.ok();
-        let replica = pstate.zip(s).and_then(|(p, _)| replica_of(&o.node, p));
-        let advice = advise(f, &primary, topo.config.follow.max_lag);
-        rows.push(Row {
-            id: o.node.id,
-            address: format!("{}:{}", o.node.host, o.node.port),
-            pgpool_status: info.map(|x| x.status_name().to_string()),
-            pgpool_role: info.map(|x| x.role.clone()),
-            role: match (&f.pg, s) {
-                (Pg::Primary { .. }, _) => "primary",
-                (Pg::Standby { .. }, _) => "standby",
-                (Pg::Answers, _) => "unknown",
-                (Pg::Silent, _) => "down",
-            }
-            .into(),
-            timeline: s.map(|s| s.timeline),
-            current_lsn: s.and_then(|s| s.current_lsn),
-            receive_lsn: s.and_then(|s| s.receive_lsn),
-            replay_lsn: s.and_then(|s| s.replay_lsn),
-            lag_bytes: match f.pg {
-                Pg::Standby { lag, .. } => lag,
-                Pg::Primary { .. } => Some(0),
-                _ => None,
-            },
-            lag_seconds: replica
-                .and_then(|r| r.replay_lag_ms)
-                .map(|ms| ms as f64 / 1000.0),
-            upstream: match f.pg {
-                Pg::Standby { upstream, .. } => upstream,
-                _ => None,
-            },
-            sync_state: replica.map(|r| r.sync_state.clone()),
-            ssh: f.ssh,
-            error: o.state.as_ref().err().cloned(),
-            problem: advice.as_ref().map(|a| a.0.clone()),
-            fix: advice.map(|a| a.1),
-        });
-    }
+    let rows: Vec<Row> = observed
+        .iter()
+        .zip(&facts)
+        .map(|(o, f)| {
+            let info = infos.iter().find(|x| x.id == o.node.id);
+            let advice = advise(f, &primary, topo.config.follow.max_lag);
+            row(o, f, info, pstate, advice)
+        })
+        .collect();
     Status {
         taken_at: state::rfc3339(SystemTime::now()),
         took_ms: took.as_millis() as u64,
@@ -351,6 +351,48 @@ pub fn build(
         problems: rows.iter().filter(|r| r.problem.is_some()).count(),
         nodes: rows,
         runs,
+    }
+}
+
+/// One node's row: what was observed of it (`o`, `f`), pgpool's view
+/// (`info`), the primary's (`pstate`) and the advice.
+fn row(
+    o: &Observed,
+    f: &Facts,
+    info: Option<&NodeInfo>,
+    pstate: Option<&NodeState>,
+    advice: Option<(String, String)>,
+) -> Row {
+    let s = o.ok();
+    let replica = pstate.zip(s).and_then(|(p, _)| replica_of(&o.node, p));
+    let (problem, fix) = advice.unzip();
+    Row {
+        id: o.node.id,
+        address: format!("{}:{}", o.node.host, o.node.port),
+        pgpool_status: info.map(|x| x.status_name().to_string()),
+        pgpool_role: info.map(|x| x.role.clone()),
+        role: f.pg.role(),
+        timeline: s.map(|s| s.timeline),
+        current_lsn: s.and_then(|s| s.current_lsn),
+        receive_lsn: s.and_then(|s| s.receive_lsn),
+        replay_lsn: s.and_then(|s| s.replay_lsn),
+        lag_bytes: match f.pg {
+            Pg::Standby { lag, .. } => lag,
+            Pg::Primary { .. } => Some(0),
+            _ => None,
+        },
+        lag_seconds: replica
+            .and_then(|r| r.replay_lag_ms)
+            .map(|ms| ms as f64 / 1000.0),
+        upstream: match f.pg {
+            Pg::Standby { upstream, .. } => upstream,
+            _ => None,
+        },
+        sync_state: replica.map(|r| r.sync_state.clone()),
+        ssh: f.ssh,
+        error: o.state.as_ref().err().cloned(),
+        problem,
+        fix,
     }
 }
 
@@ -403,58 +445,50 @@ fn replica_of<'a>(node: &Node, primary: &'a NodeState) -> Option<&'a crate::post
 }
 
 /// The table and the runs, as printed; `colour` adds ANSI colours.
-pub fn render(s: &Status, colour: bool) -> String {
-    let dash = || "-".to_string();
-    let opt = |v: Option<String>| v.unwrap_or_else(dash);
-    let head = [
-        "id",
-        "address",
-        "pgpool",
-        "role",
-        "tl",
-        "current",
-        "received",
-        "replayed",
-        "lag",
-        "upstream",
-        "sync",
-        "ssh",
-        "problem / fix",
-    ];
-    let mut rows: Vec<Vec<String>> = vec![head.iter().map(|h| h.to_string()).collect()];
-    for r in &s.nodes {
-        let lag = match (r.lag_bytes, r.lag_seconds) {
-            (Some(b), Some(t)) => format!("{b}B/{t:.1}s"),
-            (Some(b), None) => format!("{b}B"),
-            _ => dash(),
-        };
-        rows.push(vec![
-            r.id.to_string(),
-            r.address.clone(),
-            match (&r.pgpool_status, &r.pgpool_role) {
-                (Some(st), Some(ro)) => format!("{st} {ro}"),
-                _ => "?".into(),
-            },
-            r.role.clone(),
-            opt(r.timeline.map(|t| t.to_string())),
-            opt(r.current_lsn.map(|l| l.to_string())),
-            opt(r.receive_lsn.map(|l| l.to_string())),
-            opt(r.replay_lsn.map(|l| l.to_string())),
-            lag,
-            opt(r.upstream.map(|u| format!("node {u}"))),
-            opt(r.sync_state.clone()),
-            match r.ssh {
-                Some(true) => "ok".into(),
-                Some(false) => "FAIL".into(),
-                None => dash(),
-            },
-            match (&r.problem, &r.fix) {
-                (Some(p), Some(f)) => format!("{p} -- fix: {f}"),
-                _ => "ok".into(),
-            },
-        ]);
+fn render(s: &Status, colour: bool) -> String {
+    let mut out = table(s, colour);
+    if let Some(e) = &s.pcp_error {
+        out.push_str(&format!("pgpool's view is missing: {e}\n"));
     }
-    let widths: Vec<usize> = (0..head.len())
+    out.push_str(&format!(
+        "\nlast runs (journal, newest last):\n{}",
+        if s.runs.is_empty() { "  none\n" } else { "" }
+    ));
+    for r in &s.runs {
+        out.push_str(&run_line(r));
+    }
+    out.push_str(&format!(
+        "\n{} at {} in {:.2}s\n",
+        summary_line(s),
+        s.taken_at,
+        s.took_ms as f64 / 1000.0
+    ));
+    out
+}
+
+/// The columns of the table.
+const HEAD: [&str; 13] = [
+    "id",
+    "address",
+    "pgpool",
+    "role",
+    "tl",
+    "current",
+    "received",
+    "replayed",
+    "lag",
+    "upstream",
+    "sync",
+    "ssh",
+    "problem / fix",
+];
+
+/// The header and a line per node, in aligned columns: bold, then red for
+/// a node with a problem, green for the others.
+fn table(s: &Status, colour: bool) -> String {
+    let mut rows: Vec<Vec<String>> = vec![HEAD.iter().map(|h| h.to_string()).collect()];
+    rows.extend(s.nodes.iter().map(cells));
+    let widths: Vec<usize> = (0..HEAD.len())
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -476,38 +510,63 @@ pub fn render(s: &Status, colour: bool) -> String {
             _ => out.push_str(&format!("{line}\n")),
         }
     }
-    if let Some(e) = &s.pcp_error {
-        out.push_str(&format!("pgpool's view is missing: {e}\n"));
-    }
-    out.push_str(&format!(
-        "\nlast runs (journal, newest last):\n{}",
-        if s.runs.is_empty() { "  none\n" } else { "" }
-    ));
-    for r in &s.runs {
-        let what = match (r.command.as_str(), r.phase.as_str()) {
-            ("failover", "settle") => "failover (settle)".to_string(),
-            (c, _) => c.to_string(),
-        };
-        let node = r.node.map(|n| format!(" node {n}")).unwrap_or_default();
-        let blocked = r
-            .blocked_ms
-            .filter(|_| r.command == "failover")
-            .map(|b| format!(", pgpool waited {:.2}s", b as f64 / 1000.0))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "  {}  {what}{node}  {}  {:.2}s{blocked}\n",
-            r.when,
-            r.outcome,
-            r.ms as f64 / 1000.0
-        ));
-    }
-    out.push_str(&format!(
-        "\n{} at {} in {:.2}s\n",
-        summary_line(s),
-        s.taken_at,
-        s.took_ms as f64 / 1000.0
-    ));
     out
+}
+
+/// A node's cells, in the order of [`HEAD`]; `-` for what is not known.
+fn cells(r: &Row) -> Vec<String> {
+    let dash = || "-".to_string();
+    let opt = |v: Option<String>| v.unwrap_or_else(dash);
+    let lag = match (r.lag_bytes, r.lag_seconds) {
+        (Some(b), Some(t)) => format!("{b}B/{t:.1}s"),
+        (Some(b), None) => format!("{b}B"),
+        _ => dash(),
+    };
+    vec![
+        r.id.to_string(),
+        r.address.clone(),
+        match (&r.pgpool_status, &r.pgpool_role) {
+            (Some(st), Some(ro)) => format!("{st} {ro}"),
+            _ => "?".into(),
+        },
+        r.role.as_str().to_string(),
+        opt(r.timeline.map(|t| t.to_string())),
+        opt(r.current_lsn.map(|l| l.to_string())),
+        opt(r.receive_lsn.map(|l| l.to_string())),
+        opt(r.replay_lsn.map(|l| l.to_string())),
+        lag,
+        opt(r.upstream.map(|u| format!("node {u}"))),
+        opt(r.sync_state.clone()),
+        match r.ssh {
+            Some(true) => "ok".into(),
+            Some(false) => "FAIL".into(),
+            None => dash(),
+        },
+        match (&r.problem, &r.fix) {
+            (Some(p), Some(f)) => format!("{p} -- fix: {f}"),
+            _ => "ok".into(),
+        },
+    ]
+}
+
+/// One run of the journal, as listed under the table.
+fn run_line(r: &Run) -> String {
+    let what = match (r.command.as_str(), r.phase.as_str()) {
+        ("failover", "settle") => "failover (settle)".to_string(),
+        (c, _) => c.to_string(),
+    };
+    let node = r.node.map(|n| format!(" node {n}")).unwrap_or_default();
+    let blocked = r
+        .blocked_ms
+        .filter(|_| r.command == "failover")
+        .map(|b| format!(", pgpool waited {:.2}s", b as f64 / 1000.0))
+        .unwrap_or_default();
+    format!(
+        "  {}  {what}{node}  {}  {:.2}s{blocked}\n",
+        r.when,
+        r.outcome,
+        r.ms as f64 / 1000.0
+    )
 }
 
 fn summary_line(s: &Status) -> String {
@@ -527,21 +586,11 @@ fn summary_line(s: &Status) -> String {
 }
 
 /// `pgha-check --status [--every DURATION]`.
-pub async fn run(args: &crate::cli::CheckArgs) -> Result<Summary> {
+pub(crate) async fn run(args: &crate::cli::CheckArgs) -> Result<Summary> {
     let every = args
         .every
         .as_deref()
-        .map(|e| {
-            parse_duration(e)
-                .map_err(|err| Error::Usage(format!("--every {e}: {err}")))
-                .and_then(|d| {
-                    if d.is_zero() {
-                        Err(Error::Usage("--every must be more than 0s".into()))
-                    } else {
-                        Ok(d)
-                    }
-                })
-        })
+        .map(|e| super::positive_duration("--every", e))
         .transpose()?;
     let tty = std::io::stdout().is_terminal();
     loop {
@@ -710,7 +759,7 @@ mod tests {
             address: format!("127.0.0.{}:5432", id + 2),
             pgpool_status: Some("up".into()),
             pgpool_role: Some("standby".into()),
-            role: "standby".into(),
+            role: Role::Standby,
             timeline: Some(2),
             current_lsn: None,
             receive_lsn: Some(Lsn(0x3000060)),

@@ -19,6 +19,7 @@
 //! findings name hosts, users and paths, which are nobody else's business.
 //! Put a reverse proxy in front to expose them further.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -27,12 +28,13 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
+use super::status::{Role, Row, Status};
 use super::{Finding, Report};
 use crate::cli::CheckArgs;
 use crate::cluster::Topology;
-use crate::config::parse_duration;
 use crate::error::{Error, Result};
 use crate::report::Summary;
+use crate::state::Run;
 
 /// Longest request head read; anything longer is refused.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -41,7 +43,7 @@ const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `--listen` address, refused unless it is a loopback address.
-pub fn loopback_listen(s: &str) -> Result<SocketAddr> {
+fn loopback_listen(s: &str) -> Result<SocketAddr> {
     let addr: SocketAddr = s.parse().map_err(|_| {
         Error::Usage(format!(
             "--listen {s:?}: expected IP:PORT, e.g. 127.0.0.1:9187 or [::1]:9187"
@@ -65,20 +67,16 @@ type Shared = Arc<RwLock<Last>>;
 
 /// What the listener serves.
 #[derive(Debug, Clone, Default)]
-pub struct Last {
-    pub report: Option<Report>,
-    pub status: Option<super::status::Status>,
+struct Last {
+    report: Option<Report>,
+    status: Option<Status>,
     /// Every run in the journal (counters come from all of them).
-    pub runs: Vec<crate::state::Run>,
+    runs: Vec<Run>,
 }
 
 /// Run the watch loop until SIGTERM or SIGINT.
-pub async fn run(args: &CheckArgs) -> Result<Summary> {
-    let interval = parse_duration(&args.interval)
-        .map_err(|e| Error::Usage(format!("--interval {}: {e}", args.interval)))?;
-    if interval.is_zero() {
-        return Err(Error::Usage("--interval must be more than 0s".into()));
-    }
+pub(crate) async fn run(args: &CheckArgs) -> Result<Summary> {
+    let interval = super::positive_duration("--interval", &args.interval)?;
     let addr = loopback_listen(&args.listen)?;
     // A configuration that cannot be read at start is an error, not a
     // failing check: the operator sees it at once.
@@ -97,53 +95,18 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
         .map_err(|e| Error::Step(format!("cannot watch for SIGTERM: {e}")))?;
     let mut runs = 0u64;
     loop {
-        let round = async {
-            match Topology::load(args.common.config.as_deref()) {
-                Ok(topo) => {
-                    let (report, status) =
-                        tokio::join!(super::check(&topo), super::status::collect(&topo));
-                    let runs =
-                        crate::state::runs(&crate::state::read_journal(&topo.config.state_dir));
-                    (report, Some(status), runs)
-                }
-                Err(e) => (
-                    Report::new(
-                        vec![Finding::fail(
-                            "config",
-                            "pgpool",
-                            format!("{e:#}"),
-                            "fix the configuration file named in the message",
-                        )],
-                        Duration::ZERO,
-                    ),
-                    None,
-                    vec![],
-                ),
-            }
-        };
-        let (report, status, all_runs) = tokio::select! {
-            r = round => r,
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+        let last = tokio::select! {
+            r = round(args) => r,
+            _ = stopped(&mut term) => break,
         };
         runs += 1;
-        if report.passing() {
-            info!("{}", report.summary());
-        } else {
-            for f in report.checks.iter().filter(|f| !f.ok) {
-                warn!("{}", f.line());
-            }
-            warn!("{}", report.summary());
+        if let Some(report) = &last.report {
+            log_report(report);
         }
-        *shared.write().unwrap_or_else(|e| e.into_inner()) = Last {
-            report: Some(report),
-            status,
-            runs: all_runs,
-        };
+        *shared.write().unwrap_or_else(|e| e.into_inner()) = last;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = stopped(&mut term) => break,
         }
     }
     Ok(Summary {
@@ -151,6 +114,55 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
         message: format!("watch stopped after {runs} runs"),
         ..Summary::default()
     })
+}
+
+/// Ends at SIGTERM or SIGINT.
+async fn stopped(term: &mut tokio::signal::unix::Signal) {
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// One round: the checks, a `--status` and the journal, with the
+/// configuration read afresh (an unreadable one is a failed check).
+async fn round(args: &CheckArgs) -> Last {
+    match Topology::load(args.common.config.as_deref()) {
+        Ok(topo) => {
+            let (report, status) = tokio::join!(super::check(&topo), super::status::collect(&topo));
+            let runs = crate::state::runs(&crate::state::read_journal(&topo.config.state_dir));
+            Last {
+                report: Some(report),
+                status: Some(status),
+                runs,
+            }
+        }
+        Err(e) => Last {
+            report: Some(Report::new(
+                vec![Finding::fail(
+                    "config",
+                    "pgpool",
+                    format!("{e:#}"),
+                    "fix the configuration file named in the message",
+                )],
+                Duration::ZERO,
+            )),
+            status: None,
+            runs: vec![],
+        },
+    }
+}
+
+/// The round's summary in the log, after its failed checks.
+fn log_report(report: &Report) {
+    if report.passing() {
+        info!("{}", report.summary());
+    } else {
+        for f in report.checks.iter().filter(|f| !f.ok) {
+            warn!("{}", f.line());
+        }
+        warn!("{}", report.summary());
+    }
 }
 
 async fn serve(listener: TcpListener, shared: Shared) {
@@ -201,7 +213,7 @@ async fn handle(mut stream: TcpStream, shared: Shared) {
 }
 
 /// The whole HTTP response to the request head `req`.
-pub fn respond(req: &[u8], last: &Last) -> Vec<u8> {
+fn respond(req: &[u8], last: &Last) -> Vec<u8> {
     let report = last.report.as_ref();
     let head = String::from_utf8_lossy(req);
     let mut first = head.lines().next().unwrap_or("").split_whitespace();
@@ -236,7 +248,7 @@ pub fn respond(req: &[u8], last: &Last) -> Vec<u8> {
             "OK",
             "text/plain; version=0.0.4; charset=utf-8",
             &(metrics(report)
-                + &history_metrics(&last.runs, now())
+                + &history_metrics(&last.runs, super::unix_now())
                 + &node_metrics(last.status.as_ref())),
             with_body,
         ),
@@ -263,7 +275,7 @@ fn http(code: u16, reason: &str, ctype: &str, body: &str, with_body: bool) -> Ve
 }
 
 /// `/health`: status and body.
-pub fn health(report: Option<&Report>) -> (u16, &'static str, String) {
+fn health(report: Option<&Report>) -> (u16, &'static str, String) {
     match report {
         None => (
             503,
@@ -287,14 +299,14 @@ pub fn health(report: Option<&Report>) -> (u16, &'static str, String) {
 }
 
 /// A Prometheus label value: backslash, double quote and newline escaped.
-pub fn label(v: &str) -> String {
+fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
 /// `/metrics` in the Prometheus text exposition format.
-pub fn metrics(report: Option<&Report>) -> String {
+fn metrics(report: Option<&Report>) -> String {
     let mut out = String::new();
     out.push_str(
         "# HELP pgha_check_ok Whether the check passed in the last run (1) or failed (0).\n\
@@ -332,12 +344,8 @@ pub fn metrics(report: Option<&Report>) -> String {
 /// this soon after that run ended (it is spawned as the run ends).
 const SETTLE_STARTS_WITHIN_MS: u64 = 5_000;
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+/// Label sets (`a="x",b="y"`, empty for none) and their values.
+type Rows = Vec<(String, String)>;
 
 fn sample(out: &mut String, name: &str, help: &str, kind: &str, rows: &[(String, String)]) {
     out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -355,122 +363,161 @@ fn sample(out: &mut String, name: &str, help: &str, kind: &str, rows: &[(String,
 /// of every run by command and outcome, and the last failover's times.
 /// The counters restart when the journal rotates past its bound (a
 /// counter reset, which `rate()` and `increase()` handle).
-pub fn history_metrics(runs: &[crate::state::Run], now: f64) -> String {
-    use std::collections::BTreeMap;
-    let main: Vec<&crate::state::Run> = runs.iter().filter(|r| r.phase != "settle").collect();
-    let count = |pred: &dyn Fn(&crate::state::Run) -> bool,
-                 key: &dyn Fn(&crate::state::Run) -> String| {
-        let mut m: BTreeMap<String, u64> = BTreeMap::new();
-        for r in main.iter().filter(|r| pred(r)) {
-            *m.entry(key(r)).or_default() += 1;
-        }
-        m.into_iter()
-            .map(|(k, v)| (k, v.to_string()))
-            .collect::<Vec<_>>()
-    };
-    let by_outcome = |r: &crate::state::Run| format!("outcome=\"{}\"", label(&r.outcome));
+fn history_metrics(runs: &[Run], now: f64) -> String {
+    let main: Vec<&Run> = runs.iter().filter(|r| r.phase != "settle").collect();
     let mut out = String::new();
+    run_counters(&mut out, &main);
+    last_failover(&mut out, &LastFailover::of(runs, &main, now));
+    out
+}
+
+/// The rows of a counter: how many of `main` match `pred`, by `key`.
+fn count(main: &[&Run], pred: impl Fn(&Run) -> bool, key: impl Fn(&Run) -> String) -> Rows {
+    let mut m: BTreeMap<String, u64> = BTreeMap::new();
+    for r in main.iter().filter(|r| pred(r)) {
+        *m.entry(key(r)).or_default() += 1;
+    }
+    m.into_iter().map(|(k, v)| (k, v.to_string())).collect()
+}
+
+/// The counters of the runs' main phases.
+fn run_counters(out: &mut String, main: &[&Run]) {
+    let by_outcome = |r: &Run| format!("outcome=\"{}\"", label(&r.outcome));
     sample(
-        &mut out,
+        out,
         "pgha_failovers_total",
         "pgha-failover runs that promoted (or finished a promotion), by outcome.",
         "counter",
         &count(
-            &|r| r.command == "failover" && r.kind == "failover",
-            &by_outcome,
+            main,
+            |r| r.command == "failover" && r.kind == "failover",
+            by_outcome,
         ),
     );
     sample(
-        &mut out,
+        out,
         "pgha_switchovers_total",
         "pgha-failover runs for a primary that was alive (fenced, then a standby promoted), by outcome.",
         "counter",
         &count(
-            &|r| r.command == "failover" && r.kind == "switchover",
-            &by_outcome,
+            main,
+            |r| r.command == "failover" && r.kind == "switchover",
+            by_outcome,
         ),
     );
     sample(
-        &mut out,
+        out,
         "pgha_refusals_total",
         "Runs that refused to act (nothing changed), by command.",
         "counter",
-        &count(&|r| r.outcome == "refused", &|r| {
-            format!("command=\"{}\"", label(&r.command))
-        }),
+        &count(
+            main,
+            |r| r.outcome == "refused",
+            |r| format!("command=\"{}\"", label(&r.command)),
+        ),
     );
     sample(
-        &mut out,
+        out,
         "pgha_runs_total",
         "Every run in the journal, by command and outcome.",
         "counter",
-        &count(&|_| true, &|r| {
-            format!(
-                "command=\"{}\",outcome=\"{}\"",
-                label(&r.command),
-                label(&r.outcome)
-            )
-        }),
+        &count(
+            main,
+            |_| true,
+            |r| {
+                format!(
+                    "command=\"{}\",outcome=\"{}\"",
+                    label(&r.command),
+                    label(&r.outcome)
+                )
+            },
+        ),
     );
-    let last = main
-        .iter()
-        .rev()
-        .find(|r| r.command == "failover" && matches!(r.kind.as_str(), "failover" | "switchover"));
-    let (ts, blocked, total, since) = match last {
-        Some(r) => {
-            let start = r.started_ms as f64 / 1000.0;
-            let end_main = start + r.ms as f64 / 1000.0;
-            // The detached phase it started, if it ran: the total ends there.
-            let end = runs
-                .iter()
-                .filter(|s| s.phase == "settle" && s.started_ms >= r.started_ms)
-                .filter(|s| s.started_ms <= r.started_ms + r.ms + SETTLE_STARTS_WITHIN_MS)
-                .map(|s| (s.started_ms + s.ms) as f64 / 1000.0)
-                .next()
-                .unwrap_or(end_main);
-            let blocked = r.blocked_ms.unwrap_or(r.ms) as f64 / 1000.0;
-            (start, blocked, end - start, (now - end_main).max(0.0))
+}
+
+/// The times of the last failover or switchover, in seconds.
+struct LastFailover {
+    /// When it started (Unix time; 0: none).
+    started: f64,
+    /// How long pgpool waited for it.
+    blocked: f64,
+    /// From its start to the end of its detached phase.
+    total: f64,
+    /// Since its main phase ended (-1: none).
+    since: f64,
+}
+
+impl LastFailover {
+    fn of(runs: &[Run], main: &[&Run], now: f64) -> LastFailover {
+        let last = main.iter().rev().find(|r| {
+            r.command == "failover" && matches!(r.kind.as_str(), "failover" | "switchover")
+        });
+        let Some(r) = last else {
+            return LastFailover {
+                started: 0.0,
+                blocked: 0.0,
+                total: 0.0,
+                since: -1.0,
+            };
+        };
+        let start = r.started_ms as f64 / 1000.0;
+        let end_main = start + r.ms as f64 / 1000.0;
+        // The detached phase it started, if it ran: the total ends there.
+        let end = runs
+            .iter()
+            .filter(|s| s.phase == "settle" && s.started_ms >= r.started_ms)
+            .filter(|s| s.started_ms <= r.started_ms + r.ms + SETTLE_STARTS_WITHIN_MS)
+            .map(|s| (s.started_ms + s.ms) as f64 / 1000.0)
+            .next()
+            .unwrap_or(end_main);
+        LastFailover {
+            started: start,
+            blocked: r.blocked_ms.unwrap_or(r.ms) as f64 / 1000.0,
+            total: end - start,
+            since: (now - end_main).max(0.0),
         }
-        None => (0.0, 0.0, 0.0, -1.0),
-    };
+    }
+}
+
+/// The gauges of the last failover.
+fn last_failover(out: &mut String, last: &LastFailover) {
     let one = |v: f64| vec![(String::new(), format!("{v:.3}"))];
     sample(
-        &mut out,
+        out,
         "pgha_last_failover_timestamp_seconds",
         "When the last failover or switchover started (Unix time; 0: none in the journal).",
         "gauge",
-        &one(ts),
+        &one(last.started),
     );
     sample(
-        &mut out,
+        out,
         "pgha_last_failover_blocked_seconds",
         "How long pgpool waited for the last failover's pgha-failover.",
         "gauge",
-        &one(blocked),
+        &one(last.blocked),
     );
     sample(
-        &mut out,
+        out,
         "pgha_last_failover_total_seconds",
         "The last failover from its start to the end of its detached phase (standbys following and attached).",
         "gauge",
-        &one(total),
+        &one(last.total),
     );
     sample(
-        &mut out,
+        out,
         "pgha_seconds_since_last_failover",
         "Seconds since the last failover ended (-1: none in the journal).",
         "gauge",
-        &one(since),
+        &one(last.since),
     );
-    out
 }
 
 /// Per-node gauges from the last `--status` round.
-pub fn node_metrics(status: Option<&super::status::Status>) -> String {
+fn node_metrics(status: Option<&Status>) -> String {
     let mut out = String::new();
     let nodes = status.map(|s| s.nodes.as_slice()).unwrap_or_default();
-    let l = |r: &super::status::Row| format!("node=\"{}\",address=\"{}\"", r.id, label(&r.address));
-    let rows = |f: &dyn Fn(&super::status::Row) -> Option<String>| {
+    let l = |r: &Row| format!("node=\"{}\",address=\"{}\"", r.id, label(&r.address));
+    let rows = |f: &dyn Fn(&Row) -> Option<String>| {
         nodes
             .iter()
             .filter_map(|r| f(r).map(|v| (l(r), v)))
@@ -478,9 +525,9 @@ pub fn node_metrics(status: Option<&super::status::Status>) -> String {
     };
     let mut roles = Vec::new();
     for r in nodes {
-        for role in ["primary", "standby", "down", "unknown"] {
+        for role in Role::ALL {
             roles.push((
-                format!("{},role=\"{role}\"", l(r)),
+                format!("{},role=\"{}\"", l(r), role.as_str()),
                 u8::from(r.role == role).to_string(),
             ));
         }
@@ -555,8 +602,8 @@ mod tests {
         }
     }
 
-    fn run(kind: &str, phase: &str, outcome: &str, started_ms: u64, ms: u64) -> crate::state::Run {
-        crate::state::Run {
+    fn run(kind: &str, phase: &str, outcome: &str, started_ms: u64, ms: u64) -> Run {
+        Run {
             when: String::new(),
             started_ms,
             command: "failover".into(),
