@@ -14,7 +14,6 @@
 
 use std::path::Path;
 
-use md5::{Digest as _, Md5};
 
 use super::{Finding, SqlFacts, ssh_label, subject};
 use crate::cluster::{Node, Topology};
@@ -575,10 +574,7 @@ async fn try_login(t: &PgTarget, password: Option<&str>) -> Result<(), LoginFail
 
 /// The md5 `pcp.conf` keeps for a PCP password (`pg_md5 PASSWORD`).
 fn pcp_md5(password: &str) -> String {
-    Md5::digest(password.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::text::md5_hex(&[password.as_bytes()])
 }
 
 /// The md5 of `user` in a `pcp.conf` text (`user:md5hex` lines).
