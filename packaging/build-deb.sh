@@ -83,6 +83,10 @@ f 0644 packaging/systemd/pgpool2.service.d/pgha-check.conf lib/systemd/system/pg
 d usr/share/doc/pgha
 f 0644 packaging/debian/copyright usr/share/doc/pgha/copyright
 f 0644 packaging/README.md usr/share/doc/pgha/README.md
+# Prometheus alert rules for pgha-check --watch's /metrics: point
+# rule_files at it, or copy it.
+d usr/share/pgha
+f 0644 packaging/pgha-alerts.yml usr/share/pgha/pgha-alerts.yml
 DATE=$(date -u -R -d "@$SOURCE_DATE_EPOCH")
 sed -e "s/@VERSION@/$VERSION/" -e "s/@MAINTAINER@/$MAINTAINER/" -e "s/@DATE@/$DATE/" \
 	packaging/debian/changelog.in | gzip -9n >"$ROOT/usr/share/doc/pgha/changelog.Debian.gz"

@@ -69,6 +69,11 @@ fn the_package_installs_docs_units_and_conffiles() {
             assert!(Path::new(&f).is_file(), "{f} missing");
         }
     }
+    // The alert rules, on the metrics pgha-check --watch exports.
+    let rules = std::fs::read_to_string("/usr/share/pgha/pgha-alerts.yml")
+        .expect("/usr/share/pgha/pgha-alerts.yml installed");
+    assert!(rules.contains("\ngroups:"), "{rules}");
+    assert!(rules.contains("pgha_"), "{rules}");
     // The example configuration is valid for the installed binaries.
     let cfg = pgha::config::Config::load(Some(Path::new("/etc/pgha/pgha.toml"))).unwrap();
     assert_eq!(cfg.state_dir, Path::new("/var/lib/pgha"));
