@@ -19,79 +19,10 @@ use tracing::info;
 
 use crate::cluster::{Node, Topology};
 use crate::error::{Error, Result};
-use crate::postgres::{self, Lsn};
+use crate::pgconf::{conf_value, standby_settings};
+use crate::postgres;
 use crate::remote::{self, Remote};
 use crate::steps::{self, budget};
-
-/// One line of a timeline history file (`00000002.history`): the
-/// timeline that was left and where.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryEntry {
-    /// The parent timeline (the one that ended).
-    pub parent_tli: u32,
-    /// The WAL position where the history switched away from it.
-    pub switch_point: Lsn,
-}
-
-/// Parse a timeline history file: `parentTLI <tab> switchpoint <tab>
-/// reason` per line; blank and `#` lines are skipped, as the server does.
-pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            if l.is_empty() || l.starts_with('#') {
-                return None;
-            }
-            let mut f = l.split_whitespace();
-            let parent_tli = f.next()?.parse().ok()?;
-            let switch_point = f.next()?.parse().ok()?;
-            Some(HistoryEntry {
-                parent_tli,
-                switch_point,
-            })
-        })
-        .collect()
-}
-
-/// Whether a node on timeline `node_tli` at `node_lsn` can simply stream
-/// from a primary on `primary_tli` whose history is `history`: `Ok` when
-/// its WAL is a prefix of the primary's, `Err` with the reason when it has
-/// WAL the primary never had (it kept writing after the switch point, as
-/// an old primary does, or it is on a timeline the primary does not
-/// descend from) and must be rewound.
-pub fn check_lineage(
-    history: &[HistoryEntry],
-    primary_tli: u32,
-    primary_lsn: Option<Lsn>,
-    node_tli: u32,
-    node_lsn: Option<Lsn>,
-) -> std::result::Result<(), String> {
-    if node_tli == primary_tli {
-        return match (node_lsn, primary_lsn) {
-            (Some(n), Some(p)) if n > p => Err(format!(
-                "it is at {n} on timeline {node_tli}, ahead of the primary ({p}) on the same timeline"
-            )),
-            _ => Ok(()),
-        };
-    }
-    if node_tli > primary_tli {
-        return Err(format!(
-            "it is on timeline {node_tli}, newer than the primary's timeline {primary_tli}"
-        ));
-    }
-    let Some(e) = history.iter().find(|e| e.parent_tli == node_tli) else {
-        return Err(format!(
-            "its timeline {node_tli} is not in the history of the primary's timeline {primary_tli}"
-        ));
-    };
-    match node_lsn {
-        Some(n) if n > e.switch_point => Err(format!(
-            "its WAL diverged: it is at {n} on timeline {node_tli}, past {}, where the primary's history left timeline {node_tli}",
-            e.switch_point
-        )),
-        _ => Ok(()),
-    }
-}
 
 /// What `pg_ctl status` says about a node's data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -449,7 +380,7 @@ pub fn explain_rewind_failure(stderr: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rewound {
     /// `pg_rewind` copied the changed blocks.
-    Rewound(String),
+    Done(String),
     /// `pg_rewind` found the node's WAL a prefix of the primary's.
     NotNeeded,
     /// An earlier run rewound (or copied) it and it has not started since.
@@ -522,112 +453,7 @@ pub async fn rewind(
         .find(|l| l.contains("diverged at"))
         .map(|l| l.trim_start_matches("pg_rewind: ").trim().to_string())
         .unwrap_or_else(|| "rewound".into());
-    Ok(Rewound::Rewound(diverged))
-}
-
-/// A `postgresql.conf`-style value: single-quoted with `''` or `\'` for a
-/// quote, or a bare word ending at whitespace or `#`.
-fn parse_conf_value(v: &str) -> String {
-    let v = v.trim_start();
-    let mut out = String::new();
-    if let Some(rest) = v.strip_prefix('\'') {
-        let mut it = rest.chars().peekable();
-        while let Some(c) = it.next() {
-            match c {
-                '\'' if it.peek() == Some(&'\'') => {
-                    it.next();
-                    out.push('\'');
-                }
-                '\'' => break,
-                '\\' => {
-                    if let Some(n) = it.next() {
-                        out.push(n);
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-    } else {
-        out = v
-            .split(|c: char| c.is_whitespace() || c == '#')
-            .next()
-            .unwrap_or("")
-            .to_string();
-    }
-    out
-}
-
-/// If `line` sets `key` (case-insensitive, `key = value` or `key value`),
-/// the raw value text.
-fn conf_line_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let l = line.trim_start();
-    let head = l.get(..key.len())?;
-    if !head.eq_ignore_ascii_case(key) {
-        return None;
-    }
-    let rest = &l[key.len()..];
-    let rest_trim = rest.trim_start();
-    if let Some(v) = rest_trim.strip_prefix('=') {
-        Some(v)
-    } else if rest.starts_with(char::is_whitespace) && !rest_trim.is_empty() {
-        Some(rest_trim)
-    } else {
-        None
-    }
-}
-
-/// The value `key` gets in a `postgresql.conf`-style text (the last
-/// setting wins, as in the server).
-pub fn conf_value(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .rev()
-        .find_map(|l| conf_line_value(l, key))
-        .map(parse_conf_value)
-}
-
-/// `text` with every setting of `key` removed and `key = 'value'` appended
-/// (quotes doubled), as `ALTER SYSTEM` writes `postgresql.auto.conf`.
-pub fn set_conf(text: &str, key: &str, value: &str) -> String {
-    let mut out: Vec<&str> = text
-        .lines()
-        .filter(|l| conf_line_value(l, key).is_none())
-        .collect();
-    while out.last().is_some_and(|l| l.trim().is_empty()) {
-        out.pop();
-    }
-    let line = format!("{key} = '{}'", value.replace('\'', "''"));
-    let mut s = out.join("\n");
-    if !s.is_empty() {
-        s.push('\n');
-    }
-    s.push_str(&line);
-    s.push('\n');
-    s
-}
-
-/// The settings that make a stopped data directory start as a standby of
-/// `conninfo`'s server, applied to the text of `postgresql.auto.conf`
-/// (12+) or `recovery.conf` (before 12, which also needs
-/// `standby_mode`).
-pub fn standby_settings(
-    text: &str,
-    conninfo: &str,
-    restore_command: Option<&str>,
-    slot: Option<&str>,
-    version_num: u32,
-) -> String {
-    let mut t = set_conf(text, "primary_conninfo", conninfo);
-    if let Some(r) = restore_command {
-        t = set_conf(&t, "restore_command", r);
-    }
-    if let Some(s) = slot {
-        t = set_conf(&t, "primary_slot_name", s);
-    }
-    if version_num < 120000 {
-        t = set_conf(&t, "standby_mode", "on");
-        t = set_conf(&t, "recovery_target_timeline", "latest");
-    }
-    t
+    Ok(Rewound::Done(diverged))
 }
 
 /// Configure the stopped node as a standby of `primary`: its
@@ -981,132 +807,6 @@ fn compact_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lsn(s: &str) -> Lsn {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn history_files_parse() {
-        let h = parse_history(
-            "1\t0/4018470\tno recovery target specified\n\n# c\n2\t0/5000A0\tbefore 2000-01-01\n",
-        );
-        assert_eq!(
-            h,
-            vec![
-                HistoryEntry {
-                    parent_tli: 1,
-                    switch_point: lsn("0/4018470")
-                },
-                HistoryEntry {
-                    parent_tli: 2,
-                    switch_point: lsn("0/5000A0")
-                },
-            ]
-        );
-        assert!(parse_history("garbage\n").is_empty());
-    }
-
-    #[test]
-    fn lineage_tells_behind_from_diverged() {
-        let h = parse_history("1\t0/4018470\tx\n2\t0/6000000\ty\n");
-        // A standby left behind on the old timeline can follow.
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 1, Some(lsn("0/4018470"))).is_ok());
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 1, Some(lsn("0/4000000"))).is_ok());
-        // An old primary that wrote past the switch point cannot.
-        let e =
-            check_lineage(&h, 3, Some(lsn("0/7000000")), 1, Some(lsn("0/40184E8"))).unwrap_err();
-        assert!(e.contains("past 0/4018470"), "{e}");
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 2, Some(lsn("0/6000001"))).is_err());
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 2, Some(lsn("0/6000000"))).is_ok());
-        // Timelines the primary never had.
-        assert!(
-            check_lineage(&h, 3, None, 4, None)
-                .unwrap_err()
-                .contains("newer")
-        );
-        assert!(
-            check_lineage(&h[..1], 2, None, 5, None)
-                .unwrap_err()
-                .contains("newer")
-        );
-        let h2 = parse_history("1\t0/3000000\tx\n");
-        assert!(
-            check_lineage(&h2, 3, None, 2, None)
-                .unwrap_err()
-                .contains("not in the history")
-        );
-        // Same timeline: only ahead of the primary is diverged.
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 3, Some(lsn("0/7000000"))).is_ok());
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 3, Some(lsn("0/7000001"))).is_err());
-        assert!(check_lineage(&[], 1, Some(lsn("0/7000000")), 1, None).is_ok());
-    }
-
-    #[test]
-    fn conf_values_and_rewrites() {
-        let auto = "# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\nprimary_conninfo = 'user=repl passfile=''/var/lib/postgresql/.pgpass'' host=127.0.0.102 port=5432'\nwal_log_hints = 'off'\n";
-        assert_eq!(
-            conf_value(auto, "primary_conninfo").as_deref(),
-            Some("user=repl passfile='/var/lib/postgresql/.pgpass' host=127.0.0.102 port=5432")
-        );
-        assert_eq!(conf_value(auto, "wal_log_hints").as_deref(), Some("off"));
-        assert_eq!(conf_value(auto, "primary_slot_name"), None);
-        assert_eq!(
-            conf_value("Port 5433 # c\nport=5434\n", "port").as_deref(),
-            Some("5434")
-        );
-        assert_eq!(conf_value("x = 'it\\'s'\n", "x").as_deref(), Some("it's"));
-        // A longer key with the same prefix is another setting.
-        assert_eq!(
-            conf_value("primary_conninfo_x = 'a'\n", "primary_conninfo"),
-            None
-        );
-
-        let new = set_conf(auto, "primary_conninfo", "host='127.0.0.103' user='repl'");
-        assert!(new.starts_with("# Do not edit"), "{new}");
-        assert_eq!(new.matches("primary_conninfo").count(), 1, "{new}");
-        assert!(
-            new.ends_with("primary_conninfo = 'host=''127.0.0.103'' user=''repl'''\n"),
-            "{new}"
-        );
-        assert!(new.contains("wal_log_hints = 'off'\n"));
-        assert_eq!(
-            conf_value(&new, "primary_conninfo").as_deref(),
-            Some("host='127.0.0.103' user='repl'")
-        );
-        assert_eq!(set_conf("", "a", "b"), "a = 'b'\n");
-    }
-
-    #[test]
-    fn standby_settings_by_version() {
-        let t = standby_settings("", "host=x", None, Some("pg2"), 150000);
-        let r = standby_settings("", "host=x", Some("scp h:/a/%f %p"), None, 150000);
-        assert_eq!(
-            conf_value(&r, "restore_command").as_deref(),
-            Some("scp h:/a/%f %p")
-        );
-        assert_eq!(
-            t,
-            "primary_conninfo = 'host=x'\nprimary_slot_name = 'pg2'\n"
-        );
-        let old = standby_settings(
-            "restore_command = 'cp /a/%f %p'\nstandby_mode = off\n",
-            "host=x",
-            None,
-            None,
-            110005,
-        );
-        assert_eq!(conf_value(&old, "standby_mode").as_deref(), Some("on"));
-        assert_eq!(
-            conf_value(&old, "recovery_target_timeline").as_deref(),
-            Some("latest")
-        );
-        assert_eq!(
-            conf_value(&old, "restore_command").as_deref(),
-            Some("cp /a/%f %p")
-        );
-        assert_eq!(old.matches("standby_mode").count(), 1);
-    }
 
     #[test]
     fn versions_and_labels() {
