@@ -7,7 +7,7 @@ use crate::postgres::Lsn;
 /// One line of a timeline history file (`00000002.history`): the
 /// timeline that was left and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryEntry {
+pub(crate) struct HistoryEntry {
     /// The parent timeline (the one that ended).
     pub parent_tli: u32,
     /// The WAL position where the history switched away from it.
@@ -16,7 +16,7 @@ pub struct HistoryEntry {
 
 /// Parse a timeline history file: `parentTLI <tab> switchpoint <tab>
 /// reason` per line; blank and `#` lines are skipped, as the server does.
-pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
+pub(crate) fn parse_history(text: &str) -> Vec<HistoryEntry> {
     text.lines()
         .filter_map(|l| {
             let l = l.trim();
@@ -40,7 +40,7 @@ pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
 /// WAL the primary never had (it kept writing after the switch point, as
 /// an old primary does, or it is on a timeline the primary does not
 /// descend from) and must be rewound.
-pub fn check_lineage(
+pub(crate) fn check_lineage(
     history: &[HistoryEntry],
     primary_tli: u32,
     primary_lsn: Option<Lsn>,

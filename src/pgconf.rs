@@ -55,7 +55,7 @@ fn conf_line_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// The value `key` gets in a `postgresql.conf`-style text (the last
 /// setting wins, as in the server).
-pub fn conf_value(text: &str, key: &str) -> Option<String> {
+pub(crate) fn conf_value(text: &str, key: &str) -> Option<String> {
     text.lines()
         .rev()
         .find_map(|l| conf_line_value(l, key))
@@ -64,7 +64,7 @@ pub fn conf_value(text: &str, key: &str) -> Option<String> {
 
 /// `text` with every setting of `key` removed and `key = 'value'` appended
 /// (quotes doubled), as `ALTER SYSTEM` writes `postgresql.auto.conf`.
-pub fn set_conf(text: &str, key: &str, value: &str) -> String {
+fn set_conf(text: &str, key: &str, value: &str) -> String {
     let mut out: Vec<&str> = text
         .lines()
         .filter(|l| conf_line_value(l, key).is_none())
@@ -86,7 +86,7 @@ pub fn set_conf(text: &str, key: &str, value: &str) -> String {
 /// `conninfo`'s server, applied to the text of `postgresql.auto.conf`
 /// (12+) or `recovery.conf` (before 12, which also needs
 /// `standby_mode`).
-pub fn standby_settings(
+pub(crate) fn standby_settings(
     text: &str,
     conninfo: &str,
     restore_command: Option<&str>,

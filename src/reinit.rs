@@ -13,7 +13,8 @@
 //! had.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
@@ -21,12 +22,12 @@ use crate::cluster::{Node, Topology};
 use crate::error::{Error, Result};
 use crate::pgconf::{conf_value, standby_settings};
 use crate::postgres;
-use crate::remote::{self, Remote};
+use crate::remote::{self, Remote, RemoteError};
 use crate::steps::{self, budget};
 
 /// What `pg_ctl status` says about a node's data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerStatus {
+pub(crate) enum ServerStatus {
     /// A postmaster runs on it (exit 0).
     Running,
     /// No server runs (exit 3).
@@ -37,7 +38,7 @@ pub enum ServerStatus {
 
 /// `pg_ctl status` on the node over ssh, bounded by `[ssh]
 /// command_timeout`.
-pub async fn server_status(
+pub(crate) async fn server_status(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -60,7 +61,7 @@ pub async fn server_status(
 /// Prove that ssh to the node reaches the very server pgha talks to with
 /// SQL (the same `postmaster.pid`), before stopping anything: a wrong
 /// `[nodes.N] ssh_host` must never stop, rewind or delete another server.
-pub async fn same_server(
+pub(crate) async fn same_server(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -103,7 +104,7 @@ pub async fn same_server(
 
 /// Stop the node's server (`pg_ctl stop -m fast`, then `-m immediate` if
 /// that does not finish). Returns what happened.
-pub async fn stop(
+pub(crate) async fn stop(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -140,7 +141,7 @@ pub async fn stop(
 
 /// Start the node's server (`pg_ctl start -w -l LOG`), waiting until it
 /// accepts connections, bounded by `[failover] follow_timeout`.
-pub async fn start(
+pub(crate) async fn start(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -165,15 +166,24 @@ pub async fn start(
 
 /// Where a node's own configuration files wait while `pg_rewind` or
 /// `pg_basebackup` replace them: beside the data directory, outside it.
-pub fn saved_config_dir(node: &Node) -> Result<String> {
+fn saved_config_dir(node: &Node) -> Result<String> {
     let data = node.data_dir()?;
     let parent = data.parent().unwrap_or(data);
     Ok(parent.join("pgha-saved-config").display().to_string())
 }
 
+/// The data directory and [`saved_config_dir`], quoted for the shell,
+/// and the latter as it is.
+fn config_paths(node: &Node) -> Result<(String, String, String)> {
+    let data = remote::quote(&node.data_dir()?.display().to_string());
+    let dir = saved_config_dir(node)?;
+    let b = remote::quote(&dir);
+    Ok((data, dir, b))
+}
+
 /// The configuration files a data directory may hold that are the node's
 /// own: the tools copy the source's over them.
-pub const CONFIG_FILES: [&str; 5] = [
+const CONFIG_FILES: [&str; 5] = [
     "postgresql.conf",
     "postgresql.auto.conf",
     "pg_hba.conf",
@@ -184,15 +194,13 @@ pub const CONFIG_FILES: [&str; 5] = [
 /// Copy the node's configuration files out of its data directory. A copy
 /// still marked pending (an earlier run stopped before restoring it) is
 /// kept: the data directory may hold the source's files by now.
-pub async fn save_config(
+pub(crate) async fn save_config(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
     deadline: Instant,
 ) -> Result<String> {
-    let data = remote::quote(&node.data_dir()?.display().to_string());
-    let dir = saved_config_dir(node)?;
-    let b = remote::quote(&dir);
+    let (data, dir, b) = config_paths(node)?;
     let files = CONFIG_FILES.join(" ");
     let script = format!(
         "set -e; mkdir -p {b}; chmod 700 {b}; \
@@ -238,15 +246,13 @@ async fn script_ok(
 
 /// Put the saved configuration files back into the data directory and
 /// clear the pending mark. Nothing saved: nothing to do.
-pub async fn restore_config(
+pub(crate) async fn restore_config(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
     deadline: Instant,
 ) -> Result<String> {
-    let data = remote::quote(&node.data_dir()?.display().to_string());
-    let dir = saved_config_dir(node)?;
-    let b = remote::quote(&dir);
+    let (data, dir, b) = config_paths(node)?;
     let script = format!(
         "set -e; [ -d {b} ] || {{ echo none; exit 0; }}; \
          for f in {b}/*.conf; do if [ -f \"$f\" ]; then cp -p \"$f\" {data}/; fi; done; \
@@ -260,24 +266,19 @@ pub async fn restore_config(
 /// `BACKUP METHOD` of the data directory's `backup_label`, if it has one:
 /// `pg_rewind` or `streamed` (pg_basebackup) means that tool finished and
 /// the server has not started since.
-pub async fn backup_label_method(
+pub(crate) async fn backup_label_method(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
     deadline: Instant,
 ) -> Result<Option<String>> {
-    let path = node.data_dir()?.join("backup_label").display().to_string();
-    let t = budget(deadline, topo.config.ssh.command_timeout);
-    let script = format!("cat {} 2>/dev/null || true", remote::quote(&path));
-    let out = remote
-        .run_script(&node.ssh_host, &script, t)
-        .await
-        .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))?;
-    Ok(label_method(&out.stdout_str()))
+    let path = node.data_dir()?.join("backup_label");
+    let text = read_if_exists(topo, remote, node, &path, deadline).await?;
+    Ok(label_method(&text))
 }
 
 /// The `BACKUP METHOD:` line of a `backup_label`.
-pub fn label_method(text: &str) -> Option<String> {
+fn label_method(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("BACKUP METHOD:"))
         .map(|m| m.trim().to_string())
@@ -285,7 +286,7 @@ pub fn label_method(text: &str) -> Option<String> {
 
 /// Major version of the data directory (`PG_VERSION`), as
 /// `server_version_num` would start: `15` gives 150000, `9.6` 90600.
-pub async fn data_version(
+async fn data_version(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -302,7 +303,7 @@ pub async fn data_version(
 }
 
 /// `PG_VERSION` text to a `server_version_num`-like number.
-pub fn parse_pg_version(text: &str) -> Option<u32> {
+fn parse_pg_version(text: &str) -> Option<u32> {
     let t = text.trim();
     let mut it = t.split('.');
     let major: u32 = it.next()?.parse().ok()?;
@@ -316,7 +317,7 @@ pub fn parse_pg_version(text: &str) -> Option<u32> {
 /// The libpq conninfo `pg_rewind --source-server` uses to read the
 /// primary: pgha's superuser (password from the node's `.pgpass`), the
 /// primary's replication address, which the nodes reach.
-pub fn source_conninfo(topo: &Topology, primary: &Node) -> String {
+fn source_conninfo(topo: &Topology, primary: &Node) -> String {
     let pg = &topo.config.postgres;
     let mut kv = BTreeMap::new();
     kv.insert("host".to_string(), primary.replication_host.clone());
@@ -334,7 +335,7 @@ pub fn source_conninfo(topo: &Topology, primary: &Node) -> String {
 /// `pg_rewind` arguments for a server of version `version_num`:
 /// `--restore-target-wal` (13+) lets it fetch the node's missing WAL with
 /// its own `restore_command`.
-pub fn pg_rewind_args(bin: &str, data: &str, source: &str, version_num: u32) -> Vec<String> {
+fn pg_rewind_args(bin: &str, data: &str, source: &str, version_num: u32) -> Vec<String> {
     let mut v = vec![
         bin.to_string(),
         "-D".to_string(),
@@ -348,7 +349,7 @@ pub fn pg_rewind_args(bin: &str, data: &str, source: &str, version_num: u32) -> 
 }
 
 /// Why `pg_rewind` failed, in words an operator can act on.
-pub fn explain_rewind_failure(stderr: &str) -> String {
+fn explain_rewind_failure(stderr: &str) -> String {
     let s = stderr.trim();
     let last = s
         .lines()
@@ -378,7 +379,7 @@ pub fn explain_rewind_failure(stderr: &str) -> String {
 
 /// What [`rewind`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rewound {
+pub(crate) enum Rewound {
     /// `pg_rewind` copied the changed blocks.
     Done(String),
     /// `pg_rewind` found the node's WAL a prefix of the primary's.
@@ -392,7 +393,7 @@ pub enum Rewound {
 /// the old timeline, and pg_rewind reads it), then pg_rewind over ssh on
 /// the node, bounded by `[follow] rewind_timeout`. The node's configuration
 /// files must be saved before and restored after (see [`save_config`]).
-pub async fn rewind(
+pub(crate) async fn rewind(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -461,7 +462,7 @@ pub async fn rewind(
 /// [`steps::follow_conninfo`]) in `postgresql.auto.conf` and
 /// `standby.signal` (12+), or in `recovery.conf` (before 12). Returns the
 /// conninfo.
-pub async fn configure_standby(
+pub(crate) async fn configure_standby(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -476,28 +477,21 @@ pub async fn configure_standby(
     );
     let version = data_version(topo, remote, node, deadline).await?;
     let data = node.data_dir()?;
-    let t = budget(deadline, topo.config.ssh.command_timeout);
-    let read = |name: &str| {
-        let path = data.join(name).display().to_string();
-        let script = format!("cat {} 2>/dev/null || true", remote::quote(&path));
-        async move {
-            remote
-                .run_script(&node.ssh_host, &script, t)
-                .await
-                .map(|o| o.stdout_str())
-                .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))
-        }
-    };
     let file = if version >= 120000 {
         "postgresql.auto.conf"
     } else {
         "recovery.conf"
     };
-    let text = read(file).await?;
-    let current = match conf_value(&text, "primary_conninfo") {
-        Some(c) => Some(c),
-        None => conf_value(&read("postgresql.conf").await?, "primary_conninfo"),
+    let text = read_if_exists(topo, remote, node, &data.join(file), deadline).await?;
+    let setting = async |key| match conf_value(&text, key) {
+        Some(c) => Ok(Some(c)),
+        None => {
+            let main = data.join("postgresql.conf");
+            let main = read_if_exists(topo, remote, node, &main, deadline).await?;
+            Ok::<_, Error>(conf_value(&main, key))
+        }
     };
+    let current = setting("primary_conninfo").await?;
     let conninfo = steps::follow_conninfo(
         current.as_deref().filter(|c| !c.is_empty()),
         primary,
@@ -505,12 +499,45 @@ pub async fn configure_standby(
         node.application_name.as_deref(),
     );
     // Its restore_command, pointed at the primary's archive too.
-    let restore = match conf_value(&text, "restore_command") {
-        Some(c) => Some(c),
-        None => conf_value(&read("postgresql.conf").await?, "restore_command"),
-    };
-    let restore = match crate::restore::retarget(
-        restore.as_deref().unwrap_or(""),
+    let restore = setting("restore_command").await?;
+    let restore = retarget_restore(topo, node, primary, restore.as_deref());
+    let new = standby_settings(&text, &conninfo, restore.as_deref(), slot, version);
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    write_standby(remote, node, data, file, &new, version, t)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    Ok(conninfo)
+}
+
+/// A file of the node's data directory over ssh, empty when it is not
+/// there, within `[ssh] command_timeout`.
+async fn read_if_exists(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    path: &Path,
+    deadline: Instant,
+) -> Result<String> {
+    let path = path.display().to_string();
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let script = format!("cat {} 2>/dev/null || true", remote::quote(&path));
+    remote
+        .run_script(&node.ssh_host, &script, t)
+        .await
+        .map(|o| o.stdout_str())
+        .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))
+}
+
+/// The node's `restore_command`, pointed at `primary`'s archive; `None`
+/// to leave it as it is.
+fn retarget_restore(
+    topo: &Topology,
+    node: &Node,
+    primary: &Node,
+    current: Option<&str>,
+) -> Option<String> {
+    match crate::restore::retarget(
+        current.unwrap_or(""),
         topo.config.postgres.restore_command.as_deref(),
         &topo.nodes,
         primary,
@@ -521,26 +548,35 @@ pub async fn configure_standby(
             tracing::warn!("{}: {why}", node.label());
             None
         }
-    };
-    let new = standby_settings(&text, &conninfo, restore.as_deref(), slot, version);
+    }
+}
+
+/// Write the standby settings `text` to `file` and, on 12+, create
+/// `standby.signal` and remove `recovery.signal`.
+async fn write_standby(
+    remote: &Remote,
+    node: &Node,
+    data: &Path,
+    file: &str,
+    text: &str,
+    version: u32,
+    t: Duration,
+) -> std::result::Result<(), RemoteError> {
     let path = data.join(file).display().to_string();
     remote
-        .write_file(&node.ssh_host, &path, new.as_bytes(), 0o600, t)
-        .await
-        .map_err(|e| Error::step(&step, e))?;
+        .write_file(&node.ssh_host, &path, text.as_bytes(), 0o600, t)
+        .await?;
     if version >= 120000 {
         let signal = data.join("standby.signal").display().to_string();
         remote
             .write_file(&node.ssh_host, &signal, b"", 0o600, t)
-            .await
-            .map_err(|e| Error::step(&step, e))?;
+            .await?;
         let recovery = data.join("recovery.signal").display().to_string();
         remote
             .run(&node.ssh_host, &["rm", "-f", &recovery], t)
-            .await
-            .map_err(|e| Error::step(&step, e))?;
+            .await?;
     }
-    Ok(conninfo)
+    Ok(())
 }
 
 /// Rename (never delete) the timeline history files of timelines newer
@@ -550,7 +586,7 @@ pub async fn configure_standby(
 /// would pick that timeline, which the primary never had, and refuse to
 /// start ("requested timeline N is not a child of this server's
 /// history"). Returns the files renamed.
-pub async fn set_aside_stale_history(
+pub(crate) async fn set_aside_stale_history(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -585,19 +621,19 @@ pub async fn set_aside_stale_history(
 
 /// Free space, space needed and what the old data directory holds, in KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Space {
+struct Space {
     /// Free on the data directory's filesystem (`df -Pk`), for its owner.
-    pub avail_kb: u64,
+    avail_kb: u64,
     /// A fresh copy of the primary: its databases, a tenth more and 64 MiB
     /// of WAL.
-    pub need_kb: u64,
+    need_kb: u64,
     /// The old data directory (`du -sk`), 0 when there is none.
-    pub old_kb: u64,
+    old_kb: u64,
 }
 
 /// What happens to the old data directory before `pg_basebackup`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OldData {
+enum OldData {
     /// No old data directory.
     None,
     /// Room for the new copy next to the old one: rename it aside.
@@ -608,7 +644,7 @@ pub enum OldData {
 
 /// Decide from `space` whether the old data directory can be kept; `Err`
 /// when even deleting it leaves too little room.
-pub fn old_data_plan(space: &Space) -> std::result::Result<OldData, String> {
+fn old_data_plan(space: &Space) -> std::result::Result<OldData, String> {
     if space.old_kb == 0 && space.avail_kb >= space.need_kb {
         return Ok(OldData::None);
     }
@@ -627,7 +663,7 @@ pub fn old_data_plan(space: &Space) -> std::result::Result<OldData, String> {
 }
 
 /// KiB available from `df -Pk` output (fourth column of the last line).
-pub fn parse_df_avail(text: &str) -> Option<u64> {
+fn parse_df_avail(text: &str) -> Option<u64> {
     text.lines().last()?.split_whitespace().nth(3)?.parse().ok()
 }
 
@@ -637,7 +673,7 @@ pub fn parse_df_avail(text: &str) -> Option<u64> {
 /// the node is not the primary and no server runs on its data directory,
 /// and that there is room: the old data directory is moved aside when
 /// space allows and deleted only when it does not. Returns what was done.
-pub async fn rebuild(
+pub(crate) async fn rebuild(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -645,153 +681,198 @@ pub async fn rebuild(
     deadline: Instant,
 ) -> Result<String> {
     let step = format!("rebuild {} from {}", node.label(), primary.label());
-    // 1. Not the current primary, and no server on that data directory.
-    if node.id == primary.id
-        || (node.ssh_host == primary.ssh_host && node.data_dir == primary.data_dir)
-    {
-        return Err(Error::Refused(format!(
-            "{step}: {} is (or shares the host and data directory of) the current primary; nothing was deleted",
-            node.label()
-        )));
-    }
-    let status = server_status(topo, remote, node, deadline).await?;
-    if status == ServerStatus::Running {
-        return Err(Error::Refused(format!(
-            "{step}: a server still runs on {}'s data directory; nothing was deleted",
-            node.label()
-        )));
-    }
-    if postgres::observe_target(&topo.pg_target(node))
-        .await
-        .is_ok()
-    {
-        return Err(Error::Refused(format!(
-            "{step}: {}:{} still answers SQL although pg_ctl status says no server runs there: check [nodes.{}] ssh_host; nothing was deleted",
-            node.host, node.port, node.id
-        )));
-    }
-    // 2. Room for a copy.
-    let rows = steps::query_node(
+    let on = On {
         topo,
-        primary,
-        "size of the databases",
-        "SELECT sum(pg_database_size(oid))::int8 FROM pg_database",
-        &[],
-    )
-    .await?;
-    let bytes: i64 = rows
-        .first()
-        .and_then(|r| r.get::<_, Option<i64>>(0))
-        .unwrap_or(0);
-    let need_kb = (bytes.max(0) as u64 / 1024) * 11 / 10 + 64 * 1024;
-    let data = node.data_dir()?.display().to_string();
-    let parent = node
-        .data_dir()?
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "/".into());
-    let t = budget(deadline, topo.config.ssh.command_timeout);
-    let df = remote
-        .check(&node.ssh_host, &["df", "-Pk", &parent], t)
-        .await
-        .map_err(|e| Error::step(&step, e))?;
-    let avail_kb = parse_df_avail(&df.stdout_str()).ok_or_else(|| {
-        Error::Step(format!(
-            "{step}: cannot read df -Pk {parent}: {}",
-            df.stdout_str().trim()
-        ))
-    })?;
-    let du_script = format!(
-        "if [ -d {d} ]; then du -sk {d} | cut -f1; else echo 0; fi",
-        d = remote::quote(&data)
-    );
-    let du = remote
-        .run_script(&node.ssh_host, &du_script, t)
-        .await
-        .map_err(|e| Error::step(&step, e))?;
-    let old_kb: u64 = du.stdout_str().trim().parse().unwrap_or(0);
-    let space = Space {
-        avail_kb,
-        need_kb,
-        old_kb,
+        remote,
+        node,
+        deadline,
+        step: &step,
     };
+    on.refuse_unless_replaceable(primary).await?;
+    let space = on.space(primary).await?;
     let plan = old_data_plan(&space)
         .map_err(|why| Error::Refused(format!("{step}: {why}; nothing was deleted")))?;
-    // 3. Out of the way.
-    let what_old = match plan {
-        OldData::None => "no old data directory".to_string(),
-        OldData::MoveAside => {
-            let aside = format!("{data}.pgha-old-{}", compact_now());
-            remote
-                .check(&node.ssh_host, &["mv", &data, &aside], t)
-                .await
-                .map_err(|e| Error::step(&step, e))?;
-            info!("{}: old data directory moved to {aside}", node.label());
-            format!("old data directory moved to {aside}")
-        }
-        OldData::Delete => {
-            remote
-                .check(
-                    &node.ssh_host,
-                    &["rm", "-rf", "--", &data],
-                    budget(deadline, topo.config.follow.rebuild_timeout),
-                )
-                .await
-                .map_err(|e| Error::step(&step, e))?;
-            info!(
-                "{}: old data directory {data} deleted ({} MiB free were too few to keep it)",
-                node.label(),
-                avail_kb / 1024
-            );
-            format!(
-                "old data directory deleted (too little room to keep it: {} MiB free)",
-                avail_kb / 1024
-            )
-        }
-    };
-    // 4. The copy.
-    let bin = topo
-        .config
-        .postgres
-        .bin_dir
-        .join("pg_basebackup")
-        .display()
-        .to_string();
-    let port = primary.port.to_string();
-    let argv = [
-        bin.as_str(),
-        "-D",
-        &data,
-        "-h",
-        &primary.replication_host,
-        "-p",
-        &port,
-        "-U",
-        &topo.config.postgres.replication_user,
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-        "-w",
-    ];
-    let t = budget(deadline, topo.config.follow.rebuild_timeout);
-    let out = remote
-        .run(&node.ssh_host, &argv, t)
-        .await
-        .map_err(|e| Error::step(&step, e))?;
-    if !out.success() {
-        return Err(Error::Step(format!(
-            "{step}: pg_basebackup exited {} after {:.1}s ({what_old}): {}",
-            out.status,
-            out.elapsed.as_secs_f64(),
-            out.stderr_str().trim()
-        )));
+    let what_old = on.clear_old_data(plan, space.avail_kb).await?;
+    on.basebackup(primary, &what_old).await
+}
+
+/// One node's data directory being replaced, and the step's name for
+/// errors.
+struct On<'a> {
+    topo: &'a Topology,
+    remote: &'a Remote,
+    node: &'a Node,
+    deadline: Instant,
+    step: &'a str,
+}
+
+impl On<'_> {
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::step(self.step, e)
     }
-    Ok(format!(
-        "pg_basebackup from {} in {:.1}s; {what_old}",
-        primary.label(),
-        out.elapsed.as_secs_f64()
-    ))
+
+    /// Not the current primary, and no server on that data directory.
+    async fn refuse_unless_replaceable(&self, primary: &Node) -> Result<()> {
+        let (node, step) = (self.node, self.step);
+        if node.id == primary.id
+            || (node.ssh_host == primary.ssh_host && node.data_dir == primary.data_dir)
+        {
+            return Err(Error::Refused(format!(
+                "{step}: {} is (or shares the host and data directory of) the current primary; nothing was deleted",
+                node.label()
+            )));
+        }
+        let status = server_status(self.topo, self.remote, node, self.deadline).await?;
+        if status == ServerStatus::Running {
+            return Err(Error::Refused(format!(
+                "{step}: a server still runs on {}'s data directory; nothing was deleted",
+                node.label()
+            )));
+        }
+        if postgres::observe_target(&self.topo.pg_target(node))
+            .await
+            .is_ok()
+        {
+            return Err(Error::Refused(format!(
+                "{step}: {}:{} still answers SQL although pg_ctl status says no server runs there: check [nodes.{}] ssh_host; nothing was deleted",
+                node.host, node.port, node.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Room for a copy of `primary`: its databases' size, what is free
+    /// beside the data directory, what the old one holds.
+    async fn space(&self, primary: &Node) -> Result<Space> {
+        let (node, step) = (self.node, self.step);
+        let rows = steps::query_node(
+            self.topo,
+            primary,
+            "size of the databases",
+            "SELECT sum(pg_database_size(oid))::int8 FROM pg_database",
+            &[],
+        )
+        .await?;
+        let bytes: i64 = rows
+            .first()
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .unwrap_or(0);
+        let need_kb = (bytes.max(0) as u64 / 1024) * 11 / 10 + 64 * 1024;
+        let data = node.data_dir()?.display().to_string();
+        let parent = node
+            .data_dir()?
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into());
+        let t = budget(self.deadline, self.topo.config.ssh.command_timeout);
+        let df = self
+            .remote
+            .check(&node.ssh_host, &["df", "-Pk", &parent], t)
+            .await
+            .map_err(|e| self.err(e))?;
+        let avail_kb = parse_df_avail(&df.stdout_str()).ok_or_else(|| {
+            Error::Step(format!(
+                "{step}: cannot read df -Pk {parent}: {}",
+                df.stdout_str().trim()
+            ))
+        })?;
+        let du_script = format!(
+            "if [ -d {d} ]; then du -sk {d} | cut -f1; else echo 0; fi",
+            d = remote::quote(&data)
+        );
+        let du = self
+            .remote
+            .run_script(&node.ssh_host, &du_script, t)
+            .await
+            .map_err(|e| self.err(e))?;
+        let old_kb: u64 = du.stdout_str().trim().parse().unwrap_or(0);
+        Ok(Space {
+            avail_kb,
+            need_kb,
+            old_kb,
+        })
+    }
+
+    /// The old data directory out of the way, as `plan` says.
+    async fn clear_old_data(&self, plan: OldData, avail_kb: u64) -> Result<String> {
+        let node = self.node;
+        let data = node.data_dir()?.display().to_string();
+        match plan {
+            OldData::None => Ok("no old data directory".to_string()),
+            OldData::MoveAside => {
+                let aside = format!("{data}.pgha-old-{}", compact_now());
+                let t = budget(self.deadline, self.topo.config.ssh.command_timeout);
+                self.remote
+                    .check(&node.ssh_host, &["mv", &data, &aside], t)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                info!("{}: old data directory moved to {aside}", node.label());
+                Ok(format!("old data directory moved to {aside}"))
+            }
+            OldData::Delete => {
+                let t = budget(self.deadline, self.topo.config.follow.rebuild_timeout);
+                self.remote
+                    .check(&node.ssh_host, &["rm", "-rf", "--", &data], t)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                info!(
+                    "{}: old data directory {data} deleted ({} MiB free were too few to keep it)",
+                    node.label(),
+                    avail_kb / 1024
+                );
+                Ok(format!(
+                    "old data directory deleted (too little room to keep it: {} MiB free)",
+                    avail_kb / 1024
+                ))
+            }
+        }
+    }
+
+    /// `pg_basebackup` from `primary` into the emptied data directory,
+    /// bounded by `[follow] rebuild_timeout`.
+    async fn basebackup(&self, primary: &Node, what_old: &str) -> Result<String> {
+        let topo = self.topo;
+        let bin = topo.config.postgres.bin_dir.join("pg_basebackup");
+        let bin = bin.display().to_string();
+        let data = self.node.data_dir()?.display().to_string();
+        let port = primary.port.to_string();
+        let argv = [
+            bin.as_str(),
+            "-D",
+            &data,
+            "-h",
+            &primary.replication_host,
+            "-p",
+            &port,
+            "-U",
+            &topo.config.postgres.replication_user,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-w",
+        ];
+        let t = budget(self.deadline, topo.config.follow.rebuild_timeout);
+        let out = self
+            .remote
+            .run(&self.node.ssh_host, &argv, t)
+            .await
+            .map_err(|e| self.err(e))?;
+        if !out.success() {
+            return Err(Error::Step(format!(
+                "{}: pg_basebackup exited {} after {:.1}s ({what_old}): {}",
+                self.step,
+                out.status,
+                out.elapsed.as_secs_f64(),
+                out.stderr_str().trim()
+            )));
+        }
+        Ok(format!(
+            "pg_basebackup from {} in {:.1}s; {what_old}",
+            primary.label(),
+            out.elapsed.as_secs_f64()
+        ))
+    }
 }
 
 /// `20261125T183000Z`: a suffix for the moved-aside data directory.
