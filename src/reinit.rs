@@ -121,7 +121,7 @@ pub(crate) async fn stop(
         return Ok("stopped (pg_ctl stop -m fast)".into());
     }
     let first = match out {
-        Ok(o) => format!("exited {}: {}", o.status, o.stderr_str().trim()),
+        Ok(o) => exited(&o),
         Err(e) => e.to_string(),
     };
     let t = budget(deadline, topo.config.ssh.command_timeout);
@@ -132,11 +132,15 @@ pub(crate) async fn stop(
         ));
     }
     Err(Error::Step(format!(
-        "stop {}: pg_ctl stop -m fast {first}; -m immediate exited {}: {}",
+        "stop {}: pg_ctl stop -m fast {first}; -m immediate {}",
         node.label(),
-        out.status,
-        out.stderr_str().trim()
+        exited(&out)
     )))
+}
+
+/// `exited STATUS: STDERR` of a remote command, for error messages.
+fn exited(out: &remote::Output) -> String {
+    format!("exited {}: {}", out.status, out.stderr_str().trim())
 }
 
 /// Start the node's server (`pg_ctl start -w -l LOG`), waiting until it
@@ -154,11 +158,10 @@ pub(crate) async fn start(
     let t = budget(deadline, topo.config.failover.follow_timeout);
     let out = steps::pg_ctl(topo, remote, node, &["start", "-w", "-l", &log], t).await?;
     if !out.success() {
+        let why = exited(&out);
         return Err(Error::Step(format!(
-            "start {}: pg_ctl start exited {}: {}; see {log} there",
-            node.label(),
-            out.status,
-            out.stderr_str().trim()
+            "start {}: pg_ctl start {why}; see {log} there",
+            node.label()
         )));
     }
     Ok(format!("started (log {log})"))
@@ -170,15 +173,6 @@ fn saved_config_dir(node: &Node) -> Result<String> {
     let data = node.data_dir()?;
     let parent = data.parent().unwrap_or(data);
     Ok(parent.join("pgha-saved-config").display().to_string())
-}
-
-/// The data directory and [`saved_config_dir`], quoted for the shell,
-/// and the latter as it is.
-fn config_paths(node: &Node) -> Result<(String, String, String)> {
-    let data = remote::quote(&node.data_dir()?.display().to_string());
-    let dir = saved_config_dir(node)?;
-    let b = remote::quote(&dir);
-    Ok((data, dir, b))
 }
 
 /// The configuration files a data directory may hold that are the node's
@@ -200,18 +194,19 @@ pub(crate) async fn save_config(
     node: &Node,
     deadline: Instant,
 ) -> Result<String> {
-    let (data, dir, b) = config_paths(node)?;
-    let files = CONFIG_FILES.join(" ");
-    let script = format!(
-        "set -e; mkdir -p {b}; chmod 700 {b}; \
-         if [ -e {b}/.pending ]; then echo kept; exit 0; fi; \
-         rm -f {b}/*.conf; \
-         for f in {files}; do if [ -f {data}/$f ]; then cp -p {data}/$f {b}/$f; fi; done; \
-         sync {b} 2>/dev/null || true; touch {b}/.pending; echo saved"
-    );
-    let what = format!("save the configuration of {} to {dir}", node.label());
-    let out = script_ok(topo, remote, node, &what, &script, deadline).await?;
-    Ok(if out.stdout_str().trim() == "kept" {
+    let what = format!("save the configuration of {} to", node.label());
+    let (dir, said) = config_script(topo, remote, node, deadline, &what, |data, b| {
+        let files = CONFIG_FILES.join(" ");
+        format!(
+            "set -e; mkdir -p {b}; chmod 700 {b}; \
+             if [ -e {b}/.pending ]; then echo kept; exit 0; fi; \
+             rm -f {b}/*.conf; \
+             for f in {files}; do if [ -f {data}/$f ]; then cp -p {data}/$f {b}/$f; fi; done; \
+             sync {b} 2>/dev/null || true; touch {b}/.pending; echo saved"
+        )
+    })
+    .await?;
+    Ok(if said.trim() == "kept" {
         format!("kept the copy in {dir} from an unfinished earlier run")
     } else {
         format!("saved to {dir}")
@@ -235,13 +230,29 @@ async fn script_ok(
         .await
         .map_err(|e| Error::step(what, e))?;
     if !out.success() {
-        return Err(Error::Step(format!(
-            "{what}: exited {}: {}",
-            out.status,
-            out.stderr_str().trim()
-        )));
+        return Err(Error::Step(format!("{what}: {}", exited(&out))));
     }
     Ok(out)
+}
+
+/// Run the script `make(data, saved)` (the data directory and
+/// [`saved_config_dir`], quoted for the shell) with [`script_ok`], `what`
+/// followed by that directory naming it. Returns the directory and what
+/// the script printed.
+async fn config_script(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+    what: &str,
+    make: impl FnOnce(&str, &str) -> String,
+) -> Result<(String, String)> {
+    let data = remote::quote(&node.data_dir()?.display().to_string());
+    let dir = saved_config_dir(node)?;
+    let script = make(&data, &remote::quote(&dir));
+    let what = format!("{what} {dir}");
+    let out = script_ok(topo, remote, node, &what, &script, deadline).await?;
+    Ok((dir, out.stdout_str()))
 }
 
 /// Put the saved configuration files back into the data directory and
@@ -252,14 +263,15 @@ pub(crate) async fn restore_config(
     node: &Node,
     deadline: Instant,
 ) -> Result<String> {
-    let (data, dir, b) = config_paths(node)?;
-    let script = format!(
-        "set -e; [ -d {b} ] || {{ echo none; exit 0; }}; \
-         for f in {b}/*.conf; do if [ -f \"$f\" ]; then cp -p \"$f\" {data}/; fi; done; \
-         rm -f {b}/.pending; echo restored"
-    );
-    let what = format!("restore the configuration of {} from {dir}", node.label());
-    script_ok(topo, remote, node, &what, &script, deadline).await?;
+    let what = &format!("restore the configuration of {} from", node.label());
+    let (dir, _) = config_script(topo, remote, node, deadline, what, |data, b| {
+        format!(
+            "set -e; [ -d {b} ] || {{ echo none; exit 0; }}; \
+             for f in {b}/*.conf; do if [ -f \"$f\" ]; then cp -p \"$f\" {data}/; fi; done; \
+             rm -f {b}/.pending; echo restored"
+        )
+    })
+    .await?;
     Ok(format!("own configuration files restored from {dir}"))
 }
 

@@ -29,17 +29,17 @@ use crate::steps::{self, budget};
 
 /// What a command asks of the engine.
 pub(crate) struct Request {
-    pub node: Node,
-    pub mode: Mode,
+    pub(crate) node: Node,
+    pub(crate) mode: Mode,
     /// pgpool's `%m`, the new primary, when known.
-    pub new_primary: Option<u32>,
+    pub(crate) new_primary: Option<u32>,
     /// pgpool's `%P`, the old primary, when known.
-    pub old_primary: Option<u32>,
+    pub(crate) old_primary: Option<u32>,
     /// `--discard-wal`: WAL only this node has may be discarded.
-    pub discard_wal: bool,
-    pub dry_run: bool,
+    pub(crate) discard_wal: bool,
+    pub(crate) dry_run: bool,
     /// The command, for the journal: `follow` or `attach`.
-    pub command: &'static str,
+    pub(crate) command: &'static str,
 }
 
 /// A node id from pgpool (`%m`, `%P`), negative meaning unknown, checked
@@ -401,6 +401,9 @@ struct Made {
     how: String,
 }
 
+/// Where a path to streaming got.
+type Walk = std::result::Result<Made, Halt>;
+
 /// How a path to streaming stopped: the error, and whether its message
 /// names the command that finishes the work already.
 struct Halt {
@@ -463,7 +466,7 @@ impl Standby<'_> {
     }
 
     /// Follow the plan until the node streams from the primary.
-    async fn make(&self, input: &FollowInput, plan: &Plan) -> std::result::Result<Made, Halt> {
+    async fn make(&self, input: &FollowInput, plan: &Plan) -> Walk {
         let rewind_possible = matches!(&input.target, TargetView::Running(t) if t.rewind_possible);
         let rebuild_allowed = input.rebuild_allowed;
         match plan {
@@ -586,11 +589,7 @@ impl Standby<'_> {
     }
 
     /// Repoint; if it does not stream then, rewind (or rebuild).
-    async fn repoint_path(
-        &self,
-        rewind_possible: bool,
-        rebuild_allowed: bool,
-    ) -> std::result::Result<Made, Halt> {
+    async fn repoint_path(&self, rewind_possible: bool, rebuild_allowed: bool) -> Walk {
         self.before_repoint().await?;
         let how = self.repoint().await?;
         let e = match self.wait_streaming().await {
@@ -810,11 +809,7 @@ impl Standby<'_> {
         Ok(())
     }
 
-    async fn rewind_path(
-        &self,
-        stop_first: bool,
-        rebuild_allowed: bool,
-    ) -> std::result::Result<Made, Halt> {
+    async fn rewind_path(&self, stop_first: bool, rebuild_allowed: bool) -> Walk {
         self.stopped(stop_first).await?;
         self.save_config().await?;
         let how = match self.rewind().await {
@@ -847,11 +842,7 @@ impl Standby<'_> {
 
     /// `pg_rewind` failed: put its configuration back, then rebuild it
     /// where `[follow] rebuild` allows, else say what to run.
-    async fn rewind_failed(
-        &self,
-        e: Error,
-        rebuild_allowed: bool,
-    ) -> std::result::Result<Made, Halt> {
+    async fn rewind_failed(&self, e: Error, rebuild_allowed: bool) -> Walk {
         let (x, node) = (self.x, self.node);
         if let Err(r) = reinit::restore_config(x.topo, x.remote, node, x.deadline).await {
             warn!("{}: {r}", node.label());
@@ -874,7 +865,7 @@ impl Standby<'_> {
         })
     }
 
-    async fn rebuild_path(&self, stop_first: bool) -> std::result::Result<Made, Halt> {
+    async fn rebuild_path(&self, stop_first: bool) -> Walk {
         let (x, node) = (self.x, self.node);
         if stop_first {
             self.stop_if_running().await?;

@@ -46,49 +46,49 @@ pub(crate) enum TargetView {
 /// A running node, reduced to what the decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RunningView {
-    pub in_recovery: bool,
-    pub timeline: u32,
+    pub(crate) in_recovery: bool,
+    pub(crate) timeline: u32,
     /// The end of its WAL: replayed on a standby, written on a primary.
-    pub lsn: Option<Lsn>,
+    pub(crate) lsn: Option<Lsn>,
     /// The node it streams from right now, when that is a known backend.
-    pub streaming_from: Option<u32>,
+    pub(crate) streaming_from: Option<u32>,
     /// `received_tli` of its WAL receiver.
-    pub received_tli: Option<u32>,
-    pub system_identifier: u64,
+    pub(crate) received_tli: Option<u32>,
+    pub(crate) system_identifier: u64,
     /// `data_checksums` or `wal_log_hints`: what `pg_rewind` requires.
-    pub rewind_possible: bool,
+    pub(crate) rewind_possible: bool,
 }
 
 /// The current primary, as observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PrimaryView {
-    pub id: u32,
-    pub timeline: u32,
+    pub(crate) id: u32,
+    pub(crate) timeline: u32,
     /// `pg_current_wal_lsn()`.
-    pub lsn: Option<Lsn>,
-    pub system_identifier: u64,
+    pub(crate) lsn: Option<Lsn>,
+    pub(crate) system_identifier: u64,
     /// Its timeline history file, parsed (empty on timeline 1).
-    pub history: Vec<HistoryEntry>,
+    pub(crate) history: Vec<HistoryEntry>,
 }
 
 /// Everything [`decide`] looks at.
 #[derive(Debug, Clone)]
 pub(crate) struct FollowInput {
-    pub node: u32,
-    pub mode: Mode,
+    pub(crate) node: u32,
+    pub(crate) mode: Mode,
     /// `%P` when given.
-    pub old_primary: Option<u32>,
-    pub primary: PrimaryView,
-    pub target: TargetView,
+    pub(crate) old_primary: Option<u32>,
+    pub(crate) primary: PrimaryView,
+    pub(crate) target: TargetView,
     /// pgpool has it attached; `None` when pgpool could not be asked.
-    pub attached: Option<bool>,
+    pub(crate) attached: Option<bool>,
     /// `[follow] max_lag`, bytes.
-    pub max_lag: u64,
+    pub(crate) max_lag: u64,
     /// `[follow] rebuild`.
-    pub rebuild_allowed: bool,
+    pub(crate) rebuild_allowed: bool,
     /// `--discard-wal`: a standby with WAL the primary lacks may be
     /// rewound, discarding that WAL.
-    pub discard_wal: bool,
+    pub(crate) discard_wal: bool,
 }
 
 /// What to do, with the reason an operator reads.
