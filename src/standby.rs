@@ -275,7 +275,7 @@ async fn primary_history(topo: &Topology, primary: &Node, st: &NodeState) -> Vec
     }
 }
 
-/// The node as the decision sees it; one SQL does not answer is asked
+/// The node as the decision sees it; one that SQL does not reach is asked
 /// over ssh whether a server runs there.
 async fn target_view(x: &Exec<'_>, mine: &Observed, primary: u32) -> TargetView {
     let node = &mine.node;
