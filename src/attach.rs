@@ -7,27 +7,32 @@
 //!
 //! `--rejoin` makes any node but the current primary a standby of it
 //! (stop, `pg_rewind`, configure, start, verify; `pg_basebackup` only
-//! where `[follow] rebuild` allows), then attaches it: the same
-//! observation, decision ([`crate::follow::decide`]) and steps as
+//! where `[follow] rebuild` allows), then attaches it: the same engine
+//! ([`crate::standby`]) and decision ([`crate::plan::standby::decide`]) as
 //! `pgha-follow`, in [`Mode::Rejoin`].
 
 use crate::cli::AttachArgs;
 use crate::cluster::Topology;
 use crate::error::Result;
-use crate::follow::{self, Mode};
+use crate::plan::standby::Mode;
 use crate::report::Summary;
+use crate::standby::{self, Request};
 
 /// Run `pgha-attach` as the arguments say.
 pub async fn run(args: &AttachArgs) -> Result<Summary> {
     let topo = Topology::load(args.common.config.as_deref())?;
-    let mode = if args.rejoin {
-        Mode::Rejoin
-    } else {
-        Mode::Attach
-    };
-    let hints = follow::Hints {
+    let req = Request {
+        node: topo.node(args.node)?.clone(),
+        mode: if args.rejoin {
+            Mode::Rejoin
+        } else {
+            Mode::Attach
+        },
+        new_primary: None,
+        old_primary: None,
         discard_wal: args.discard_wal,
-        ..follow::Hints::default()
+        dry_run: args.common.dry_run,
+        command: "attach",
     };
-    follow::run_mode(&topo, args.node, mode, &hints, &args.common, "attach").await
+    standby::run(&topo, &req).await
 }

@@ -16,15 +16,21 @@
 //! - [`cluster`]: the topology (pgpool.conf joined with pgha.toml) and the
 //!   observed state of every node.
 //! - [`plan`]: decisions computed from observed state, free of I/O: the
-//!   failover rules, and in [`plan::sync`] what `synchronous_standby_names`
-//!   promises about acknowledged commits.
+//!   failover rules, in [`plan::standby`] what to do with a node that
+//!   should follow the primary, and in [`plan::sync`] what
+//!   `synchronous_standby_names` promises about acknowledged commits.
 //! - [`exec`]: the execution context every command's steps run in, and
 //!   its `step()`: the progress line, the journal entry and the timing of
 //!   each step, written in one place.
 //! - [`steps`]: fence, promote, history file, repoint, wait, attach: each
 //!   written once, each checking first whether it is done.
-//! - [`rejoin`]: when repointing is not enough: stop/start over ssh,
-//!   `pg_rewind`, `pg_basebackup`, keeping the node's own configuration.
+//! - [`reinit`]: when repointing is not enough, making a node a standby
+//!   again over ssh: stop/start, `pg_rewind`, `pg_basebackup`, keeping the
+//!   node's own configuration.
+//! - [`lineage`]: timeline history files and whether a node's WAL is a
+//!   prefix of the primary's (pure).
+//! - [`pgconf`]: `postgresql.conf` / `postgresql.auto.conf` text: read a
+//!   setting, rewrite one, the settings of a standby (pure).
 //! - [`files`]: local files opened safely (regular files only, never
 //!   blocking, bounded) and the test for a private directory.
 //! - [`restore`]: `restore_command` text pointed at the primary a standby
@@ -33,6 +39,9 @@
 //!   lines with structured fields, rotated past 10 MiB, read back as runs).
 //! - [`text`]: pure rules for values that leave the process: hosts that
 //!   cannot become ssh options, no control characters, secrets masked.
+//! - [`standby`]: the engine of `pgha-follow` and `pgha-attach`: observe a
+//!   node and the primary, decide, repoint or rewind or rebuild it, wait
+//!   until it streams, attach it.
 //! - One module per command: [`failover`] (with its liveness probes and
 //!   the detached settle phase), [`follow`], [`attach`], [`check`] (with
 //!   `--status`, the cluster at a glance);
@@ -55,14 +64,17 @@ pub mod exit;
 pub mod failover;
 pub mod files;
 pub mod follow;
+mod lineage;
+mod pgconf;
 pub mod pgpool;
 pub mod pgwire;
 pub mod plan;
 pub mod postgres;
-pub mod rejoin;
+mod reinit;
 pub mod remote;
 pub mod report;
 pub mod restore;
+mod standby;
 pub mod state;
 pub mod steps;
 pub mod text;

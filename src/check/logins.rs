@@ -14,7 +14,6 @@
 
 use std::path::Path;
 
-
 use super::{Finding, SqlFacts, ssh_label, subject};
 use crate::cluster::{Node, Topology};
 use crate::pgpool::pcp::{PcpClient, PcpError, PcpTarget};

@@ -564,7 +564,7 @@ async fn diverged_standbys(
 ) -> Vec<(u32, String)> {
     let history = if pstate.timeline > 1 {
         match steps::read_history(ctx.x.topo, primary, pstate, pstate.timeline).await {
-            Ok(h) => crate::rejoin::parse_history(&String::from_utf8_lossy(&h)),
+            Ok(h) => crate::lineage::parse_history(&String::from_utf8_lossy(&h)),
             Err(e) => {
                 warn!("{e}");
                 return Vec::new();
@@ -578,7 +578,7 @@ async fn diverged_standbys(
         .filter(|o| o.node.id != primary.id)
         .filter_map(|o| {
             let s = o.ok().filter(|s| s.in_recovery)?;
-            crate::rejoin::check_lineage(
+            crate::lineage::check_lineage(
                 &history,
                 pstate.timeline,
                 pstate.current_lsn,

@@ -138,7 +138,7 @@ fn followers<'o>(
     summary: &mut Summary,
 ) -> Vec<&'o Observed> {
     let entries = history
-        .map(|h| crate::rejoin::parse_history(&String::from_utf8_lossy(h)))
+        .map(|h| crate::lineage::parse_history(&String::from_utf8_lossy(h)))
         .unwrap_or_default();
     observed
         .iter()
@@ -150,7 +150,7 @@ fn followers<'o>(
             if history.is_none() {
                 return true;
             }
-            let lineage = crate::rejoin::check_lineage(
+            let lineage = crate::lineage::check_lineage(
                 &entries,
                 pstate.timeline,
                 pstate.current_lsn,

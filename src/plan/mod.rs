@@ -17,6 +17,7 @@
 //! - "already promoted" only for a primary on the newest timeline; an old
 //!   primary that came back on an older one is refused and named.
 
+pub mod standby;
 pub mod sync;
 
 use serde::Serialize;

@@ -13,89 +13,21 @@
 //! had.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
 use crate::cluster::{Node, Topology};
 use crate::error::{Error, Result};
-use crate::postgres::{self, Lsn};
-use crate::remote::{self, Remote};
+use crate::pgconf::{conf_value, standby_settings};
+use crate::postgres;
+use crate::remote::{self, Remote, RemoteError};
 use crate::steps::{self, budget};
-
-/// One line of a timeline history file (`00000002.history`): the
-/// timeline that was left and where.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryEntry {
-    /// The parent timeline (the one that ended).
-    pub parent_tli: u32,
-    /// The WAL position where the history switched away from it.
-    pub switch_point: Lsn,
-}
-
-/// Parse a timeline history file: `parentTLI <tab> switchpoint <tab>
-/// reason` per line; blank and `#` lines are skipped, as the server does.
-pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            if l.is_empty() || l.starts_with('#') {
-                return None;
-            }
-            let mut f = l.split_whitespace();
-            let parent_tli = f.next()?.parse().ok()?;
-            let switch_point = f.next()?.parse().ok()?;
-            Some(HistoryEntry {
-                parent_tli,
-                switch_point,
-            })
-        })
-        .collect()
-}
-
-/// Whether a node on timeline `node_tli` at `node_lsn` can simply stream
-/// from a primary on `primary_tli` whose history is `history`: `Ok` when
-/// its WAL is a prefix of the primary's, `Err` with the reason when it has
-/// WAL the primary never had (it kept writing after the switch point, as
-/// an old primary does, or it is on a timeline the primary does not
-/// descend from) and must be rewound.
-pub fn check_lineage(
-    history: &[HistoryEntry],
-    primary_tli: u32,
-    primary_lsn: Option<Lsn>,
-    node_tli: u32,
-    node_lsn: Option<Lsn>,
-) -> std::result::Result<(), String> {
-    if node_tli == primary_tli {
-        return match (node_lsn, primary_lsn) {
-            (Some(n), Some(p)) if n > p => Err(format!(
-                "it is at {n} on timeline {node_tli}, ahead of the primary ({p}) on the same timeline"
-            )),
-            _ => Ok(()),
-        };
-    }
-    if node_tli > primary_tli {
-        return Err(format!(
-            "it is on timeline {node_tli}, newer than the primary's timeline {primary_tli}"
-        ));
-    }
-    let Some(e) = history.iter().find(|e| e.parent_tli == node_tli) else {
-        return Err(format!(
-            "its timeline {node_tli} is not in the history of the primary's timeline {primary_tli}"
-        ));
-    };
-    match node_lsn {
-        Some(n) if n > e.switch_point => Err(format!(
-            "its WAL diverged: it is at {n} on timeline {node_tli}, past {}, where the primary's history left timeline {node_tli}",
-            e.switch_point
-        )),
-        _ => Ok(()),
-    }
-}
 
 /// What `pg_ctl status` says about a node's data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerStatus {
+pub(crate) enum ServerStatus {
     /// A postmaster runs on it (exit 0).
     Running,
     /// No server runs (exit 3).
@@ -106,7 +38,7 @@ pub enum ServerStatus {
 
 /// `pg_ctl status` on the node over ssh, bounded by `[ssh]
 /// command_timeout`.
-pub async fn server_status(
+pub(crate) async fn server_status(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -129,7 +61,7 @@ pub async fn server_status(
 /// Prove that ssh to the node reaches the very server pgha talks to with
 /// SQL (the same `postmaster.pid`), before stopping anything: a wrong
 /// `[nodes.N] ssh_host` must never stop, rewind or delete another server.
-pub async fn same_server(
+pub(crate) async fn same_server(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -172,7 +104,7 @@ pub async fn same_server(
 
 /// Stop the node's server (`pg_ctl stop -m fast`, then `-m immediate` if
 /// that does not finish). Returns what happened.
-pub async fn stop(
+pub(crate) async fn stop(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -189,7 +121,7 @@ pub async fn stop(
         return Ok("stopped (pg_ctl stop -m fast)".into());
     }
     let first = match out {
-        Ok(o) => format!("exited {}: {}", o.status, o.stderr_str().trim()),
+        Ok(o) => exited(&o),
         Err(e) => e.to_string(),
     };
     let t = budget(deadline, topo.config.ssh.command_timeout);
@@ -200,16 +132,20 @@ pub async fn stop(
         ));
     }
     Err(Error::Step(format!(
-        "stop {}: pg_ctl stop -m fast {first}; -m immediate exited {}: {}",
+        "stop {}: pg_ctl stop -m fast {first}; -m immediate {}",
         node.label(),
-        out.status,
-        out.stderr_str().trim()
+        exited(&out)
     )))
+}
+
+/// `exited STATUS: STDERR` of a remote command, for error messages.
+fn exited(out: &remote::Output) -> String {
+    format!("exited {}: {}", out.status, out.stderr_str().trim())
 }
 
 /// Start the node's server (`pg_ctl start -w -l LOG`), waiting until it
 /// accepts connections, bounded by `[failover] follow_timeout`.
-pub async fn start(
+pub(crate) async fn start(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -222,11 +158,10 @@ pub async fn start(
     let t = budget(deadline, topo.config.failover.follow_timeout);
     let out = steps::pg_ctl(topo, remote, node, &["start", "-w", "-l", &log], t).await?;
     if !out.success() {
+        let why = exited(&out);
         return Err(Error::Step(format!(
-            "start {}: pg_ctl start exited {}: {}; see {log} there",
-            node.label(),
-            out.status,
-            out.stderr_str().trim()
+            "start {}: pg_ctl start {why}; see {log} there",
+            node.label()
         )));
     }
     Ok(format!("started (log {log})"))
@@ -234,7 +169,7 @@ pub async fn start(
 
 /// Where a node's own configuration files wait while `pg_rewind` or
 /// `pg_basebackup` replace them: beside the data directory, outside it.
-pub fn saved_config_dir(node: &Node) -> Result<String> {
+fn saved_config_dir(node: &Node) -> Result<String> {
     let data = node.data_dir()?;
     let parent = data.parent().unwrap_or(data);
     Ok(parent.join("pgha-saved-config").display().to_string())
@@ -242,7 +177,7 @@ pub fn saved_config_dir(node: &Node) -> Result<String> {
 
 /// The configuration files a data directory may hold that are the node's
 /// own: the tools copy the source's over them.
-pub const CONFIG_FILES: [&str; 5] = [
+const CONFIG_FILES: [&str; 5] = [
     "postgresql.conf",
     "postgresql.auto.conf",
     "pg_hba.conf",
@@ -253,26 +188,25 @@ pub const CONFIG_FILES: [&str; 5] = [
 /// Copy the node's configuration files out of its data directory. A copy
 /// still marked pending (an earlier run stopped before restoring it) is
 /// kept: the data directory may hold the source's files by now.
-pub async fn save_config(
+pub(crate) async fn save_config(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
     deadline: Instant,
 ) -> Result<String> {
-    let data = remote::quote(&node.data_dir()?.display().to_string());
-    let dir = saved_config_dir(node)?;
-    let b = remote::quote(&dir);
-    let files = CONFIG_FILES.join(" ");
-    let script = format!(
-        "set -e; mkdir -p {b}; chmod 700 {b}; \
-         if [ -e {b}/.pending ]; then echo kept; exit 0; fi; \
-         rm -f {b}/*.conf; \
-         for f in {files}; do if [ -f {data}/$f ]; then cp -p {data}/$f {b}/$f; fi; done; \
-         sync {b} 2>/dev/null || true; touch {b}/.pending; echo saved"
-    );
-    let what = format!("save the configuration of {} to {dir}", node.label());
-    let out = script_ok(topo, remote, node, &what, &script, deadline).await?;
-    Ok(if out.stdout_str().trim() == "kept" {
+    let what = format!("save the configuration of {} to", node.label());
+    let (dir, said) = config_script(topo, remote, node, deadline, &what, |data, b| {
+        let files = CONFIG_FILES.join(" ");
+        format!(
+            "set -e; mkdir -p {b}; chmod 700 {b}; \
+             if [ -e {b}/.pending ]; then echo kept; exit 0; fi; \
+             rm -f {b}/*.conf; \
+             for f in {files}; do if [ -f {data}/$f ]; then cp -p {data}/$f {b}/$f; fi; done; \
+             sync {b} 2>/dev/null || true; touch {b}/.pending; echo saved"
+        )
+    })
+    .await?;
+    Ok(if said.trim() == "kept" {
         format!("kept the copy in {dir} from an unfinished earlier run")
     } else {
         format!("saved to {dir}")
@@ -296,57 +230,67 @@ async fn script_ok(
         .await
         .map_err(|e| Error::step(what, e))?;
     if !out.success() {
-        return Err(Error::Step(format!(
-            "{what}: exited {}: {}",
-            out.status,
-            out.stderr_str().trim()
-        )));
+        return Err(Error::Step(format!("{what}: {}", exited(&out))));
     }
     Ok(out)
 }
 
+/// Run the script `make(data, saved)` (the data directory and
+/// [`saved_config_dir`], quoted for the shell) with [`script_ok`], `what`
+/// followed by that directory naming it. Returns the directory and what
+/// the script printed.
+async fn config_script(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+    what: &str,
+    make: impl FnOnce(&str, &str) -> String,
+) -> Result<(String, String)> {
+    let data = remote::quote(&node.data_dir()?.display().to_string());
+    let dir = saved_config_dir(node)?;
+    let script = make(&data, &remote::quote(&dir));
+    let what = format!("{what} {dir}");
+    let out = script_ok(topo, remote, node, &what, &script, deadline).await?;
+    Ok((dir, out.stdout_str()))
+}
+
 /// Put the saved configuration files back into the data directory and
 /// clear the pending mark. Nothing saved: nothing to do.
-pub async fn restore_config(
+pub(crate) async fn restore_config(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
     deadline: Instant,
 ) -> Result<String> {
-    let data = remote::quote(&node.data_dir()?.display().to_string());
-    let dir = saved_config_dir(node)?;
-    let b = remote::quote(&dir);
-    let script = format!(
-        "set -e; [ -d {b} ] || {{ echo none; exit 0; }}; \
-         for f in {b}/*.conf; do if [ -f \"$f\" ]; then cp -p \"$f\" {data}/; fi; done; \
-         rm -f {b}/.pending; echo restored"
-    );
-    let what = format!("restore the configuration of {} from {dir}", node.label());
-    script_ok(topo, remote, node, &what, &script, deadline).await?;
+    let what = &format!("restore the configuration of {} from", node.label());
+    let (dir, _) = config_script(topo, remote, node, deadline, what, |data, b| {
+        format!(
+            "set -e; [ -d {b} ] || {{ echo none; exit 0; }}; \
+             for f in {b}/*.conf; do if [ -f \"$f\" ]; then cp -p \"$f\" {data}/; fi; done; \
+             rm -f {b}/.pending; echo restored"
+        )
+    })
+    .await?;
     Ok(format!("own configuration files restored from {dir}"))
 }
 
 /// `BACKUP METHOD` of the data directory's `backup_label`, if it has one:
 /// `pg_rewind` or `streamed` (pg_basebackup) means that tool finished and
 /// the server has not started since.
-pub async fn backup_label_method(
+pub(crate) async fn backup_label_method(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
     deadline: Instant,
 ) -> Result<Option<String>> {
-    let path = node.data_dir()?.join("backup_label").display().to_string();
-    let t = budget(deadline, topo.config.ssh.command_timeout);
-    let script = format!("cat {} 2>/dev/null || true", remote::quote(&path));
-    let out = remote
-        .run_script(&node.ssh_host, &script, t)
-        .await
-        .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))?;
-    Ok(label_method(&out.stdout_str()))
+    let path = node.data_dir()?.join("backup_label");
+    let text = read_if_exists(topo, remote, node, &path, deadline).await?;
+    Ok(label_method(&text))
 }
 
 /// The `BACKUP METHOD:` line of a `backup_label`.
-pub fn label_method(text: &str) -> Option<String> {
+fn label_method(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("BACKUP METHOD:"))
         .map(|m| m.trim().to_string())
@@ -354,7 +298,7 @@ pub fn label_method(text: &str) -> Option<String> {
 
 /// Major version of the data directory (`PG_VERSION`), as
 /// `server_version_num` would start: `15` gives 150000, `9.6` 90600.
-pub async fn data_version(
+async fn data_version(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -371,7 +315,7 @@ pub async fn data_version(
 }
 
 /// `PG_VERSION` text to a `server_version_num`-like number.
-pub fn parse_pg_version(text: &str) -> Option<u32> {
+fn parse_pg_version(text: &str) -> Option<u32> {
     let t = text.trim();
     let mut it = t.split('.');
     let major: u32 = it.next()?.parse().ok()?;
@@ -385,7 +329,7 @@ pub fn parse_pg_version(text: &str) -> Option<u32> {
 /// The libpq conninfo `pg_rewind --source-server` uses to read the
 /// primary: pgha's superuser (password from the node's `.pgpass`), the
 /// primary's replication address, which the nodes reach.
-pub fn source_conninfo(topo: &Topology, primary: &Node) -> String {
+fn source_conninfo(topo: &Topology, primary: &Node) -> String {
     let pg = &topo.config.postgres;
     let mut kv = BTreeMap::new();
     kv.insert("host".to_string(), primary.replication_host.clone());
@@ -403,7 +347,7 @@ pub fn source_conninfo(topo: &Topology, primary: &Node) -> String {
 /// `pg_rewind` arguments for a server of version `version_num`:
 /// `--restore-target-wal` (13+) lets it fetch the node's missing WAL with
 /// its own `restore_command`.
-pub fn pg_rewind_args(bin: &str, data: &str, source: &str, version_num: u32) -> Vec<String> {
+fn pg_rewind_args(bin: &str, data: &str, source: &str, version_num: u32) -> Vec<String> {
     let mut v = vec![
         bin.to_string(),
         "-D".to_string(),
@@ -417,7 +361,7 @@ pub fn pg_rewind_args(bin: &str, data: &str, source: &str, version_num: u32) -> 
 }
 
 /// Why `pg_rewind` failed, in words an operator can act on.
-pub fn explain_rewind_failure(stderr: &str) -> String {
+fn explain_rewind_failure(stderr: &str) -> String {
     let s = stderr.trim();
     let last = s
         .lines()
@@ -447,9 +391,9 @@ pub fn explain_rewind_failure(stderr: &str) -> String {
 
 /// What [`rewind`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rewound {
+pub(crate) enum Rewound {
     /// `pg_rewind` copied the changed blocks.
-    Rewound(String),
+    Done(String),
     /// `pg_rewind` found the node's WAL a prefix of the primary's.
     NotNeeded,
     /// An earlier run rewound (or copied) it and it has not started since.
@@ -461,7 +405,7 @@ pub enum Rewound {
 /// the old timeline, and pg_rewind reads it), then pg_rewind over ssh on
 /// the node, bounded by `[follow] rewind_timeout`. The node's configuration
 /// files must be saved before and restored after (see [`save_config`]).
-pub async fn rewind(
+pub(crate) async fn rewind(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -522,112 +466,7 @@ pub async fn rewind(
         .find(|l| l.contains("diverged at"))
         .map(|l| l.trim_start_matches("pg_rewind: ").trim().to_string())
         .unwrap_or_else(|| "rewound".into());
-    Ok(Rewound::Rewound(diverged))
-}
-
-/// A `postgresql.conf`-style value: single-quoted with `''` or `\'` for a
-/// quote, or a bare word ending at whitespace or `#`.
-fn parse_conf_value(v: &str) -> String {
-    let v = v.trim_start();
-    let mut out = String::new();
-    if let Some(rest) = v.strip_prefix('\'') {
-        let mut it = rest.chars().peekable();
-        while let Some(c) = it.next() {
-            match c {
-                '\'' if it.peek() == Some(&'\'') => {
-                    it.next();
-                    out.push('\'');
-                }
-                '\'' => break,
-                '\\' => {
-                    if let Some(n) = it.next() {
-                        out.push(n);
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-    } else {
-        out = v
-            .split(|c: char| c.is_whitespace() || c == '#')
-            .next()
-            .unwrap_or("")
-            .to_string();
-    }
-    out
-}
-
-/// If `line` sets `key` (case-insensitive, `key = value` or `key value`),
-/// the raw value text.
-fn conf_line_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let l = line.trim_start();
-    let head = l.get(..key.len())?;
-    if !head.eq_ignore_ascii_case(key) {
-        return None;
-    }
-    let rest = &l[key.len()..];
-    let rest_trim = rest.trim_start();
-    if let Some(v) = rest_trim.strip_prefix('=') {
-        Some(v)
-    } else if rest.starts_with(char::is_whitespace) && !rest_trim.is_empty() {
-        Some(rest_trim)
-    } else {
-        None
-    }
-}
-
-/// The value `key` gets in a `postgresql.conf`-style text (the last
-/// setting wins, as in the server).
-pub fn conf_value(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .rev()
-        .find_map(|l| conf_line_value(l, key))
-        .map(parse_conf_value)
-}
-
-/// `text` with every setting of `key` removed and `key = 'value'` appended
-/// (quotes doubled), as `ALTER SYSTEM` writes `postgresql.auto.conf`.
-pub fn set_conf(text: &str, key: &str, value: &str) -> String {
-    let mut out: Vec<&str> = text
-        .lines()
-        .filter(|l| conf_line_value(l, key).is_none())
-        .collect();
-    while out.last().is_some_and(|l| l.trim().is_empty()) {
-        out.pop();
-    }
-    let line = format!("{key} = '{}'", value.replace('\'', "''"));
-    let mut s = out.join("\n");
-    if !s.is_empty() {
-        s.push('\n');
-    }
-    s.push_str(&line);
-    s.push('\n');
-    s
-}
-
-/// The settings that make a stopped data directory start as a standby of
-/// `conninfo`'s server, applied to the text of `postgresql.auto.conf`
-/// (12+) or `recovery.conf` (before 12, which also needs
-/// `standby_mode`).
-pub fn standby_settings(
-    text: &str,
-    conninfo: &str,
-    restore_command: Option<&str>,
-    slot: Option<&str>,
-    version_num: u32,
-) -> String {
-    let mut t = set_conf(text, "primary_conninfo", conninfo);
-    if let Some(r) = restore_command {
-        t = set_conf(&t, "restore_command", r);
-    }
-    if let Some(s) = slot {
-        t = set_conf(&t, "primary_slot_name", s);
-    }
-    if version_num < 120000 {
-        t = set_conf(&t, "standby_mode", "on");
-        t = set_conf(&t, "recovery_target_timeline", "latest");
-    }
-    t
+    Ok(Rewound::Done(diverged))
 }
 
 /// Configure the stopped node as a standby of `primary`: its
@@ -635,7 +474,7 @@ pub fn standby_settings(
 /// [`steps::follow_conninfo`]) in `postgresql.auto.conf` and
 /// `standby.signal` (12+), or in `recovery.conf` (before 12). Returns the
 /// conninfo.
-pub async fn configure_standby(
+pub(crate) async fn configure_standby(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -650,28 +489,21 @@ pub async fn configure_standby(
     );
     let version = data_version(topo, remote, node, deadline).await?;
     let data = node.data_dir()?;
-    let t = budget(deadline, topo.config.ssh.command_timeout);
-    let read = |name: &str| {
-        let path = data.join(name).display().to_string();
-        let script = format!("cat {} 2>/dev/null || true", remote::quote(&path));
-        async move {
-            remote
-                .run_script(&node.ssh_host, &script, t)
-                .await
-                .map(|o| o.stdout_str())
-                .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))
-        }
-    };
     let file = if version >= 120000 {
         "postgresql.auto.conf"
     } else {
         "recovery.conf"
     };
-    let text = read(file).await?;
-    let current = match conf_value(&text, "primary_conninfo") {
-        Some(c) => Some(c),
-        None => conf_value(&read("postgresql.conf").await?, "primary_conninfo"),
+    let text = read_if_exists(topo, remote, node, &data.join(file), deadline).await?;
+    let setting = async |key| match conf_value(&text, key) {
+        Some(c) => Ok(Some(c)),
+        None => {
+            let main = data.join("postgresql.conf");
+            let main = read_if_exists(topo, remote, node, &main, deadline).await?;
+            Ok::<_, Error>(conf_value(&main, key))
+        }
     };
+    let current = setting("primary_conninfo").await?;
     let conninfo = steps::follow_conninfo(
         current.as_deref().filter(|c| !c.is_empty()),
         primary,
@@ -679,12 +511,45 @@ pub async fn configure_standby(
         node.application_name.as_deref(),
     );
     // Its restore_command, pointed at the primary's archive too.
-    let restore = match conf_value(&text, "restore_command") {
-        Some(c) => Some(c),
-        None => conf_value(&read("postgresql.conf").await?, "restore_command"),
-    };
-    let restore = match crate::restore::retarget(
-        restore.as_deref().unwrap_or(""),
+    let restore = setting("restore_command").await?;
+    let restore = retarget_restore(topo, node, primary, restore.as_deref());
+    let new = standby_settings(&text, &conninfo, restore.as_deref(), slot, version);
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    write_standby(remote, node, data, file, &new, version, t)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    Ok(conninfo)
+}
+
+/// A file of the node's data directory over ssh, empty when it is not
+/// there, within `[ssh] command_timeout`.
+async fn read_if_exists(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    path: &Path,
+    deadline: Instant,
+) -> Result<String> {
+    let path = path.display().to_string();
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    let script = format!("cat {} 2>/dev/null || true", remote::quote(&path));
+    remote
+        .run_script(&node.ssh_host, &script, t)
+        .await
+        .map(|o| o.stdout_str())
+        .map_err(|e| Error::step(&format!("read {path} on {}", node.label()), e))
+}
+
+/// The node's `restore_command`, pointed at `primary`'s archive; `None`
+/// to leave it as it is.
+fn retarget_restore(
+    topo: &Topology,
+    node: &Node,
+    primary: &Node,
+    current: Option<&str>,
+) -> Option<String> {
+    match crate::restore::retarget(
+        current.unwrap_or(""),
         topo.config.postgres.restore_command.as_deref(),
         &topo.nodes,
         primary,
@@ -695,26 +560,35 @@ pub async fn configure_standby(
             tracing::warn!("{}: {why}", node.label());
             None
         }
-    };
-    let new = standby_settings(&text, &conninfo, restore.as_deref(), slot, version);
+    }
+}
+
+/// Write the standby settings `text` to `file` and, on 12+, create
+/// `standby.signal` and remove `recovery.signal`.
+async fn write_standby(
+    remote: &Remote,
+    node: &Node,
+    data: &Path,
+    file: &str,
+    text: &str,
+    version: u32,
+    t: Duration,
+) -> std::result::Result<(), RemoteError> {
     let path = data.join(file).display().to_string();
     remote
-        .write_file(&node.ssh_host, &path, new.as_bytes(), 0o600, t)
-        .await
-        .map_err(|e| Error::step(&step, e))?;
+        .write_file(&node.ssh_host, &path, text.as_bytes(), 0o600, t)
+        .await?;
     if version >= 120000 {
         let signal = data.join("standby.signal").display().to_string();
         remote
             .write_file(&node.ssh_host, &signal, b"", 0o600, t)
-            .await
-            .map_err(|e| Error::step(&step, e))?;
+            .await?;
         let recovery = data.join("recovery.signal").display().to_string();
         remote
             .run(&node.ssh_host, &["rm", "-f", &recovery], t)
-            .await
-            .map_err(|e| Error::step(&step, e))?;
+            .await?;
     }
-    Ok(conninfo)
+    Ok(())
 }
 
 /// Rename (never delete) the timeline history files of timelines newer
@@ -724,7 +598,7 @@ pub async fn configure_standby(
 /// would pick that timeline, which the primary never had, and refuse to
 /// start ("requested timeline N is not a child of this server's
 /// history"). Returns the files renamed.
-pub async fn set_aside_stale_history(
+pub(crate) async fn set_aside_stale_history(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -759,19 +633,19 @@ pub async fn set_aside_stale_history(
 
 /// Free space, space needed and what the old data directory holds, in KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Space {
+struct Space {
     /// Free on the data directory's filesystem (`df -Pk`), for its owner.
-    pub avail_kb: u64,
+    avail_kb: u64,
     /// A fresh copy of the primary: its databases, a tenth more and 64 MiB
     /// of WAL.
-    pub need_kb: u64,
+    need_kb: u64,
     /// The old data directory (`du -sk`), 0 when there is none.
-    pub old_kb: u64,
+    old_kb: u64,
 }
 
 /// What happens to the old data directory before `pg_basebackup`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OldData {
+enum OldData {
     /// No old data directory.
     None,
     /// Room for the new copy next to the old one: rename it aside.
@@ -782,7 +656,7 @@ pub enum OldData {
 
 /// Decide from `space` whether the old data directory can be kept; `Err`
 /// when even deleting it leaves too little room.
-pub fn old_data_plan(space: &Space) -> std::result::Result<OldData, String> {
+fn old_data_plan(space: &Space) -> std::result::Result<OldData, String> {
     if space.old_kb == 0 && space.avail_kb >= space.need_kb {
         return Ok(OldData::None);
     }
@@ -801,7 +675,7 @@ pub fn old_data_plan(space: &Space) -> std::result::Result<OldData, String> {
 }
 
 /// KiB available from `df -Pk` output (fourth column of the last line).
-pub fn parse_df_avail(text: &str) -> Option<u64> {
+fn parse_df_avail(text: &str) -> Option<u64> {
     text.lines().last()?.split_whitespace().nth(3)?.parse().ok()
 }
 
@@ -811,7 +685,7 @@ pub fn parse_df_avail(text: &str) -> Option<u64> {
 /// the node is not the primary and no server runs on its data directory,
 /// and that there is room: the old data directory is moved aside when
 /// space allows and deleted only when it does not. Returns what was done.
-pub async fn rebuild(
+pub(crate) async fn rebuild(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
@@ -819,153 +693,198 @@ pub async fn rebuild(
     deadline: Instant,
 ) -> Result<String> {
     let step = format!("rebuild {} from {}", node.label(), primary.label());
-    // 1. Not the current primary, and no server on that data directory.
-    if node.id == primary.id
-        || (node.ssh_host == primary.ssh_host && node.data_dir == primary.data_dir)
-    {
-        return Err(Error::Refused(format!(
-            "{step}: {} is (or shares the host and data directory of) the current primary; nothing was deleted",
-            node.label()
-        )));
-    }
-    let status = server_status(topo, remote, node, deadline).await?;
-    if status == ServerStatus::Running {
-        return Err(Error::Refused(format!(
-            "{step}: a server still runs on {}'s data directory; nothing was deleted",
-            node.label()
-        )));
-    }
-    if postgres::observe_target(&topo.pg_target(node))
-        .await
-        .is_ok()
-    {
-        return Err(Error::Refused(format!(
-            "{step}: {}:{} still answers SQL although pg_ctl status says no server runs there: check [nodes.{}] ssh_host; nothing was deleted",
-            node.host, node.port, node.id
-        )));
-    }
-    // 2. Room for a copy.
-    let rows = steps::query_node(
+    let on = On {
         topo,
-        primary,
-        "size of the databases",
-        "SELECT sum(pg_database_size(oid))::int8 FROM pg_database",
-        &[],
-    )
-    .await?;
-    let bytes: i64 = rows
-        .first()
-        .and_then(|r| r.get::<_, Option<i64>>(0))
-        .unwrap_or(0);
-    let need_kb = (bytes.max(0) as u64 / 1024) * 11 / 10 + 64 * 1024;
-    let data = node.data_dir()?.display().to_string();
-    let parent = node
-        .data_dir()?
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "/".into());
-    let t = budget(deadline, topo.config.ssh.command_timeout);
-    let df = remote
-        .check(&node.ssh_host, &["df", "-Pk", &parent], t)
-        .await
-        .map_err(|e| Error::step(&step, e))?;
-    let avail_kb = parse_df_avail(&df.stdout_str()).ok_or_else(|| {
-        Error::Step(format!(
-            "{step}: cannot read df -Pk {parent}: {}",
-            df.stdout_str().trim()
-        ))
-    })?;
-    let du_script = format!(
-        "if [ -d {d} ]; then du -sk {d} | cut -f1; else echo 0; fi",
-        d = remote::quote(&data)
-    );
-    let du = remote
-        .run_script(&node.ssh_host, &du_script, t)
-        .await
-        .map_err(|e| Error::step(&step, e))?;
-    let old_kb: u64 = du.stdout_str().trim().parse().unwrap_or(0);
-    let space = Space {
-        avail_kb,
-        need_kb,
-        old_kb,
+        remote,
+        node,
+        deadline,
+        step: &step,
     };
+    on.refuse_unless_replaceable(primary).await?;
+    let space = on.space(primary).await?;
     let plan = old_data_plan(&space)
         .map_err(|why| Error::Refused(format!("{step}: {why}; nothing was deleted")))?;
-    // 3. Out of the way.
-    let what_old = match plan {
-        OldData::None => "no old data directory".to_string(),
-        OldData::MoveAside => {
-            let aside = format!("{data}.pgha-old-{}", compact_now());
-            remote
-                .check(&node.ssh_host, &["mv", &data, &aside], t)
-                .await
-                .map_err(|e| Error::step(&step, e))?;
-            info!("{}: old data directory moved to {aside}", node.label());
-            format!("old data directory moved to {aside}")
-        }
-        OldData::Delete => {
-            remote
-                .check(
-                    &node.ssh_host,
-                    &["rm", "-rf", "--", &data],
-                    budget(deadline, topo.config.follow.rebuild_timeout),
-                )
-                .await
-                .map_err(|e| Error::step(&step, e))?;
-            info!(
-                "{}: old data directory {data} deleted ({} MiB free were too few to keep it)",
-                node.label(),
-                avail_kb / 1024
-            );
-            format!(
-                "old data directory deleted (too little room to keep it: {} MiB free)",
-                avail_kb / 1024
-            )
-        }
-    };
-    // 4. The copy.
-    let bin = topo
-        .config
-        .postgres
-        .bin_dir
-        .join("pg_basebackup")
-        .display()
-        .to_string();
-    let port = primary.port.to_string();
-    let argv = [
-        bin.as_str(),
-        "-D",
-        &data,
-        "-h",
-        &primary.replication_host,
-        "-p",
-        &port,
-        "-U",
-        &topo.config.postgres.replication_user,
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-        "-w",
-    ];
-    let t = budget(deadline, topo.config.follow.rebuild_timeout);
-    let out = remote
-        .run(&node.ssh_host, &argv, t)
-        .await
-        .map_err(|e| Error::step(&step, e))?;
-    if !out.success() {
-        return Err(Error::Step(format!(
-            "{step}: pg_basebackup exited {} after {:.1}s ({what_old}): {}",
-            out.status,
-            out.elapsed.as_secs_f64(),
-            out.stderr_str().trim()
-        )));
+    let what_old = on.clear_old_data(plan, space.avail_kb).await?;
+    on.basebackup(primary, &what_old).await
+}
+
+/// One node's data directory being replaced, and the step's name for
+/// errors.
+struct On<'a> {
+    topo: &'a Topology,
+    remote: &'a Remote,
+    node: &'a Node,
+    deadline: Instant,
+    step: &'a str,
+}
+
+impl On<'_> {
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::step(self.step, e)
     }
-    Ok(format!(
-        "pg_basebackup from {} in {:.1}s; {what_old}",
-        primary.label(),
-        out.elapsed.as_secs_f64()
-    ))
+
+    /// Not the current primary, and no server on that data directory.
+    async fn refuse_unless_replaceable(&self, primary: &Node) -> Result<()> {
+        let (node, step) = (self.node, self.step);
+        if node.id == primary.id
+            || (node.ssh_host == primary.ssh_host && node.data_dir == primary.data_dir)
+        {
+            return Err(Error::Refused(format!(
+                "{step}: {} is (or shares the host and data directory of) the current primary; nothing was deleted",
+                node.label()
+            )));
+        }
+        let status = server_status(self.topo, self.remote, node, self.deadline).await?;
+        if status == ServerStatus::Running {
+            return Err(Error::Refused(format!(
+                "{step}: a server still runs on {}'s data directory; nothing was deleted",
+                node.label()
+            )));
+        }
+        if postgres::observe_target(&self.topo.pg_target(node))
+            .await
+            .is_ok()
+        {
+            return Err(Error::Refused(format!(
+                "{step}: {}:{} still answers SQL although pg_ctl status says no server runs there: check [nodes.{}] ssh_host; nothing was deleted",
+                node.host, node.port, node.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Room for a copy of `primary`: its databases' size, what is free
+    /// beside the data directory, what the old one holds.
+    async fn space(&self, primary: &Node) -> Result<Space> {
+        let (node, step) = (self.node, self.step);
+        let rows = steps::query_node(
+            self.topo,
+            primary,
+            "size of the databases",
+            "SELECT sum(pg_database_size(oid))::int8 FROM pg_database",
+            &[],
+        )
+        .await?;
+        let bytes: i64 = rows
+            .first()
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .unwrap_or(0);
+        let need_kb = (bytes.max(0) as u64 / 1024) * 11 / 10 + 64 * 1024;
+        let data = node.data_dir()?.display().to_string();
+        let parent = node
+            .data_dir()?
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into());
+        let t = budget(self.deadline, self.topo.config.ssh.command_timeout);
+        let df = self
+            .remote
+            .check(&node.ssh_host, &["df", "-Pk", &parent], t)
+            .await
+            .map_err(|e| self.err(e))?;
+        let avail_kb = parse_df_avail(&df.stdout_str()).ok_or_else(|| {
+            Error::Step(format!(
+                "{step}: cannot read df -Pk {parent}: {}",
+                df.stdout_str().trim()
+            ))
+        })?;
+        let du_script = format!(
+            "if [ -d {d} ]; then du -sk {d} | cut -f1; else echo 0; fi",
+            d = remote::quote(&data)
+        );
+        let du = self
+            .remote
+            .run_script(&node.ssh_host, &du_script, t)
+            .await
+            .map_err(|e| self.err(e))?;
+        let old_kb: u64 = du.stdout_str().trim().parse().unwrap_or(0);
+        Ok(Space {
+            avail_kb,
+            need_kb,
+            old_kb,
+        })
+    }
+
+    /// The old data directory out of the way, as `plan` says.
+    async fn clear_old_data(&self, plan: OldData, avail_kb: u64) -> Result<String> {
+        let node = self.node;
+        let data = node.data_dir()?.display().to_string();
+        match plan {
+            OldData::None => Ok("no old data directory".to_string()),
+            OldData::MoveAside => {
+                let aside = format!("{data}.pgha-old-{}", compact_now());
+                let t = budget(self.deadline, self.topo.config.ssh.command_timeout);
+                self.remote
+                    .check(&node.ssh_host, &["mv", &data, &aside], t)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                info!("{}: old data directory moved to {aside}", node.label());
+                Ok(format!("old data directory moved to {aside}"))
+            }
+            OldData::Delete => {
+                let t = budget(self.deadline, self.topo.config.follow.rebuild_timeout);
+                self.remote
+                    .check(&node.ssh_host, &["rm", "-rf", "--", &data], t)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                info!(
+                    "{}: old data directory {data} deleted ({} MiB free were too few to keep it)",
+                    node.label(),
+                    avail_kb / 1024
+                );
+                Ok(format!(
+                    "old data directory deleted (too little room to keep it: {} MiB free)",
+                    avail_kb / 1024
+                ))
+            }
+        }
+    }
+
+    /// `pg_basebackup` from `primary` into the emptied data directory,
+    /// bounded by `[follow] rebuild_timeout`.
+    async fn basebackup(&self, primary: &Node, what_old: &str) -> Result<String> {
+        let topo = self.topo;
+        let bin = topo.config.postgres.bin_dir.join("pg_basebackup");
+        let bin = bin.display().to_string();
+        let data = self.node.data_dir()?.display().to_string();
+        let port = primary.port.to_string();
+        let argv = [
+            bin.as_str(),
+            "-D",
+            &data,
+            "-h",
+            &primary.replication_host,
+            "-p",
+            &port,
+            "-U",
+            &topo.config.postgres.replication_user,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-w",
+        ];
+        let t = budget(self.deadline, topo.config.follow.rebuild_timeout);
+        let out = self
+            .remote
+            .run(&self.node.ssh_host, &argv, t)
+            .await
+            .map_err(|e| self.err(e))?;
+        if !out.success() {
+            return Err(Error::Step(format!(
+                "{}: pg_basebackup exited {} after {:.1}s ({what_old}): {}",
+                self.step,
+                out.status,
+                out.elapsed.as_secs_f64(),
+                out.stderr_str().trim()
+            )));
+        }
+        Ok(format!(
+            "pg_basebackup from {} in {:.1}s; {what_old}",
+            primary.label(),
+            out.elapsed.as_secs_f64()
+        ))
+    }
 }
 
 /// `20261125T183000Z`: a suffix for the moved-aside data directory.
@@ -981,132 +900,6 @@ fn compact_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lsn(s: &str) -> Lsn {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn history_files_parse() {
-        let h = parse_history(
-            "1\t0/4018470\tno recovery target specified\n\n# c\n2\t0/5000A0\tbefore 2000-01-01\n",
-        );
-        assert_eq!(
-            h,
-            vec![
-                HistoryEntry {
-                    parent_tli: 1,
-                    switch_point: lsn("0/4018470")
-                },
-                HistoryEntry {
-                    parent_tli: 2,
-                    switch_point: lsn("0/5000A0")
-                },
-            ]
-        );
-        assert!(parse_history("garbage\n").is_empty());
-    }
-
-    #[test]
-    fn lineage_tells_behind_from_diverged() {
-        let h = parse_history("1\t0/4018470\tx\n2\t0/6000000\ty\n");
-        // A standby left behind on the old timeline can follow.
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 1, Some(lsn("0/4018470"))).is_ok());
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 1, Some(lsn("0/4000000"))).is_ok());
-        // An old primary that wrote past the switch point cannot.
-        let e =
-            check_lineage(&h, 3, Some(lsn("0/7000000")), 1, Some(lsn("0/40184E8"))).unwrap_err();
-        assert!(e.contains("past 0/4018470"), "{e}");
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 2, Some(lsn("0/6000001"))).is_err());
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 2, Some(lsn("0/6000000"))).is_ok());
-        // Timelines the primary never had.
-        assert!(
-            check_lineage(&h, 3, None, 4, None)
-                .unwrap_err()
-                .contains("newer")
-        );
-        assert!(
-            check_lineage(&h[..1], 2, None, 5, None)
-                .unwrap_err()
-                .contains("newer")
-        );
-        let h2 = parse_history("1\t0/3000000\tx\n");
-        assert!(
-            check_lineage(&h2, 3, None, 2, None)
-                .unwrap_err()
-                .contains("not in the history")
-        );
-        // Same timeline: only ahead of the primary is diverged.
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 3, Some(lsn("0/7000000"))).is_ok());
-        assert!(check_lineage(&h, 3, Some(lsn("0/7000000")), 3, Some(lsn("0/7000001"))).is_err());
-        assert!(check_lineage(&[], 1, Some(lsn("0/7000000")), 1, None).is_ok());
-    }
-
-    #[test]
-    fn conf_values_and_rewrites() {
-        let auto = "# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\nprimary_conninfo = 'user=repl passfile=''/var/lib/postgresql/.pgpass'' host=127.0.0.102 port=5432'\nwal_log_hints = 'off'\n";
-        assert_eq!(
-            conf_value(auto, "primary_conninfo").as_deref(),
-            Some("user=repl passfile='/var/lib/postgresql/.pgpass' host=127.0.0.102 port=5432")
-        );
-        assert_eq!(conf_value(auto, "wal_log_hints").as_deref(), Some("off"));
-        assert_eq!(conf_value(auto, "primary_slot_name"), None);
-        assert_eq!(
-            conf_value("Port 5433 # c\nport=5434\n", "port").as_deref(),
-            Some("5434")
-        );
-        assert_eq!(conf_value("x = 'it\\'s'\n", "x").as_deref(), Some("it's"));
-        // A longer key with the same prefix is another setting.
-        assert_eq!(
-            conf_value("primary_conninfo_x = 'a'\n", "primary_conninfo"),
-            None
-        );
-
-        let new = set_conf(auto, "primary_conninfo", "host='127.0.0.103' user='repl'");
-        assert!(new.starts_with("# Do not edit"), "{new}");
-        assert_eq!(new.matches("primary_conninfo").count(), 1, "{new}");
-        assert!(
-            new.ends_with("primary_conninfo = 'host=''127.0.0.103'' user=''repl'''\n"),
-            "{new}"
-        );
-        assert!(new.contains("wal_log_hints = 'off'\n"));
-        assert_eq!(
-            conf_value(&new, "primary_conninfo").as_deref(),
-            Some("host='127.0.0.103' user='repl'")
-        );
-        assert_eq!(set_conf("", "a", "b"), "a = 'b'\n");
-    }
-
-    #[test]
-    fn standby_settings_by_version() {
-        let t = standby_settings("", "host=x", None, Some("pg2"), 150000);
-        let r = standby_settings("", "host=x", Some("scp h:/a/%f %p"), None, 150000);
-        assert_eq!(
-            conf_value(&r, "restore_command").as_deref(),
-            Some("scp h:/a/%f %p")
-        );
-        assert_eq!(
-            t,
-            "primary_conninfo = 'host=x'\nprimary_slot_name = 'pg2'\n"
-        );
-        let old = standby_settings(
-            "restore_command = 'cp /a/%f %p'\nstandby_mode = off\n",
-            "host=x",
-            None,
-            None,
-            110005,
-        );
-        assert_eq!(conf_value(&old, "standby_mode").as_deref(), Some("on"));
-        assert_eq!(
-            conf_value(&old, "recovery_target_timeline").as_deref(),
-            Some("latest")
-        );
-        assert_eq!(
-            conf_value(&old, "restore_command").as_deref(),
-            Some("cp /a/%f %p")
-        );
-        assert_eq!(old.matches("standby_mode").count(), 1);
-    }
 
     #[test]
     fn versions_and_labels() {
