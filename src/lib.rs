@@ -5,7 +5,8 @@
 //! - [`config`]: `pgha.toml`, the few settings pgpool does not know (ssh,
 //!   PostgreSQL binaries and users, PCP, deadlines, policies).
 //! - [`pgpool`]: pgpool-II itself: its `pgpool.conf` (the backends, the one
-//!   source of topology), the native PCP client and `.pcppass`.
+//!   source of topology), the native PCP client, the node operations with
+//!   their one retry policy ([`pgpool::ops`]) and `.pcppass`.
 //! - [`remote`]: ssh sessions to the nodes, one multiplexed master per host,
 //!   strict host keys, every command quoted and bounded on both ends.
 //! - [`postgres`]: connections to the backends with timeouts and `.pgpass`,
@@ -49,6 +50,9 @@
 //!   their exit codes, [`error`] the error they return.
 //!
 //! The binaries in `src/bin/` only parse arguments and call into here.
+//! Private by default: the binaries and `tests/` use the command modules,
+//! [`cli`], [`report`], [`config`] and the PCP client; the rest is
+//! `pub(crate)` or private.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -56,28 +60,28 @@ use std::time::Instant;
 pub mod attach;
 pub mod check;
 pub mod cli;
-pub mod cluster;
+mod cluster;
 pub mod config;
-pub mod error;
-pub mod exec;
-pub mod exit;
+mod error;
+mod exec;
+mod exit;
 pub mod failover;
-pub mod files;
+mod files;
 pub mod follow;
 mod lineage;
 mod pgconf;
 pub mod pgpool;
-pub mod pgwire;
-pub mod plan;
-pub mod postgres;
+mod pgwire;
+mod plan;
+mod postgres;
 mod reinit;
-pub mod remote;
+mod remote;
 pub mod report;
-pub mod restore;
+mod restore;
 mod standby;
-pub mod state;
-pub mod steps;
-pub mod text;
+mod state;
+mod steps;
+mod text;
 
 /// When this process started: progress lines show the time since.
 pub static START: LazyLock<Instant> = LazyLock::new(Instant::now);

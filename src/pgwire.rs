@@ -172,11 +172,6 @@ impl PgStream {
             watch: AuthWatch::new(cleartext_allowed(tls, peer)),
         }
     }
-
-    /// How far the peer is known (for `pgha-check`).
-    pub fn peer(&self) -> Peer {
-        self.peer
-    }
 }
 
 /// Opens a stream to the server at `host:port` (a `host` starting with `/`

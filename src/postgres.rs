@@ -641,43 +641,6 @@ pub fn quote_literal(s: &str) -> Option<String> {
 // ---------------------------------------------------------------------------
 // Connection strings
 
-/// A libpq connection string for a standby's `primary_conninfo`. No password:
-/// the standby finds it in its own `.pgpass`. Values are quoted (single
-/// quotes, `\'` and `\\`) only when they need it.
-pub fn conninfo(host: &str, port: u16, user: &str, application_name: &str) -> String {
-    let port = port.to_string();
-    [
-        ("host", host),
-        ("port", port.as_str()),
-        ("user", user),
-        ("application_name", application_name),
-    ]
-    .iter()
-    .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
-    .collect::<Vec<_>>()
-    .join(" ")
-}
-
-fn conninfo_value(v: &str) -> String {
-    if !v.is_empty()
-        && !v
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
-    {
-        return v.to_string();
-    }
-    let mut out = String::with_capacity(v.len() + 2);
-    out.push('\'');
-    for c in v.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
-}
-
 /// Parses a libpq `key=value` connection string (what `primary_conninfo`
 /// and `pg_stat_wal_receiver.conninfo` hold), as libpq does: whitespace
 /// around `=`, single-quoted values, backslash escapes, a later key
@@ -1365,10 +1328,22 @@ host.example:5432:*:*:byname\r
 
     #[test]
     fn conninfo_quoting_round_trip() {
+        let conninfo = |host: &str, port: u16, user: &str, app: &str| {
+            let kv: std::collections::BTreeMap<String, String> = [
+                ("host", host.to_string()),
+                ("port", port.to_string()),
+                ("user", user.to_string()),
+                ("application_name", app.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            crate::steps::format_conninfo(&kv)
+        };
         let s = conninfo("127.0.202.2", 5432, "repl", "node1");
         assert_eq!(
             s,
-            "host=127.0.202.2 port=5432 user=repl application_name=node1"
+            "host='127.0.202.2' port='5432' user='repl' application_name='node1'"
         );
         let m = parse_conninfo(&s);
         assert_eq!(m["host"], "127.0.202.2");
@@ -1391,7 +1366,7 @@ host.example:5432:*:*:byname\r
         }
         assert_eq!(
             conninfo("h", 1, "it's", "a b"),
-            "host=h port=1 user='it\\'s' application_name='a b'"
+            "host='h' port='1' user='it\\'s' application_name='a b'"
         );
     }
 

@@ -1,6 +1,6 @@
 //! pgpool-II: its configuration file and its PCP control protocol.
 
-pub mod conf;
+pub(crate) mod conf;
 pub mod ops;
 pub mod pcp;
-pub mod pcppass;
+pub(crate) mod pcppass;
