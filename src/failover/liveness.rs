@@ -15,32 +15,107 @@ use crate::steps;
 /// A probe: `Some(why)` when it found the node alive.
 type Probe<'a> = BoxFuture<'a, Option<String>>;
 
-/// SQL on the failed node's other addresses (the replication network may
-/// still reach it), a TCP connect to every address (a hung or paused
-/// server still completes the handshake), and, from each standby that
-/// still lists a WAL receiver from it, a TCP connect to its port (a
-/// receiver's "streaming" lingers for wal_receiver_timeout after its
-/// primary went silent).
-pub(super) async fn probe(
+/// The probes that need no observation, started at once with it: SQL and
+/// TCP on the failed node's addresses, and from every other node a TCP
+/// connect to each of them (used only for the nodes found to list a WAL
+/// receiver from the failed node: a receiver's "streaming" lingers for
+/// wal_receiver_timeout after its primary went silent).
+pub(super) struct Early {
+    /// `Some(why)`: an address answered.
+    answers: Vec<Option<String>>,
+    reach: Vec<Reach>,
+}
+
+/// What one node's connect check to one address of the failed node said.
+struct Reach {
+    node: u32,
+    addr: String,
+    port: u16,
+    /// `Some(why)`: it connected, or its check proved nothing.
+    alive: Option<String>,
+}
+
+/// Run the [`Early`] probes.
+pub(super) async fn early(
+    topo: &Topology,
+    remote: &Remote,
+    failed: &Node,
+    others: &[&Node],
+    deadline: Instant,
+) -> Early {
+    let answers = futures::future::join_all(address_probes(topo, failed));
+    let mut checks: Vec<BoxFuture<'_, Reach>> = Vec::new();
+    for n in others {
+        for addr in failed.addresses() {
+            let (addr, port) = (addr.to_string(), failed.port);
+            checks.push(Box::pin(async move {
+                let label = n.label();
+                let alive =
+                    connect_check(topo, remote, &n.ssh_host, &label, &addr, port, deadline).await;
+                Reach {
+                    node: n.id,
+                    addr,
+                    port,
+                    alive,
+                }
+            }));
+        }
+    }
+    let (answers, reach) = tokio::join!(answers, futures::future::join_all(checks));
+    Early { answers, reach }
+}
+
+/// Is the failed node perhaps still running? Death must be shown: any
+/// answer to the early probes, or from a standby that still lists a WAL
+/// receiver from it a connect check that succeeded or proved nothing (one
+/// the early probes did not cover is made now), means alive.
+pub(super) async fn conclude(
     topo: &Topology,
     remote: &Remote,
     failed: &Node,
     observed: &[Observed],
+    early: Early,
     deadline: Instant,
 ) -> Liveness {
-    let mut probes = address_probes(topo, failed);
-    probes.extend(
-        observed
+    if let Some(why) = early.answers.into_iter().flatten().next() {
+        return Liveness::Alive(why);
+    }
+    let mut late: Vec<Probe<'_>> = Vec::new();
+    for o in observed {
+        let Some((sender, port)) = receiver_from(failed, o) else {
+            continue;
+        };
+        let seen = early
+            .reach
             .iter()
-            .filter_map(|o| receiver_probe(topo, remote, failed, o, deadline)),
-    );
-    futures::future::join_all(probes)
+            .find(|r| r.node == o.node.id && r.addr == sender && r.port == port);
+        match seen {
+            Some(r) => {
+                if let Some(why) = &r.alive {
+                    return Liveness::Alive(why.clone());
+                }
+            }
+            None => late.extend(receiver_probe(topo, remote, failed, o, deadline)),
+        }
+    }
+    futures::future::join_all(late)
         .await
         .into_iter()
         .flatten()
         .next()
         .map(Liveness::Alive)
         .unwrap_or(Liveness::Dead)
+}
+
+/// The address and port of the failed node a standby's WAL receiver still
+/// says it streams from.
+fn receiver_from(failed: &Node, o: &Observed) -> Option<(String, u16)> {
+    let r = o.ok().and_then(|s| s.wal_receiver.as_ref())?;
+    let sender = r.sender_host.clone()?;
+    if !r.streaming() || !failed.addresses().contains(&sender.as_str()) {
+        return None;
+    }
+    Some((sender, r.sender_port.unwrap_or(failed.port)))
 }
 
 /// TCP on every address of the failed node, SQL on those it was not asked
@@ -77,44 +152,61 @@ fn address_probes<'a>(topo: &Topology, failed: &'a Node) -> Vec<Probe<'a>> {
 /// From a standby whose WAL receiver still says it streams from the failed
 /// node: can it still connect to the failed node's port?
 fn receiver_probe<'a>(
-    topo: &Topology,
+    topo: &'a Topology,
     remote: &'a Remote,
     failed: &Node,
-    o: &Observed,
+    o: &'a Observed,
     deadline: Instant,
 ) -> Option<Probe<'a>> {
-    let r = o.ok().and_then(|s| s.wal_receiver.as_ref())?;
-    let sender = r.sender_host.clone()?;
-    if !r.streaming() || !failed.addresses().contains(&sender.as_str()) {
-        return None;
-    }
+    let (sender, port) = receiver_from(failed, o)?;
+    let label = o.node.label();
+    Some(Box::pin(async move {
+        connect_check(
+            topo,
+            remote,
+            &o.node.ssh_host,
+            &label,
+            &sender,
+            port,
+            deadline,
+        )
+        .await
+    }))
+}
+
+/// From `ssh_host`: a TCP connect to `addr:port`, bounded by
+/// `failover.liveness_timeout`. `Some(why)` when it connected or the check
+/// proved nothing.
+async fn connect_check(
+    topo: &Topology,
+    remote: &Remote,
+    ssh_host: &str,
+    label: &str,
+    addr: &str,
+    port: u16,
+    deadline: Instant,
+) -> Option<String> {
     let lt = topo.config.failover.liveness_timeout;
-    let port = r.sender_port.unwrap_or(failed.port);
     let script = format!(
         "timeout {:.3} bash -c {}; echo \"rc=$?\"",
         lt.as_secs_f64(),
-        crate::remote::quote(&format!("exec 3<>/dev/tcp/{sender}/{port}"))
+        crate::remote::quote(&format!("exec 3<>/dev/tcp/{addr}/{port}"))
     );
     let t = steps::budget(
         deadline,
         topo.config.ssh.connect_timeout + lt + Duration::from_secs(1),
     );
-    let label = o.node.label();
-    let ssh_host = o.node.ssh_host.clone();
-    Some(Box::pin(async move {
-        let from = format!("{label} lists a WAL receiver from it and");
-        let at = format!("{sender}:{port}");
-        match remote.run_script(&ssh_host, &script, t).await {
-            Ok(out) => verdict(
-                &from,
-                &at,
-                probe_exit(&out.stdout_str()),
-                out.stderr_str().trim(),
-                lt,
-            ),
-            Err(e) => Some(format!("{from} could not be asked to check ({e})")),
-        }
-    }))
+    let at = format!("{addr}:{port}");
+    match remote.run_script(ssh_host, &script, t).await {
+        Ok(out) => verdict(
+            label,
+            &at,
+            probe_exit(&out.stdout_str()),
+            out.stderr_str().trim(),
+            lt,
+        ),
+        Err(e) => Some(format!("{label} could not be asked to check {at} ({e})")),
+    }
 }
 
 /// What the exit of a standby's connect check says. 0: connected; 1:
@@ -125,13 +217,13 @@ fn verdict(from: &str, at: &str, exit: Option<i32>, stderr: &str, lt: Duration) 
         Some(0) => Some(format!("{from} can still connect to {at}")),
         Some(1 | 124) => {
             info!(
-                "{from} cannot connect to {at} within {:.1}s: taking it as gone",
+                "{from} cannot connect to {at} within {:.1}s",
                 lt.as_secs_f64()
             );
             None
         }
         other => Some(format!(
-            "{from} its check of {at} proved nothing (exit {}: {stderr})",
+            "{from}'s check of {at} proved nothing (exit {}: {stderr})",
             other.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
         )),
     }

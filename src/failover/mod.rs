@@ -222,27 +222,24 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
 }
 
 /// Every node, and whether the failed one still lives. The liveness probes
-/// run while the failed node's own answer is pending: a silent primary
-/// costs one timeout, not two in a row. pgpool found it unreachable
-/// already: it is asked only as long as a liveness probe may take.
+/// start with the observation and run while the failed node's own answer
+/// is pending: a silent primary costs one timeout, not two or three in a
+/// row. pgpool found it unreachable already: it is asked only as long as a
+/// liveness probe may take.
 async fn observe(ctx: &Ctx<'_>) -> (Vec<Observed>, Liveness) {
     let (topo, failed) = (ctx.x.topo, ctx.failed);
     let mut ft = topo.pg_target(failed);
     ft.connect_timeout = ft
         .connect_timeout
         .min(topo.config.failover.liveness_timeout);
-    let rest = async {
-        let obs = futures::future::join_all(
-            topo.nodes
-                .iter()
-                .filter(|n| n.id != failed.id)
-                .map(|n| cluster::observe_node(topo, n)),
-        )
-        .await;
-        let live = liveness::probe(topo, ctx.x.remote, failed, &obs, ctx.x.deadline).await;
-        (obs, live)
-    };
-    let (failed_obs, (mut observed, live)) = tokio::join!(cluster::observe_with(failed, ft), rest);
+    let others: Vec<&Node> = topo.nodes.iter().filter(|n| n.id != failed.id).collect();
+    let (x, deadline) = (&ctx.x, ctx.x.deadline);
+    let (failed_obs, mut observed, early) = tokio::join!(
+        cluster::observe_with(failed, ft),
+        futures::future::join_all(others.iter().map(|n| cluster::observe_node(topo, n))),
+        liveness::early(topo, x.remote, failed, &others, deadline),
+    );
+    let live = liveness::conclude(topo, x.remote, failed, &observed, early, deadline).await;
     observed.push(failed_obs);
     observed.sort_by_key(|o| o.node.id);
     for o in &observed {
@@ -654,7 +651,10 @@ async fn repoint_one(
     let work = async {
         let st = repointable(o, primary, skip)?;
         let how = steps::repoint(x.topo, x.remote, n, st, primary, timeline, x.deadline).await?;
-        let note = follow_archive(ctx, n, st, primary).await;
+        let mut note = follow_archive(ctx, n, st, primary).await;
+        if how.changed() && !st.restore_command.is_empty() {
+            note += &cut_restore(ctx, n).await;
+        }
         Ok::<_, Error>((how, note))
     };
     let (how, _) = x
@@ -663,6 +663,24 @@ async fn repoint_one(
         })
         .await?;
     Ok(how.changed())
+}
+
+/// A repointed standby that is not streaming acts on its new
+/// `primary_conninfo` only between `restore_command` attempts, and the one
+/// in flight may wait seconds for a silent host (an `scp` waits for ssh's
+/// connect timeout): cut it short, on the ssh session the liveness probes
+/// opened. Returns a note for the progress line; trouble is only reported
+/// (the settle phase tries again).
+async fn cut_restore(ctx: &Ctx<'_>, n: &Node) -> String {
+    let x = &ctx.x;
+    match steps::interrupt_restore(x.topo, x.remote, n, x.deadline).await {
+        Ok(0) => String::new(),
+        Ok(k) => format!("; cut short {k} restore_command attempt(s) in flight"),
+        Err(e) => {
+            warn!("{e}");
+            String::new()
+        }
+    }
 }
 
 /// The state of a standby that may be repointed, or why it may not.
