@@ -383,8 +383,10 @@ pub enum CandidatePolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FencePolicy {
-    /// `"stop"`: stop the old primary over ssh (`pg_ctl stop -m immediate`)
-    /// before promoting; abort the failover if that cannot be confirmed.
+    /// `"stop"`: stop the old primary over ssh before promoting (`pg_ctl
+    /// stop -m fast`, then `-m immediate` when that does not finish in half
+    /// of `promote_timeout` or an address still accepts connections); abort
+    /// the failover if no address is shown closed.
     #[default]
     Stop,
     /// `"abort"`: never promote while the old primary may be alive.

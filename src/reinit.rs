@@ -114,28 +114,22 @@ pub(crate) async fn stop(
         return Ok("was not running".into());
     }
     let t = budget(deadline, topo.config.ssh.command_timeout);
-    let out = steps::pg_ctl(topo, remote, node, &["stop", "-m", "fast", "-w"], t).await;
-    if let Ok(o) = &out
-        && o.success()
-    {
-        return Ok("stopped (pg_ctl stop -m fast)".into());
-    }
-    let first = match out {
-        Ok(o) => exited(&o),
+    let first = match steps::stop_server(topo, remote, node, "fast", t).await {
+        Ok(steps::Stop::Stopped) => return Ok("stopped (pg_ctl stop -m fast)".into()),
+        Ok(steps::Stop::NotRunning) => return Ok("was not running".into()),
+        Ok(steps::Stop::Failed(why)) => why,
         Err(e) => e.to_string(),
     };
     let t = budget(deadline, topo.config.ssh.command_timeout);
-    let out = steps::pg_ctl(topo, remote, node, &["stop", "-m", "immediate", "-w"], t).await?;
-    if out.success() || out.status == 3 {
-        return Ok(format!(
+    match steps::stop_server(topo, remote, node, "immediate", t).await? {
+        steps::Stop::Stopped | steps::Stop::NotRunning => Ok(format!(
             "stopped (pg_ctl stop -m immediate, since -m fast {first})"
-        ));
+        )),
+        steps::Stop::Failed(why) => Err(Error::Step(format!(
+            "stop {}: pg_ctl stop -m fast {first}; -m immediate {why}",
+            node.label()
+        ))),
     }
-    Err(Error::Step(format!(
-        "stop {}: pg_ctl stop -m fast {first}; -m immediate {}",
-        node.label(),
-        exited(&out)
-    )))
 }
 
 /// `exited STATUS: STDERR` of a remote command, for error messages.

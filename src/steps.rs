@@ -217,21 +217,18 @@ pub async fn fence(
         for host in &hosts {
             let mut n = node.clone();
             n.ssh_host = host.clone();
-            match pg_ctl(topo, remote, &n, &["stop", "-m", mode, "-w"], t).await {
-                Ok(out) if out.success() => {
+            match stop_server(topo, remote, &n, mode, t).await {
+                Ok(Stop::Stopped) => {
                     said = Some(format!("stopped (-m {mode}) over ssh to {host}"));
                     break;
                 }
-                // pg_ctl exits 3 when no server runs on that data directory.
-                Ok(out) if out.status == 3 || out.stderr_str().contains("Is server running?") => {
+                Ok(Stop::NotRunning) => {
                     said = Some(format!("pg_ctl over ssh to {host} finds no server running"));
                     break;
                 }
-                Ok(out) => tried.push(format!(
-                    "pg_ctl stop -m {mode} on {host} exited {}: {}",
-                    out.status,
-                    out.stderr_str().trim()
-                )),
+                Ok(Stop::Failed(why)) => {
+                    tried.push(format!("pg_ctl stop -m {mode} on {host} {why}"))
+                }
                 Err(e) => tried.push(e.to_string()),
             }
         }
@@ -265,6 +262,40 @@ pub async fn fence(
         node.id,
         node.id
     )))
+}
+
+/// What one `pg_ctl stop -m MODE -w` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    Stopped,
+    /// pg_ctl exits 3 when no server runs on that data directory.
+    NotRunning,
+    /// How it exited otherwise.
+    Failed(String),
+}
+
+/// `pg_ctl stop -m MODE -w` on the node, bounded by `t`: the one way pgha
+/// stops a server (the fence and a rejoin both use it, `fast` first, then
+/// `immediate`).
+pub async fn stop_server(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    mode: &str,
+    t: Duration,
+) -> Result<Stop> {
+    let out = pg_ctl(topo, remote, node, &["stop", "-m", mode, "-w"], t).await?;
+    Ok(if out.success() {
+        Stop::Stopped
+    } else if out.status == 3 || out.stderr_str().contains("Is server running?") {
+        Stop::NotRunning
+    } else {
+        Stop::Failed(format!(
+            "exited {}: {}",
+            out.status,
+            out.stderr_str().trim()
+        ))
+    })
 }
 
 /// The addresses of `node` where something still accepts a TCP connection
