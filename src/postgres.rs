@@ -1063,11 +1063,11 @@ fn pgpass_lookup(
         }
         let rest = hosts
             .iter()
-            .find_map(|h| pgpass_field(line, h))
+            .find_map(|h| crate::text::passfile_field(line, h))
             .and_then(|rest| {
                 [port, dbname, user]
                     .iter()
-                    .try_fold(rest, |rest, token| pgpass_field(rest, token))
+                    .try_fold(rest, |rest, token| crate::text::passfile_field(rest, token))
             });
         if let Some(rest) = rest {
             let mut password = String::new();
@@ -1083,29 +1083,6 @@ fn pgpass_lookup(
                 }
             }
             return Some(password).filter(|p| !p.is_empty());
-        }
-    }
-    None
-}
-
-/// Matches the first field of `line` against `token`; returns the rest of
-/// the line after the field's `:`.
-fn pgpass_field<'a>(line: &'a str, token: &str) -> Option<&'a str> {
-    if let Some(rest) = line.strip_prefix("*:") {
-        return Some(rest);
-    }
-    let mut want = token.chars();
-    let mut it = line.char_indices();
-    while let Some((i, c)) = it.next() {
-        let (c, escaped) = match c {
-            '\\' => (it.next()?.1, true),
-            c => (c, false),
-        };
-        if c == ':' && !escaped {
-            return want.next().is_none().then(|| &line[i + 1..]);
-        }
-        if want.next() != Some(c) {
-            return None;
         }
     }
     None

@@ -153,6 +153,30 @@ pub fn has_password(conninfo: &str) -> bool {
     mask_secrets(conninfo) != conninfo
 }
 
+/// Matches the first `:`-terminated field of a `.pgpass` / `.pcppass`
+/// line against `want` (`\\` escapes the next character; a field of `*`
+/// matches anything); returns what follows that field's `:`.
+pub fn passfile_field<'a>(line: &'a str, want: &str) -> Option<&'a str> {
+    if let Some(rest) = line.strip_prefix("*:") {
+        return Some(rest);
+    }
+    let mut want = want.chars();
+    let mut it = line.char_indices();
+    while let Some((i, c)) = it.next() {
+        let (c, escaped) = match c {
+            '\\' => (it.next()?.1, true),
+            c => (c, false),
+        };
+        if c == ':' && !escaped {
+            return want.next().is_none().then(|| &line[i + 1..]);
+        }
+        if want.next() != Some(c) {
+            return None;
+        }
+    }
+    None
+}
+
 /// The lowercase hex md5 of the parts, one after the other: what
 /// `md5sum` prints for a file, what `pg_md5` stores in `pcp.conf`, and
 /// the pieces of PCP's salted password hash.

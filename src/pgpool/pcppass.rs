@@ -114,40 +114,13 @@ fn find_password(text: &str, host: &str, port: &str, user: &str) -> Option<Strin
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let Some(rest) = match_field(line, host)
-            .and_then(|r| match_field(r, port))
-            .and_then(|r| match_field(r, user))
+        let Some(rest) = crate::text::passfile_field(line, host)
+            .and_then(|r| crate::text::passfile_field(r, port))
+            .and_then(|r| crate::text::passfile_field(r, user))
         else {
             continue;
         };
         return Some(unescape_until_colon(rest));
-    }
-    None
-}
-
-/// Matches the first `:`-terminated field of `line` against `want`;
-/// returns what follows the `:` on a match. `*` matches anything.
-fn match_field<'a>(line: &'a str, want: &str) -> Option<&'a str> {
-    if let Some(rest) = line.strip_prefix("*:") {
-        return Some(rest);
-    }
-    let mut want = want.chars();
-    let mut chars = line.char_indices();
-    while let Some((i, c)) = chars.next() {
-        let (c, escaped) = if c == '\\' {
-            match chars.next() {
-                Some((_, next)) => (next, true),
-                None => return None,
-            }
-        } else {
-            (c, false)
-        };
-        if c == ':' && !escaped {
-            return want.next().is_none().then(|| &line[i + 1..]);
-        }
-        if want.next() != Some(c) {
-            return None;
-        }
     }
     None
 }
