@@ -1,6 +1,13 @@
 //! `postgresql.conf`-style text: read a setting as the server does, and
 //! rewrite one as `ALTER SYSTEM` writes `postgresql.auto.conf`; the
-//! settings that make a data directory start as a standby. Pure.
+//! settings that make a data directory start as a standby; and
+//! `primary_conninfo` text (the one a standby needs to follow a primary,
+//! written as libpq reads it, in `recovery.conf` before 12). Pure.
+
+use std::collections::BTreeMap;
+
+use crate::cluster::Node;
+use crate::postgres;
 
 /// A `postgresql.conf`-style value: single-quoted with `''` or `\'` for a
 /// quote, or a bare word ending at whitespace or `#`.
@@ -105,6 +112,86 @@ pub(crate) fn standby_settings(
         t = set_conf(&t, "recovery_target_timeline", "latest");
     }
     t
+}
+
+/// The `primary_conninfo` a standby needs to follow `primary`: its current
+/// one with host and port replaced, so that everything else the operator
+/// set (user, passfile, sslmode, application_name) is kept.
+pub(crate) fn follow_conninfo(
+    current: Option<&str>,
+    primary: &Node,
+    replication_user: &str,
+    application_name: Option<&str>,
+) -> String {
+    let mut kv: BTreeMap<String, String> =
+        current.map(postgres::parse_conninfo).unwrap_or_default();
+    kv.remove("hostaddr");
+    kv.insert("host".into(), primary.replication_host.clone());
+    kv.insert("port".into(), primary.port.to_string());
+    kv.entry("user".into())
+        .or_insert_with(|| replication_user.to_string());
+    if let Some(a) = application_name {
+        kv.entry("application_name".into())
+            .or_insert_with(|| a.to_string());
+    }
+    format_conninfo(&kv)
+}
+
+/// libpq `key=value` syntax, every value single-quoted with `\` escapes.
+pub(crate) fn format_conninfo(kv: &BTreeMap<String, String>) -> String {
+    // host and port first: it reads better in logs.
+    let mut keys: Vec<&String> = kv.keys().collect();
+    keys.sort_by_key(|k| match k.as_str() {
+        "host" => 0,
+        "port" => 1,
+        "user" => 2,
+        _ => 3,
+    });
+    keys.iter()
+        .map(|k| {
+            let v = kv[*k].replace('\\', "\\\\").replace('\'', "\\'");
+            format!("{k}='{v}'")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether a conninfo already points at `primary`.
+pub(crate) fn points_at(conninfo: Option<&str>, primary: &Node) -> bool {
+    let Some(c) = conninfo else { return false };
+    let kv = postgres::parse_conninfo(c);
+    let host_ok = kv
+        .get("host")
+        .or_else(|| kv.get("hostaddr"))
+        .is_some_and(|h| primary.addresses().contains(&h.as_str()));
+    let port_ok = kv.get("port").map_or(primary.port == 5432, |p| {
+        p.parse::<u16>().ok() == Some(primary.port)
+    });
+    host_ok && port_ok
+}
+
+/// Rewrite `recovery.conf` text (servers before 12) to a new
+/// `primary_conninfo`, keeping every other line.
+pub(crate) fn rewrite_recovery_conf(text: &str, conninfo: &str) -> String {
+    let quoted = conninfo.replace('\'', "''");
+    let line = format!("primary_conninfo = '{quoted}'");
+    let mut out = Vec::new();
+    let mut done = false;
+    for l in text.lines() {
+        let key = l.trim_start().split(['=', ' ', '\t']).next().unwrap_or("");
+        if key == "primary_conninfo" {
+            if !done {
+                out.push(line.clone());
+                done = true;
+            }
+        } else {
+            out.push(l.to_string());
+        }
+    }
+    if !done {
+        out.push(line);
+    }
+    out.join("\n") + "\n"
 }
 
 #[cfg(test)]

@@ -1315,7 +1315,7 @@ host.example:5432:*:*:byname\r
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            crate::steps::format_conninfo(&kv)
+            crate::pgconf::format_conninfo(&kv)
         };
         let s = conninfo("127.0.202.2", 5432, "repl", "node1");
         assert_eq!(

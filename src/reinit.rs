@@ -335,7 +335,7 @@ fn source_conninfo(topo: &Topology, primary: &Node) -> String {
         pg.connect_timeout.as_secs().max(1).to_string(),
     );
     kv.insert("application_name".to_string(), "pgha-rewind".to_string());
-    steps::format_conninfo(&kv)
+    crate::pgconf::format_conninfo(&kv)
 }
 
 /// `pg_rewind` arguments for a server of version `version_num`:
@@ -498,7 +498,7 @@ pub(crate) async fn configure_standby(
         }
     };
     let current = setting("primary_conninfo").await?;
-    let conninfo = steps::follow_conninfo(
+    let conninfo = crate::pgconf::follow_conninfo(
         current.as_deref().filter(|c| !c.is_empty()),
         primary,
         &topo.config.postgres.replication_user,

@@ -77,86 +77,6 @@ pub fn wal_dir(server_version_num: u32) -> &'static str {
     }
 }
 
-/// The `primary_conninfo` a standby needs to follow `primary`: its current
-/// one with host and port replaced, so that everything else the operator
-/// set (user, passfile, sslmode, application_name) is kept.
-pub fn follow_conninfo(
-    current: Option<&str>,
-    primary: &Node,
-    replication_user: &str,
-    application_name: Option<&str>,
-) -> String {
-    let mut kv: BTreeMap<String, String> =
-        current.map(postgres::parse_conninfo).unwrap_or_default();
-    kv.remove("hostaddr");
-    kv.insert("host".into(), primary.replication_host.clone());
-    kv.insert("port".into(), primary.port.to_string());
-    kv.entry("user".into())
-        .or_insert_with(|| replication_user.to_string());
-    if let Some(a) = application_name {
-        kv.entry("application_name".into())
-            .or_insert_with(|| a.to_string());
-    }
-    format_conninfo(&kv)
-}
-
-/// libpq `key=value` syntax, every value single-quoted with `\` escapes.
-pub fn format_conninfo(kv: &BTreeMap<String, String>) -> String {
-    // host and port first: it reads better in logs.
-    let mut keys: Vec<&String> = kv.keys().collect();
-    keys.sort_by_key(|k| match k.as_str() {
-        "host" => 0,
-        "port" => 1,
-        "user" => 2,
-        _ => 3,
-    });
-    keys.iter()
-        .map(|k| {
-            let v = kv[*k].replace('\\', "\\\\").replace('\'', "\\'");
-            format!("{k}='{v}'")
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Whether a conninfo already points at `primary`.
-pub fn points_at(conninfo: Option<&str>, primary: &Node) -> bool {
-    let Some(c) = conninfo else { return false };
-    let kv = postgres::parse_conninfo(c);
-    let host_ok = kv
-        .get("host")
-        .or_else(|| kv.get("hostaddr"))
-        .is_some_and(|h| primary.addresses().contains(&h.as_str()));
-    let port_ok = kv.get("port").map_or(primary.port == 5432, |p| {
-        p.parse::<u16>().ok() == Some(primary.port)
-    });
-    host_ok && port_ok
-}
-
-/// Rewrite `recovery.conf` text (servers before 12) to a new
-/// `primary_conninfo`, keeping every other line.
-pub fn rewrite_recovery_conf(text: &str, conninfo: &str) -> String {
-    let quoted = conninfo.replace('\'', "''");
-    let line = format!("primary_conninfo = '{quoted}'");
-    let mut out = Vec::new();
-    let mut done = false;
-    for l in text.lines() {
-        let key = l.trim_start().split(['=', ' ', '\t']).next().unwrap_or("");
-        if key == "primary_conninfo" {
-            if !done {
-                out.push(line.clone());
-                done = true;
-            }
-        } else {
-            out.push(l.to_string());
-        }
-    }
-    if !done {
-        out.push(line);
-    }
-    out.join("\n") + "\n"
-}
-
 /// Run `pg_ctl` on a node over ssh, with `-t` and the remote timeout bounded.
 pub async fn pg_ctl(
     topo: &Topology,
@@ -704,10 +624,10 @@ pub async fn repoint(
         return Ok(Repointed::AlreadyFollowing);
     }
     let current = state.primary_conninfo.as_deref().filter(|c| !c.is_empty());
-    if points_at(current, primary) {
+    if crate::pgconf::points_at(current, primary) {
         return Ok(Repointed::AlreadyPointed);
     }
-    let conninfo = follow_conninfo(
+    let conninfo = crate::pgconf::follow_conninfo(
         current,
         primary,
         &topo.config.postgres.replication_user,
@@ -754,7 +674,7 @@ async fn alter_primary_conninfo(
         password_to_passfile(topo, remote, node, &kv, &password, t)
             .await
             .map_err(|e| e.to_string())?;
-        conninfo = format_conninfo(&kv);
+        conninfo = crate::pgconf::format_conninfo(&kv);
     }
     let target = topo.pg_target(node);
     let client = postgres::connect(&target)
@@ -782,7 +702,7 @@ async fn write_recovery_conf(
         .read_file(&node.ssh_host, &path, t)
         .await
         .map_err(|e| e.to_string())?;
-    let new = rewrite_recovery_conf(&String::from_utf8_lossy(&text), conninfo);
+    let new = crate::pgconf::rewrite_recovery_conf(&String::from_utf8_lossy(&text), conninfo);
     remote
         .write_file(&node.ssh_host, &path, new.as_bytes(), 0o600, t)
         .await
@@ -1056,6 +976,7 @@ pub async fn set_primary_slot_name(topo: &Topology, node: &Node, slot: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pgconf::{follow_conninfo, points_at, rewrite_recovery_conf};
 
     fn node(id: u32, host: &str, repl: &str) -> Node {
         Node {
@@ -1144,7 +1065,7 @@ mod tests {
     #[test]
     fn recovery_conf_rewrite() {
         let old = "standby_mode = 'on'\nprimary_conninfo = 'host=127.0.0.2 port=5432'\nrestore_command = 'cp /a/%f %p'\ntrigger_file = '/tmp/pgsql.trigger'";
-        let new = rewrite_recovery_conf(old, "host='127.0.0.3' user='repl'");
+        let new = crate::pgconf::rewrite_recovery_conf(old, "host='127.0.0.3' user='repl'");
         assert_eq!(
             new,
             "standby_mode = 'on'\nprimary_conninfo = 'host=''127.0.0.3'' user=''repl'''\nrestore_command = 'cp /a/%f %p'\ntrigger_file = '/tmp/pgsql.trigger'\n"
