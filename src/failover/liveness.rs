@@ -20,7 +20,7 @@ type Probe<'a> = BoxFuture<'a, Option<String>>;
 /// connect to each of them (used only for the nodes found to list a WAL
 /// receiver from the failed node: a receiver's "streaming" lingers for
 /// wal_receiver_timeout after its primary went silent).
-pub(super) struct Early {
+struct Early {
     /// `Some(why)`: an address answered.
     answers: Vec<Option<String>>,
     reach: Vec<Reach>,
@@ -35,15 +35,58 @@ struct Reach {
     alive: Option<String>,
 }
 
-/// Run the [`Early`] probes.
-pub(super) async fn early(
+/// Run `observing` (every node's observation) with the probes that need
+/// none started at the same time, then judge the failed node's liveness.
+/// The connect checks from the other nodes are awaited only when a node
+/// turns out to list a WAL receiver from the failed one: with none (a
+/// killed primary's standbys notice at once), nothing waits for them.
+pub(super) async fn while_observing<T>(
     topo: &Topology,
     remote: &Remote,
     failed: &Node,
     others: &[&Node],
     deadline: Instant,
-) -> Early {
-    let answers = futures::future::join_all(address_probes(topo, failed));
+    observing: impl std::future::Future<Output = (T, Vec<Observed>)>,
+) -> (T, Vec<Observed>, Liveness) {
+    let mut answers = Box::pin(futures::future::join_all(address_probes(topo, failed)));
+    let mut reach = Box::pin(reach_checks(topo, remote, failed, others, deadline));
+    let (mut answered, mut reached) = (None, None);
+    let mut observing = std::pin::pin!(observing);
+    let (own, observed) = loop {
+        tokio::select! {
+            o = &mut observing => break o,
+            v = &mut answers, if answered.is_none() => answered = Some(v),
+            v = &mut reach, if reached.is_none() => reached = Some(v),
+        }
+    };
+    let needed = observed.iter().any(|o| receiver_from(failed, o).is_some());
+    let answers = async {
+        match answered {
+            Some(v) => v,
+            None => answers.await,
+        }
+    };
+    let reach = async {
+        match (needed, reached) {
+            (false, _) => Vec::new(),
+            (true, Some(v)) => v,
+            (true, None) => reach.await,
+        }
+    };
+    let (answers, reach) = tokio::join!(answers, reach);
+    let early = Early { answers, reach };
+    let live = conclude(topo, remote, failed, &observed, early, deadline).await;
+    (own, observed, live)
+}
+
+/// From every other node, a TCP connect to each address of the failed one.
+async fn reach_checks(
+    topo: &Topology,
+    remote: &Remote,
+    failed: &Node,
+    others: &[&Node],
+    deadline: Instant,
+) -> Vec<Reach> {
     let mut checks: Vec<BoxFuture<'_, Reach>> = Vec::new();
     for n in others {
         for addr in failed.addresses() {
@@ -61,15 +104,14 @@ pub(super) async fn early(
             }));
         }
     }
-    let (answers, reach) = tokio::join!(answers, futures::future::join_all(checks));
-    Early { answers, reach }
+    futures::future::join_all(checks).await
 }
 
 /// Is the failed node perhaps still running? Death must be shown: any
 /// answer to the early probes, or from a standby that still lists a WAL
 /// receiver from it a connect check that succeeded or proved nothing (one
 /// the early probes did not cover is made now), means alive.
-pub(super) async fn conclude(
+async fn conclude(
     topo: &Topology,
     remote: &Remote,
     failed: &Node,

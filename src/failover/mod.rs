@@ -80,6 +80,7 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
             deadline,
         },
         failed: &failed,
+        silent: std::cell::Cell::new(false),
     };
     let res = main_phase(&ctx, args, start).await;
     remote.close().await;
@@ -155,6 +156,10 @@ struct Ctx<'a> {
     x: Exec<'a>,
     /// The node pgpool reported failed (`%d`).
     failed: &'a Node,
+    /// The failed node gave no answer at all within the liveness timeout
+    /// (a powered-off host, a cut network), as opposed to refusing at once
+    /// (a killed server): restore_command attempts against it hang.
+    silent: std::cell::Cell<bool>,
 }
 
 /// Observe every node (and probe the failed one), decide, then carry out
@@ -234,12 +239,18 @@ async fn observe(ctx: &Ctx<'_>) -> (Vec<Observed>, Liveness) {
         .min(topo.config.failover.liveness_timeout);
     let others: Vec<&Node> = topo.nodes.iter().filter(|n| n.id != failed.id).collect();
     let (x, deadline) = (&ctx.x, ctx.x.deadline);
-    let (failed_obs, mut observed, early) = tokio::join!(
-        cluster::observe_with(failed, ft),
-        futures::future::join_all(others.iter().map(|n| cluster::observe_node(topo, n))),
-        liveness::early(topo, x.remote, failed, &others, deadline),
+    let observing = async {
+        tokio::join!(
+            cluster::observe_with(failed, ft),
+            futures::future::join_all(others.iter().map(|n| cluster::observe_node(topo, n))),
+        )
+    };
+    let (failed_obs, mut observed, live) =
+        liveness::while_observing(topo, x.remote, failed, &others, deadline, observing).await;
+    let lt = topo.config.failover.liveness_timeout;
+    ctx.silent.set(
+        failed_obs.state.is_err() && !failed_obs.answered && failed_obs.took >= lt.mul_f64(0.9),
     );
-    let live = liveness::conclude(topo, x.remote, failed, &observed, early, deadline).await;
     observed.push(failed_obs);
     observed.sort_by_key(|o| o.node.id);
     for o in &observed {
@@ -652,7 +663,7 @@ async fn repoint_one(
         let st = repointable(o, primary, skip)?;
         let how = steps::repoint(x.topo, x.remote, n, st, primary, timeline, x.deadline).await?;
         let mut note = follow_archive(ctx, n, st, primary).await;
-        if how.changed() && !st.restore_command.is_empty() {
+        if how.changed() && ctx.silent.get() && !st.restore_command.is_empty() {
             note += &cut_restore(ctx, n).await;
         }
         Ok::<_, Error>((how, note))
@@ -666,10 +677,11 @@ async fn repoint_one(
 }
 
 /// A repointed standby that is not streaming acts on its new
-/// `primary_conninfo` only between `restore_command` attempts, and the one
-/// in flight may wait seconds for a silent host (an `scp` waits for ssh's
-/// connect timeout): cut it short, on the ssh session the liveness probes
-/// opened. Returns a note for the progress line; trouble is only reported
+/// `primary_conninfo` only between `restore_command` attempts, and with a
+/// silent old primary the one in flight may wait seconds for it (an `scp`
+/// waits for ssh's connect timeout): cut it short, on the ssh session the
+/// liveness probes opened. (Against a killed host an attempt fails at
+/// once, and an ssh round trip would only delay pgpool.) Returns a note for the progress line; trouble is only reported
 /// (the settle phase tries again).
 async fn cut_restore(ctx: &Ctx<'_>, n: &Node) -> String {
     let x = &ctx.x;
