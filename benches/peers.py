@@ -92,6 +92,15 @@ def _daemon(lab, host, cmd, logname):
     lab.sh(host, f"cd {HOME} && setsid {cmd} >>{HOME}/{logname} 2>&1 </dev/null &")
 
 
+def _wait_standbys(lab, timeout):
+    """Every standby streams (its own walreceiver: pg_stat_replication on the
+    primary also counts pg_basebackup's WAL stream while a replica is built)."""
+    for i in range(1, lab.standbys + 1):
+        h = f"pg{i}"
+        _wait(f"{h} streaming", lambda h=h: _q(lab, h, "select status from pg_stat_wal_receiver") == "streaming",
+              timeout)
+
+
 def _wipe_lab_cluster(lab):
     """Stop the servers lab.sh made and remove their data (the peer builds its own)."""
     for i in range(lab.standbys + 1):
@@ -190,7 +199,7 @@ def setup_patroni(lab, sync):
             f"--advertise-client-urls http://{app}:2379 --listen-peer-urls http://{app}:2380 "
             f"--initial-advertise-peer-urls http://{app}:2380 --initial-cluster app=http://{app}:2380 "
             f"--initial-cluster-state new --initial-cluster-token {lab.name}", "etcd.log")
-    _wait("etcd", lambda: "true" in lab.sh("app", f"ETCDCTL_API=3 etcdctl --endpoints=http://{app}:2379 "
+    _wait("etcd", lambda: "is healthy" in lab.sh("app", f"ETCDCTL_API=3 etcdctl --endpoints=http://{app}:2379 "
                                            f"endpoint health 2>&1", check=False).stdout, 30)
     env = lab.env
     for i in range(n + 1):
@@ -224,13 +233,6 @@ bootstrap:
   - auth-host: scram-sha-256
   - auth-local: peer
   - data-checksums
-  pg_hba:
-  - local   all          all                    peer
-  - local   replication  all                    peer
-  - host    replication  repl     127.0.0.0/8   scram-sha-256
-  - host    all          postgres 127.0.0.0/8   scram-sha-256
-  - host    all          pgpool   127.0.0.0/8   trust
-  - host    all          app      127.0.0.0/8   trust
 postgresql:
   listen: {a},{r}:5432
   connect_address: {a}:5432
@@ -238,6 +240,15 @@ postgresql:
   data_dir: {PGDATA}
   bin_dir: {PG_BIN}
   pgpass: {HOME}/patroni.pgpass
+  basebackup:
+  - checkpoint: fast
+  pg_hba:
+    - local   all          all                    peer
+    - local   replication  all                    peer
+    - host    replication  repl     127.0.0.0/8   scram-sha-256
+    - host    all          postgres 127.0.0.0/8   scram-sha-256
+    - host    all          pgpool   127.0.0.0/8   trust
+    - host    all          app      127.0.0.0/8   trust
   authentication:
     superuser:
       username: postgres
@@ -262,8 +273,7 @@ tags: {{}}
        "create role app login", "create database app owner app")
     for i in range(1, n + 1):
         _daemon(lab, f"pg{i}", f"patroni {HOME}/patroni.yml", "patroni.log")
-    _wait(f"{n} standbys streaming from pg0", lambda: _q(
-        lab, "pg0", "select count(*) from pg_stat_replication where state = 'streaming'") == str(n), 120)
+    _wait_standbys(lab, 180)
     if sync:
         _wait("a synchronous standby", lambda: _q(
             lab, "pg0", "select count(*) from pg_stat_replication where sync_state in ('sync','quorum')") != "0", 30)
@@ -280,10 +290,15 @@ def setup_pgautofailover(lab, sync):
     _wipe_lab_cluster(lab)
     mon = f"{HOME}/monitor"
     _daemon(lab, "app", f"pg_autoctl create monitor --pgdata {mon} --pgport 5432 --pgctl {PG_BIN}/pg_ctl "
-            f"--hostname {app} --listen {app} --auth trust --no-ssl --run", "autoctl.log")
+            f"--hostname {app} --listen {app} --skip-pg-hba --no-ssl --run", "autoctl.log")
     uri = f"postgres://autoctl_node@{app}:5432/pg_auto_failover?sslmode=disable"
     _wait("the pg_auto_failover monitor", lambda: _q(
         lab, "app", "select count(*) from pgautofailover.formation", db="pg_auto_failover") == "1", 90)
+    # --skip-pg-hba: pg_autoctl looks the --hostname address up among the
+    # network interfaces to write its rules, and the lab's 127.x addresses
+    # route to lo without being assigned to it. The same rules, by hand.
+    lab.sh("app", f"""echo 'host pg_auto_failover autoctl_node 127.0.0.0/8 trust' >> {mon}/pg_hba.conf
+psql -qAtc 'select pg_reload_conf()' >/dev/null""")
     sets = [f"alter system set pgautofailover.{k} = {v}" for k, v in t.items() if not k.startswith("timeout.")]
     _q(lab, "app", *sets, "select pg_reload_conf()", db="pg_auto_failover")
 
@@ -292,19 +307,23 @@ def setup_pgautofailover(lab, sync):
         a = lab.addr(h)
         _daemon(lab, h, f"env PGDATA={PGDATA} pg_autoctl create postgres --pgdata {PGDATA} --pgport 5432 "
                 f"--pgctl {PG_BIN}/pg_ctl --hostname {a} --listen {a},{lab.repl_addr(h)} --name {h} "
-                f"--monitor '{uri}' --auth trust --no-ssl --run", "autoctl.log")
+                f"--monitor '{uri}' --skip-pg-hba --no-ssl --run", "autoctl.log")
 
     states = lambda: _q(lab, "app", "select nodename || ':' || nodeid || ':' || reportedstate || ':' || goalstate "  # noqa: E731
                         "from pgautofailover.node order by nodeid", db="pg_auto_failover").split()
     create(0)
-    _wait("pg0 single", lambda: any(s.startswith("pg0:") and s.endswith(":single:single") for s in states()), 90)
-    _q(lab, "pg0", "set synchronous_commit = local", "create role pgpool login", "grant pg_monitor to pgpool",
-       "create role app login", "create database app owner app")
+    _wait("pg0 up", lambda: _q(lab, "pg0", "select 1") == "1", 90)
     lab.sh("pg0", f"""cat >> {PGDATA}/pg_hba.conf <<'EOF'
+host    all          pgautofailover_monitor     127.0.0.0/8   trust
+host    all          pgautofailover_replicator  127.0.0.0/8   trust
+host    replication  pgautofailover_replicator  127.0.0.0/8   trust
 host    all          pgpool   127.0.0.0/8   trust
 host    all          app      127.0.0.0/8   trust
 EOF
 psql -qAtc 'select pg_reload_conf()' >/dev/null""")
+    _wait("pg0 single", lambda: any(s.startswith("pg0:") and s.endswith(":single:single") for s in states()), 90)
+    _q(lab, "pg0", "set synchronous_commit = local", "create role pgpool login", "grant pg_monitor to pgpool",
+       "create role app login", "create database app owner app")
     for i in range(1, n + 1):
         create(i)
         _wait(f"pg{i} joined", lambda i=i: any(s.startswith(f"pg{i}:") for s in states()), 60)
@@ -321,5 +340,4 @@ psql -qAtc 'select pg_reload_conf()' >/dev/null""")
             if k.startswith("timeout."):
                 lab.sh(h, f"pg_autoctl config set --pgdata {PGDATA} {k} {v} >/dev/null")
         lab.sh(h, f"pg_autoctl reload --pgdata {PGDATA} >/dev/null 2>&1 || true", check=False)
-    _wait(f"{n} standbys streaming from pg0", lambda: _q(
-        lab, "pg0", "select count(*) from pg_stat_replication where state = 'streaming'") == str(n), 60)
+    _wait_standbys(lab, 60)
