@@ -30,6 +30,7 @@ Writes target/bench/results.json, results.md, phases.svg and logs/.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -52,7 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 LABSH = REPO / "lab" / "lab.sh"
 PGDATA = "/var/lib/postgresql/15/main"
 NEW_TLI = 2  # every run starts on a fresh lab, on timeline 1
-RUN_DEADLINE = 75.0  # seconds after the kill; a phase not reached by then is missed
+RUN_DEADLINE = 75.0
+DRILL_WATCH = 40.0  # seconds the refuse-login drill watches for a (wrong) promotion  # seconds after the kill; a phase not reached by then is missed
 LINGER = 1.0  # seconds to keep watching once every phase is reached
 WRITE_TIMEOUT = 5.0
 PGHA_BIN = str(REPO / "target" / "release")  # --pgha-bin
@@ -569,7 +571,15 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             lab.sh("pg0", f"kill -STOP {pid}")
             time.sleep(0.5)  # writes pg1 does not receive
         t_start = time.time()
-        if fault in ("kill", "kill-lagging"):
+        if fault == "refuse":
+            # The primary is alive and serves its clients, but refuses the
+            # failover tool's own login: a tool must not promote a standby.
+            kind, user = peers.TOOL_LOGIN[peer or "pgha"]
+            line = f"{kind}    all    {user}    " + ("127.0.0.0/8    " if kind == "host" else "") + "reject"
+            lab.sh("pg0", f"sed -i '1i {line}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
+            t0 = time.time()
+            res["refused"] = line
+        elif fault in ("kill", "kill-lagging"):
             # The floor promotes at once, and sweeps afterwards.
             t0 = lab.kill_host("pg0", sweep=variant != "floor")
         else:
@@ -599,10 +609,13 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             return (all(n in stand.first for n in others) and pcp.result is not None
                     and writer.first_ack_after_failure(t_start) is not None)
 
-        while time.time() < t0 + RUN_DEADLINE and not done():
+        deadline = DRILL_WATCH if fault == "refuse" else RUN_DEADLINE
+        while time.time() < t0 + deadline and not done():
             time.sleep(0.05)
         if done():
             time.sleep(LINGER)
+        elif fault == "refuse":
+            res["notes"].append(f"watched {DRILL_WATCH:.0f} s")
         else:
             res["notes"].append(f"not every phase reached within {RUN_DEADLINE:.0f} s")
         stop.set()
@@ -642,6 +655,7 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
                     "not implemented" in lab.pgpool_log.read_text(errors="replace"):
                 res["notes"].append("not implemented")
             res["acked_before_fault"] = acked_before
+            res["last_ack"] = rel(writer.acked[-1][1]) if writer.acked else None
             res["acked"] = len(writer.acked)
             res["writer_errors"] = len(writer.errors)
             if writer.errors:
@@ -714,6 +728,10 @@ def matrix(quick):
     for v in VARIANTS:
         if v != "floor":
             runs.append((v, 2, "kill-lagging", True))
+    # The primary refuses the failover tool's login (pg_hba reject).
+    for v in VARIANTS:
+        if v == "pgha" or v in peers.PEERS:
+            runs.append((v, 2, "refuse", False))
     return runs
 
 
@@ -759,6 +777,8 @@ def main():
     ap.add_argument("--out", default=str(REPO / "target" / "bench"))
     ap.add_argument("--pgha-bin", default=PGHA_BIN,
                     help="where the pgha-* binaries are (default target/release: what operators run)")
+    ap.add_argument("--lock", default=os.environ.get("BENCH_LOCK", ""),
+                    help="flock this file around each failover (one lab at a time with others' runs)")
     ap.add_argument("--report-only", action="store_true", help="rewrite results.md and phases.svg from results.json")
     args = ap.parse_args()
     out = Path(args.out)
@@ -809,7 +829,14 @@ def main():
             idx += 1
             name = f"{tag}-{idx}"
             label = f"{variant} N={n} {fault}{' sync' if sync else ''} #{rep + 1}"
-            r = one_run(variant, n, fault, sync, rep + 1, name, out)
+            lockf = open(args.lock, "a") if args.lock else None
+            if lockf:
+                fcntl.flock(lockf, fcntl.LOCK_EX)
+            try:
+                r = one_run(variant, n, fault, sync, rep + 1, name, out)
+            finally:
+                if lockf:
+                    lockf.close()
             data["runs"].append(r)
             ph = r["phases"]
             log(f"[{idx}/{total}] {label}: " + ", ".join(

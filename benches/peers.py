@@ -55,6 +55,15 @@ TIMINGS = {
     },
 }
 
+# The failover tool's own login, refused on the primary by the refuse drill
+# (pg_hba: TYPE all USER [127.0.0.0/8] reject, first line).
+TOOL_LOGIN = {
+    "repmgr": ("host", "repmgr"),  # repmgrd's connections (conninfo user=repmgr)
+    "patroni": ("local", "postgres"),  # Patroni's superuser session over the socket
+    "pgautofailover": ("host", "pgautofailover_monitor"),  # the monitor's health checks
+    "pgha": ("host", "postgres"),  # pgha-failover's [postgres] user
+}
+
 # What each peer's agent logs, per host (copied into target/bench/logs/).
 LOGS = {
     "repmgr": ["repmgrd.log"],
