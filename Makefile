@@ -4,14 +4,15 @@
 #   sudo make bench QUICK=1    # K=1, 2 standbys only (~5 min)
 #   sudo make bench K=3        # other K
 #   sudo make bench PG=16 POOL=4.7 CASES=blackhole NS=2,4   # other versions, cases, N
+#   sudo make bench QUICK=1 VARIANTS=repmgr,patroni,pgautofailover,pgha   # the peers (benches/README.md)
+#   CASES=kill,blackhole NS=2,4 BENCH_LOCK=/tmp/pgha-e2e.lock narrow the matrix / lock each lab
+#   (command-line variables reach bench.py through the environment)
 #
 # Results: target/bench/results.md, results.json, phases.svg, logs/.
 
 K ?= 5
 QUICK ?=
 VARIANTS ?=
-CASES ?=
-NS ?=
 # PG=15|16|18 and POOL=4.3|4.7: the versions lab/versions.sh provides.
 PG ?=
 POOL ?=
@@ -20,5 +21,4 @@ POOL ?=
 bench:
 	cargo build --release --bins
 	$(if $(PG)$(POOL),eval "$$(lab/versions.sh $(or $(PG),15) $(or $(POOL),4.3))" && export PGHA_PG_BIN PGHA_PGPOOL_BIN && ) \
-	python3 benches/bench.py --k $(K) $(if $(QUICK),--quick) $(if $(VARIANTS),--variants $(VARIANTS)) \
-		$(if $(CASES),--cases $(CASES)) $(if $(NS),--ns $(NS))
+	python3 benches/bench.py --k $(K) $(if $(QUICK),--quick) $(if $(VARIANTS),--variants $(VARIANTS))

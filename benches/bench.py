@@ -22,11 +22,15 @@ Variants:
   pgha         pgha-failover (the lab's default failover_command)
   pgha+follow  pgha-failover + pgha-follow as follow_primary_command
                (skipped when pgha-follow says it is not implemented)
+  repmgr, patroni, pgautofailover
+               the peers (benches/peers.py), pgpool with no failover_command
+               finding the new primary itself; only when named in --variants
 
 Writes target/bench/results.json, results.md, phases.svg and logs/.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -41,6 +45,7 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # no __pycache__ in benches/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
 import report  # noqa: E402
 from pgwire import Conn, PgError  # noqa: E402
 
@@ -48,7 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 LABSH = REPO / "lab" / "lab.sh"
 PGDATA = "/var/lib/postgresql/15/main"
 NEW_TLI = 2  # every run starts on a fresh lab, on timeline 1
-RUN_DEADLINE = 75.0  # seconds after the kill; a phase not reached by then is missed
+RUN_DEADLINE = 75.0
+DRILL_WATCH = 40.0  # seconds the refuse-login drill watches for a (wrong) promotion  # seconds after the kill; a phase not reached by then is missed
 LINGER = 1.0  # seconds to keep watching once every phase is reached
 WRITE_TIMEOUT = 5.0
 PGHA_BIN = str(REPO / "target" / "release")  # --pgha-bin
@@ -64,7 +70,12 @@ VARIANTS = {
     },
     "pgha": {},  # the lab's default: @BIN@/pgha-failover %d %M %m --old-primary %P
     "pgha+follow": {"follow": "@BIN@/pgha-follow %d --new-primary %m --old-primary %P"},
+    # The peers: failover by the tool, pgpool only finds the new primary.
+    "repmgr": {"peer": "repmgr"},
+    "patroni": {"peer": "patroni"},
+    "pgautofailover": {"peer": "pgautofailover"},
 }
+DEFAULT_VARIANTS = ["floor", "classic", "samples", "pgha", "pgha+follow"]  # the peers only when asked
 
 
 def log(msg):
@@ -79,6 +90,7 @@ class Lab:
         self.name = name
         self.dir = None
         self.env = {}
+        self.peer_state = {}
 
     def up(self, standbys, failover=None, follow=None, sync=False, pgpool=True):
         args = [str(LABSH), "up", "--name", self.name, "--standbys", str(standbys), "--pgha-bin", PGHA_BIN]
@@ -158,6 +170,33 @@ class Lab:
         if sweep:
             self.lab("kill", self.name, host)
         return when
+
+    def host_pids(self, host):
+        ns = (self.dir / "hosts" / host / "mntns").read_text().strip()
+        pids = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    if os.readlink(p / "ns" / "mnt") == ns:
+                        pids.append(int(p.name))
+                except OSError:
+                    pass
+        return pids
+
+    def freeze_host(self, host):
+        """SIGSTOP every process of HOST (a hung host: its agents fall silent too).
+
+        A blackholed address drops what is sent *to* it; a peer's agent on
+        the primary's host talks to etcd or the monitor from 127.0.0.1 (the
+        kernel's source address on lo), which the DROP rule does not match.
+        On a real silent host those packets are lost as well, so the peers'
+        silent-primary case also stops the host's processes. `lab.sh down`
+        SIGKILLs them, stopped or not."""
+        for pid in self.host_pids(host):
+            try:
+                os.kill(pid, 19)
+            except OSError:
+                pass
 
     def sh(self, host, script, root=False, timeout=60, check=True):
         args = ["exec", self.name, host] + (["--root"] if root else []) + ["--", "sh", "-c", script]
@@ -478,15 +517,25 @@ psql -qAtc 'select pg_reload_conf()' >/dev/null""")
 
 def one_run(variant, standbys, fault, sync, k, name, outdir):
     spec = VARIANTS[variant]
+    peer = spec.get("peer")
     res = {"variant": variant, "standbys": standbys, "fault": fault, "sync": sync, "k": k, "name": name,
            "phases": {}, "notes": []}
     lab = Lab(name)
     stop = threading.Event()
     threads = []
     try:
-        lab.up(standbys, spec.get("failover"), spec.get("follow"), sync, spec.get("pgpool", True))
+        if peer:
+            # The lab's hosts and servers; the peer takes over (or rebuilds)
+            # the cluster and pgpool starts without a failover_command.
+            lab.up(standbys, sync=sync, pgpool=False)
+            t_setup = time.time()
+            peers.setup(peer, lab, sync)
+            res["peer_setup_s"] = round(time.time() - t_setup, 1)
+            res["peer_timings"] = peers.TIMINGS[peer]
+        else:
+            lab.up(standbys, spec.get("failover"), spec.get("follow"), sync, spec.get("pgpool", True))
         use_pgpool = spec.get("pgpool", True)
-        if sync:
+        if sync and not peer:
             wait_sync(lab)
         if variant == "classic":
             prepare_classic(lab)
@@ -517,11 +566,22 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
         if fault == "kill-lagging":
             # pg1 (pgpool's %m, the lowest id) stops receiving WAL: its
             # walsender on the primary is stopped; the others keep up.
-            pid = lab.psql("pg0", "select pid from pg_stat_replication where application_name = 'pg1'")
+            an = peers.app_name(peer, lab, "pg1")
+            pid = lab.psql("pg0", f"select pid from pg_stat_replication where application_name = '{an}'")
+            if not pid:
+                raise RuntimeError(f"no walsender for {an} on pg0")
             lab.sh("pg0", f"kill -STOP {pid}")
             time.sleep(0.5)  # writes pg1 does not receive
         t_start = time.time()
-        if fault in ("kill", "kill-lagging"):
+        if fault == "refuse":
+            # The primary is alive and serves its clients, but refuses the
+            # failover tool's own login: a tool must not promote a standby.
+            kind, user = peers.TOOL_LOGIN[peer or "pgha"]
+            line = f"{kind}    all    {user}    " + ("127.0.0.0/8    " if kind == "host" else "") + "reject"
+            lab.sh("pg0", f"sed -i '1i {line}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
+            t0 = time.time()
+            res["refused"] = line
+        elif fault in ("kill", "kill-lagging"):
             # The floor promotes at once, and sweeps afterwards.
             t0 = lab.kill_host("pg0", sweep=variant != "floor")
         else:
@@ -529,6 +589,8 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             t1 = lab.fault("blackhole", name, lab.repl_addr("pg0"))
             t0 = lab.fault("blackhole", name, lab.addr("pg0"))
             res["blackhole_gap_s"] = round(t0 - t1, 3)
+            if peer:
+                lab.freeze_host("pg0")
         res["fault_call_s"] = round(time.time() - t_start, 3)
         acked_before = len(writer.acked) if writer else 0
 
@@ -549,10 +611,13 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             return (all(n in stand.first for n in others) and pcp.result is not None
                     and writer.first_ack_after_failure(t_start) is not None)
 
-        while time.time() < t0 + RUN_DEADLINE and not done():
+        deadline = DRILL_WATCH if fault == "refuse" else RUN_DEADLINE
+        while time.time() < t0 + deadline and not done():
             time.sleep(0.05)
         if done():
             time.sleep(LINGER)
+        elif fault == "refuse":
+            res["notes"].append(f"watched {DRILL_WATCH:.0f} s")
         else:
             res["notes"].append(f"not every phase reached within {RUN_DEADLINE:.0f} s")
         stop.set()
@@ -592,6 +657,7 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
                     "not implemented" in lab.pgpool_log.read_text(errors="replace"):
                 res["notes"].append("not implemented")
             res["acked_before_fault"] = acked_before
+            res["last_ack"] = rel(writer.acked[-1][1]) if writer.acked else None
             res["acked"] = len(writer.acked)
             res["writer_errors"] = len(writer.errors)
             if writer.errors:
@@ -626,8 +692,12 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
         if lab.dir is not None:
             logs = outdir / "logs"
             logs.mkdir(parents=True, exist_ok=True)
-            for src, dst in ((lab.pgpool_log, f"{name}.pgpool.log"),
-                             (lab.dir / "hosts" / "app" / "home" / "pgha" / "journal.jsonl", f"{name}.journal.jsonl")):
+            extra = []
+            for h in ["app"] + [f"pg{i}" for i in range(standbys + 1)]:
+                for f in peers.LOGS.get(peer, []) + (["15/pgha-postgresql.log"] if peer else []):
+                    extra.append((lab.dir / "hosts" / h / "home" / f, f"{name}.{h}.{Path(f).name}"))
+            for src, dst in [(lab.pgpool_log, f"{name}.pgpool.log"),
+                             (lab.dir / "hosts" / "app" / "home" / "pgha" / "journal.jsonl", f"{name}.journal.jsonl")] + extra:
                 try:
                     shutil.copy(src, logs / dst)
                 except OSError:
@@ -639,17 +709,18 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
 # --- the matrix ------------------------------------------------------------------
 
 
-def matrix(quick, ns=None):
-    """Every (variant, N, fault, sync) of one round; `ns` (e.g. [2, 4])
-    replaces the standby counts of the kill and blackhole cases."""
-    ns = ns or ([2] if quick else [1, 2, 4])
+def matrix(quick):
+    ns = [2] if quick else [1, 2, 4]
     runs = []
     for n in ns:
         for v in VARIANTS:
+            if n == 1 and v in peers.PEERS:
+                continue  # the peers against pgha at N=2 and 4
             runs.append((v, n, "kill", False))
-    for n in [n for n in ns if n >= 2] or [2]:
+    for n in ([2] if quick else [2, 4]):
         for v in VARIANTS:
-            if v != "floor":
+            # N=4 silent: pgha and the peers only (the baselines' is known)
+            if v != "floor" and (n == 2 or v == "pgha" or v in peers.PEERS):
                 runs.append((v, n, "blackhole", False))
     for v in VARIANTS:
         if v != "floor":
@@ -659,6 +730,10 @@ def matrix(quick, ns=None):
     for v in VARIANTS:
         if v != "floor":
             runs.append((v, 2, "kill-lagging", True))
+    # The primary refuses the failover tool's login (pg_hba reject).
+    for v in VARIANTS:
+        if v == "pgha" or v in peers.PEERS:
+            runs.append((v, 2, "refuse", False))
     return runs
 
 
@@ -696,19 +771,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=int(os.environ.get("K", "5")), help="failovers per case (default 5, or $K)")
     ap.add_argument("--quick", action="store_true", help="K=1, 2 standbys only")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help="comma-separated subset of " + ",".join(VARIANTS) + " (default: all but the peers)")
+    ap.add_argument("--cases", default=os.environ.get("CASES", ""),
+                    help="only these of kill,blackhole,kill-sync,kill-lagging (default: all, or $CASES)")
+    ap.add_argument("--n", default=os.environ.get("NS", ""), help="only these standby counts, e.g. 2,4 (or $NS)")
     ap.add_argument("--out", default=str(REPO / "target" / "bench"))
     ap.add_argument("--pgha-bin", default=PGHA_BIN,
                     help="where the pgha-* binaries are (default target/release: what operators run)")
+    ap.add_argument("--lock", default=os.environ.get("BENCH_LOCK", ""),
+                    help="flock this file around each failover (one lab at a time with others' runs)")
     ap.add_argument("--report-only", action="store_true", help="rewrite results.md and phases.svg from results.json")
     ap.add_argument("--pg-bin", default=PG_BIN,
                     help="PostgreSQL server binaries (default $PGHA_PG_BIN or PostgreSQL 15's; lab/versions.sh prints others)")
     ap.add_argument("--pgpool-bin", default=PGPOOL_BIN,
                     help="the directory of the pgpool binary (default $PGHA_PGPOOL_BIN or /usr/sbin)")
-    ap.add_argument("--cases", default=os.environ.get("CASES", ""),
-                    help="comma-separated subset of kill,blackhole,kill-sync,kill-lagging (default all, or $CASES)")
-    ap.add_argument("--ns", default=os.environ.get("NS", ""),
-                    help="comma-separated standby counts for the kill and blackhole cases, e.g. 2,4 (or $NS)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.report_only:
@@ -722,28 +799,25 @@ def main():
     PG_BIN, PGPOOL_BIN = str(Path(args.pg_bin).resolve()), str(Path(args.pgpool_bin).resolve())
     # lab.sh reads these: every lab of the run uses the same versions.
     os.environ["PGHA_PG_BIN"], os.environ["PGHA_PGPOOL_BIN"] = PG_BIN, PGPOOL_BIN
-    if not (Path(PGHA_BIN) / "pgha-failover").exists():
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if any(v not in peers.PEERS for v in wanted) and not (Path(PGHA_BIN) / "pgha-failover").exists():
         print(f"bench: {PGHA_BIN}/pgha-failover missing: cargo build --release --bins", file=sys.stderr)
         return 2
     # Threads hand the GIL over every 0.5 ms instead of 5 ms, so that a
     # poller's timestamp is taken when its answer arrives.
     sys.setswitchinterval(0.0005)
     k = 1 if args.quick else args.k
-    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in wanted:
         if v not in VARIANTS:
             print(f"bench: unknown variant {v!r} (one of {', '.join(VARIANTS)})", file=sys.stderr)
             return 2
-    ns = [int(n) for n in args.ns.split(",") if n.strip()]
-    cases = [c for c in matrix(args.quick, ns) if c[0] in wanted]
+    cases = [c for c in matrix(args.quick) if c[0] in wanted]
     if args.cases:
-        kinds = {c.strip() for c in args.cases.split(",") if c.strip()}
-        name = lambda c: c[2] + ("-sync" if c[3] and c[2] == "kill" else "")
-        unknown = kinds - {"kill", "blackhole", "kill-sync", "kill-lagging"}
-        if unknown:
-            print(f"bench: unknown case(s) {', '.join(sorted(unknown))}", file=sys.stderr)
-            return 2
-        cases = [c for c in cases if name(c) in kinds]
+        faults = {f.strip() for f in args.cases.split(",")}
+        cases = [c for c in cases if ("kill-sync" if c[2] == "kill" and c[3] else c[2]) in faults]
+    if args.n:
+        counts = {int(x) for x in args.n.split(",")}
+        cases = [c for c in cases if c[1] in counts]
     if not (Path(PGHA_BIN) / "pgha-follow").exists():
         cases = [c for c in cases if c[0] != "pgha+follow"]
     out.mkdir(parents=True, exist_ok=True)
@@ -764,7 +838,14 @@ def main():
             idx += 1
             name = f"{tag}-{idx}"
             label = f"{variant} N={n} {fault}{' sync' if sync else ''} #{rep + 1}"
-            r = one_run(variant, n, fault, sync, rep + 1, name, out)
+            lockf = open(args.lock, "a") if args.lock else None
+            if lockf:
+                fcntl.flock(lockf, fcntl.LOCK_EX)
+            try:
+                r = one_run(variant, n, fault, sync, rep + 1, name, out)
+            finally:
+                if lockf:
+                    lockf.close()
             data["runs"].append(r)
             ph = r["phases"]
             log(f"[{idx}/{total}] {label}: " + ", ".join(

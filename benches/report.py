@@ -18,13 +18,16 @@ PHASE_TITLES = {
     "promote": "cmd→writable",
     "promote_self": "own promote step",
 }
-VARIANT_ORDER = ["floor", "classic", "samples", "pgha", "pgha+follow"]
+VARIANT_ORDER = ["floor", "classic", "samples", "pgha", "pgha+follow", "repmgr", "patroni", "pgautofailover"]
+PEERS = ["repmgr", "patroni", "pgautofailover"]
 CASES = [("kill", False), ("blackhole", False), ("kill", True), ("kill-lagging", True)]
+DRILLS = [("kill-lagging", True), ("refuse", False)]
 CASE_TITLES = {
     ("kill", False): "Killed primary (every process of its host SIGKILLed)",
     ("blackhole", False): "Silent primary (its client and replication addresses blackholed)",
     ("kill", True): "Killed primary, synchronous replication (ANY 1)",
     ("kill-lagging", True): "Killed primary, synchronous replication (ANY 1), the lowest-id standby lagging",
+    ("refuse", False): "Drill: the live primary refuses the failover tool's login (pg_hba reject)",
 }
 TARGETS = {"first_write": 0.8, "standbys": 1.5, "promote_ratio": 1.25, "blackhole_extra": 1.0}
 
@@ -208,6 +211,8 @@ def markdown(data):
                 lines.append(f"| {case} | {n} | {PHASE_TITLES[p]} | {ratio(a, c)} | {ratio(a, s)} | {ratio(a, f)} |")
     lines.append("")
 
+    lines += peers_section(data, g, ns)
+
     # Targets.
     lines += ["## Targets (issue 6)", "", "| target | measured (pgha) | verdict |", "|---|---|---|"]
     for row in targets(g):
@@ -241,6 +246,49 @@ def markdown(data):
         lines += ["## Runs that failed", ""] + [f"- {r['name']} {r['variant']} N={r['standbys']} {r['fault']}"
                                                  f"{' sync' if r['sync'] else ''}: {r['error'][:300]}" for r in errs] + [""]
     return "\n".join(lines)
+
+
+def peers_section(data, g, ns):
+    """pgha against repmgr, Patroni and pg_auto_failover; the drills."""
+    present = [p for p in PEERS if any(k[3] == p for k in g)]
+    if not present:
+        return []
+    lines = ["## pgha against the peers (medians, pgha / peer: below 1 means pgha is faster)", "",
+             "| case | N | phase | pgha | " + " | ".join(present) + " | " + " | ".join(f"pgha/{p}" for p in present) + " |",
+             "|---|---|---|---|" + "---|" * (2 * len(present))]
+    for fault, sync in CASES:
+        for n in ns:
+            if not any((fault, sync, n, p) in g for p in present + ["pgha"]):
+                continue
+            case = f"{fault}{' sync' if sync else ''}"
+            for ph in ["detect", "writable", "standbys", "first_write"]:
+                a = med(g, (fault, sync, n, "pgha"), ph)
+                vals = [med(g, (fault, sync, n, p), ph) for p in present]
+                lines.append(f"| {case} | {n} | {PHASE_TITLES[ph]} | {fmt(a)} | " + " | ".join(fmt(v) for v in vals)
+                             + " | " + " | ".join(ratio(a, v) for v in vals) + " |")
+    lines.append("")
+    rows = []
+    for fault, sync in DRILLS:
+        for v in ["pgha"] + present:
+            for r in g.get((fault, sync, 2, v), []):
+                rows.append((fault, v, r))
+    if rows:
+        lines += ["## Drills (N=2)", "",
+                  "| drill | variant | promoted | first write | last write acknowledged | lost | notes |",
+                  "|---|---|---|---|---|---|---|"]
+        for fault, v, r in rows:
+            ph = r.get("phases", {})
+            prom = "error" if "error" in r else (f"pg{r['new_primary']} at {ph.get('writable'):.2f} s"
+                                                 if r.get("new_primary") is not None else "no")
+            notes = "; ".join(r.get("notes", []) + ([r["error"][:120]] if "error" in r else []))
+            lines.append(f"| {fault} | {v} | {prom} | {fmt(ph.get('first_write'))} | {fmt(r.get('last_ack'))} | "
+                         f"{r.get('lost', '—')} of {r.get('acked', '—')} | {notes} |")
+        lines += ["", "kill-lagging: pg1's walsender on the primary is stopped 0.5 s before the kill, so pg1 "
+                  "misses acknowledged commits (the lab's `ANY 1` quorum; Patroni uses its own "
+                  "`synchronous_mode`, pg_auto_failover its default quorum); refuse: the first pg_hba line on "
+                  "the primary rejects the tool's user, the run watches 40 s for a promotion. "
+                  "last write acknowledged: seconds from the fault.", ""]
+    return lines
 
 
 def short(data):

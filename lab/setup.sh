@@ -26,11 +26,17 @@ die() { echo "setup: $*" >&2; exit 1; }
 #   autoconf ... libssl-dev   building pgpool-II 4.7.2 from ../shared/vendor
 #   python3-pip            the PostgreSQL 16 and 18 server trees (PyPI wheels)
 #   openssl                certificates for the TLS end-to-end tests
+#   repmgr, postgresql-15-repmgr   the peers' benchmark (benches/peers.py): repmgr, repmgrd
+#   patroni, python3-etcd, python3-psycopg2   ... Patroni (its etcd3 client needs only urllib3)
+#   etcd-server, etcd-client       ... etcd for Patroni, run by the bench on the app host
+#   postgresql-15-auto-failover, pg-auto-failover-cli   ... pg_auto_failover (pg_autoctl)
 packages=(
 	postgresql-15 postgresql-client-15 pgpool2 openssh-server openssh-client
 	iptables iproute2 procps util-linux mount psmisc coreutils grep sed
 	gcc libc6-dev dpkg-dev binutils lintian
 	autoconf automake libtool bison flex make libpq-dev libssl-dev openssl
+	repmgr postgresql-15-repmgr patroni python3-etcd python3-psycopg2 etcd-server etcd-client
+	postgresql-15-auto-failover pg-auto-failover-cli
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
@@ -88,6 +94,18 @@ pid=$(head -1 /run/postgresql/pgpool.pid 2>/dev/null || true)
 if alive "$pid" && same_ns "$pid"; then
 	service pgpool2 stop >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
 	say "stopped the system pgpool (pid $pid)"
+fi
+
+# etcd of the system (etcd-server's service; the policy above keeps apt from
+# starting it, but a machine prepared otherwise may run it): it would hold
+# 127.0.0.1:2379 and is not what the peers' benchmark uses. Stopped, disabled.
+if [ -x /etc/init.d/etcd ] || [ -e /lib/systemd/system/etcd.service ]; then
+	if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+		systemctl disable --now etcd >/dev/null 2>&1 || true
+	elif service etcd status >/dev/null 2>&1; then
+		service etcd stop >/dev/null 2>&1 || true
+		say "stopped the system etcd"
+	fi
 fi
 
 # The lab's mount points must exist on the machine.
