@@ -35,7 +35,9 @@
 //!   cannot become ssh options, no control characters, secrets masked.
 //! - One module per command: [`failover`] (with its liveness probes and
 //!   the detached settle phase), [`follow`], [`attach`], [`check`] (with
-//!   `--status`, the cluster at a glance);
+//!   `--status`, the cluster at a glance), [`switchover`] (a planned
+//!   switchover through pgpool's `pcp_promote_node -s`, whose work is
+//!   pgha-failover's switchover arm);
 //!   [`cli`] holds their arguments, [`report`] their final line, [`exit`]
 //!   their exit codes, [`error`] the error they return.
 //!
@@ -65,6 +67,7 @@ pub mod report;
 pub mod restore;
 pub mod state;
 pub mod steps;
+pub mod switchover;
 pub mod text;
 
 /// When this process started: progress lines show the time since.
