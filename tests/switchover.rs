@@ -118,7 +118,7 @@ fn pcp_promote_node_switchover_loses_nothing_and_the_old_primary_rejoins() {
         log.contains("pgha-failover: OK: switchover from node 0"),
         "{log}"
     );
-    let failed = format!("node 0 ({}) failed", lab.addr("pg0"));
+    let failed = format!("node 0 ({}:5432) failed", lab.addr("pg0"));
     assert!(!log.contains(&failed), "{log}");
     assert!(log.contains("verify: replayed up to"), "{log}");
     // The old primary came back without pg_rewind's work: a clean stop.
