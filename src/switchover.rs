@@ -205,7 +205,11 @@ async fn drive(x: &Exec<'_>, args: &SwitchoverArgs, to: Option<u32>) -> Result<S
         ))
     })
     .await?;
-    let promoted = wait_promoted(x, from, target, plan.timeline);
+    let since_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let promoted = wait_promoted(x, from, target, plan.timeline, since_ms);
     let timeline = match x
         .step("promoted", Some(target), promoted, |tl| {
             Did::done(format!(
@@ -302,7 +306,13 @@ fn streams_from(s: &NodeState, p: &Node) -> bool {
 /// Wait until `target` is the primary on a newer timeline and pgpool says
 /// so. Ends early when pgha-failover gave up (the old primary runs as a
 /// primary again after pgpool detached it).
-async fn wait_promoted(x: &Exec<'_>, from: &Node, target: &Node, tl: u32) -> Result<u32> {
+async fn wait_promoted(
+    x: &Exec<'_>,
+    from: &Node,
+    target: &Node,
+    tl: u32,
+    since_ms: u64,
+) -> Result<u32> {
     let topo = x.topo;
     let mut old_detached = false;
     loop {
@@ -319,7 +329,7 @@ async fn wait_promoted(x: &Exec<'_>, from: &Node, target: &Node, tl: u32) -> Res
             old_detached = ops::node_info(topo, from, x.deadline)
                 .await
                 .is_ok_and(|i| !i.is_up());
-        } else if o.ok().is_some_and(|s| !s.in_recovery) && failover_gave_up(topo) {
+        } else if o.ok().is_some_and(|s| !s.in_recovery) && failover_gave_up(topo, since_ms) {
             return Err(Error::Refused(format!(
                 "pgha-failover aborted the switchover (see its REFUSED line in pgpool's log): {} was started again as the primary, {} is still a standby",
                 from.label(),
@@ -336,13 +346,14 @@ async fn wait_promoted(x: &Exec<'_>, from: &Node, target: &Node, tl: u32) -> Res
     }
 }
 
-/// pgha-failover's last run was refused (its switchover aborted).
-fn failover_gave_up(topo: &Topology) -> bool {
+/// pgha-failover's run for this request (started at `since_ms` or
+/// later) was refused: its switchover aborted.
+fn failover_gave_up(topo: &Topology, since_ms: u64) -> bool {
     let lines = crate::state::read_journal(&topo.config.state_dir);
     crate::state::runs(&lines)
         .iter()
         .rev()
-        .find(|r| r.command == "failover" && r.phase == "main")
+        .find(|r| r.command == "failover" && r.phase == "main" && r.started_ms >= since_ms)
         .is_some_and(|r| r.outcome == "refused")
 }
 

@@ -203,15 +203,11 @@ fn refusals_change_nothing() {
 
     // A failover running (its lock held on this host).
     let bin = lab.bin("pgha-switchover");
-    let out = lab.exec(
+    let out = lab.sh(
         "app",
-        &[
-            "flock",
-            "/var/lib/postgresql/pgha/failover.lock",
-            &bin,
-            "--to",
-            "1",
-        ],
+        &format!(
+            "mkdir -p /var/lib/postgresql/pgha && exec flock /var/lib/postgresql/pgha/failover.lock {bin} --to 1"
+        ),
     );
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
