@@ -91,6 +91,25 @@ fn longest_gap<R>(writer: &Writer, during: impl FnOnce() -> R) -> (R, Duration) 
     })
 }
 
+/// pgha's progress lines and pgpool's own failover lines, for the timings
+/// (`--nocapture` shows them).
+fn print_timeline(lab: &Lab) {
+    for l in lab.pgpool_log().lines().filter(|l| {
+        l.starts_with("pgha-")
+            || [
+                "execute command",
+                "failover done",
+                "Failover done",
+                "find_primary",
+                "promote",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
+    }) {
+        eprintln!("  | {l}");
+    }
+}
+
 #[test]
 fn pcp_promote_node_switchover_loses_nothing_and_the_old_primary_rejoins() {
     let lab = Lab::up(LabOptions::default());
@@ -112,6 +131,7 @@ fn pcp_promote_node_switchover_loses_nothing_and_the_old_primary_rejoins() {
         gap.as_secs_f64()
     );
     let acked = writer.stop();
+    print_timeline(&lab);
     assert_none_lost(&lab, "pg1", &acked);
     let log = lab.pgpool_log();
     assert!(
