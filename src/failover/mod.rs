@@ -256,6 +256,17 @@ async fn observe(ctx: &Ctx<'_>) -> (Vec<Observed>, Liveness) {
     ft.connect_timeout = ft
         .connect_timeout
         .min(topo.config.failover.liveness_timeout);
+    // A failed node that answers SQL as a primary is alive: the probes
+    // (an ssh connection to each standby among them) would only delay a
+    // planned switchover, so they stop once it answered.
+    let answered = tokio::sync::Notify::new();
+    let failed_obs = async {
+        let o = cluster::observe_with(failed, ft).await;
+        if o.ok().is_some_and(|s| !s.in_recovery) {
+            answered.notify_one();
+        }
+        o
+    };
     let rest = async {
         let obs = futures::future::join_all(
             topo.nodes
@@ -264,10 +275,13 @@ async fn observe(ctx: &Ctx<'_>) -> (Vec<Observed>, Liveness) {
                 .map(|n| cluster::observe_node(topo, n)),
         )
         .await;
-        let live = liveness::probe(topo, ctx.x.remote, failed, &obs, ctx.x.deadline).await;
+        let live = tokio::select! {
+            l = liveness::probe(topo, ctx.x.remote, failed, &obs, ctx.x.deadline) => l,
+            () = answered.notified() => Liveness::Alive("it answers SQL as a primary".into()),
+        };
         (obs, live)
     };
-    let (failed_obs, (mut observed, live)) = tokio::join!(cluster::observe_with(failed, ft), rest);
+    let (failed_obs, (mut observed, live)) = tokio::join!(failed_obs, rest);
     observed.push(failed_obs);
     observed.sort_by_key(|o| o.node.id);
     for o in &observed {
