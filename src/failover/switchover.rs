@@ -168,8 +168,32 @@ pub(super) async fn run(
         c.label(),
         s.reason
     );
-    stop_old(ctx, old, summary).await?;
+    // Once the old primary stops, the candidate's startup process would
+    // try restore_command (an scp to the old primary's archive in the usual
+    // layout) between streaming attempts, and act on the promote request
+    // only after it: on 14+ it runs without one from before the stop
+    // (reload); promotion gives it its own archive's command, an abort
+    // gives it back the one it had.
+    let version = cstate.server_version_num;
+    let quiet = version >= 140000 && !cstate.restore_command.is_empty();
+    let topo = ctx.x.topo;
+    if quiet && let Err(e) = steps::set_restore_command(topo, c, version, "").await {
+        warn!("{e}");
+    }
+    let unquiet = || async {
+        if quiet
+            && let Err(e) =
+                steps::set_restore_command(topo, c, version, &cstate.restore_command).await
+        {
+            warn!("{e}");
+        }
+    };
+    if let Err(e) = stop_old(ctx, old, summary).await {
+        unquiet().await;
+        return Err(e);
+    }
     if let Err(why) = prove_candidate(ctx, old, c, summary).await {
+        unquiet().await;
         return Err(abort(ctx, old, c, &why, summary).await);
     }
     let timeline = promote_quietly(ctx, c, &cstate, &s.reason, summary).await?;
