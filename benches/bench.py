@@ -516,6 +516,8 @@ psql -qAtc 'select pg_reload_conf()' >/dev/null""")
 
 
 def one_run(variant, standbys, fault, sync, k, name, outdir):
+    if fault == "switchover":
+        return switchover_run(variant, standbys, k, name, outdir)
     spec = VARIANTS[variant]
     peer = spec.get("peer")
     res = {"variant": variant, "standbys": standbys, "fault": fault, "sync": sync, "k": k, "name": name,
@@ -706,6 +708,106 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
     return res
 
 
+# --- the switchover case (issue 12) ------------------------------------------------
+
+
+def switchover_cases(ns):
+    """("pgha", N, "switchover", False) for each N: pgha-switchover there and back."""
+    return [("pgha", n, "switchover", False) for n in ns if n >= 1]
+
+
+def switchover_leg(lab, writer, to, tli, count):
+    """One `pgha-switchover --to TO`; phases relative to the request."""
+    t0 = time.time()
+    r = lab.lab("exec", lab.name, "app", "--", f"{lab.dir}/bin/pgha-switchover", "--to", str(to),
+                timeout=120, check=False)
+    t_ret = time.time()
+    primary = f"pg{to}"
+    stand = {}
+
+    def settled():
+        nodes = pcp_nodes(lab)
+        if not nodes or len(nodes) != count or any(n[2] not in ("1", "2") for n in nodes):
+            return False
+        if [i for i, n in enumerate(nodes) if n[6] == "primary"] != [to]:
+            return False
+        for i in range(count):
+            if i == to or i in stand:
+                continue
+            c = Conn(lab.addr(f"pg{i}"), 5432, "pgpool", "postgres", timeout=1)
+            rows = c.query(StandbyPoller.SQL)
+            c.close()
+            if rows and rows[0][0] == "streaming" and int(rows[0][1]) >= tli:
+                stand[i] = time.time()
+        return len(stand) == count - 1
+
+    wait_until(f"every node streaming from {primary} and attached", settled, 30, every=0.02)
+    t_all = time.time()
+    acked = [t for _, t in writer.acked if t >= t0 - 1]
+    gaps = [b - a for a, b in zip(acked, acked[1:]) if b <= t_all]
+    return {
+        "rc": r.returncode,
+        "last_line": (r.stderr.strip().splitlines() or [""])[-1][:300],
+        "command_s": round(t_ret - t0, 3),
+        "outage": round(max(gaps), 3) if gaps else None,
+        "attached": round(t_all - t0, 3),
+        "old_primary_streaming": round(max(stand.values()) - t0, 3) if stand else None,
+    }
+
+
+def switchover_run(variant, standbys, k, name, outdir):
+    """pgha-switchover --to 1 then --to 0 with a writer through pgpool: the
+    write outage (longest gap between acknowledged writes), when every node
+    streams and is attached, and acknowledged writes lost."""
+    res = {"variant": variant, "standbys": standbys, "fault": "switchover", "sync": False, "k": k,
+           "name": name, "phases": {}, "notes": []}
+    lab = Lab(name)
+    stop = threading.Event()
+    writer = None
+    try:
+        lab.up(standbys)
+        c = Conn(lab.addr("app"), 9999, "app", "app", timeout=10)
+        c.query("create table w(id int primary key)")
+        c.close()
+        writer = Writer(stop, lab.addr("app"), 9999)
+        writer.start()
+        if not writer.ready.wait(10):
+            raise RuntimeError("writer not ready after 10 s")
+        time.sleep(0.5)  # writes acknowledged before the switchover
+        res["to"] = switchover_leg(lab, writer, 1, 2, standbys + 1)
+        time.sleep(0.5)
+        res["back"] = switchover_leg(lab, writer, 0, 3, standbys + 1)
+        time.sleep(0.5)
+        stop.set()
+        writer.join(WRITE_TIMEOUT + 2)
+        for key in ("outage", "attached"):
+            res["phases"][key] = res["to"][key]
+        c = Conn(lab.addr("pg0"), 5432, "app", "app", timeout=5)
+        present = {int(r[0]) for r in c.query("select id from w")}
+        c.close()
+        lost = sorted(i for i, _ in writer.acked if i not in present)
+        res["acked"], res["lost"], res["lost_ids"] = len(writer.acked), len(lost), lost[:20]
+        for leg in ("to", "back"):
+            if res[leg]["rc"] != 0:
+                res["notes"].append(f"{leg}: {res[leg]['last_line']}")
+    except Exception as e:  # a failed run is recorded, the bench goes on
+        res["error"] = f"{type(e).__name__}: {e}"
+        log(f"{name}: {res['error']}")
+    finally:
+        stop.set()
+        if lab.dir is not None:
+            logs = outdir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            for src, dst in ((lab.pgpool_log, f"{name}.pgpool.log"),
+                             (lab.dir / "hosts" / "app" / "home" / "pgha" / "journal.jsonl", f"{name}.journal.jsonl")):
+                try:
+                    shutil.copy(src, logs / dst)
+                except OSError:
+                    pass
+            lab.down()
+    return res
+
+
 # --- the matrix ------------------------------------------------------------------
 
 
@@ -734,6 +836,7 @@ def matrix(quick):
     for v in VARIANTS:
         if v == "pgha" or v in peers.PEERS:
             runs.append((v, 2, "refuse", False))
+    runs += switchover_cases([n for n in ns if n >= 2])
     return runs
 
 

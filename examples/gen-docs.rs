@@ -1,4 +1,4 @@
-//! Man pages and shell completions of the four binaries, generated from the
+//! Man pages and shell completions of the five binaries, generated from the
 //! clap definitions in `src/cli.rs` (so they cannot drift from `--help`).
 //!
 //! ```text
@@ -19,16 +19,22 @@ use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 use clap_complete::Shell;
-use pgha::cli::{AttachArgs, CheckArgs, FailoverArgs, FollowArgs};
+use pgha::cli::{AttachArgs, CheckArgs, FailoverArgs, FollowArgs, SwitchoverArgs};
 
 /// What every page adds after clap's sections: the files pgha reads and the
 /// related pages.
 fn files_and_see_also(name: &str) -> String {
-    let others: Vec<String> = ["pgha-failover", "pgha-follow", "pgha-attach", "pgha-check"]
-        .iter()
-        .filter(|n| **n != name)
-        .map(|n| format!(".BR {n} (1),"))
-        .collect();
+    let others: Vec<String> = [
+        "pgha-failover",
+        "pgha-follow",
+        "pgha-attach",
+        "pgha-check",
+        "pgha-switchover",
+    ]
+    .iter()
+    .filter(|n| **n != name)
+    .map(|n| format!(".BR {n} (1),"))
+    .collect();
     format!(
         ".SH FILES\n\
          .TP\n/etc/pgha/pgha.toml\n\
@@ -84,6 +90,7 @@ fn main() {
         FollowArgs::command(),
         AttachArgs::command(),
         CheckArgs::command(),
+        SwitchoverArgs::command(),
     ];
     for cmd in commands {
         let name = cmd.get_name().to_string();

@@ -35,7 +35,7 @@ export SOURCE_DATE_EPOCH
 OUT=$REPO/target/debian
 ROOT=$OUT/pgha_${VERSION}_$ARCH
 DEB=$OUT/pgha_${VERSION}_$ARCH.deb
-BINS=(pgha-failover pgha-follow pgha-attach pgha-check)
+BINS=(pgha-failover pgha-follow pgha-attach pgha-check pgha-switchover)
 
 say "pgha $VERSION ($ARCH): cargo build --release"
 cargo build --release --bins

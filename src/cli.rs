@@ -1,4 +1,4 @@
-//! Command-line definitions of the four binaries, kept in the library so that
+//! Command-line definitions of the five binaries, kept in the library so that
 //! man pages and shell completions are generated from the same source.
 
 use std::path::PathBuf;
@@ -103,6 +103,11 @@ pub struct FailoverArgs {
     /// run promoted or found promoted).
     #[arg(long, hide = true, value_name = "ID")]
     pub settle_primary: Option<u32>,
+
+    /// Internal: after a switchover, the old primary the detached phase
+    /// starts again as a standby (`pgha-attach --rejoin ID`).
+    #[arg(long, hide = true, value_name = "ID")]
+    pub settle_rejoin: Option<u32>,
 }
 
 /// `pgha-follow`: pgpool-II's `follow_primary_command`, or by hand.
@@ -174,6 +179,64 @@ pub struct AttachArgs {
     /// discarding that WAL (it exists on no other node).
     #[arg(long, requires = "rejoin")]
     pub discard_wal: bool,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `pgha-switchover`: a planned switchover through pgpool-II.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgha-switchover",
+    version,
+    about = "Move the primary to a standby on purpose, losing no acknowledged write; the old primary comes back as a standby.",
+    long_about = "\
+pgha-switchover moves the primary role to another node for planned work
+(kernel or PostgreSQL minor upgrades, hardware), through pgpool-II so that
+pgpool's view stays right throughout. Run it on the pgpool host, as the user
+pgpool runs pgha-failover as (it reads the same pgha.toml, .pcppass, .pgpass).
+
+Preflight first, nothing changed when it fails (exit 4):
+  - exactly one primary, every backend answers and pgpool has every backend
+    attached (a missing standby is refused);
+  - the target (--to, or the standby with the least lag) streams from the
+    primary on its timeline, with lag under --max-lag;
+  - no failover is running (the failover and settle locks in state_dir).
+
+Then it asks pgpool for a switchover (pcp_promote_node -s -n TARGET, the same
+as running that by hand): pgpool detaches the primary and runs
+failover_command, where pgha-failover stops the old primary cleanly
+(pg_ctl stop -m fast), proves the target replayed its shutdown checkpoint,
+promotes it and repoints the other standbys; its detached phase starts the
+old primary again as a standby of the new one (no pg_rewind after a clean
+stop) and attaches every node. pgha-switchover waits until the target is the
+primary in pgpool and every node streams from it on the new timeline and is
+attached, printing each stage; --timeout bounds the whole wait.
+
+If pgha-failover cannot prove the target holds all WAL, it promotes nothing
+and starts the old primary again; pgha-switchover then attaches it back in
+pgpool and exits 4.
+
+--dry-run runs the preflight and prints the plan.",
+    after_help = exit::HELP
+)]
+pub struct SwitchoverArgs {
+    /// The node to make the primary; default: the standby with the least
+    /// lag (lowest id among equals).
+    #[arg(long, value_name = "NODE", value_parser = node_id)]
+    pub to: Option<i64>,
+
+    /// The most the target may lag behind the primary, in bytes of WAL
+    /// (primary's current LSN minus the target's received LSN), before
+    /// anything is changed. The write outage grows with the WAL the target
+    /// must receive after the stop.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    pub max_lag: u64,
+
+    /// Give up waiting after this many seconds (the switchover itself runs
+    /// in pgpool's failover_command and is bounded by failover.deadline).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
 
     #[command(flatten)]
     pub common: Common,

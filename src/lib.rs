@@ -45,7 +45,9 @@
 //!   until it streams, attach it.
 //! - One module per command: [`failover`] (with its liveness probes and
 //!   the detached settle phase), [`follow`], [`attach`], [`check`] (with
-//!   `--status`, the cluster at a glance);
+//!   `--status`, the cluster at a glance), [`switchover`] (a planned
+//!   switchover through pgpool's `pcp_promote_node -s`, whose work is
+//!   pgha-failover's switchover arm);
 //!   [`cli`] holds their arguments, [`report`] their final line, [`exit`]
 //!   their exit codes, [`error`] the error they return.
 //!
@@ -81,6 +83,7 @@ mod restore;
 mod standby;
 mod state;
 mod steps;
+pub mod switchover;
 mod text;
 
 /// When this process started: progress lines show the time since.

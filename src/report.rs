@@ -17,6 +17,10 @@ pub enum Outcome {
     Promoted,
     /// pgha-failover found the promotion done (an earlier run's).
     AlreadyPromoted,
+    /// A planned switchover: the old primary stopped cleanly, the
+    /// candidate proven to hold its last WAL, promoted (pgha-failover on
+    /// `pcp_promote_node -s`, and pgha-switchover).
+    SwitchedOver,
     /// pgha-failover: the failed node was a standby; nothing promoted.
     StandbyFailed,
     /// pgha-failover: pgpool found no live node (`%m` = -1).
@@ -51,6 +55,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Promoted => "promoted",
             Outcome::AlreadyPromoted => "already_promoted",
+            Outcome::SwitchedOver => "switched_over",
             Outcome::StandbyFailed => "standby_failed",
             Outcome::NoNodeAlive => "no_node_alive",
             Outcome::Settled => "settled",

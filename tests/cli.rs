@@ -6,7 +6,13 @@ use std::path::Path;
 
 use crate::util::cmd::Cmd;
 
-const BINARIES: [&str; 4] = ["pgha-failover", "pgha-follow", "pgha-attach", "pgha-check"];
+const BINARIES: [&str; 5] = [
+    "pgha-failover",
+    "pgha-follow",
+    "pgha-attach",
+    "pgha-check",
+    "pgha-switchover",
+];
 
 /// A pgpool.conf with three backends and a pgha.toml pointing at it; the
 /// state dir inside `dir` must stay absent when a command refuses to act.
@@ -112,7 +118,7 @@ fn broken_configuration_is_named_with_file_and_line() {
     for bin in BINARIES {
         let args: &[&str] = if bin == "pgha-failover" {
             &["0", "0", "1"]
-        } else if bin == "pgha-check" {
+        } else if bin == "pgha-check" || bin == "pgha-switchover" {
             &[]
         } else {
             &["1"]
@@ -177,7 +183,7 @@ fn hostile_hostnames_are_refused_at_load() {
     for bin in BINARIES {
         let args: &[&str] = match bin {
             "pgha-failover" => &["0", "0", "1"],
-            "pgha-check" => &[],
+            "pgha-check" | "pgha-switchover" => &[],
             _ => &["1"],
         };
         Cmd::new(bin)

@@ -14,7 +14,13 @@ const T: Duration = Duration::from_secs(40);
 /// The installed binaries, or a failure saying how to get them (no skip: a
 /// CI run without the package must not pass).
 fn require_package() {
-    for b in ["pgha-failover", "pgha-follow", "pgha-attach", "pgha-check"] {
+    for b in [
+        "pgha-failover",
+        "pgha-follow",
+        "pgha-attach",
+        "pgha-check",
+        "pgha-switchover",
+    ] {
         let p = Path::new("/usr/bin").join(b);
         assert!(
             p.exists(),
@@ -59,7 +65,13 @@ fn the_package_installs_docs_units_and_conffiles() {
     );
     let conffiles = dpkg_field("Conffiles");
     assert!(conffiles.contains("/etc/pgha/pgha.toml"), "{conffiles}");
-    for b in ["pgha-failover", "pgha-follow", "pgha-attach", "pgha-check"] {
+    for b in [
+        "pgha-failover",
+        "pgha-follow",
+        "pgha-attach",
+        "pgha-check",
+        "pgha-switchover",
+    ] {
         for f in [
             format!("/usr/share/man/man1/{b}.1.gz"),
             format!("/usr/share/bash-completion/completions/{b}"),

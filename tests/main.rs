@@ -15,6 +15,9 @@
 //! - `status`: issue 14: `pgha-check --status` (table and JSON) on a
 //!   healthy lab, a detached, a lagging and a failed-over one; `/metrics`
 //!   after a failover.
+//! - `switchover`: issue 12: planned switchover by `pcp_promote_node -s`
+//!   and by pgha-switchover, back again, and its refusals, with a writer
+//!   and the split-brain watcher.
 //! - `util::watch`: the split-brain watcher and the writer.
 //!
 //! The end-to-end tests need root and the packages `lab/setup.sh` installs;
@@ -37,3 +40,4 @@ mod hardening;
 mod pcp;
 mod safety;
 mod status;
+mod switchover;

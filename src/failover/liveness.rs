@@ -40,14 +40,14 @@ struct Reach {
 /// The connect checks from the other nodes are awaited only when a node
 /// turns out to list a WAL receiver from the failed one: with none (a
 /// killed primary's standbys notice at once), nothing waits for them.
-pub(super) async fn while_observing<T>(
+pub(super) async fn while_observing(
     topo: &Topology,
     remote: &Remote,
     failed: &Node,
     others: &[&Node],
     deadline: Instant,
-    observing: impl std::future::Future<Output = (T, Vec<Observed>)>,
-) -> (T, Vec<Observed>, Liveness) {
+    observing: impl std::future::Future<Output = (Observed, Vec<Observed>)>,
+) -> (Observed, Vec<Observed>, Liveness) {
     let mut answers = Box::pin(futures::future::join_all(address_probes(topo, failed)));
     let mut reach = Box::pin(reach_checks(topo, remote, failed, others, deadline));
     let (mut answered, mut reached) = (None, None);
@@ -59,6 +59,12 @@ pub(super) async fn while_observing<T>(
             v = &mut reach, if reached.is_none() => reached = Some(v),
         }
     };
+    // A failed node that answers SQL as a primary is alive: the other
+    // probes would only delay a planned switchover.
+    if own.ok().is_some_and(|s| !s.in_recovery) {
+        let live = Liveness::Alive("it answers SQL as a primary".into());
+        return (own, observed, live);
+    }
     let needed = observed.iter().any(|o| receiver_from(failed, o).is_some());
     let answers = async {
         match answered {

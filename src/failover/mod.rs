@@ -9,6 +9,11 @@
 mod fault;
 mod liveness;
 mod settle;
+mod switchover;
+
+pub use switchover::{
+    ControlData, Marker, parse_controldata, read_marker, remove_marker, write_marker,
+};
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -111,11 +116,16 @@ async fn main_phase(ctx: &Ctx<'_>, args: &FailoverArgs, start: Instant) -> Resul
     if !args.common.dry_run
         && matches!(
             summary.outcome,
-            Outcome::Promoted | Outcome::AlreadyPromoted
+            Outcome::Promoted | Outcome::AlreadyPromoted | Outcome::SwitchedOver
         )
         && let Some(p) = summary.new_primary
     {
-        spawn_settle(args, p);
+        // After a switchover the old primary rejoins as a standby there.
+        let rejoin = match &summary.plan {
+            Some(Decision::Switchover { old, .. }) => Some(*old),
+            _ => None,
+        };
+        spawn_settle(args, p, rejoin);
     }
     result.map(|()| summary)
 }
@@ -138,12 +148,13 @@ fn deadline_reached(topo: &Topology, summary: &Summary) -> Error {
 }
 
 /// What a run was, for the journal's `run` line and the metrics: a
-/// `switchover` when the failed primary was alive and pgha fenced it
-/// (`pcp_promote_node -s`, or a primary pgpool detached while it ran), a
-/// `failover` when a standby was promoted (or an earlier run's promotion
-/// finished), `standby_failed`, or `refused`.
+/// `switchover` when the failed primary was alive and pgha stopped it
+/// (a planned switchover, `pcp_promote_node -s`; or a live primary pgha
+/// could not ask and fenced), a `failover` when a standby was promoted (or
+/// an earlier run's promotion finished), `standby_failed`, or `refused`.
 pub fn run_kind(plan: Option<&Decision>, failed: u32) -> &'static str {
     match plan {
+        Some(Decision::Switchover { .. }) => "switchover",
         Some(Decision::Promote { fence: Some(f), .. }) if *f == failed => "switchover",
         Some(Decision::Promote { .. } | Decision::AlreadyPromoted { .. }) => "failover",
         Some(Decision::StandbyFailed { .. }) => "standby_failed",
@@ -203,6 +214,20 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
         }
         Decision::AlreadyPromoted { primary, sync, .. } => {
             already_promoted(ctx, ctx.x.node(primary)?, &sync, &observed, summary).await
+        }
+        Decision::Switchover {
+            old,
+            candidate,
+            reason,
+            sync,
+        } => {
+            let s = switchover::Switch {
+                old: ctx.x.node(old)?,
+                candidate: ctx.x.node(candidate)?,
+                reason,
+                sync,
+            };
+            switchover::run(ctx, &s, &observed, summary).await
         }
         Decision::Promote {
             candidate,
@@ -272,6 +297,9 @@ fn failover_input(topo: &Topology, args: &FailoverArgs, live: Liveness) -> Failo
         max_lag: fc.maximum_lag,
         sync_unproven: fc.sync_unproven,
         sync_after: fc.sync_after_promote,
+        switchover_to: read_marker(&topo.config.state_dir, fc.deadline)
+            .filter(|m| i64::from(m.from) == args.failed_node)
+            .map(|m| m.to),
     }
 }
 
@@ -637,12 +665,20 @@ async fn follow_phase(
         Outcome::Promoted => "promoted",
         _ => "already primary:",
     };
-    summary.message = format!(
-        "{} failed; {verb} {} on timeline {timeline}; repointed {}; standbys settle in the background",
-        ctx.failed.label(),
-        primary.label(),
-        node_list(&summary.repointed)
-    );
+    summary.message = match summary.outcome {
+        Outcome::SwitchedOver => format!(
+            "switchover from {} to {} on timeline {timeline}: stopped cleanly, every commit verified on the new primary; repointed {}; the old primary rejoins as a standby and the standbys settle in the background",
+            ctx.failed.label(),
+            primary.label(),
+            node_list(&summary.repointed)
+        ),
+        _ => format!(
+            "{} failed; {verb} {} on timeline {timeline}; repointed {}; standbys settle in the background",
+            ctx.failed.label(),
+            primary.label(),
+            node_list(&summary.repointed)
+        ),
+    };
     for note in &summary.notes {
         summary.message += &format!("; {note}");
     }
@@ -795,6 +831,20 @@ fn describe_decision(topo: &Topology, d: &Decision) -> String {
                 sync(s)
             )
         }
+        Decision::Switchover {
+            old,
+            candidate,
+            reason,
+            sync: s,
+        } => format!(
+            "switchover ({reason}): stop {} cleanly (pg_ctl stop -m fast), verify {} replayed its shutdown checkpoint, promote {}, repoint the other standbys, start {} again as a standby of {} and attach every node{}",
+            label(*old),
+            label(*candidate),
+            label(*candidate),
+            label(*old),
+            label(*candidate),
+            sync(s)
+        ),
         Decision::Refuse { reason } => format!("refuse: {reason}"),
     }
 }
@@ -802,7 +852,7 @@ fn describe_decision(topo: &Topology, d: &Decision) -> String {
 /// Start the detached `--settle` phase: a new session, not waited for, so
 /// pgpool gets its failover_command back now. Its stderr still goes to
 /// pgpool's log.
-fn spawn_settle(args: &FailoverArgs, primary: u32) {
+fn spawn_settle(args: &FailoverArgs, primary: u32, rejoin: Option<u32>) {
     use std::os::unix::process::CommandExt;
     let Ok(exe) = std::env::current_exe() else {
         warn!("cannot find my own executable: standbys will not be attached automatically");
@@ -815,6 +865,9 @@ fn spawn_settle(args: &FailoverArgs, primary: u32) {
         .arg("--settle")
         .arg("--settle-primary")
         .arg(primary.to_string());
+    if let Some(r) = rejoin {
+        cmd.arg("--settle-rejoin").arg(r.to_string());
+    }
     if let Some(p) = args.old_primary {
         cmd.arg("--old-primary").arg(p.to_string());
     }

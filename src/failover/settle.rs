@@ -57,7 +57,18 @@ pub(super) async fn run(
         history: history.as_deref(),
     };
     let tasks = standbys.iter().map(|o| settle_one(&x, o, &to));
-    for r in futures::future::join_all(tasks).await {
+    let old = match args.settle_rejoin {
+        Some(id) => Some(topo.node(i64::from(id))?),
+        None => None,
+    };
+    let rejoin = async {
+        match old {
+            Some(n) => Some(rejoin_old_primary(&x, n, args).await),
+            None => None,
+        }
+    };
+    let (settled, rejoined) = tokio::join!(futures::future::join_all(tasks), rejoin);
+    for r in settled {
         if let Err(e) = r {
             summary.errors.push(e.to_string());
         }
@@ -70,6 +81,17 @@ pub(super) async fn run(
         primary.label(),
         pstate.timeline
     );
+    match (old, rejoined) {
+        (Some(n), Some(Ok(()))) => {
+            summary.message += &format!(
+                "; switchover: the old primary {} streams from {} and is attached",
+                n.label(),
+                primary.label()
+            )
+        }
+        (_, Some(Err(e))) => summary.errors.push(e.to_string()),
+        _ => {}
+    }
     summary.into_result()
 }
 
@@ -252,6 +274,52 @@ async fn stream(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<std::ti
         error!("{e}; set restore_command = '{cmd}' there by hand (ALTER SYSTEM, reload)");
     }
     followed
+}
+
+/// After a switchover: make the old primary (stopped cleanly by the main
+/// phase) a standby of the new primary and attach it, with
+/// `pgha-attach --rejoin`, the one command that turns an old primary into
+/// a standby (pg_rewind only finds "no rewind required" after a clean
+/// stop). Run as the installed sibling binary, bounded by the deadline;
+/// its progress lines go to the same stderr.
+async fn rejoin_old_primary(x: &Exec<'_>, old: &Node, args: &FailoverArgs) -> Result<()> {
+    let work = async {
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::Step(format!("cannot find my own executable: {e}")))?;
+        let attach = exe.with_file_name("pgha-attach");
+        let mut cmd = tokio::process::Command::new(&attach);
+        cmd.arg(old.id.to_string()).arg("--rejoin");
+        if let Some(c) = &args.common.config {
+            cmd.arg("--config").arg(c);
+        }
+        if args.common.verbose {
+            cmd.arg("--verbose");
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let what = format!("{} {} --rejoin", attach.display(), old.id);
+        let status = tokio::time::timeout_at(x.deadline.into(), cmd.status())
+            .await
+            .map_err(|_| Error::Step(format!("{what}: cut off by the deadline")))?
+            .map_err(|e| Error::Step(format!("{what}: {e}")))?;
+        match status.code() {
+            Some(0) => Ok(()),
+            c => Err(Error::Step(format!(
+                "{what} exited {}: the old primary {} did not rejoin (its reason is in the line above); run pgha-attach --rejoin {} when it can",
+                c.map(|c| c.to_string())
+                    .unwrap_or_else(|| "on a signal".into()),
+                old.label(),
+                old.id
+            ))),
+        }
+    };
+    x.step("rejoin", Some(old), work, |()| {
+        Did::done(
+            "switchover: started again as a standby of the new primary, streaming and attached",
+        )
+    })
+    .await
 }
 
 /// The proof that writes work: a commit, synchronous replication

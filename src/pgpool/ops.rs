@@ -165,6 +165,21 @@ pub async fn detach(topo: &Topology, node: &Node, deadline: Instant) -> Result<b
     Ok(true)
 }
 
+/// Ask pgpool to switch the primary over to `node` (`pcp_promote_node -s
+/// -n ID`): it detaches the current primary and runs `failover_command`
+/// with `%m` = `node`. Returns once pgpool accepted the request.
+pub async fn promote_switchover(topo: &Topology, node: &Node, deadline: Instant) -> Result<()> {
+    let id = node.id;
+    let what = format!("pcp promote (switchover) to {}", node.label());
+    request(topo, deadline, &what, |t| async move {
+        let mut c = PcpClient::connect(&t).await?;
+        let r = c.promote_node(id, true).await;
+        c.close().await;
+        r
+    })
+    .await
+}
+
 /// Wait until pgpool shows `node` attached (`up` true) or detached. A PCP
 /// attach only queues a failback request: pgpool's main process applies
 /// it a moment later, also while `follow_primary_command` still runs.

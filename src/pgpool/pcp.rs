@@ -626,11 +626,41 @@ impl PcpClient {
         Ok(())
     }
 
+    /// Asks pgpool to make backend `id` the primary (`pcp_promote_node`,
+    /// `J`). With `switchover` (`-s`, pgpool 4.3+) pgpool detaches the
+    /// current primary and runs `failover_command` with `%m` = `id`, which
+    /// does the promotion; without it pgpool only changes its own view.
+    /// pgpool answers at once: the failover runs after the reply.
+    pub async fn promote_node(&mut self, id: u32, switchover: bool) -> Result<(), PcpError> {
+        let owner = self.begin();
+        let r = self.promote_request(id, switchover).await;
+        self.end(owner);
+        r
+    }
+
+    async fn promote_request(&mut self, id: u32, switchover: bool) -> Result<(), PcpError> {
+        self.check_node_id(id).await?;
+        let body = Self::promote_body(id, switchover);
+        self.send(b'J', &body, "request promote").await?;
+        self.command_reply(b'd', "read the promote result").await?;
+        Ok(())
+    }
+
     /// Says goodbye (`X`) and closes the connection; errors are ignored
     /// since there is nothing left to do about them.
     pub async fn close(mut self) {
         let _ = self.send(b'X', &[], "close").await;
         let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
+    }
+
+    /// The body of a `J` request: "ID ", its NUL, then `s` (switchover) or
+    /// `n`; pgpool skips the space and the NUL (`pcp_worker.c`,
+    /// `process_promote_node`).
+    fn promote_body(id: u32, switchover: bool) -> Vec<u8> {
+        let mut body = format!("{id} ").into_bytes();
+        body.push(0);
+        body.push(if switchover { b's' } else { b'n' });
+        body
     }
 
     /// pgpool accepts attach and detach of any number and answers "Command
@@ -1363,6 +1393,25 @@ mod tests {
         assert!(err.to_string().contains("has 9 fields"), "{err}");
         assert_eq!(c.node_count().await.unwrap(), 2, "no stale packet left");
         c.attach_node(1).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn promote_sends_a_switchover_request() {
+        assert_eq!(PcpClient::promote_body(2, true), b"2 \0s".to_vec());
+        assert_eq!(PcpClient::promote_body(10, false), b"10 \0n".to_vec());
+        let (port, log) = mock("pw", |tag, arg, n| match tag {
+            b'J' => vec![packet(b'd', &[b"CommandComplete"])],
+            _ => standard(tag, arg, n),
+        })
+        .await;
+        let mut c = PcpClient::connect(&target(port, "pw")).await.unwrap();
+        c.promote_node(1, true).await.unwrap();
+        let seen: Vec<(u8, String)> = log.lock().unwrap().clone();
+        assert!(seen.contains(&(b'J', "1 ".to_string())), "{seen:?}");
+        assert!(
+            c.promote_node(7, true).await.is_err(),
+            "no such node: refused before asking pgpool"
+        );
     }
 
     #[tokio::test]

@@ -110,6 +110,10 @@ pub struct FailoverInput {
     pub max_lag: u64,
     pub sync_unproven: SyncUnprovenPolicy,
     pub sync_after: SyncAfterPolicy,
+    /// The node `pgha-switchover` asked pgpool to make the primary, read
+    /// from the marker it leaves in the state directory; `None` without
+    /// one (or a stale one).
+    pub switchover_to: Option<u32>,
 }
 
 /// The decision.
@@ -140,6 +144,17 @@ pub enum Decision {
         ahead: Vec<u32>,
         /// What may be lost, when a policy let pgha promote without proof.
         risk: Option<String>,
+        sync: SyncAfter,
+    },
+    /// A planned switchover (`pcp_promote_node -s`, or `pgha-switchover`):
+    /// the primary `old` answers pgha as a primary and pgpool detached it
+    /// to make `candidate` the primary. Stop `old` cleanly, prove that
+    /// `candidate` received its shutdown checkpoint, promote, repoint the
+    /// others, and start `old` again as a standby.
+    Switchover {
+        old: u32,
+        candidate: u32,
+        reason: String,
         sync: SyncAfter,
     },
     /// Acting would be unsafe; change nothing.
@@ -176,6 +191,9 @@ pub fn decide(input: &FailoverInput, nodes: &[NodeView]) -> Decision {
     if let Some(p) = primaries.first() {
         return with_primary(input, nodes, p, role);
     }
+    if let Some(d) = switchover(input, nodes) {
+        return d;
+    }
     match role {
         Role::Standby(why) => Decision::StandbyFailed {
             node: failed,
@@ -189,6 +207,68 @@ pub fn decide(input: &FailoverInput, nodes: &[NodeView]) -> Decision {
         },
         Role::Primary(why) => promote(input, nodes, &why),
     }
+}
+
+/// A planned switchover, when the evidence says so: the failed node
+/// answered pgha itself as a primary (pgpool detached a live primary:
+/// `pcp_promote_node -s`, or a detach by hand), pgpool's `%m` is a
+/// standby on its timeline, every other node answered, and either
+/// `pgha-switchover` left its marker naming `%m` or `failover.fence`
+/// allows stopping a live primary. A primary that is alive but does not
+/// answer pgha is never one: that stays the fence-or-refuse path.
+fn switchover(input: &FailoverInput, nodes: &[NodeView]) -> Option<Decision> {
+    let failed = input.failed;
+    let old = nodes.iter().find(|n| n.id == failed)?;
+    let Seen::Primary { timeline, .. } = old.seen else {
+        return None;
+    };
+    let c = input.new_main.filter(|c| *c != failed)?;
+    let cand = nodes.iter().find(|n| n.id == c)?;
+    let Seen::Standby { timeline: ctl, .. } = cand.seen else {
+        return None;
+    };
+    if ctl != timeline || !unclear_nodes(nodes, failed).is_empty() {
+        return None;
+    }
+    if nodes
+        .iter()
+        .any(|n| n.id != failed && matches!(n.seen, Seen::Silent(_)))
+    {
+        // A standby that does not answer may be one pgpool's %m skipped
+        // for a reason: let the ordinary rules decide.
+        return None;
+    }
+    let asked = input.switchover_to == Some(c);
+    if !asked && input.fence_policy == FencePolicy::Abort {
+        return None;
+    }
+    let why = if asked {
+        format!("pgha-switchover asked pgpool to make node {c} the primary")
+    } else {
+        format!(
+            "node {failed} still answers as the primary and pgpool detached it with node {c} as the new main (pcp_promote_node -s)"
+        )
+    };
+    let live: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.id != c)
+        .filter_map(|n| n.name.as_deref())
+        .collect();
+    let sync = match cand.sync.as_deref().map(SyncRule::parse) {
+        Some(Ok(Some(rule))) => sync::after_promotion(
+            &rule,
+            cand.name.as_deref(),
+            &live,
+            input.sync_after == SyncAfterPolicy::Relax,
+        ),
+        _ => SyncAfter::Satisfied,
+    };
+    Some(Decision::Switchover {
+        old: failed,
+        candidate: c,
+        reason: format!("planned switchover: {why}"),
+        sync,
+    })
 }
 
 /// The newest timeline any node was seen on.
@@ -666,6 +746,10 @@ mod tests {
         }
         n
     }
+    /// A standby that answers and streams (the old primary's sync peer).
+    fn sync_peer(id: u32) -> NodeView {
+        standby(id, 1, 100, Some(0))
+    }
     fn down(id: u32) -> NodeView {
         NodeView {
             id,
@@ -697,6 +781,7 @@ mod tests {
             max_lag: 0,
             sync_unproven: SyncUnprovenPolicy::Refuse,
             sync_after: SyncAfterPolicy::Relax,
+            switchover_to: None,
         }
     }
     fn refusal(d: Decision) -> String {
@@ -850,21 +935,94 @@ mod tests {
         ));
     }
 
+    /// pgpool detached a primary that answers pgha (`pcp_promote_node -s`,
+    /// or a detach by hand): a planned switchover to `%m`, with a clean
+    /// stop and proof instead of a fence.
     #[test]
-    fn a_failed_primary_still_answering_as_primary_is_fenced() {
+    fn a_detached_primary_that_answers_is_switched_over_to_new_main() {
+        let nodes = [
+            primary(0, 1, 100),
+            standby(1, 1, 90, Some(0)),
+            standby(2, 1, 100, Some(0)),
+        ];
+        match decide(&input(0, Some(1)), &nodes) {
+            Decision::Switchover {
+                old: 0,
+                candidate: 1,
+                reason,
+                sync: SyncAfter::Satisfied,
+            } => assert!(reason.contains("pcp_promote_node -s"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+        // pgha-switchover's marker names the target: said so.
+        let mut i = input(0, Some(2));
+        i.switchover_to = Some(2);
+        match decide(&i, &nodes) {
+            Decision::Switchover {
+                candidate: 2,
+                reason,
+                ..
+            } => assert!(reason.contains("pgha-switchover asked"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn fence_abort_refuses_an_unasked_switchover_but_not_an_asked_one() {
         let nodes = [
             primary(0, 1, 100),
             standby(1, 1, 100, Some(0)),
             standby(2, 1, 100, Some(0)),
         ];
+        let mut i = input(0, Some(1));
+        i.fence_policy = FencePolicy::Abort;
+        assert!(refusal(decide(&i, &nodes)).contains("may still be alive"));
+        i.switchover_to = Some(1);
         assert!(matches!(
-            decide(&input(0, Some(1)), &nodes),
-            Decision::Promote {
-                candidate: 1,
-                fence: Some(0),
-                ..
-            }
+            decide(&i, &nodes),
+            Decision::Switchover { candidate: 1, .. }
         ));
+    }
+
+    #[test]
+    fn no_switchover_without_a_clear_picture() {
+        // %m is not a standby on the primary's timeline, or another node
+        // does not answer: the ordinary rules (fence, then promote).
+        let fenced = |d: Decision| matches!(d, Decision::Promote { fence: Some(0), .. });
+        let nodes = [
+            primary(0, 2, 100),
+            standby(1, 1, 100, None),
+            standby(2, 2, 100, Some(0)),
+        ];
+        assert!(fenced(decide(&input(0, Some(1)), &nodes)), "older timeline");
+        let nodes = [primary(0, 1, 100), standby(1, 1, 100, Some(0)), down(2)];
+        assert!(fenced(decide(&input(0, Some(1)), &nodes)), "node 2 silent");
+        // A primary that does not answer pgha is never switched over.
+        let mut i = input(0, Some(1));
+        i.failed_liveness = Liveness::Alive("accepts TCP".into());
+        let nodes = [
+            down(0),
+            standby(1, 1, 100, Some(0)),
+            standby(2, 1, 100, Some(0)),
+        ];
+        assert!(fenced(decide(&i, &nodes)));
+        let nodes = [
+            refuses(0),
+            standby(1, 1, 100, Some(0)),
+            standby(2, 1, 100, Some(0)),
+        ];
+        assert!(fenced(decide(&i, &nodes)));
+    }
+
+    #[test]
+    fn a_switchover_counts_the_old_primary_among_the_sync_standbys() {
+        let mut c = standby(1, 1, 100, Some(0));
+        c.sync = Some("ANY 1 (pg0, pg2)".into());
+        let nodes = [primary(0, 1, 100), c, sync_peer(2)];
+        match decide(&input(0, Some(1)), &nodes) {
+            Decision::Switchover { sync, .. } => assert_eq!(sync, SyncAfter::Satisfied),
+            d => panic!("{d:?}"),
+        }
     }
 
     /// Scenario 1 of the safety issue: the primary refuses pgha's login, a
