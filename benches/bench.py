@@ -515,6 +515,17 @@ psql -qAtc 'select pg_reload_conf()' >/dev/null""")
             raise RuntimeError(f"pg{i}: primary_conninfo not taken from myrecovery.conf: {ci}")
 
 
+def keep_logs(lab, logs, name, extra=()):
+    """Copy pgpool's log, pgha's journal and `extra` (src, name) into logs/."""
+    for src, dst in [(lab.pgpool_log, f"{name}.pgpool.log"),
+                     (lab.dir / "hosts" / "app" / "home" / "pgha" / "journal.jsonl", f"{name}.journal.jsonl"),
+                     *extra]:
+        try:
+            shutil.copy(src, logs / dst)
+        except OSError:
+            pass
+
+
 def one_run(variant, standbys, fault, sync, k, name, outdir):
     if fault == "switchover":
         return switchover_run(variant, standbys, k, name, outdir)
@@ -698,12 +709,7 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             for h in ["app"] + [f"pg{i}" for i in range(standbys + 1)]:
                 for f in peers.LOGS.get(peer, []) + (["15/pgha-postgresql.log"] if peer else []):
                     extra.append((lab.dir / "hosts" / h / "home" / f, f"{name}.{h}.{Path(f).name}"))
-            for src, dst in [(lab.pgpool_log, f"{name}.pgpool.log"),
-                             (lab.dir / "hosts" / "app" / "home" / "pgha" / "journal.jsonl", f"{name}.journal.jsonl")] + extra:
-                try:
-                    shutil.copy(src, logs / dst)
-                except OSError:
-                    pass
+            keep_logs(lab, logs, name, extra)
             lab.down()
     return res
 
@@ -798,12 +804,7 @@ def switchover_run(variant, standbys, k, name, outdir):
         if lab.dir is not None:
             logs = outdir / "logs"
             logs.mkdir(parents=True, exist_ok=True)
-            for src, dst in ((lab.pgpool_log, f"{name}.pgpool.log"),
-                             (lab.dir / "hosts" / "app" / "home" / "pgha" / "journal.jsonl", f"{name}.journal.jsonl")):
-                try:
-                    shutil.copy(src, logs / dst)
-                except OSError:
-                    pass
+            keep_logs(lab, logs, name)
             lab.down()
     return res
 

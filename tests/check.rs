@@ -373,6 +373,25 @@ pub(crate) struct Watch<'a> {
     pub(crate) child: Child,
 }
 
+impl Watch<'_> {
+    /// `pgha-check --watch --interval 1s --listen LISTEN` on the app host,
+    /// stopped when dropped.
+    pub(crate) fn start<'a>(lab: &'a Lab, listen: &str) -> Watch<'a> {
+        let script = format!(
+            "echo $$ >/tmp/pgha-watch.pid; exec {} --watch --interval 1s --listen {listen}",
+            lab.bin("pgha-check")
+        );
+        let child = Command::new(lab_sh())
+            .args(["exec", &lab.name, "app", "--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Watch { lab, child }
+    }
+}
+
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         let pid = std::fs::read_to_string(self.lab.host_dir("app").join("tmp/pgha-watch.pid"))
@@ -389,18 +408,7 @@ impl Drop for Watch<'_> {
 fn watch_serves_health_and_metrics_and_sees_a_broken_mesh() {
     let lab = Lab::up(LabOptions::default());
     let listen = format!("{}:9187", lab.addr("app"));
-    let script = format!(
-        "echo $$ >/tmp/pgha-watch.pid; exec {} --watch --interval 1s --listen {listen}",
-        lab.bin("pgha-check")
-    );
-    let child = Command::new(lab_sh())
-        .args(["exec", &lab.name, "app", "--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _watch = Watch { lab: &lab, child };
+    let _watch = Watch::start(&lab, &listen);
     let edge = "pgha_check_ok{check=\"ssh\",node=\"node1->node2\"}";
 
     let healthy = |what: &str| {

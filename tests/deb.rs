@@ -11,16 +11,19 @@ use crate::util::lab::{Lab, LabOptions, role};
 
 const T: Duration = Duration::from_secs(40);
 
+/// The binaries the package installs.
+const BINS: [&str; 5] = [
+    "pgha-failover",
+    "pgha-follow",
+    "pgha-attach",
+    "pgha-check",
+    "pgha-switchover",
+];
+
 /// The installed binaries, or a failure saying how to get them (no skip: a
 /// CI run without the package must not pass).
 fn require_package() {
-    for b in [
-        "pgha-failover",
-        "pgha-follow",
-        "pgha-attach",
-        "pgha-check",
-        "pgha-switchover",
-    ] {
+    for b in BINS {
         let p = Path::new("/usr/bin").join(b);
         assert!(
             p.exists(),
@@ -65,13 +68,7 @@ fn the_package_installs_docs_units_and_conffiles() {
     );
     let conffiles = dpkg_field("Conffiles");
     assert!(conffiles.contains("/etc/pgha/pgha.toml"), "{conffiles}");
-    for b in [
-        "pgha-failover",
-        "pgha-follow",
-        "pgha-attach",
-        "pgha-check",
-        "pgha-switchover",
-    ] {
+    for b in BINS {
         for f in [
             format!("/usr/share/man/man1/{b}.1.gz"),
             format!("/usr/share/bash-completion/completions/{b}"),

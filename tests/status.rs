@@ -4,13 +4,12 @@
 //! checked against the cluster, the table names the fix, and `/metrics` of
 //! `--watch` counts the failover.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::check::{Watch, get, sample};
-use crate::util::lab::{Lab, LabOptions, lab_sh};
+use crate::util::lab::{Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -139,18 +138,7 @@ fn status_shows_each_fault_with_its_fix_and_metrics_count_the_failover() {
 
     // Metrics before and after a failover.
     let listen = format!("{}:9187", lab.addr("app"));
-    let script = format!(
-        "echo $$ >/tmp/pgha-watch.pid; exec {} --watch --interval 1s --listen {listen}",
-        lab.bin("pgha-check")
-    );
-    let child = Command::new(lab_sh())
-        .args(["exec", &lab.name, "app", "--", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _watch = Watch { lab: &lab, child };
+    let _watch = Watch::start(&lab, &listen);
     let promoted = "pgha_failovers_total{outcome=\"promoted\"}";
     let before = lab.wait_observing("metrics with node gauges", T, || {
         let (_, m) = get(&listen, "/metrics")?;

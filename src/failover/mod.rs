@@ -408,13 +408,7 @@ async fn promote(
     let timeline = promote_quietly(ctx, c, &cstate, &p.reason, summary).await?;
     fault::point("promote");
     summary.outcome = Outcome::Promoted;
-    // No need to ask again: it is out of recovery on `timeline`.
-    let st = NodeState {
-        in_recovery: false,
-        timeline,
-        wal_receiver: None,
-        ..cstate
-    };
+    let st = as_primary(cstate, timeline);
     let writes = apply_sync(ctx, c, &p.sync, summary).await;
     let skip: Vec<(u32, String)> = p
         .ahead
@@ -431,6 +425,17 @@ async fn promote(
         summary.message += &format!("; WARNING: {r}");
     }
     writes
+}
+
+/// A promoted candidate's state, without asking it again: out of recovery
+/// on `timeline`, no WAL receiver.
+fn as_primary(cstate: NodeState, timeline: u32) -> NodeState {
+    NodeState {
+        in_recovery: false,
+        timeline,
+        wal_receiver: None,
+        ..cstate
+    }
 }
 
 /// Promotion runs restore_command too (for timeline history files, for the

@@ -28,7 +28,7 @@ use crate::cluster::{Node, Observed};
 use crate::error::{Error, Result};
 use crate::exec::{Did, Exec};
 use crate::plan::SyncAfter;
-use crate::postgres::{Lsn, NodeState};
+use crate::postgres::Lsn;
 use crate::report::{Outcome, Summary};
 use crate::steps;
 
@@ -199,12 +199,7 @@ pub(super) async fn run(
     let timeline = promote_quietly(ctx, c, &cstate, &s.reason, summary).await?;
     super::fault::point("promote");
     summary.outcome = Outcome::SwitchedOver;
-    let st = NodeState {
-        in_recovery: false,
-        timeline,
-        wal_receiver: None,
-        ..cstate
-    };
+    let st = super::as_primary(cstate, timeline);
     let writes = apply_sync(ctx, c, &s.sync, summary).await;
     follow_phase(ctx, c, &st, observed, &[], summary).await?;
     writes
