@@ -328,6 +328,10 @@ start_pgpool() {
 		-a /etc/pgpool2/pool_hba.conf >>"$hd/home/pgpool.log" 2>&1 </dev/null &
 	wait_for 30 "pgpool on $(host_addr app):9999" on_host app postgres \
 		psql -h "$(host_addr app)" -p 9999 -U app -d app -Atc 'select 1'
+	# The PCP port is a separate child of pgpool's, listening a moment
+	# after the client port: a lab is up when both accept.
+	wait_for 30 "pgpool's PCP on $(host_addr app):9898" on_host app postgres \
+		bash -c "exec 3<>/dev/tcp/$(host_addr app)/9898"
 }
 
 cmd_up() {
