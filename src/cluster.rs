@@ -143,6 +143,16 @@ impl Topology {
         })
     }
 
+    /// The local pgpool's client address and port, as this host's name in
+    /// messages other hosts read (`listen_addresses`, `port`).
+    pub fn pgpool_address(&self) -> String {
+        let host = self
+            .pgpool
+            .listen_address()
+            .unwrap_or_else(|| "localhost".into());
+        format!("pgpool {host}:{}", self.pgpool.port())
+    }
+
     /// Where pgpool's PCP listens and the password from `.pcppass`.
     pub fn pcp_target(&self) -> Result<PcpTarget> {
         let c = &self.config.pcp;

@@ -61,6 +61,7 @@ use std::time::Instant;
 
 pub mod attach;
 pub mod check;
+mod claim;
 pub mod cli;
 mod cluster;
 pub mod config;

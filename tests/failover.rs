@@ -38,7 +38,18 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 fn journal(lab: &Lab) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(lab.host_dir("app").join("home/pgha/journal.jsonl"))
+    journal_in(lab, "pgha")
+}
+
+/// The journal of the state directory `/var/lib/postgresql/STATE` on the
+/// app host.
+fn journal_in(lab: &Lab, state: &str) -> Vec<serde_json::Value> {
+    let path = lab
+        .host_dir("app")
+        .join("home")
+        .join(state)
+        .join("journal.jsonl");
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
@@ -206,6 +217,71 @@ fn concurrent_runs_promote_once() {
         "timeline went up by one"
     );
     lab.wait_streams("pg2", "pg1", 2, T);
+    assert_eq!(promotions(&lab), 1);
+    watcher.assert_never_two_primaries();
+}
+
+/// Two pgpool hosts' runs for the same failure: their lock files cannot
+/// see each other (here: two state directories), so the cluster claim on
+/// the nodes must serialise them. The second waits, then finds the first's
+/// primary and promotes nothing.
+#[test]
+fn runs_from_two_hosts_promote_once() {
+    let lab = passive_lab(2);
+    let watcher = SplitBrainWatcher::start(&lab);
+    let etc = lab.host_dir("app").join("etc-pgha");
+    let toml = std::fs::read_to_string(etc.join("pgha.toml")).unwrap();
+    let other = toml.replace("/var/lib/postgresql/pgha\"", "/var/lib/postgresql/pgha-b\"");
+    assert_ne!(toml, other, "the lab's pgha.toml sets state_dir");
+    std::fs::write(etc.join("pgha-b.toml"), other).unwrap();
+    kill_primary_and_wait_detached(&lab);
+    let held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885825121 AND objid = 1 AND granted";
+    let at = &lab;
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(move || {
+            failover(
+                at,
+                &["0", "0", "1"],
+                &[("PGHA_FAULT", "delay-claimed:3000")],
+            )
+            .0
+        });
+        at.wait_until("the first run holds the cluster claim on pg1", T, || {
+            (at.psql("pg1", held) == "1").then_some(())
+        });
+        let b = ["0", "0", "2", "--config", "/etc/pgha/pgha-b.toml"];
+        let second = s.spawn(move || failover(at, &b, &[]).0);
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    assert!(first.status.success(), "{}", stderr(&first));
+    let err = stderr(&second);
+    assert!(second.status.success(), "{err}");
+    assert!(
+        err.contains("waiting for the cluster claim: node 1's session pid"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pgha-failover 0 via pgpool"),
+        "the holder is named: {err}"
+    );
+    assert!(err.contains("already"), "the second run converges: {err}");
+    assert_eq!(
+        role(&lab, "pg1").unwrap(),
+        (true, 2),
+        "one promotion, one new timeline"
+    );
+    assert!(!role(&lab, "pg2").unwrap().0, "pg2 was not promoted");
+    lab.wait_streams("pg2", "pg1", 2, T);
+    let b = journal_in(&lab, "pgha-b");
+    let step = |name: &str, outcome: &str| {
+        b.iter()
+            .any(|e| e["step"] == name && e["outcome"] == outcome)
+    };
+    assert!(
+        !step("promote", "done"),
+        "the second run promoted nothing: {b:?}"
+    );
+    assert!(step("claim", "done"), "the wait is in its journal: {b:?}");
     assert_eq!(promotions(&lab), 1);
     watcher.assert_never_two_primaries();
 }

@@ -26,6 +26,7 @@
 //! The exit status is 0 only when every check passed.
 
 mod logins;
+mod members;
 mod mesh;
 mod node;
 mod pgpoolconf;
@@ -236,6 +237,14 @@ fn plan(topo: &Topology) -> Vec<String> {
         ));
     }
     out.push("pcp login".into());
+    if topo.pgpool.is_on("use_watchdog") {
+        out.push("watchdog: a leader with quorum, every member in it".into());
+        for m in members::other_members(&topo.pgpool) {
+            out.push(format!(
+                "pgpool member {m}: same backends, commands and pgha.toml (over ssh)"
+            ));
+        }
+    }
     out
 }
 
@@ -259,8 +268,13 @@ async fn check(topo: &Topology) -> Report {
     let sql = futures::future::join_all(topo.nodes.iter().map(|n| sql_facts(topo, n)));
     let probes =
         futures::future::join_all(topo.nodes.iter().map(|n| node::probe(topo, &remote, n)));
-    let (sql, probes, pcp, pool_users) =
-        tokio::join!(sql, probes, logins::pcp(topo), logins::pgpool_users(topo));
+    let (sql, probes, pcp, pool_users, members) = tokio::join!(
+        sql,
+        probes,
+        logins::pcp(topo),
+        logins::pgpool_users(topo),
+        members::findings(topo, &remote)
+    );
     remote.close().await;
 
     let sql: Vec<(Node, std::result::Result<SqlFacts, String>)> =
@@ -268,6 +282,7 @@ async fn check(topo: &Topology) -> Report {
     let mut findings = Vec::new();
     findings.extend(pgpoolconf::commands(topo));
     findings.push(pgpoolconf::watchdog(&topo.pgpool));
+    findings.extend(members);
     findings.push(state_dir(&topo.config.state_dir));
     if let Some(dir) = &topo.config.ssh.control_dir {
         findings.push(control_dir(dir));

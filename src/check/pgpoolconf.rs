@@ -285,13 +285,6 @@ pub(crate) fn commands(topo: &Topology) -> Vec<Finding> {
     ]
 }
 
-fn is_on(v: Option<&str>) -> bool {
-    matches!(
-        v.map(str::to_ascii_lowercase).as_deref(),
-        Some("on" | "true" | "yes" | "1")
-    )
-}
-
 /// The number of pgpool nodes a watchdog setting describes: `hostnameN`
 /// (pgpool 4.2 and later), else this node plus `other_pgpool_hostnameN`.
 fn watchdog_nodes(conf: &PgpoolConf) -> usize {
@@ -314,7 +307,7 @@ fn watchdog_nodes(conf: &PgpoolConf) -> usize {
 /// `failover_when_quorum_exists = off`, lets two halves fail over each on
 /// their own.
 pub(crate) fn watchdog(conf: &PgpoolConf) -> Finding {
-    if !is_on(conf.get("use_watchdog")) {
+    if !conf.is_on("use_watchdog") {
         return Finding::pass(
             "watchdog",
             "pgpool",
@@ -322,9 +315,9 @@ pub(crate) fn watchdog(conf: &PgpoolConf) -> Finding {
         );
     }
     let n = watchdog_nodes(conf);
-    let half = is_on(conf.get("enable_consensus_with_half_votes"));
+    let half = conf.is_on("enable_consensus_with_half_votes");
     let quorum = conf.get("failover_when_quorum_exists").is_none()
-        || is_on(conf.get("failover_when_quorum_exists"));
+        || conf.is_on("failover_when_quorum_exists");
     if !quorum {
         return Finding::fail(
             "watchdog",

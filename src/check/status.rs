@@ -1,7 +1,7 @@
 //! `pgha-check --status`: the cluster at a glance. One row per backend
 //! (pgpool's view from PCP, PostgreSQL's own, lag, upstream, ssh) with what
 //! is wrong and the command that fixes it, then the last runs from the
-//! journal. Read-only: every node is asked at once, each probe bounded by
+//! journal, and with pgpool's watchdog its members. Read-only: every node is asked at once, each probe bounded by
 //! the configured timeouts (`postgres.connect_timeout` and
 //! `query_timeout`, `pcp.timeout`, `ssh.connect_timeout`).
 //!
@@ -14,7 +14,9 @@ use serde::Serialize;
 
 use crate::cluster::{self, Node, Observed, Topology};
 use crate::error::{Error, Result};
+use crate::pgpool::ops;
 use crate::pgpool::pcp::{NodeInfo, PcpClient};
+use crate::pgpool::watchdog::WatchdogInfo;
 use crate::postgres::{Lsn, NodeState};
 use crate::report::Summary;
 use crate::state::{self, Run};
@@ -39,6 +41,12 @@ pub(crate) struct Status {
     problems: usize,
     /// The last runs of pgha, newest last.
     runs: Vec<Run>,
+    /// pgpool's watchdog (members, leader, quorum) when it is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) watchdog: Option<WatchdogInfo>,
+    /// Why the watchdog's view is missing, when it is on and PCP failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    watchdog_error: Option<String>,
 }
 
 /// One backend.
@@ -269,13 +277,20 @@ pub(crate) async fn collect(topo: &Topology) -> Status {
             matches!(r, Ok(Ok(o)) if o.success())
         }
     }));
-    let (observed, pcp, ssh) = tokio::join!(cluster::observe_all(topo), pgpool_view(topo), ssh);
+    let wd = ops::watchdog(topo, Instant::now() + topo.config.pcp.timeout * 2);
+    let (observed, pcp, ssh, wd) =
+        tokio::join!(cluster::observe_all(topo), pgpool_view(topo), ssh, wd);
     remote.close().await;
     let lines = state::read_journal(&topo.config.state_dir);
     let mut runs = state::runs(&lines);
     let skip = runs.len().saturating_sub(RUNS_SHOWN);
     runs.drain(..skip);
-    build(topo, &observed, pcp, &ssh, runs, start.elapsed())
+    let mut status = build(topo, &observed, pcp, &ssh, runs, start.elapsed());
+    match wd {
+        Ok(w) => status.watchdog = w,
+        Err(e) => status.watchdog_error = Some(e.to_string()),
+    }
+    status
 }
 
 /// pgpool's view of every backend over one PCP session.
@@ -351,6 +366,8 @@ fn build(
         problems: rows.iter().filter(|r| r.problem.is_some()).count(),
         nodes: rows,
         runs,
+        watchdog: None,
+        watchdog_error: None,
     }
 }
 
@@ -450,6 +467,7 @@ fn render(s: &Status, colour: bool) -> String {
     if let Some(e) = &s.pcp_error {
         out.push_str(&format!("pgpool's view is missing: {e}\n"));
     }
+    out.push_str(&members(s));
     out.push_str(&format!(
         "\nlast runs (journal, newest last):\n{}",
         if s.runs.is_empty() { "  none\n" } else { "" }
@@ -463,6 +481,38 @@ fn render(s: &Status, colour: bool) -> String {
         s.taken_at,
         s.took_ms as f64 / 1000.0
     ));
+    out
+}
+
+/// The pgpool members under the watchdog, a line each; nothing without
+/// a watchdog.
+fn members(s: &Status) -> String {
+    if let Some(e) = &s.watchdog_error {
+        return format!("\npgpool members: the watchdog's view is missing: {e}\n");
+    }
+    let Some(w) = &s.watchdog else {
+        return String::new();
+    };
+    let quorum = if w.has_quorum() {
+        "quorum"
+    } else {
+        "NO QUORUM: no failover can happen"
+    };
+    let mut out = format!(
+        "\npgpool members (watchdog, leader {}, {quorum}):\n",
+        w.leader_name
+    );
+    for m in w.members() {
+        let here = if m.id == w.local.id {
+            "  (this host)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "  {:>2}  {:<22} {}{here}\n",
+            m.id, m.host, m.state_name
+        ));
+    }
     out
 }
 
@@ -781,6 +831,8 @@ mod tests {
             nodes: vec![row(0, None), row(2, Some("detached"))],
             problems: 1,
             runs: vec![],
+            watchdog: None,
+            watchdog_error: None,
         };
         let t = render(&s, false);
         assert!(t.lines().next().unwrap().starts_with("id  address"), "{t}");
@@ -793,5 +845,21 @@ mod tests {
         let j = serde_json::to_value(&s).unwrap();
         assert_eq!(j["nodes"][1]["fix"], "pgha-attach 2");
         assert_eq!(j["nodes"][0]["receive_lsn"], "0/3000060");
+        assert!(
+            !t.contains("pgpool members"),
+            "no watchdog, no members: {t}"
+        );
+        let json = r#"{"QuorumStatus":-1,"NodesRequireForQuorum":1,"AliveNodeCount":0,"LeaderNodeName":"a:9999 Linux app","WatchdogNodes":[{"ID":0,"State":4,"NodeName":"a:9999 Linux app","HostName":"127.0.0.20","StateName":"LEADER"},{"ID":1,"State":8,"NodeName":"b:9999 Linux app1","HostName":"127.0.0.21","StateName":"LOST"}]}"#;
+        let mut s = s;
+        s.watchdog = Some(WatchdogInfo::parse(json).unwrap());
+        let t = render(&s, false);
+        assert!(t.contains("leader a:9999 Linux app, NO QUORUM"), "{t}");
+        assert!(t.contains("127.0.0.21             LOST"), "{t}");
+        assert!(
+            t.contains("127.0.0.20             LEADER  (this host)"),
+            "{t}"
+        );
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["watchdog"]["others"][0]["state_name"], "LOST");
     }
 }

@@ -33,6 +33,7 @@ use super::{Finding, Report};
 use crate::cli::CheckArgs;
 use crate::cluster::Topology;
 use crate::error::{Error, Result};
+use crate::pgpool::watchdog::WatchdogInfo;
 use crate::report::Summary;
 use crate::state::Run;
 
@@ -578,6 +579,38 @@ fn node_metrics(status: Option<&Status>) -> String {
         "gauge",
         &rows(&|r| Some(u8::from(r.problem.is_some()).to_string())),
     );
+    out.push_str(&watchdog_metrics(status.and_then(|s| s.watchdog.as_ref())));
+    out
+}
+
+/// pgpool's watchdog: its quorum status (1 exists, 0 on the edge, -1 lost,
+/// -2 no leader) and each member's state; nothing without a watchdog.
+fn watchdog_metrics(w: Option<&WatchdogInfo>) -> String {
+    let Some(w) = w else {
+        return String::new();
+    };
+    let mut out = String::new();
+    sample(
+        &mut out,
+        "pgha_watchdog_quorum_status",
+        "pgpool's watchdog quorum: 1 exists, 0 on the edge, -1 lost, -2 no leader.",
+        "gauge",
+        &[(String::new(), w.quorum_status.to_string())],
+    );
+    let members: Vec<(String, String)> = w
+        .members()
+        .map(|m| {
+            let label = format!("member=\"{}\",state=\"{}\"", m.host, m.state_name);
+            (label, "1".to_string())
+        })
+        .collect();
+    sample(
+        &mut out,
+        "pgha_watchdog_member",
+        "Each pgpool member's watchdog state (LEADER, STANDBY, LOST, SHUTDOWN, ...).",
+        "gauge",
+        &members,
+    );
     out
 }
 
@@ -680,6 +713,15 @@ mod tests {
             assert!(l.rsplit_once(' ').unwrap().1.parse::<f64>().is_ok(), "{l}");
         }
         assert!(node_metrics(None).contains("# TYPE pgha_node_role gauge"));
+        assert!(!node_metrics(None).contains("pgha_watchdog"));
+        let json = r#"{"QuorumStatus":1,"LeaderNodeName":"a","WatchdogNodes":[{"ID":0,"State":7,"NodeName":"b","HostName":"127.0.0.21","StateName":"STANDBY"}]}"#;
+        let w = WatchdogInfo::parse(json).unwrap();
+        let m = watchdog_metrics(Some(&w));
+        assert!(m.contains("pgha_watchdog_quorum_status 1\n"), "{m}");
+        assert!(
+            m.contains("pgha_watchdog_member{member=\"127.0.0.21\",state=\"STANDBY\"} 1\n"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -19,10 +19,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
+use crate::claim::Claim;
 use crate::cli::FailoverArgs;
 use crate::cluster::{self, Node, Observed, Topology};
 use crate::error::{Error, Result};
 use crate::exec::{Did, Exec};
+use crate::pgpool::ops;
 use crate::plan::{self, Decision, FailoverInput, Liveness, SyncAfter};
 use crate::postgres::NodeState;
 use crate::report::Outcome;
@@ -67,14 +69,25 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
             ..Summary::default()
         });
     }
+    if let Some(why) = ops::why_not_leader(&topo, deadline).await {
+        return Err(Error::Refused(format!(
+            "{why}; nothing changed: only the watchdog's leader with quorum acts on a failover (pcp_watchdog_info -v names it), and pgpool runs failover_command there"
+        )));
+    }
     let journal = Journal::new(&topo.config.state_dir, "failover");
-    let _lock = match args.common.dry_run {
-        true => None,
-        false => Some(Lock::acquire(
-            &topo.config.state_dir,
-            "failover",
-            steps::budget(deadline, topo.config.failover.deadline),
-        )?),
+    let (_lock, claim) = match args.common.dry_run {
+        true => (None, None),
+        false => {
+            let lock = Lock::acquire(
+                &topo.config.state_dir,
+                "failover",
+                steps::budget(deadline, topo.config.failover.deadline),
+            )?;
+            let who = format!("pgha-failover {} via {}", failed.id, topo.pgpool_address());
+            let claim = Claim::take(&topo, failed.id, &who, deadline).await?;
+            fault::delay("claimed").await;
+            (Some(lock), Some(claim))
+        }
     };
     let remote = topo.remote();
     let ctx = Ctx {
@@ -86,6 +99,7 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
         },
         failed: &failed,
         silent: std::cell::Cell::new(false),
+        claim: claim.as_ref(),
     };
     let res = main_phase(&ctx, args, start).await;
     remote.close().await;
@@ -171,6 +185,9 @@ struct Ctx<'a> {
     /// (a powered-off host, a cut network), as opposed to refusing at once
     /// (a killed server): restore_command attempts against it hang.
     silent: std::cell::Cell<bool>,
+    /// The cluster claim this run holds (none in a dry run): its sessions
+    /// observe the other nodes.
+    claim: Option<&'a Claim>,
 }
 
 /// Observe every node (and probe the failed one), decide, then carry out
@@ -178,6 +195,13 @@ struct Ctx<'a> {
 async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Result<()> {
     let (topo, failed) = (ctx.x.topo, ctx.failed);
     let t0 = Instant::now();
+    if let Some(c) = ctx.claim.filter(|c| !c.waited.is_zero()) {
+        let did = Did::done(format!(
+            "waited {:.2}s for another pgha run's cluster claim",
+            c.waited.as_secs_f64()
+        ));
+        ctx.x.record("claim", None, &did, c.waited, Fields::new());
+    }
     summary.step = "observing the nodes".into();
     let (observed, live) = observe(ctx).await;
     let views: Vec<plan::NodeView> = observed.iter().map(|o| o.view(topo)).collect();
@@ -267,7 +291,12 @@ async fn observe(ctx: &Ctx<'_>) -> (Vec<Observed>, Liveness) {
     let observing = async {
         tokio::join!(
             cluster::observe_with(failed, ft),
-            futures::future::join_all(others.iter().map(|n| cluster::observe_node(topo, n))),
+            futures::future::join_all(others.iter().map(|n| async move {
+                match ctx.claim {
+                    Some(c) => c.observe(topo, n).await,
+                    None => cluster::observe_node(topo, n).await,
+                }
+            })),
         )
     };
     let (failed_obs, mut observed, live) =

@@ -32,6 +32,11 @@ pub(super) async fn run(
         return Ok(summary);
     };
     super::fault::delay("settle").await;
+    if let Some(why) = crate::pgpool::ops::why_not_leader(topo, deadline).await {
+        return Err(Error::Refused(format!(
+            "not settling the standbys: {why}; the watchdog's leader does"
+        )));
+    }
     let Some(pid) = args.settle_primary else {
         return Err(Error::Usage(
             "--settle needs --settle-primary (it is started by pgha-failover itself)".into(),
@@ -67,7 +72,16 @@ pub(super) async fn run(
             None => None,
         }
     };
-    let (settled, rejoined) = tokio::join!(futures::future::join_all(tasks), rejoin);
+    let work = async { tokio::join!(futures::future::join_all(tasks), rejoin) };
+    let (settled, rejoined) = tokio::select! {
+        done = work => done,
+        why = leadership_lost(topo, deadline) => {
+            remote.close().await;
+            return Err(Error::Refused(format!(
+                "stopped settling the standbys: {why}; the new leader's pgha-failover settles them"
+            )));
+        }
+    };
     for r in settled {
         if let Err(e) = r {
             summary.errors.push(e.to_string());
@@ -93,6 +107,20 @@ pub(super) async fn run(
         _ => {}
     }
     summary.into_result()
+}
+
+/// Resolves, with why, once this host stops leading pgpool's watchdog;
+/// never without a watchdog. Asked every second.
+async fn leadership_lost(topo: &Topology, deadline: Instant) -> String {
+    if !topo.pgpool.is_on("use_watchdog") {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if let Some(why) = crate::pgpool::ops::why_not_leader(topo, deadline).await {
+            return why;
+        }
+    }
 }
 
 /// Every node but the failed one: asking a silent one would cost the

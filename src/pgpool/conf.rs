@@ -170,6 +170,15 @@ impl PgpoolConf {
         self.settings.get(key).map(|s| s.value.as_str())
     }
 
+    /// Whether boolean `key` is on (`on`, `true`, `yes`, `1`, any case);
+    /// unset is off.
+    pub fn is_on(&self, key: &str) -> bool {
+        matches!(
+            self.get(key).map(str::to_ascii_lowercase).as_deref(),
+            Some("on" | "true" | "yes" | "1")
+        )
+    }
+
     /// The line where `key` was last assigned, for messages about it.
     pub fn line_of(&self, key: &str) -> Option<usize> {
         self.settings.get(key).map(|s| s.line)

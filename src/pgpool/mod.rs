@@ -4,3 +4,4 @@ pub(crate) mod conf;
 pub mod ops;
 pub mod pcp;
 pub(crate) mod pcppass;
+pub mod watchdog;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
 use super::pcp::{NodeInfo, PcpClient, PcpError, PcpTarget};
+use super::watchdog::WatchdogInfo;
 use crate::cluster::{Node, Topology};
 use crate::error::{Error, Result};
 use crate::steps::budget;
@@ -178,6 +179,40 @@ pub async fn promote_switchover(topo: &Topology, node: &Node, deadline: Instant)
         r
     })
     .await
+}
+
+/// The watchdog cluster as the local pgpool sees it, or `None` when
+/// pgpool.conf has `use_watchdog` off.
+pub async fn watchdog(topo: &Topology, deadline: Instant) -> Result<Option<WatchdogInfo>> {
+    if !topo.pgpool.is_on("use_watchdog") {
+        return Ok(None);
+    }
+    request(topo, deadline, "ask pgpool's watchdog", |t| async move {
+        let mut c = PcpClient::connect(&t).await?;
+        let w = c.watchdog_info().await;
+        c.close().await;
+        w
+    })
+    .await
+    .map(Some)
+}
+
+/// Why this host must not change the nodes: with pgpool's watchdog only
+/// its leader with quorum may (pgpool runs `failover_command` there
+/// alone), and a watchdog that cannot be asked proves nothing. `None`
+/// without a watchdog, or on the leader with quorum.
+pub async fn why_not_leader(topo: &Topology, deadline: Instant) -> Option<String> {
+    match watchdog(topo, deadline).await {
+        Ok(None) => None,
+        Ok(Some(w)) => {
+            debug!("{}", w.describe());
+            w.why_not_leader()
+                .map(|why| format!("{why} ({})", w.describe()))
+        }
+        Err(e) => Some(format!(
+            "pgpool.conf has use_watchdog = on and the local pgpool cannot say whether it leads the watchdog ({e})"
+        )),
+    }
 }
 
 /// Wait until pgpool shows `node` attached (`up` true) or detached. A PCP

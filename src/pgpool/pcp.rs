@@ -17,6 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use super::watchdog::WatchdogInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -644,6 +645,23 @@ impl PcpClient {
         self.send(b'J', &body, "request promote").await?;
         self.command_reply(b'd', "read the promote result").await?;
         Ok(())
+    }
+
+    /// The watchdog cluster as this pgpool sees it (`pcp_watchdog_info`,
+    /// `W` for every member): an error from pgpool when it runs without
+    /// the watchdog ("watchdog is not enabled").
+    pub async fn watchdog_info(&mut self) -> Result<WatchdogInfo, PcpError> {
+        let owner = self.begin();
+        let r = self.watchdog_request().await;
+        self.end(owner);
+        r
+    }
+
+    async fn watchdog_request(&mut self) -> Result<WatchdogInfo, PcpError> {
+        self.send(b'W', b"-1\0", "request watchdog info").await?;
+        let fields = self.command_reply(b'w', "read watchdog info").await?;
+        let json = fields.get(1).map(String::as_str).unwrap_or_default();
+        WatchdogInfo::parse(json).map_err(|e| self.protocol(e))
     }
 
     /// Says goodbye (`X`) and closes the connection; errors are ignored
@@ -1428,6 +1446,30 @@ mod tests {
             .map(|(t, a)| (*t, a.as_str()))
             .collect();
         assert_eq!(ops, vec![(b'C', "1"), (b'D', "0"), (b'd', "1")]);
+    }
+
+    #[tokio::test]
+    async fn watchdog_info_reads_the_members_and_reports_a_disabled_watchdog() {
+        const JSON: &[u8] = br#"{"RemoteNodeCount":1,"NodesRequireForQuorum":1,"QuorumStatus":1,"AliveNodeCount":1,"Escalated":1,"LeaderNodeName":"a:9999 Linux app","LeaderHostName":"a","NodeCount":2,"WatchdogNodes":[{"ID":0,"State":4,"NodeName":"a:9999 Linux app","HostName":"a","StateName":"LEADER","PgpoolPort":9999},{"ID":1,"State":7,"NodeName":"b:9999 Linux app1","HostName":"b","StateName":"STANDBY","PgpoolPort":9999}]}"#;
+        let (port, log) = mock("pw", |tag, _arg, conn| match (tag, conn) {
+            (b'W', 1) => vec![packet(b'w', &[b"CommandComplete", JSON])],
+            (b'W', _) => vec![error_packet(
+                "ERROR",
+                "PCP: informing watchdog info failed",
+                "watchdog is not enabled",
+            )],
+            _ => vec![],
+        })
+        .await;
+        let mut c = PcpClient::connect(&target(port, "pw")).await.unwrap();
+        let w = c.watchdog_info().await.unwrap();
+        assert!(w.local_is_leader() && w.has_quorum());
+        assert_eq!(w.others[0].state_name, "STANDBY");
+        c.close().await;
+        assert_eq!(log.lock().unwrap()[0], (b'W', "-1".to_string()));
+        let mut c = PcpClient::connect(&target(port, "pw")).await.unwrap();
+        let err = c.watchdog_info().await.unwrap_err().to_string();
+        assert!(err.contains("watchdog is not enabled"), "{err}");
     }
 
     #[tokio::test]
