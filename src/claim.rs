@@ -120,10 +120,10 @@ impl Claim {
             .iter()
             .map(|(id, (c, t))| async move { (*id, try_lock(c, t).await) });
         let results = futures::future::join_all(tries).await;
-        let mut busy = None;
+        let (mut busy, mut got) = (None, Vec::new());
         for (id, r) in results {
             match r {
-                Ok(true) => {}
+                Ok(true) => got.push(id),
                 Ok(false) => busy = busy.or(Some(id)),
                 Err(e) => {
                     let (c, _) = self.sessions.remove(&id).expect("session");
@@ -133,8 +133,10 @@ impl Claim {
             }
         }
         let busy = busy?;
-        for (c, t) in self.sessions.values() {
-            let _ = unlock(c, t).await;
+        for id in got {
+            if let Some((c, t)) = self.sessions.get(&id) {
+                let _ = unlock(c, t).await;
+            }
         }
         let (c, t) = &self.sessions[&busy];
         Some(holder(c, t, busy).await)

@@ -83,10 +83,7 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
                 "failover",
                 steps::budget(deadline, topo.config.failover.deadline),
             )?;
-            let who = format!("pgha-failover {} via {}", failed.id, topo.pgpool_address());
-            let claim = Claim::take(&topo, failed.id, &who, deadline).await?;
-            fault::delay("claimed").await;
-            (Some(lock), Some(claim))
+            (Some(lock), Some(tokio::sync::OnceCell::new()))
         }
     };
     let remote = topo.remote();
@@ -99,7 +96,7 @@ pub async fn run(args: &FailoverArgs) -> Result<Summary> {
         },
         failed: &failed,
         silent: std::cell::Cell::new(false),
-        claim: claim.as_ref(),
+        claim,
     };
     let res = main_phase(&ctx, args, start).await;
     remote.close().await;
@@ -185,9 +182,9 @@ struct Ctx<'a> {
     /// (a powered-off host, a cut network), as opposed to refusing at once
     /// (a killed server): restore_command attempts against it hang.
     silent: std::cell::Cell<bool>,
-    /// The cluster claim this run holds (none in a dry run): its sessions
-    /// observe the other nodes.
-    claim: Option<&'a Claim>,
+    /// The cluster claim (none in a dry run): taken while the failed node
+    /// is probed, held until the run ends; its sessions observe the others.
+    claim: Option<tokio::sync::OnceCell<Claim>>,
 }
 
 /// Observe every node (and probe the failed one), decide, then carry out
@@ -195,15 +192,20 @@ struct Ctx<'a> {
 async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Result<()> {
     let (topo, failed) = (ctx.x.topo, ctx.failed);
     let t0 = Instant::now();
-    if let Some(c) = ctx.claim.filter(|c| !c.waited.is_zero()) {
+    summary.step = "taking the cluster claim and observing the nodes".into();
+    let (observed, live) = observe(ctx).await?;
+    if let Some(c) = ctx
+        .claim
+        .as_ref()
+        .and_then(|c| c.get())
+        .filter(|c| !c.waited.is_zero())
+    {
         let did = Did::done(format!(
             "waited {:.2}s for another pgha run's cluster claim",
             c.waited.as_secs_f64()
         ));
         ctx.x.record("claim", None, &did, c.waited, Fields::new());
     }
-    summary.step = "observing the nodes".into();
-    let (observed, live) = observe(ctx).await;
     let views: Vec<plan::NodeView> = observed.iter().map(|o| o.view(topo)).collect();
     let input = failover_input(topo, args, live);
     let decision = plan::decide(&input, &views);
@@ -280,7 +282,7 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
 /// is pending: a silent primary costs one timeout, not two or three in a
 /// row. pgpool found it unreachable already: it is asked only as long as a
 /// liveness probe may take.
-async fn observe(ctx: &Ctx<'_>) -> (Vec<Observed>, Liveness) {
+async fn observe(ctx: &Ctx<'_>) -> Result<(Vec<Observed>, Liveness)> {
     let (topo, failed) = (ctx.x.topo, ctx.failed);
     let mut ft = topo.pg_target(failed);
     ft.connect_timeout = ft
@@ -288,19 +290,29 @@ async fn observe(ctx: &Ctx<'_>) -> (Vec<Observed>, Liveness) {
         .min(topo.config.failover.liveness_timeout);
     let others: Vec<&Node> = topo.nodes.iter().filter(|n| n.id != failed.id).collect();
     let (x, deadline) = (&ctx.x, ctx.x.deadline);
-    let observing = async {
-        tokio::join!(
-            cluster::observe_with(failed, ft),
-            futures::future::join_all(others.iter().map(|n| async move {
-                match ctx.claim {
-                    Some(c) => c.observe(topo, n).await,
-                    None => cluster::observe_node(topo, n).await,
-                }
-            })),
-        )
+    let claim_failed = std::cell::RefCell::new(None);
+    let others_observed = async {
+        let claim = match claim(ctx).await {
+            Ok(c) => c,
+            Err(e) => {
+                claim_failed.replace(Some(e));
+                return Vec::new();
+            }
+        };
+        futures::future::join_all(others.iter().map(|n| async move {
+            match claim {
+                Some(c) => c.observe(topo, n).await,
+                None => cluster::observe_node(topo, n).await,
+            }
+        }))
+        .await
     };
+    let observing = async { tokio::join!(cluster::observe_with(failed, ft), others_observed) };
     let (failed_obs, mut observed, live) =
         liveness::while_observing(topo, x.remote, failed, &others, deadline, observing).await;
+    if let Some(e) = claim_failed.into_inner() {
+        return Err(e);
+    }
     let lt = topo.config.failover.liveness_timeout;
     ctx.silent.set(
         failed_obs.state.is_err() && !failed_obs.answered && failed_obs.took >= lt.mul_f64(0.9),
@@ -310,7 +322,22 @@ async fn observe(ctx: &Ctx<'_>) -> (Vec<Observed>, Liveness) {
     for o in &observed {
         info!("{}", o.describe(topo));
     }
-    (observed, live)
+    Ok((observed, live))
+}
+
+/// The cluster claim, taken on first use (`None` in a dry run).
+async fn claim<'c>(ctx: &'c Ctx<'_>) -> Result<Option<&'c Claim>> {
+    let Some(cell) = &ctx.claim else {
+        return Ok(None);
+    };
+    let (topo, failed) = (ctx.x.topo, ctx.failed);
+    let who = format!("pgha-failover {} via {}", failed.id, topo.pgpool_address());
+    let take = || async {
+        let c = Claim::take(topo, failed.id, &who, ctx.x.deadline).await?;
+        fault::delay("claimed").await;
+        Ok::<_, Error>(c)
+    };
+    cell.get_or_try_init(take).await.map(Some)
 }
 
 /// The planner's input: pgpool's arguments, the policies, the liveness.
