@@ -241,7 +241,7 @@ fn runs_from_two_hosts_promote_once() {
         let first = s.spawn(move || {
             failover(
                 at,
-                &["0", "0", "1"],
+                &["0", "0", "1", "--old-primary", "0"],
                 &[("PGHA_FAULT", "delay-claimed:3000")],
             )
             .0
@@ -249,7 +249,15 @@ fn runs_from_two_hosts_promote_once() {
         at.wait_until("the first run holds the cluster claim on pg1", T, || {
             (at.psql("pg1", held) == "1").then_some(())
         });
-        let b = ["0", "0", "2", "--config", "/etc/pgha/pgha-b.toml"];
+        let b = [
+            "0",
+            "0",
+            "2",
+            "--old-primary",
+            "0",
+            "--config",
+            "/etc/pgha/pgha-b.toml",
+        ];
         let second = s.spawn(move || failover(at, &b, &[]).0);
         (first.join().unwrap(), second.join().unwrap())
     });
