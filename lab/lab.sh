@@ -6,6 +6,8 @@
 #   pg0 = NET.2 (primary)   pgK = NET.(2+K) (standbys)   app = NET.20 (pgpool)
 #   each pgK also has a replication address NET.(102+K): the standbys stream
 #   from it, so pgpool can be cut off from a node while replication goes on.
+#   --pgpools 3 adds app1 = NET.21 and app2 = NET.22, each running its own
+#   pgpool; the three form one pgpool-II watchdog cluster (quorum 2 of 3).
 #
 # Run as root. See `lab.sh help`.
 set -euo pipefail
@@ -37,16 +39,22 @@ usage: lab.sh COMMAND [ARGS]
                              follow_primary.sh.sample writes it, with PostgreSQL's default
                              wal_retrieve_retry_interval (5s); local: cp from the host's own
                              archive, wal_retrieve_retry_interval = 1s (the old lab)
+     --pgpools 1|3           pgpool hosts (default 1: app). 3: app, app1 (NET.21) and
+                             app2 (NET.22), one pgpool-II watchdog cluster (heartbeat
+                             lifecheck, quorum and consensus on, no virtual IP); up returns
+                             once every member sees the same leader with quorum
      --no-pgpool             do not start pgpool
   down NAME                  stop everything of lab NAME and remove it
   exec NAME HOST [--root] -- CMD...
-                             run CMD on HOST (app, pg0, pg1, ...) as postgres
+                             run CMD on HOST (app, app1, app2, pg0, pg1, ...) as postgres
                              (or root), inside that host's mount namespace
   kill NAME HOST             kill every process of HOST (a dead host)
   blackhole NAME ADDR        silently drop every packet to ADDR (iptables DROP)
   unblackhole NAME ADDR      remove that rule
   start-pg NAME HOST         start PostgreSQL on HOST (pg_ctl start)
-  start-pgpool NAME          (re)start pgpool on the app host
+  start-pgpool NAME [HOST]   (re)start pgpool on HOST (default app; app1, app2 with
+                             --pgpools 3) and wait until it accepts (and has joined the
+                             watchdog cluster)
   list                       labs that exist on this machine
 EOF
 }
@@ -77,7 +85,7 @@ load_env() {
 	[ -f "$d/lab.env" ] || die "no lab named '$1' (no $d/lab.env)"
 	# shellcheck disable=SC1091
 	. "$d/lab.env"
-	PGPOOL_BIN=${PGPOOL_BIN:-/usr/sbin}
+	PGPOOL_BIN=${PGPOOL_BIN:-/usr/sbin} PGPOOLS=${PGPOOLS:-1}
 }
 
 host_pid() { cat "$LAB_DIR/hosts/$1/sshd.pid" 2>/dev/null || true; }
@@ -97,10 +105,29 @@ pid_on_host() { # PID HOST
 host_addr() {
 	case "$1" in
 	app) echo "$NET.20" ;;
+	app[1-9]) [ "${1#app}" -lt "$PGPOOLS" ] || die "unknown host '$1' (lab $NAME has $PGPOOLS pgpool host(s): $(pgpool_hosts))"
+		echo "$NET.$((20 + ${1#app}))" ;;
 	pg[0-9]) echo "$NET.$((2 + ${1#pg}))" ;;
-	*) die "unknown host '$1' (app, pg0..pg$STANDBYS)" ;;
+	*) die "unknown host '$1' ($(pgpool_hosts), pg0..pg$STANDBYS)" ;;
 	esac
 }
+
+# The pgpool hosts: app, then app1, app2 with --pgpools 3. Member M of the
+# watchdog cluster (pgpool_node_id M) is app for 0, appM otherwise.
+pgpool_hosts() {
+	local m out=app
+	for m in $(seq 1 $((PGPOOLS - 1))); do out+=" app$m"; done
+	echo "$out"
+}
+is_pgpool_host() { case "$1" in app | app[1-9]) return 0 ;; *) return 1 ;; esac; }
+member_id() { [ "$1" = app ] && echo 0 || echo "${1#app}"; }
+
+# pgpool-II 4.3 binds wd_port (TCP) and heartbeat_port (UDP) on every
+# address, so each member, and each lab (own block 127.0.B), gets its own
+# ports: 20000 + 4*B + M and 22000 + 4*B + M, B = 0..255, M = 0..2. They stay
+# under the ephemeral range (32768-) and away from 22, 5432, 9898 and 9999.
+wd_port() { echo $((20000 + 4 * ${NET##*.} + $1)); }
+hb_port() { echo $((22000 + 4 * ${NET##*.} + $1)); }
 repl_addr() { echo "$NET.$((102 + ${1#pg}))"; }
 
 # Pids of every process living in HOST's mount namespace. A namespace's
@@ -173,7 +200,7 @@ write_host_files() { # HOST: the host's private directories
 	ssh-keygen -q -t ed25519 -N '' -C "sshd-$h" -f "$hd/ssh_host_ed25519_key"
 	ssh-keygen -q -t ed25519 -N '' -C "postgres@$h" -f "$hd/home/.ssh/id_ed25519"
 	local listen="ListenAddress $a:22"
-	[ "$h" = app ] || listen+=$'\n'"ListenAddress $(repl_addr "$h"):22"
+	is_pgpool_host "$h" || listen+=$'\n'"ListenAddress $(repl_addr "$h"):22"
 	cat >"$hd/sshd_config" <<EOF
 $listen
 HostKey $hd/ssh_host_ed25519_key
@@ -205,17 +232,30 @@ EOF
 	printf '%s\n' "*:*:*:postgres:$PG_PASSWORD" "*:*:*:repl:$REPL_PASSWORD" "*:*:replication:repl:$REPL_PASSWORD" >"$hd/home/.pgpass"
 }
 
-write_app_files() {
-	local hd=$LAB_DIR/hosts/app a i
-	a=$(host_addr app)
+write_app_files() { # HOST: a pgpool host's files (pgpool.conf, PCP, pgha.toml)
+	local h=$1 hd=$LAB_DIR/hosts/$1
 	printf '%s\n' "*:*:*:postgres:$PG_PASSWORD" >"$hd/home/.pgpass"
 	printf '%s\n' "*:*:pgpool:$PCP_PASSWORD" >"$hd/home/.pcppass"
 	echo "pgpool:$("$PGPOOL_BIN/pg_md5" "$PCP_PASSWORD")" >"$hd/etc-pgpool2/pcp.conf"
 	: >"$hd/etc-pgpool2/pool_hba.conf"
 	: >"$hd/etc-pgpool2/pool_passwd"
 	mkdir -p "$hd/home/pgpool"
-	{
-		cat <<EOF
+	write_pgpool_conf "$h" >"$hd/etc-pgpool2/pgpool.conf"
+	if [ "$PGPOOLS" -gt 1 ]; then
+		write_watchdog_conf "$h" >>"$hd/etc-pgpool2/pgpool.conf"
+		# pgpool-II >= 4.2 reads its member id from this file next to pgpool.conf.
+		member_id "$h" >"$hd/etc-pgpool2/pgpool_node_id"
+		# pgpool.conf holds wd_authkey now.
+		chmod 600 "$hd/etc-pgpool2/pgpool.conf"
+	fi
+	write_pgha_toml >"$hd/etc-pgha/pgha.toml"
+	cp "$hd/etc-pgha/pgha.toml" "$hd/home/pgha.toml"
+}
+
+write_pgpool_conf() { # HOST
+	local a i
+	a=$(host_addr "$1")
+	cat <<EOF
 # pgpool-II for lab $NAME (written by lab/lab.sh)
 backend_clustering_mode = 'streaming_replication'
 listen_addresses = '$a'
@@ -248,11 +288,11 @@ failover_on_backend_error = on
 search_primary_node_timeout = 10
 failover_command = '$FAILOVER_COMMAND'
 follow_primary_command = '$FOLLOW_COMMAND'
-use_watchdog = off
-memory_cache_enabled = off
 EOF
-		for i in $(seq 0 "$STANDBYS"); do
-			cat <<EOF
+	[ "$PGPOOLS" -gt 1 ] || echo "use_watchdog = off"
+	echo "memory_cache_enabled = off"
+	for i in $(seq 0 "$STANDBYS"); do
+		cat <<EOF
 
 backend_hostname$i = '$(host_addr "pg$i")'
 backend_port$i = 5432
@@ -261,10 +301,50 @@ backend_data_directory$i = '/var/lib/postgresql/15/main'
 backend_flag$i = 'ALLOW_TO_FAILOVER'
 backend_application_name$i = 'pg$i'
 EOF
-		done
-	} >"$hd/etc-pgpool2/pgpool.conf"
-	{
+	done
+}
+
+# The watchdog section of a member's pgpool.conf: the same member list on
+# every host (hostnameM = that member's address), its own ports per member.
+# wd_authkey: a per-lab secret, so a packet from another lab's pgpool (all
+# labs share the loopback, and 4.3 listens on every address) fails
+# authentication instead of joining or voting; real clusters set one too.
+write_watchdog_conf() { # HOST
+	local m h
+	cat <<EOF
+
+# --- watchdog: $PGPOOLS pgpool hosts ($(pgpool_hosts)), this is $1 ---
+use_watchdog = on
+wd_authkey = '$WD_AUTHKEY'
+delegate_ip = ''
+wd_lifecheck_method = 'heartbeat'
+wd_interval = 1
+wd_heartbeat_keepalive = 1
+wd_heartbeat_deadtime = 3
+wd_priority = 1
+failover_when_quorum_exists = on
+failover_require_consensus = on
+allow_multiple_failover_requests_from_node = off
+enable_consensus_with_half_votes = off
+EOF
+	for m in $(seq 0 $((PGPOOLS - 1))); do
+		h=app
+		[ "$m" = 0 ] || h=app$m
 		cat <<EOF
+
+hostname$m = '$(host_addr "$h")'
+pgpool_port$m = 9999
+wd_port$m = $(wd_port "$m")
+heartbeat_hostname$m = '$(host_addr "$h")'
+heartbeat_port$m = $(hb_port "$m")
+heartbeat_device$m = ''
+EOF
+	done
+}
+
+write_pgha_toml() {
+	local i
+	cat <<EOF
 # pgha for lab $NAME (written by lab/lab.sh)
 pgpool_conf = "/etc/pgpool2/pgpool.conf"
 state_dir = "/var/lib/postgresql/pgha"
@@ -286,16 +366,14 @@ user = "pgpool"
 [failover]
 deadline = "50s"
 EOF
-		for i in $(seq 0 "$STANDBYS"); do
-			printf '\n[nodes.%s]\nreplication_host = "%s"\n' "$i" "$(repl_addr "pg$i")"
-		done
-	} >"$hd/etc-pgha/pgha.toml"
-	cp "$hd/etc-pgha/pgha.toml" "$hd/home/pgha.toml"
+	for i in $(seq 0 "$STANDBYS"); do
+		printf '\n[nodes.%s]\nreplication_host = "%s"\n' "$i" "$(repl_addr "pg$i")"
+	done
 }
 
 start_host() { # HOST: namespace + sshd
 	local h=$1 hd=$LAB_DIR/hosts/$1 pid extra=""
-	[ "$h" = app ] && extra="mount --bind $hd/etc-pgpool2 /etc/pgpool2;"
+	is_pgpool_host "$h" && extra="mount --bind $hd/etc-pgpool2 /etc/pgpool2;"
 	# The namespace lives as long as this sshd (and what runs under it).
 	setsid unshare --mount --propagation private -- /bin/sh -c "
 		mount --bind $hd/home /var/lib/postgresql &&
@@ -317,28 +395,96 @@ pg_ctl_start() { # HOST
 	on_host "$1" postgres pg_ctl -D /var/lib/postgresql/15/main -l /var/lib/postgresql/15/pgha-postgresql.log -w -t 30 start >/dev/null
 }
 
-start_pgpool() {
-	local hd=$LAB_DIR/hosts/app pid
-	pid=$(head -1 "$hd/run/pgpool.pid" 2>/dev/null || true)
-	if pid_on_host "$pid" app; then
+launch_pgpool() { # HOST: stop its pgpool if one runs, start a new one in the background
+	local h=$1 hd=$LAB_DIR/hosts/$1 pid
+	pid=$(tr -d '\0' 2>/dev/null <"$hd/run/pgpool.pid" | head -1 || true)
+	if pid_on_host "$pid" "$h"; then
 		kill -TERM "$pid" 2>/dev/null || true
-		wait_for 20 "old pgpool to exit" bash -c "! kill -0 $pid"
+		wait_for 20 "old pgpool of $h to exit" bash -c "! kill -0 $pid"
 	fi
-	on_host app postgres setsid pgpool -n -D -f /etc/pgpool2/pgpool.conf -F /etc/pgpool2/pcp.conf \
+	on_host "$h" postgres setsid pgpool -n -D -f /etc/pgpool2/pgpool.conf -F /etc/pgpool2/pcp.conf \
 		-a /etc/pgpool2/pool_hba.conf >>"$hd/home/pgpool.log" 2>&1 </dev/null &
-	wait_for 30 "pgpool on $(host_addr app):9999" on_host app postgres \
-		psql -h "$(host_addr app)" -p 9999 -U app -d app -Atc 'select 1'
+}
+
+wait_pgpool() { # HOST: its client port and its PCP port accept
+	local h=$1 a
+	a=$(host_addr "$h")
+	wait_for 30 "pgpool of $h on $a:9999" on_host "$h" postgres \
+		psql -h "$a" -p 9999 -U app -d app -Atc 'select 1'
 	# The PCP port is a separate child of pgpool's, listening a moment
 	# after the client port: a lab is up when both accept.
-	wait_for 30 "pgpool's PCP on $(host_addr app):9898" on_host app postgres \
-		bash -c "exec 3<>/dev/tcp/$(host_addr app)/9898"
+	wait_for 30 "pgpool's PCP of $h on $a:9898" on_host "$h" postgres \
+		bash -c "exec 3<>/dev/tcp/$a/9898"
+}
+
+# The watchdog cluster as member HOST sees it (pcp_watchdog_info -v, whose
+# first node is the member itself): LEADER_HOST|QUORUM|OWN_STATE|ALIVE_REMOTES.
+wd_view() { # HOST
+	local a
+	a=$(host_addr "$1")
+	on_host "$1" postgres timeout 5 pcp_watchdog_info -h "$a" -p 9898 -U pgpool -w -v |
+		awk -F' *: *' '/^Leader Host Name/ { l = $2 } /^Quorum state/ { q = $2 }
+			/^Alive Remote Nodes/ { n = $2 } /^Status Name/ && s == "" { s = $2 }
+			END { print l "|" q "|" s "|" n }'
+}
+
+# A member has joined: it sees a leader and a quorum, and is leader or
+# standby itself.
+wd_ok() { [[ "$1" =~ ^[^|]+\|QUORUM\ EXIST\|(LEADER|STANDBY)\| ]]; }
+wd_joined() { # HOST
+	local v
+	v=$(wd_view "$1") || return 1
+	wd_ok "$v"
+}
+
+# The cluster has formed: every member joined, sees all the others alive,
+# and all name the same leader.
+wd_formed() {
+	local h v leaders=""
+	for h in $(pgpool_hosts); do
+		v=$(wd_view "$h") || return 1
+		wd_ok "$v" || return 1
+		[ "${v##*|}" = $((PGPOOLS - 1)) ] || return 1
+		leaders+="${v%%|*}"$'\n'
+	done
+	[ "$(printf '%s' "$leaders" | sort -u | wc -l)" = 1 ]
+}
+
+start_pgpool() { # [HOST]: (re)start one host's pgpool (start-pgpool)
+	local h=${1:-app}
+	is_pgpool_host "$h" || die "start-pgpool: '$h' is not a pgpool host ($(pgpool_hosts))"
+	host_addr "$h" >/dev/null
+	launch_pgpool "$h"
+	wait_pgpool "$h"
+	[ "$PGPOOLS" = 1 ] || wait_for 60 "pgpool of $h to join the watchdog cluster" wd_joined "$h"
+}
+
+start_pgpools() { # every pgpool host at once; with a watchdog, until it has formed
+	local h
+	[ "$PGPOOLS" = 1 ] || ports_free
+	for h in $(pgpool_hosts); do launch_pgpool "$h"; done
+	for h in $(pgpool_hosts); do wait_pgpool "$h"; done
+	[ "$PGPOOLS" = 1 ] ||
+		wait_for 60 "the watchdog cluster ($(pgpool_hosts)) to agree on one leader with quorum" wd_formed
+}
+
+# The watchdog's ports are bound on every address (4.3): fail early and
+# clearly when something else holds one.
+ports_free() {
+	local m p used
+	used=$(ss -Hlntu 2>/dev/null | awk '{ sub(/.*:/, "", $5); print $5 }')
+	for m in $(seq 0 $((PGPOOLS - 1))); do
+		for p in "$(wd_port "$m")" "$(hb_port "$m")"; do
+			! grep -qx "$p" <<<"$used" || die "port $p (watchdog of member $m) is in use already: ss -lntup"
+		done
+	done
 }
 
 cmd_up() {
 	need_root
 	NAME="" NET="" STANDBYS=2 PGHA_BIN=$REPO/target/debug
 	PG_BIN=${PGHA_PG_BIN:-/usr/lib/postgresql/15/bin} PGPOOL_BIN=${PGHA_PGPOOL_BIN:-/usr/sbin}
-	FAILOVER_COMMAND="" FOLLOW_COMMAND="" SYNC=0 PGPOOL=1 RESTORE=${PGHA_LAB_RESTORE:-scp}
+	FAILOVER_COMMAND="" FOLLOW_COMMAND="" SYNC=0 PGPOOL=1 PGPOOLS=1 RESTORE=${PGHA_LAB_RESTORE:-scp}
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		--name) NAME=$2; shift 2 ;;
@@ -351,11 +497,13 @@ cmd_up() {
 		--follow-command) FOLLOW_COMMAND=$2; shift 2 ;;
 		--sync) SYNC=1; shift ;;
 		--restore) RESTORE=$2; shift 2 ;;
+		--pgpools) PGPOOLS=$2; shift 2 ;;
 		--no-pgpool) PGPOOL=0; shift ;;
 		*) die "up: unknown option '$1' (see lab.sh help)" ;;
 		esac
 	done
 	[[ "$STANDBYS" =~ ^[1-4]$ ]] || die "--standbys must be 1..4, not '$STANDBYS'"
+	[[ "$PGPOOLS" =~ ^[13]$ ]] || die "--pgpools must be 1 or 3 (an odd watchdog cluster), not '$PGPOOLS'"
 	case "$RESTORE" in scp | local) ;; *) die "--restore must be scp or local, not '$RESTORE'" ;; esac
 	need_tools
 	[ "$PGHA_BIN" = system ] && PGHA_BIN=/usr/bin
@@ -391,7 +539,8 @@ cmd_up() {
 	FAILOVER_COMMAND=${FAILOVER_COMMAND//@BIN@/$LAB_DIR/bin}
 	FOLLOW_COMMAND=${FOLLOW_COMMAND//@BIN@/$LAB_DIR/bin}
 	PG_PASSWORD=pg-$RANDOM$RANDOM REPL_PASSWORD=repl-$RANDOM$RANDOM PCP_PASSWORD=pcp-$RANDOM$RANDOM
-	HOSTS="app"
+	WD_AUTHKEY=wd-$RANDOM$RANDOM
+	HOSTS=$(pgpool_hosts)
 	for i in $(seq 0 "$STANDBYS"); do HOSTS+=" pg$i"; done
 	cat >"$LAB_DIR/lab.env" <<EOF
 NAME='$NAME'
@@ -408,6 +557,10 @@ PCP_PASSWORD='$PCP_PASSWORD'
 APP_ADDR='$NET.20'
 PGPOOL_PORT=9999
 PCP_PORT=9898
+PGPOOLS='$PGPOOLS'
+PGPOOL_HOSTS='$(pgpool_hosts)'
+WD_PORTS='$(for m in $(seq 0 $((PGPOOLS - 1))); do printf '%s ' "$(wd_port "$m")"; done)'
+HEARTBEAT_PORTS='$(for m in $(seq 0 $((PGPOOLS - 1))); do printf '%s ' "$(hb_port "$m")"; done)'
 EOF
 	mkdir -p /run/sshd /etc/pgha /etc/pgpool2
 	local h i known=""
@@ -415,17 +568,17 @@ EOF
 	# Key-only ssh between every pair of hosts, host keys known in advance.
 	for h in $HOSTS; do
 		known+="$(host_addr "$h")"
-		[ "$h" = app ] || known+=",$(repl_addr "$h")"
+		is_pgpool_host "$h" || known+=",$(repl_addr "$h")"
 		known+=" $(cut -d' ' -f1,2 "$LAB_DIR/hosts/$h/ssh_host_ed25519_key.pub")"$'\n'
 	done
 	for h in $HOSTS; do
 		local hd=$LAB_DIR/hosts/$h
 		printf '%s' "$known" >"$hd/home/.ssh/known_hosts"
 		cat "$LAB_DIR"/hosts/*/home/.ssh/id_ed25519.pub >"$hd/home/.ssh/authorized_keys"
-		[ "$h" = app ] && write_app_files || write_pg_files "$h"
+		if is_pgpool_host "$h"; then write_app_files "$h"; else write_pg_files "$h"; fi
 		chown -R postgres:postgres "$hd/home" "$hd/run" "$hd/etc-pgha" "$hd/etc-pgpool2"
 		chmod 600 "$hd/home/.pgpass" "$hd/home/.ssh/authorized_keys"
-		[ "$h" != app ] || chmod 600 "$hd/home/.pcppass"
+		! is_pgpool_host "$h" || chmod 600 "$hd/home/.pcppass"
 	done
 	for h in $HOSTS; do start_host "$h"; done
 	echo "HOST_PIDS='$(for h in $HOSTS; do printf '%s=%s ' "$h" "$(host_pid "$h")"; done)'" >>"$LAB_DIR/lab.env"
@@ -504,14 +657,48 @@ EOF
 		"[ \$(psql -Atc \"select count(*) from pg_stat_replication where state = 'streaming'\") = $STANDBYS ]"
 	log "$NAME: pg0 primary, $STANDBYS standbys streaming"
 	if [ "$PGPOOL" = 1 ]; then
-		start_pgpool
-		log "$NAME: pgpool up on $NET.20:9999 (pcp :9898)"
+		start_pgpools
+		if [ "$PGPOOLS" = 1 ]; then
+			log "$NAME: pgpool up on $NET.20:9999 (pcp :9898)"
+		else
+			log "$NAME: pgpool up on $(pgpool_hosts) ($NET.20-$((19 + PGPOOLS)):9999, pcp :9898), one watchdog cluster, leader $(wd_view app | cut -d'|' -f1)"
+		fi
 	fi
 	trap - EXIT
 	echo "$LAB_DIR"
 }
 
 # --- down ----------------------------------------------------------------------
+
+# pgpool first, by a fast shutdown (SIGINT), every pgpool host at once:
+# killed, pgpool leaves its shared memory segment (~130 MB) behind, and
+# labs add up. PGPOOL_MAINS: every pgpool main pid the hosts recorded.
+stop_pgpools() {
+	local h p pids=""
+	PGPOOL_MAINS=""
+	for h in "$LAB_DIR"/hosts/app*; do
+		[ -d "$h" ] || continue
+		p=$(tr -d '\0' 2>/dev/null <"$h/run/pgpool.pid" | head -1 || true)
+		[[ "$p" =~ ^[0-9]+$ ]] && PGPOOL_MAINS+=" $p"
+		if pid_on_host "$p" "$(basename "$h")"; then
+			kill -INT "$p" 2>/dev/null || true
+			pids+=" $p"
+		fi
+	done
+	local end=$(($(date +%s) + 5))
+	for p in $pids; do
+		while kill -0 "$p" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 0.05; done
+	done
+}
+
+# The segments a killed pgpool (lab.sh kill NAME appM) could not remove:
+# created by one of PGPOOL_MAINS, attached by nobody now.
+free_pgpool_shm() {
+	local id
+	[ -n "${PGPOOL_MAINS:-}" ] || return 0
+	awk -v mains="$PGPOOL_MAINS " 'NR > 1 && $7 == 0 && index(mains, " " $5 " ") { print $2 }' \
+		/proc/sysvipc/shm 2>/dev/null | while read -r id; do ipcrm -m "$id" 2>/dev/null || true; done
+}
 
 cmd_down() {
 	need_root
@@ -523,14 +710,7 @@ cmd_down() {
 		. "$LAB_DIR/lab.env"
 	fi
 	local h p procs
-	# pgpool first, by a fast shutdown (SIGINT): killed, it leaves its
-	# shared memory segment (~130 MB) behind, and labs add up.
-	p=$(tr -d '\0' <"$LAB_DIR/hosts/app/run/pgpool.pid" 2>/dev/null | head -1 || true)
-	if pid_on_host "$p" app; then
-		kill -INT "$p" 2>/dev/null || true
-		local end=$(($(date +%s) + 5))
-		while kill -0 "$p" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 0.05; done
-	fi
+	stop_pgpools
 	# Stop servers quickly (immediate: this is a throwaway lab), then kill
 	# whatever is left in each host's namespace, by pid.
 	for h in $LAB_DIR/hosts/pg*; do
@@ -561,6 +741,7 @@ cmd_down() {
 		kill -KILL $left 2>/dev/null || true
 		sleep 0.1
 	done
+	free_pgpool_shm
 	# iptables rules this lab added.
 	local rule
 	{ iptables -S INPUT 2>/dev/null || true; } | { grep -F -- "--comment \"pgha-lab:$name\" " || true; } |
@@ -610,7 +791,9 @@ main() {
 	blackhole) load_env "$1"; cmd_blackhole "$2" ;;
 	unblackhole) load_env "$1"; cmd_unblackhole "$2" ;;
 	start-pg) load_env "$1"; pg_ctl_start "$2" ;;
-	start-pgpool) load_env "$1"; start_pgpool ;;
+	start-pgpool)
+		[ $# -ge 1 ] || die "usage: lab.sh start-pgpool NAME [HOST]"
+		load_env "$1"; start_pgpool "${2:-app}" ;;
 	list) ls "$LAB_ROOT" 2>/dev/null | grep -v '^nets$' || true ;;
 	help | -h | --help) usage ;;
 	*) usage >&2; exit 2 ;;

@@ -18,6 +18,9 @@
 //! - `switchover`: issue 12: planned switchover by `pcp_promote_node -s`
 //!   and by pgha-switchover, back again, and its refusals, with a writer
 //!   and the split-brain watcher.
+//! - `watchdog`: issue 13: three pgpool hosts under pgpool-II's watchdog
+//!   (`--pgpools 3`): one leader with quorum, a killed primary failed over
+//!   once by the leader, a killed leader replaced.
 //! - `util::watch`: the split-brain watcher and the writer.
 //!
 //! The end-to-end tests need root and the packages `lab/setup.sh` installs;
@@ -41,3 +44,4 @@ mod pcp;
 mod safety;
 mod status;
 mod switchover;
+mod watchdog;

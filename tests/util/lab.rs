@@ -43,6 +43,10 @@ pub struct LabOptions {
     pub sync: bool,
     /// Start pgpool on the app host (`--no-pgpool` when false).
     pub pgpool: bool,
+    /// Number of pgpool hosts, 1 or 3 (`--pgpools`): 1 is `app` alone; 3
+    /// adds `app1` and `app2`, one pgpool-II watchdog cluster with quorum
+    /// and consensus, formed before [`Lab::up`] returns.
+    pub pgpools: u32,
     /// How standbys fetch archived WAL (`--restore`): `None` is the lab's
     /// default, scp from the primary's archive with PostgreSQL's default
     /// retry interval; `Some("local")` the old local-cp layout.
@@ -61,6 +65,7 @@ impl Default for LabOptions {
             follow_command: None,
             sync: false,
             pgpool: true,
+            pgpools: 1,
             pgha_bin: None,
             restore: None,
         }
@@ -123,6 +128,99 @@ impl NodeInfo {
     }
 }
 
+/// One member of the watchdog cluster as another member reports it (a
+/// `Node Name` block of `pcp_watchdog_info -v`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchdogMember {
+    /// "Node Name": `ADDR:PGPOOL_PORT OS HOSTNAME`.
+    pub name: String,
+    /// "Host Name": the member's `hostnameN`, its address.
+    pub host: String,
+    /// "Status Name": `LEADER`, `STANDBY`, `LOST`, `SHUTDOWN`, `DEAD`,
+    /// `LOADING`, `INITIALIZING`, `STANDING FOR LEADER`, `PARTICIPATING IN
+    /// ELECTION`, `JOINING`, ...
+    pub state: String,
+    /// "Membership Status": `MEMBER`, or `NOT-MEMBER` once removed.
+    pub membership: String,
+}
+
+/// The watchdog cluster as one member sees it, from `pcp_watchdog_info -v`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchdogView {
+    /// "Leader Node Name" (`Not Set` while there is none).
+    pub leader_name: String,
+    /// "Leader Host Name": the leader's address (`Not Set` while none).
+    pub leader_host: String,
+    /// "Quorum state": `QUORUM EXIST`, `QUORUM IS ON THE EDGE`, `QUORUM
+    /// ABSENT`, or `NO LEADER NODE` while there is none.
+    pub quorum: String,
+    /// "Alive Remote Nodes": the other members this one sees alive.
+    pub alive_remotes: u32,
+    /// Every member, the asking member first.
+    pub members: Vec<WatchdogMember>,
+    /// The whole output, for messages.
+    pub raw: String,
+}
+
+impl WatchdogView {
+    /// Parses the output of `pcp_watchdog_info -v`.
+    pub fn parse_verbose(out: &str) -> Option<WatchdogView> {
+        let mut v = WatchdogView {
+            raw: out.trim().to_string(),
+            ..WatchdogView::default()
+        };
+        for line in out.lines() {
+            let Some((k, val)) = line.split_once(':') else {
+                continue;
+            };
+            let val = val.trim().to_string();
+            match k.trim() {
+                "Leader Node Name" => v.leader_name = val,
+                "Leader Host Name" => v.leader_host = val,
+                "Quorum state" => v.quorum = val,
+                "Alive Remote Nodes" => v.alive_remotes = val.parse().ok()?,
+                "Node Name" => v.members.push(WatchdogMember {
+                    name: val,
+                    ..WatchdogMember::default()
+                }),
+                key => {
+                    let Some(m) = v.members.last_mut() else {
+                        continue;
+                    };
+                    match key {
+                        "Host Name" => m.host = val,
+                        "Status Name" => m.state = val,
+                        "Membership Status" => m.membership = val,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        (!v.quorum.is_empty() && !v.members.is_empty()).then_some(v)
+    }
+
+    /// The leader's address, `None` while there is no leader.
+    pub fn leader(&self) -> Option<&str> {
+        let l = self.leader_host.as_str();
+        (!l.is_empty() && l != "Not Set").then_some(l)
+    }
+
+    /// `QUORUM EXIST`: this member may fail backends over.
+    pub fn has_quorum(&self) -> bool {
+        self.quorum == "QUORUM EXIST"
+    }
+
+    /// The asking member's own state (`LEADER`, `STANDBY`, ...).
+    pub fn own_state(&self) -> &str {
+        self.members.first().map_or("", |m| m.state.as_str())
+    }
+
+    /// What this view says of the member at `addr`.
+    pub fn member(&self, addr: &str) -> Option<&WatchdogMember> {
+        self.members.iter().find(|m| m.host == addr)
+    }
+}
+
 /// A running lab. Dropping it runs `lab.sh down`.
 #[derive(Debug)]
 pub struct Lab {
@@ -135,6 +233,8 @@ pub struct Lab {
     pub dir: PathBuf,
     /// Number of standbys: hosts are `pg0` (primary) ... `pgN`.
     pub standbys: u32,
+    /// Number of pgpool hosts: `app`, then `app1`, `app2` (watchdog).
+    pub pgpools: u32,
     /// Every variable of `lab.env`.
     pub env: BTreeMap<String, String>,
 }
@@ -281,6 +381,7 @@ impl Lab {
         let mut cmd = Command::new(lab_sh());
         cmd.args(["up", "--name", &name])
             .args(["--standbys", &opts.standbys.to_string()])
+            .args(["--pgpools", &opts.pgpools.to_string()])
             .args(["--pgha-bin", &pgha_bin]);
         if let Some(c) = &opts.failover_command {
             cmd.args(["--failover-command", c]);
@@ -322,6 +423,10 @@ impl Lab {
                 .get("STANDBYS")
                 .and_then(|s| s.parse().ok())
                 .expect("lab.env has no STANDBYS"),
+            pgpools: env
+                .get("PGPOOLS")
+                .and_then(|s| s.parse().ok())
+                .expect("lab.env has no PGPOOLS"),
             name,
             dir,
             env,
@@ -336,11 +441,27 @@ impl Lab {
         lab
     }
 
-    /// Host names: `app`, `pg0` .. `pgN`.
+    /// Host names: the pgpool hosts, then `pg0` .. `pgN`.
     pub fn hosts(&self) -> Vec<String> {
-        let mut h = vec!["app".to_string()];
+        let mut h = self.pgpool_hosts();
         h.extend(self.pg_hosts());
         h
+    }
+
+    /// The pgpool hosts: `app`, then `app1`, `app2` with three pgpools
+    /// (watchdog member M, `pgpool_node_id` M, is `app` for 0, `appM` else).
+    pub fn pgpool_hosts(&self) -> Vec<String> {
+        (0..self.pgpools)
+            .map(|m| match m {
+                0 => "app".to_string(),
+                _ => format!("app{m}"),
+            })
+            .collect()
+    }
+
+    /// The host whose address (pgpool's or a backend's main one) is `addr`.
+    pub fn host_at(&self, addr: &str) -> Option<String> {
+        self.hosts().into_iter().find(|h| self.addr(h) == addr)
     }
 
     /// The PostgreSQL hosts `pg0` .. `pgN` (pg0 starts as the primary).
@@ -349,10 +470,11 @@ impl Lab {
     }
 
     /// The host's address: pgpool's `backend_hostnameK` for `pgK`, NET.20
-    /// for the app host (pgpool on :9999, PCP on :9898).
+    /// for the app host, NET.20+M for `appM` (pgpool on :9999, PCP on :9898).
     pub fn addr(&self, host: &str) -> String {
         match host {
             "app" => format!("{}.20", self.net),
+            _ if host.starts_with("app") => format!("{}.{}", self.net, 20 + pgpool_index(host)),
             _ => format!("{}.{}", self.net, 2 + pg_index(host)),
         }
     }
@@ -452,9 +574,15 @@ impl Lab {
     /// `psql -Atc SQL` through pgpool (NET.20:9999, user app, database app),
     /// run on the app host: what an application sees.
     pub fn pgpool_sql(&self, sql: &str) -> Result<String, String> {
-        let app = self.addr("app");
+        self.pgpool_sql_on("app", sql)
+    }
+
+    /// Like [`Lab::pgpool_sql`], through the pgpool of pgpool host `host`
+    /// (its own address, port 9999), run on that host.
+    pub fn pgpool_sql_on(&self, host: &str, sql: &str) -> Result<String, String> {
+        let app = self.addr(host);
         let out = self.exec(
-            "app",
+            host,
             &[
                 "psql",
                 "-X",
@@ -489,26 +617,53 @@ impl Lab {
     /// Like [`Lab::pcp_node_info`], returning the error instead (pgpool may
     /// be busy failing over).
     pub fn try_pcp_node_info(&self, node: u32) -> Result<String, String> {
-        self.pcp_node_info_with(node, &[])
+        self.pcp_node_info_with("app", node, &[])
     }
 
-    /// `pcp_node_info -w [EXTRA] -h APP -p 9898 -U pgpool -n NODE` on the
-    /// app host.
-    fn pcp_node_info_with(&self, node: u32, extra: &[&str]) -> Result<String, String> {
-        let app = self.addr("app");
+    /// `pcp_node_info -w [EXTRA] -h ADDR -p 9898 -U pgpool -n NODE` on
+    /// pgpool host `host`, ADDR being its address.
+    fn pcp_node_info_with(&self, host: &str, node: u32, extra: &[&str]) -> Result<String, String> {
+        let app = self.addr(host);
         let n = node.to_string();
         let mut argv = vec!["pcp_node_info", "-w"];
         argv.extend_from_slice(extra);
         argv.extend_from_slice(&["-h", &app, "-p", "9898", "-U", "pgpool", "-n", &n]);
-        result(self.exec("app", &argv))
+        result(self.exec(host, &argv))
     }
 
     /// `pcp_node_info -w -v -n NODE`, parsed; the error says why pcp
     /// failed or what it printed instead.
     pub fn pcp_node(&self, node: u32) -> Result<NodeInfo, String> {
-        let out = self.pcp_node_info_with(node, &["-v"])?;
+        self.pcp_node_on("app", node)
+    }
+
+    /// Like [`Lab::pcp_node`], asking the pgpool of pgpool host `host`.
+    pub fn pcp_node_on(&self, host: &str, node: u32) -> Result<NodeInfo, String> {
+        let out = self.pcp_node_info_with(host, node, &["-v"])?;
         NodeInfo::parse_verbose(&out)
-            .ok_or_else(|| format!("unexpected pcp_node_info -v output: {out:?}"))
+            .ok_or_else(|| format!("unexpected pcp_node_info -v output on {host}: {out:?}"))
+    }
+
+    /// `pcp_watchdog_info -w -v` against pgpool host `host`'s own PCP port,
+    /// run there: the watchdog cluster as that member sees it.
+    pub fn watchdog_info(&self, host: &str) -> Result<WatchdogView, String> {
+        let a = self.addr(host);
+        let argv = [
+            "timeout",
+            "10",
+            "pcp_watchdog_info",
+            "-w",
+            "-v",
+            "-h",
+            &a,
+            "-p",
+            "9898",
+            "-U",
+            "pgpool",
+        ];
+        let out = result(self.exec(host, &argv))?;
+        WatchdogView::parse_verbose(&out)
+            .ok_or_else(|| format!("unexpected pcp_watchdog_info -v output on {host}: {out:?}"))
     }
 
     /// Kills every process of `host` (`lab.sh kill`): a dead machine.
@@ -535,12 +690,23 @@ impl Lab {
 
     /// (Re)starts pgpool on the app host (`lab.sh start-pgpool`).
     pub fn start_pgpool(&self) {
-        self.lab_ok(&["start-pgpool", &self.name]);
+        self.start_pgpool_on("app");
+    }
+
+    /// (Re)starts pgpool on pgpool host `host` (`lab.sh start-pgpool NAME
+    /// HOST`); with the watchdog, returns once it has joined the cluster.
+    pub fn start_pgpool_on(&self, host: &str) {
+        self.lab_ok(&["start-pgpool", &self.name, host]);
     }
 
     /// pgpool's log (its stderr, including what failover_command printed).
     pub fn pgpool_log(&self) -> String {
-        std::fs::read(self.host_dir("app").join("home/pgpool.log"))
+        self.pgpool_log_on("app")
+    }
+
+    /// Like [`Lab::pgpool_log`], of pgpool host `host`.
+    pub fn pgpool_log_on(&self, host: &str) -> String {
+        std::fs::read(self.host_dir(host).join("home/pgpool.log"))
             .map(|b| text(&b))
             .unwrap_or_default()
     }
@@ -592,28 +758,35 @@ impl Lab {
 }
 
 impl Lab {
-    /// Copies the lab's logs (pgpool's log with pgha's output in it, pgha's
+    /// Copies the lab's logs (each pgpool host's pgpool log with pgha's
+    /// output in it, its pgpool.conf and pgha's state directory with the
     /// journal, every server's log, every sshd's log) to
-    /// `target/e2e-logs/NAME/` and returns that directory.
+    /// `target/e2e-logs/NAME/` and returns that directory. The app host's
+    /// log and journal are also kept under their old names, `pgpool.log`
+    /// and `journal.jsonl`.
     pub fn keep_logs(&self) -> PathBuf {
         let dest = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target/e2e-logs")
             .join(&self.name);
         let _ = std::fs::create_dir_all(&dest);
+        let app = self.host_dir("app");
         let mut files: Vec<(PathBuf, String)> = vec![
             (self.dir.join("lab.env"), "lab.env".into()),
-            (
-                self.host_dir("app").join("home/pgpool.log"),
-                "pgpool.log".into(),
-            ),
-            (
-                self.host_dir("app").join("home/pgha/journal.jsonl"),
-                "journal.jsonl".into(),
-            ),
+            (app.join("home/pgpool.log"), "pgpool.log".into()),
+            (app.join("home/pgha/journal.jsonl"), "journal.jsonl".into()),
         ];
+        for h in self.pgpool_hosts() {
+            let hd = self.host_dir(&h);
+            files.push((hd.join("home/pgpool.log"), format!("{h}.pgpool.log")));
+            files.push((
+                hd.join("etc-pgpool2/pgpool.conf"),
+                format!("{h}.pgpool.conf"),
+            ));
+            copy_dir(&hd.join("home/pgha"), &dest.join(format!("{h}.pgha")));
+        }
         for h in self.hosts() {
             files.push((self.host_dir(&h).join("sshd.log"), format!("{h}.sshd.log")));
-            if h != "app" {
+            if h.starts_with("pg") {
                 files.push((
                     self.host_dir(&h).join("home/15/pgha-postgresql.log"),
                     format!("{h}.postgresql.log"),
@@ -624,6 +797,24 @@ impl Lab {
             let _ = std::fs::copy(from, dest.join(to));
         }
         dest
+    }
+}
+
+/// Copies the regular files of `from` and its subdirectories (pgha's state
+/// directory: the journal, the last run's report) into `to`, skipping
+/// sockets, FIFOs and links; whatever fails is skipped.
+fn copy_dir(from: &Path, to: &Path) {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(to);
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else if t.is_file() {
+            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+        }
     }
 }
 
@@ -719,10 +910,16 @@ pub fn role(lab: &Lab, host: &str) -> Result<(bool, u32), String> {
     Ok((p == "t", tl.parse().map_err(|_| out.clone())?))
 }
 
+fn pgpool_index(host: &str) -> u32 {
+    host.strip_prefix("app")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("unknown lab host {host:?} (app, app1, app2, pg0, ...)"))
+}
+
 fn pg_index(host: &str) -> u32 {
     host.strip_prefix("pg")
         .and_then(|k| k.parse().ok())
-        .unwrap_or_else(|| panic!("unknown lab host {host:?} (app, pg0, pg1, ...)"))
+        .unwrap_or_else(|| panic!("unknown lab host {host:?} (app, app1, app2, pg0, ...)"))
 }
 
 fn result(out: Output) -> Result<String, String> {
@@ -779,5 +976,42 @@ mod tests {
         assert_eq!(n.replication_state, "");
         assert_eq!(n.sync_state, "async");
         assert!(NodeInfo::parse_verbose("garbage").is_none());
+    }
+
+    #[test]
+    fn parses_watchdog_info() {
+        let out = "Watchdog Cluster Information \nTotal Nodes              : 3\n\
+                   Remote Nodes             : 2\nMember Remote Nodes      : 2\n\
+                   Alive Remote Nodes       : 1\nNodes required for quorum: 2\n\
+                   Quorum state             : QUORUM EXIST\nLocal node escalation    : NO\n\
+                   Leader Node Name         : 127.0.101.20:9999 Linux vm\n\
+                   Leader Host Name         : 127.0.101.20\n\n\
+                   Watchdog Node Information \n\
+                   Node Name         : 127.0.101.21:9999 Linux vm\nHost Name         : 127.0.101.21\n\
+                   Delegate IP       : Not_Set\nPgpool port       : 9999\n\
+                   Status            : 7\nStatus Name       : STANDBY\nMembership Status : MEMBER\n\n\
+                   Node Name         : 127.0.101.20:9999 Linux vm\nHost Name         : 127.0.101.20\n\
+                   Status            : 4\nStatus Name       : LEADER\nMembership Status : MEMBER\n\n\
+                   Node Name         : 127.0.101.22:9999 Linux vm\nHost Name         : 127.0.101.22\n\
+                   Status            : 8\nStatus Name       : LOST\nMembership Status : MEMBER\n";
+        let v = WatchdogView::parse_verbose(out).unwrap();
+        assert_eq!(v.leader(), Some("127.0.101.20"));
+        assert_eq!(v.leader_name, "127.0.101.20:9999 Linux vm");
+        assert!(v.has_quorum());
+        assert_eq!(v.alive_remotes, 1);
+        assert_eq!(v.own_state(), "STANDBY");
+        assert_eq!(v.members.len(), 3);
+        assert_eq!(v.member("127.0.101.22").unwrap().state, "LOST");
+        assert_eq!(v.member("127.0.101.20").unwrap().membership, "MEMBER");
+        let none = out
+            .replace(
+                "Leader Host Name         : 127.0.101.20",
+                "Leader Host Name         : Not Set",
+            )
+            .replace("QUORUM EXIST", "NO LEADER NODE");
+        let v = WatchdogView::parse_verbose(&none).unwrap();
+        assert_eq!(v.leader(), None);
+        assert!(!v.has_quorum());
+        assert!(WatchdogView::parse_verbose("garbage").is_none());
     }
 }

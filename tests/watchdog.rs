@@ -1,0 +1,284 @@
+//! Issue 13: three pgpool hosts held together by pgpool-II's watchdog
+//! (`lab.sh up --pgpools 3`: `app`, `app1`, `app2`, heartbeat lifecheck,
+//! `failover_when_quorum_exists` and `failover_require_consensus` on). The
+//! cluster forms with one leader, a failover of the primary is decided by a
+//! quorum and run once (pgpool runs `failover_command` on the leader only),
+//! and losing the leader's host elects another.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::util::lab::{Lab, LabOptions, WatchdogView, role};
+use crate::util::watch::SplitBrainWatcher;
+
+const T: Duration = Duration::from_secs(60);
+
+fn three_pgpools() -> Lab {
+    Lab::up(LabOptions {
+        pgpools: 3,
+        ..LabOptions::default()
+    })
+}
+
+/// Every member in `hosts` sees a leader among `hosts`, the same one, with
+/// quorum, `alive` other members alive, and is itself leader or standby.
+/// Returns the leader's host name, or what was seen.
+fn agreed_leader(lab: &Lab, hosts: &[String], alive: u32) -> Result<String, String> {
+    let mut leaders = BTreeSet::new();
+    for h in hosts {
+        let v = lab.watchdog_info(h)?;
+        let ok = v.has_quorum()
+            && v.alive_remotes == alive
+            && matches!(v.own_state(), "LEADER" | "STANDBY")
+            && v.member(&lab.addr(h)).is_some();
+        if !ok {
+            return Err(format!(
+                "{h}: {} {} {} alive",
+                v.own_state(),
+                v.quorum,
+                v.alive_remotes
+            ));
+        }
+        leaders.insert(v.leader().unwrap_or("none").to_string());
+    }
+    let [leader] = leaders.iter().collect::<Vec<_>>()[..] else {
+        return Err(format!("leaders seen: {leaders:?}"));
+    };
+    match lab.host_at(leader) {
+        Some(h) if hosts.contains(&h) => Ok(h),
+        _ => Err(format!("leader {leader} is not one of {hosts:?}")),
+    }
+}
+
+/// The member's view names exactly one leader, the one agreed on.
+fn assert_one_leader(v: &WatchdogView, leader_addr: &str, from: &str) {
+    let leaders: Vec<&str> = v
+        .members
+        .iter()
+        .filter(|m| m.state == "LEADER")
+        .map(|m| m.host.as_str())
+        .collect();
+    assert_eq!(leaders, [leader_addr], "{from} sees: {}", v.raw);
+}
+
+/// Promotions pgha-failover journaled on each pgpool host (its state dir,
+/// `/var/lib/postgresql/pgha` there).
+fn promotions_by_host(lab: &Lab) -> Vec<(String, usize)> {
+    lab.pgpool_hosts()
+        .into_iter()
+        .map(|h| {
+            let journal = lab.host_dir(&h).join("home/pgha/journal.jsonl");
+            let n = std::fs::read_to_string(journal)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).expect("journal line is JSON")
+                })
+                .filter(|e| e["step"] == "promote" && e["outcome"] == "done")
+                .count();
+            (h, n)
+        })
+        .collect()
+}
+
+/// A write through `host`'s pgpool into table `wd` of database app.
+fn write_via(lab: &Lab, host: &str, id: u32) -> Result<String, String> {
+    lab.pgpool_sql_on(host, &format!("insert into wd values ({id}, '{host}')"))
+}
+
+fn create_table(lab: &Lab) {
+    lab.pgpool_sql("create table wd (id int primary key, via text)")
+        .expect("create table through app's pgpool");
+}
+
+/// pgpool's status of a usable backend: `up`, or `waiting` (up, but no
+/// client session of this pgpool has connected to it since its status
+/// last changed: what a member that took no query since a failover shows).
+fn usable(status: &str) -> bool {
+    matches!(status, "up" | "waiting")
+}
+
+/// Waits until every host in `hosts` shows backend `node` usable (or
+/// `down` when `up` is false), with role `role` when given.
+fn wait_node_on_all(lab: &Lab, hosts: &[String], node: u32, up: bool, role: Option<&str>) {
+    let want = if up { "up" } else { "down" };
+    for h in hosts {
+        lab.wait_observing(
+            &format!("pgpool on {h}: node {node} {want} {}", role.unwrap_or("")),
+            T,
+            || match lab.pcp_node_on(h, node) {
+                Ok(n)
+                    if (if up {
+                        usable(&n.status)
+                    } else {
+                        n.status == "down"
+                    }) && role.is_none_or(|r| n.role == r) =>
+                {
+                    Ok(())
+                }
+                other => Err(other),
+            },
+        );
+    }
+}
+
+#[test]
+fn three_pgpools_form_one_watchdog_cluster() {
+    let lab = three_pgpools();
+    let hosts = lab.pgpool_hosts();
+    assert_eq!(hosts, ["app", "app1", "app2"]);
+    // lab.sh up waited for this; it must hold when asked again.
+    let leader = agreed_leader(&lab, &hosts, 2).unwrap_or_else(|e| panic!("no agreed leader: {e}"));
+    for h in &hosts {
+        let v = lab.watchdog_info(h).unwrap();
+        assert_eq!(v.members.len(), 3, "{h}: {}", v.raw);
+        assert_eq!(v.members[0].host, lab.addr(h), "{h} lists itself first");
+        assert_one_leader(&v, &lab.addr(&leader), h);
+        assert!(
+            v.members.iter().all(|m| m.membership == "MEMBER"),
+            "{}",
+            v.raw
+        );
+    }
+    eprintln!("watchdog leader: {leader}");
+
+    create_table(&lab);
+    for (id, h) in (1..).zip(&hosts) {
+        write_via(&lab, h, id).unwrap_or_else(|e| panic!("write through {h}'s pgpool: {e}"));
+    }
+    for h in &hosts {
+        let seen = lab
+            .pgpool_sql_on(h, "select string_agg(via, ',' order by id) from wd")
+            .unwrap();
+        assert_eq!(seen, "app,app1,app2", "rows read through {h}'s pgpool");
+    }
+    assert_eq!(
+        lab.try_psql_db("pg0", "app", "select count(*) from wd")
+            .unwrap(),
+        "3"
+    );
+    // Every member's pgpool shows the same backends: pg0 primary, the
+    // standbys standby, all up.
+    for node in 0..=lab.standbys {
+        let role = if node == 0 { "primary" } else { "standby" };
+        for h in &hosts {
+            let n = lab.pcp_node_on(h, node).unwrap();
+            assert!(usable(&n.status) && n.role == role, "{h}: {}", n.raw);
+        }
+    }
+}
+
+#[test]
+fn killed_primary_with_three_pgpools_fails_over_once() {
+    let lab = three_pgpools();
+    let hosts = lab.pgpool_hosts();
+    let leader = agreed_leader(&lab, &hosts, 2).unwrap();
+    create_table(&lab);
+    let watcher = SplitBrainWatcher::start(&lab);
+    let killed = Instant::now();
+    lab.kill_host("pg0");
+
+    // The first write that any member's pgpool acknowledges, with pg1 or pg2
+    // primary on timeline 2.
+    let mut id = 100;
+    let (via, new) = lab.wait_observing("a write through a pgpool on a new primary", T, || {
+        let new = ["pg1", "pg2"]
+            .into_iter()
+            .find(|h| role(&lab, h) == Ok((true, 2)))
+            .ok_or("no new primary yet")?;
+        for h in &hosts {
+            id += 1;
+            if write_via(&lab, h, id).is_ok() {
+                return Ok((h.clone(), new));
+            }
+        }
+        Err("no pgpool took the write")
+    });
+    eprintln!(
+        "first write through {via}'s pgpool {:.2}s after the kill, {new} primary",
+        killed.elapsed().as_secs_f64()
+    );
+    let other = if new == "pg1" { "pg2" } else { "pg1" };
+    let (new_id, other_id): (u32, u32) = (new[2..].parse().unwrap(), other[2..].parse().unwrap());
+    wait_node_on_all(&lab, &hosts, new_id, true, Some("primary"));
+    wait_node_on_all(&lab, &hosts, 0, false, None);
+    lab.wait_streams(other, new, 2, T);
+    wait_node_on_all(&lab, &hosts, other_id, true, Some("standby"));
+    for (id, h) in (1000..).zip(&hosts) {
+        write_via(&lab, h, id)
+            .unwrap_or_else(|e| panic!("write through {h}'s pgpool after the failover: {e}"));
+    }
+
+    let primaries: Vec<&str> = ["pg1", "pg2"]
+        .into_iter()
+        .filter(|h| matches!(role(&lab, h), Ok((true, _))))
+        .collect();
+    assert_eq!(primaries, [new], "exactly one read-write node");
+    assert!(lab.try_psql("pg0", "select 1").is_err(), "pg0 is dead");
+    let by_host = promotions_by_host(&lab);
+    let total: usize = by_host.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        total, 1,
+        "promotions journaled per pgpool host: {by_host:?}"
+    );
+    // pgpool runs failover_command on the watchdog leader only.
+    let promoter = &by_host.iter().find(|(_, n)| *n == 1).unwrap().0;
+    assert_eq!(
+        promoter, &leader,
+        "pgha-failover ran on {promoter}, the leader is {leader}"
+    );
+    let log = lab.pgpool_log_on(&leader);
+    assert!(
+        log.contains("pgha-failover: OK:"),
+        "{leader}'s pgpool log: {log}"
+    );
+    watcher.assert_never_two_primaries();
+}
+
+#[test]
+fn leader_host_killed_the_cluster_elects_another() {
+    let lab = three_pgpools();
+    let hosts = lab.pgpool_hosts();
+    let leader = agreed_leader(&lab, &hosts, 2).unwrap();
+    create_table(&lab);
+    let killed = Instant::now();
+    lab.kill_host(&leader);
+    let rest: Vec<String> = hosts.iter().filter(|h| **h != leader).cloned().collect();
+
+    let new_leader = lab.wait_observing(
+        &format!("{rest:?} to elect a leader with quorum after {leader} died"),
+        T,
+        || agreed_leader(&lab, &rest, 1),
+    );
+    eprintln!(
+        "{new_leader} leads {:.2}s after {leader} was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_ne!(new_leader, leader);
+    for h in &rest {
+        let v = lab.watchdog_info(h).unwrap();
+        assert_one_leader(&v, &lab.addr(&new_leader), h);
+        let dead = v
+            .member(&lab.addr(&leader))
+            .expect("the killed member is listed");
+        assert!(
+            matches!(dead.state.as_str(), "LOST" | "DEAD" | "SHUTDOWN"),
+            "{h} sees the killed {leader} as {}",
+            dead.state
+        );
+    }
+    for (id, h) in (1..).zip(&rest) {
+        lab.wait_observing(&format!("a write through {h}'s pgpool"), T, || {
+            write_via(&lab, h, id)
+        });
+    }
+    // Losing a pgpool is no backend failure: pg0 stays the primary, up in
+    // both survivors, and nothing was promoted.
+    wait_node_on_all(&lab, &rest, 0, true, Some("primary"));
+    assert_eq!(role(&lab, "pg0"), Ok((true, 1)));
+    let by_host = promotions_by_host(&lab);
+    assert!(
+        by_host.iter().all(|(_, n)| *n == 0),
+        "promotions: {by_host:?}"
+    );
+}
