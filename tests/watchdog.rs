@@ -282,3 +282,180 @@ fn leader_host_killed_the_cluster_elects_another() {
         "promotions: {by_host:?}"
     );
 }
+
+/// A pgha command run by hand on `host` as postgres: (exit code, stdout,
+/// stderr).
+fn run_on(lab: &Lab, host: &str, bin: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let bin = lab.bin(bin);
+    let mut argv = vec![bin.as_str()];
+    argv.extend_from_slice(args);
+    let out = lab.exec(host, &argv);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Only the watchdog's leader acts: pgha-failover run by hand on another
+/// member refuses and changes nothing; pgha-check there sees the watchdog
+/// and the other members' configurations, and --status lists the members.
+#[test]
+fn a_member_that_does_not_lead_refuses_and_check_sees_every_member() {
+    let lab = three_pgpools();
+    let hosts = lab.pgpool_hosts();
+    let leader = agreed_leader(&lab, &hosts, 2).unwrap();
+    let member = hosts.iter().find(|h| **h != leader).unwrap().clone();
+    let args = ["0", "0", "1", "--old-primary", "0"];
+    let (code, _, err) = run_on(&lab, &member, "pgha-failover", &args);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("is STANDBY in pgpool's watchdog, not its leader"),
+        "{err}"
+    );
+    assert!(err.contains("nothing changed"), "{err}");
+    assert_eq!(role(&lab, "pg0"), Ok((true, 1)), "pg0 is still the primary");
+    assert_eq!(role(&lab, "pg1"), Ok((false, 1)), "pg1 is still a standby");
+    assert!(promotions_by_host(&lab).iter().all(|(_, n)| *n == 0));
+
+    let (code, out, err) = run_on(&lab, &member, "pgha-check", &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let live = out
+        .lines()
+        .find(|l| l.contains("watchdog_live"))
+        .unwrap_or_default();
+    assert!(
+        live.starts_with("ok") && live.contains("quorum exists"),
+        "{out}"
+    );
+    let agree: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("member_config"))
+        .collect();
+    assert_eq!(agree.len(), 2, "the two other members: {out}");
+    assert!(agree.iter().all(|l| l.starts_with("ok")), "{out}");
+
+    // A member whose failover_command differs is named, with the key.
+    let conf = lab.host_dir(&leader).join("etc-pgpool2/pgpool.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, text.replace("--old-primary %P", "")).unwrap();
+    let (code, out, _) = run_on(&lab, &member, "pgha-check", &[]);
+    assert_ne!(code, Some(0), "{out}");
+    let bad = out
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains("member_config"))
+        .unwrap_or_else(|| panic!("no member_config failure: {out}"));
+    assert!(
+        bad.contains(&lab.addr(&leader)) && bad.contains("failover_command"),
+        "{bad}"
+    );
+    std::fs::write(&conf, text).unwrap();
+
+    let (code, out, err) = run_on(&lab, &member, "pgha-check", &["--status"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("pgpool members (watchdog, leader"), "{out}");
+    for h in &hosts {
+        assert!(out.contains(&lab.addr(h)), "{h} listed: {out}");
+    }
+    let (_, json, _) = run_on(&lab, &member, "pgha-check", &["--status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("--status --json");
+    assert_eq!(v["watchdog"]["local"]["host"], lab.addr(&member));
+    assert_eq!(v["watchdog"]["others"].as_array().unwrap().len(), 2);
+}
+
+/// The leader's host dies while its pgha-failover runs (`at`: "claimed",
+/// holding the cluster claim before anything changed, or "promoted", right
+/// after the promote). The new leader runs failover_command again for the
+/// same node: exactly one node is promoted, one new timeline, writes come
+/// back through a surviving pgpool and every surviving node is attached
+/// on every surviving member.
+fn leader_dies_during_failover(at: &str) {
+    let lab = Lab::up(LabOptions {
+        pgpools: 3,
+        failover_command: Some(format!(
+            "env PGHA_FAULT=delay-{at}:5000 @BIN@/pgha-failover %d %M %m --old-primary %P"
+        )),
+        ..LabOptions::default()
+    });
+    let hosts = lab.pgpool_hosts();
+    let leader = agreed_leader(&lab, &hosts, 2).unwrap();
+    let rest: Vec<String> = hosts.iter().filter(|h| **h != leader).cloned().collect();
+    create_table(&lab);
+    let watcher = SplitBrainWatcher::start(&lab);
+    lab.kill_host("pg0");
+    let journal = lab.host_dir(&leader).join("home/pgha/journal.jsonl");
+    let step = if at == "claimed" {
+        "\"step\":\"observe\""
+    } else {
+        "\"step\":\"promote\""
+    };
+    let in_delay = |text: &str| match at {
+        // Claimed: the claim is held on pg1, nothing observed yet.
+        "claimed" => !text.contains(step),
+        _ => text.contains(step),
+    };
+    lab.wait_until(&format!("the leader {leader}'s pgha-failover at {at}"), T, || {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        let claimed = lab
+            .try_psql("pg1", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1885825121 AND granted")
+            .is_ok_and(|n| n == "1");
+        (claimed && in_delay(&text)).then_some(())
+    });
+    lab.kill_host(&leader);
+    let killed = Instant::now();
+
+    let mut id = 0;
+    let (via, new) = lab.wait_observing(
+        "a write through a surviving pgpool on a new primary",
+        T * 2,
+        || {
+            let new = ["pg1", "pg2"]
+                .into_iter()
+                .find(|h| role(&lab, h) == Ok((true, 2)))
+                .ok_or("no new primary yet")?;
+            for h in &rest {
+                id += 1;
+                if write_via(&lab, h, id).is_ok() {
+                    return Ok((h.clone(), new));
+                }
+            }
+            Err("no surviving pgpool took the write")
+        },
+    );
+    eprintln!(
+        "{at}: first write through {via} {:.2}s after the leader {leader} was killed; {new} primary",
+        killed.elapsed().as_secs_f64()
+    );
+    let other = if new == "pg1" { "pg2" } else { "pg1" };
+    let (new_id, other_id): (u32, u32) = (new[2..].parse().unwrap(), other[2..].parse().unwrap());
+    lab.wait_streams(other, new, 2, T);
+    wait_node_on_all(&lab, &rest, new_id, true, Some("primary"));
+    wait_node_on_all(&lab, &rest, other_id, true, Some("standby"));
+    assert_eq!(
+        role(&lab, other),
+        Ok((false, 2)),
+        "{other} follows on timeline 2"
+    );
+    let by_host = promotions_by_host(&lab);
+    let total: usize = by_host.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 1, "exactly one promotion: {by_host:?}");
+    let promoted_on = &by_host.iter().find(|(_, n)| *n == 1).unwrap().0;
+    match at {
+        "claimed" => assert_ne!(promoted_on, &leader, "the old leader died before promoting"),
+        _ => assert_eq!(
+            promoted_on, &leader,
+            "the old leader promoted, the new one converged"
+        ),
+    }
+    watcher.assert_never_two_primaries();
+}
+
+#[test]
+fn leader_killed_holding_the_claim_before_the_promote_one_promotion() {
+    leader_dies_during_failover("claimed");
+}
+
+#[test]
+fn leader_killed_right_after_the_promote_the_new_leader_converges() {
+    leader_dies_during_failover("promoted");
+}

@@ -463,6 +463,7 @@ async fn promote(
     }
     let timeline = promote_quietly(ctx, c, &cstate, &p.reason, summary).await?;
     fault::point("promote");
+    fault::delay("promoted").await;
     summary.outcome = Outcome::Promoted;
     let st = as_primary(cstate, timeline);
     let writes = apply_sync(ctx, c, &p.sync, summary).await;
