@@ -49,6 +49,8 @@ usage: lab.sh COMMAND [ARGS]
                              run CMD on HOST (app, app1, app2, pg0, pg1, ...) as postgres
                              (or root), inside that host's mount namespace
   kill NAME HOST             kill every process of HOST (a dead host)
+  pause NAME HOST            SIGSTOP every process of HOST (a frozen host: a VM paused,
+                             a stalled hypervisor); resume NAME HOST sends SIGCONT
   blackhole NAME ADDR        silently drop every packet to ADDR (iptables DROP)
   unblackhole NAME ADDR      remove that rule
   start-pg NAME HOST         start PostgreSQL on HOST (pg_ctl start)
@@ -761,6 +763,14 @@ cmd_kill() {
 	log "$NAME: host $1 killed"
 }
 
+cmd_signal() { # HOST SIGNAL WHAT
+	local procs
+	procs=$(host_procs "$1")
+	# shellcheck disable=SC2086
+	[ -z "$procs" ] || kill "-$2" $procs 2>/dev/null || true
+	log "$NAME: host $1 $3"
+}
+
 cmd_blackhole() {
 	[[ "$1" =~ ^127\. ]] || die "only loopback addresses"
 	iptables -I INPUT -d "$1" -m comment --comment "pgha-lab:$NAME" -j DROP
@@ -788,6 +798,8 @@ main() {
 		on_host "$h" "$u" "$@"
 		;;
 	kill) load_env "$1"; host_addr "$2" >/dev/null; cmd_kill "$2" ;;
+	pause) load_env "$1"; host_addr "$2" >/dev/null; cmd_signal "$2" STOP paused ;;
+	resume) load_env "$1"; host_addr "$2" >/dev/null; cmd_signal "$2" CONT resumed ;;
 	blackhole) load_env "$1"; cmd_blackhole "$2" ;;
 	unblackhole) load_env "$1"; cmd_unblackhole "$2" ;;
 	start-pg) load_env "$1"; pg_ctl_start "$2" ;;

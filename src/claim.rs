@@ -42,7 +42,8 @@ pub struct Claim {
     sessions: BTreeMap<u32, (Client, PgTarget)>,
     /// Nodes that could not be connected to, with why and how long it took.
     unreachable: BTreeMap<u32, (PgError, Duration)>,
-    /// How long this run waited for another run's claim.
+    /// How long this run waited for another run's claim (zero when none
+    /// held it).
     pub waited: Duration,
 }
 
@@ -72,8 +73,8 @@ impl Claim {
             }
             tokio::time::sleep(pause()).await;
         }
-        claim.waited = start.elapsed();
         if said {
+            claim.waited = start.elapsed();
             info!(
                 "took the cluster claim after waiting {:.2}s",
                 claim.waited.as_secs_f64()

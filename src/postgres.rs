@@ -702,7 +702,15 @@ pub fn parse_conninfo(s: &str) -> BTreeMap<String, String> {
 /// client is dropped.
 pub async fn connect(t: &PgTarget) -> Result<Client, PgError> {
     let lookup = password_for(t)?;
-    connect_with(t, lookup.password.as_deref(), || lookup.why_none()).await
+    match connect_with(t, lookup.password.as_deref(), || lookup.why_none()).await {
+        // A server dying as pgha connects resets the connect; a moment
+        // later it refuses (no answer), or, alive after all, answers.
+        Err(e) if reset_at_connect(&e) => {
+            tokio::time::sleep(DYING_RETRY).await;
+            connect_with(t, lookup.password.as_deref(), || lookup.why_none()).await
+        }
+        r => r,
+    }
 }
 
 /// [`connect`] with a password from elsewhere (pgpool.conf's
@@ -810,15 +818,65 @@ fn server_answered(e: &tokio_postgres::Error) -> bool {
     true
 }
 
-/// Whether a TCP connection to `host:port` is accepted within `within`.
-/// A paused (SIGSTOPped) or hung server still completes the handshake
-/// (the kernel does), so a listening socket is proof that a server lives
-/// there even when it says nothing.
+/// Whether a TCP connection to `host:port` is accepted and held within
+/// `within`. A paused (SIGSTOPped) or hung server still completes the
+/// handshake (the kernel does) and then holds the connection, saying
+/// nothing until the client speaks, so that is proof that a server lives
+/// there. A connection the peer closes or resets at once is not: the
+/// kernel also completes handshakes for a server in the middle of dying,
+/// then resets them when its listening socket closes. Such a connect is
+/// tried again a moment later, when a dead server refuses.
 pub async fn tcp_accepts(host: &str, port: u16, within: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(within, tokio::net::TcpStream::connect((host, port))).await,
-        Ok(Ok(_))
-    )
+    let end = tokio::time::Instant::now() + within;
+    tokio::time::timeout_at(end, async {
+        loop {
+            let Ok(mut s) = tokio::net::TcpStream::connect((host, port)).await else {
+                return false;
+            };
+            if held(&mut s).await {
+                return true;
+            }
+            tokio::time::sleep(DYING_RETRY).await;
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// How long after a reset connect the address is asked again.
+const DYING_RETRY: Duration = Duration::from_millis(50);
+
+/// Whether the peer holds a fresh connection open (reads nothing for
+/// [`HELD_FOR`]) rather than closing or resetting it.
+async fn held(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(HELD_FOR, s.read(&mut b)).await {
+        Err(_) => true,
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+    }
+}
+
+/// A live server's kernel keeps a silent connection open for far longer
+/// (PostgreSQL waits `authentication_timeout`, 60 s by default).
+const HELD_FOR: Duration = Duration::from_millis(100);
+
+/// A connect cut off by the peer before any answer: what a server in the
+/// middle of dying gives (its kernel completed the handshake).
+fn reset_at_connect(e: &PgError) -> bool {
+    let PgError::Connect { message, .. } = e else {
+        return false;
+    };
+    let m = message.to_ascii_lowercase();
+    [
+        "connection reset",
+        "broken pipe",
+        "connection aborted",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
 }
 
 fn is_auth_error(e: &tokio_postgres::Error) -> bool {
@@ -1146,6 +1204,49 @@ pub async fn drop_replication_slot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener that holds connections is alive; one that resets them
+    /// as it closes, then refuses, is not; nothing listening is not.
+    #[tokio::test]
+    async fn tcp_accepts_holds_or_resets() {
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = live.local_addr().unwrap().port();
+        assert!(tcp_accepts("127.0.0.1", port, Duration::from_secs(1)).await);
+        drop(live);
+        assert!(!tcp_accepts("127.0.0.1", port, Duration::from_secs(1)).await);
+        // Dying: the handshake completes in the backlog, then the listening
+        // socket closes and resets it.
+        let dying = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = dying.local_addr().unwrap().port();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            drop(dying);
+        });
+        let start = std::time::Instant::now();
+        assert!(!tcp_accepts("127.0.0.1", port, Duration::from_secs(1)).await);
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
+        closer.join().unwrap();
+    }
+
+    #[test]
+    fn a_reset_at_connect_is_told_from_an_answer() {
+        let e = |message: &str| PgError::Connect {
+            host: "127.0.0.2".into(),
+            port: 5432,
+            message: message.into(),
+            answered: true,
+        };
+        assert!(reset_at_connect(&e(
+            "Connection reset by peer (os error 104)"
+        )));
+        assert!(!reset_at_connect(&e(
+            "password authentication failed for user \"postgres\""
+        )));
+    }
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

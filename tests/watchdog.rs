@@ -459,3 +459,52 @@ fn leader_killed_holding_the_claim_before_the_promote_one_promotion() {
 fn leader_killed_right_after_the_promote_the_new_leader_converges() {
     leader_dies_during_failover("promoted");
 }
+
+/// The leader's host freezes (SIGSTOP: no answer, no death). The other two
+/// elect a leader and fail the killed primary over; when the old leader
+/// runs again it finds itself outvoted, and nothing more is promoted.
+#[test]
+fn paused_leader_the_others_fail_over_and_it_promotes_nothing_when_it_wakes() {
+    let lab = three_pgpools();
+    let hosts = lab.pgpool_hosts();
+    let leader = agreed_leader(&lab, &hosts, 2).unwrap();
+    let rest: Vec<String> = hosts.iter().filter(|h| **h != leader).cloned().collect();
+    create_table(&lab);
+    let watcher = SplitBrainWatcher::start(&lab);
+    lab.pause_host(&leader);
+    let new_leader = lab.wait_observing(
+        &format!("{rest:?} to elect a leader while {leader} is frozen"),
+        T,
+        || agreed_leader(&lab, &rest, 1),
+    );
+    lab.kill_host("pg0");
+    let mut id = 0;
+    let new = lab.wait_observing("a write through a pgpool on a new primary", T, || {
+        let new = ["pg1", "pg2"]
+            .into_iter()
+            .find(|h| role(&lab, h) == Ok((true, 2)))
+            .ok_or("no new primary yet")?;
+        id += 1;
+        write_via(&lab, &new_leader, id).map(|_| new)
+    });
+    lab.resume_host(&leader);
+    lab.wait_observing(&format!("{leader} to rejoin under {new_leader}"), T, || {
+        agreed_leader(&lab, &hosts, 2)
+    });
+    let other = if new == "pg1" { "pg2" } else { "pg1" };
+    lab.wait_streams(other, new, 2, T);
+    let by_host = promotions_by_host(&lab);
+    let total: usize = by_host.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 1, "exactly one promotion: {by_host:?}");
+    assert_eq!(
+        by_host.iter().find(|(h, _)| *h == leader).map(|(_, n)| *n),
+        Some(0)
+    );
+    for h in &hosts {
+        lab.wait_observing(&format!("a write through {h}'s pgpool"), T, || {
+            id += 1;
+            write_via(&lab, h, id)
+        });
+    }
+    watcher.assert_never_two_primaries();
+}

@@ -671,6 +671,17 @@ impl Lab {
         self.lab_ok(&["kill", &self.name, host]);
     }
 
+    /// Freezes every process of `host` (`lab.sh pause`, SIGSTOP): a host
+    /// that neither answers nor dies. `down` kills it all the same.
+    pub fn pause_host(&self, host: &str) {
+        self.lab_ok(&["pause", &self.name, host]);
+    }
+
+    /// Lets a paused host run on (`lab.sh resume`, SIGCONT).
+    pub fn resume_host(&self, host: &str) {
+        self.lab_ok(&["resume", &self.name, host]);
+    }
+
     /// Drops every packet to `addr` (`lab.sh blackhole`, an iptables DROP
     /// rule tagged with the lab's name): a host that hangs instead of
     /// refusing connections.
