@@ -194,18 +194,7 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
     let t0 = Instant::now();
     summary.step = "taking the cluster claim and observing the nodes".into();
     let (observed, live) = observe(ctx).await?;
-    if let Some(c) = ctx
-        .claim
-        .as_ref()
-        .and_then(|c| c.get())
-        .filter(|c| !c.waited.is_zero())
-    {
-        let did = Did::done(format!(
-            "waited {:.2}s for another pgha run's cluster claim",
-            c.waited.as_secs_f64()
-        ));
-        ctx.x.record("claim", None, &did, c.waited, Fields::new());
-    }
+    record_claim_wait(ctx);
     let views: Vec<plan::NodeView> = observed.iter().map(|o| o.view(topo)).collect();
     let input = failover_input(topo, args, live);
     let decision = plan::decide(&input, &views);
@@ -338,6 +327,20 @@ async fn claim<'c>(ctx: &'c Ctx<'_>) -> Result<Option<&'c Claim>> {
         Ok::<_, Error>(c)
     };
     cell.get_or_try_init(take).await.map(Some)
+}
+
+/// A wait for another run's cluster claim, in the journal.
+fn record_claim_wait(ctx: &Ctx<'_>) {
+    let Some(c) = ctx.claim.as_ref().and_then(|c| c.get()) else {
+        return;
+    };
+    if !c.waited.is_zero() {
+        let did = Did::done(format!(
+            "waited {:.2}s for another pgha run's cluster claim",
+            c.waited.as_secs_f64()
+        ));
+        ctx.x.record("claim", None, &did, c.waited, Fields::new());
+    }
 }
 
 /// The planner's input: pgpool's arguments, the policies, the liveness.

@@ -61,33 +61,18 @@ pub(super) async fn run(
         timeline: pstate.timeline,
         history: history.as_deref(),
     };
-    let tasks = standbys.iter().map(|o| settle_one(&x, o, &to));
     let old = match args.settle_rejoin {
         Some(id) => Some(topo.node(i64::from(id))?),
         None => None,
     };
-    let rejoin = async {
-        match old {
-            Some(n) => Some(rejoin_old_primary(&x, n, args).await),
-            None => None,
-        }
-    };
-    let work = async { tokio::join!(futures::future::join_all(tasks), rejoin) };
-    let (settled, rejoined) = tokio::select! {
-        done = work => done,
-        why = leadership_lost(topo, deadline) => {
-            remote.close().await;
-            return Err(Error::Refused(format!(
-                "stopped settling the standbys: {why}; the new leader's pgha-failover settles them"
-            )));
-        }
-    };
+    let done = settle_all(&x, &standbys, &to, old, args).await;
+    remote.close().await;
+    let (settled, rejoined) = done?;
     for r in settled {
         if let Err(e) = r {
             summary.errors.push(e.to_string());
         }
     }
-    remote.close().await;
     let streaming = standbys.len().saturating_sub(summary.errors.len());
     prove_commit(topo, primary, deadline, &mut summary).await;
     summary.message = format!(
@@ -107,6 +92,31 @@ pub(super) async fn run(
         _ => {}
     }
     summary.into_result()
+}
+
+/// Each standby settled, and the old primary rejoined after a switchover,
+/// all at once; stopped when this host stops leading pgpool's watchdog.
+async fn settle_all(
+    x: &Exec<'_>,
+    standbys: &[&Observed],
+    to: &Upstream<'_>,
+    old: Option<&Node>,
+    args: &FailoverArgs,
+) -> Result<(Vec<Result<bool>>, Option<Result<()>>)> {
+    let tasks = standbys.iter().map(|o| settle_one(x, o, to));
+    let rejoin = async {
+        match old {
+            Some(n) => Some(rejoin_old_primary(x, n, args).await),
+            None => None,
+        }
+    };
+    let work = async { tokio::join!(futures::future::join_all(tasks), rejoin) };
+    tokio::select! {
+        done = work => Ok(done),
+        why = leadership_lost(x.topo, x.deadline) => Err(Error::Refused(format!(
+            "stopped settling the standbys: {why}; the new leader's pgha-failover settles them"
+        ))),
+    }
 }
 
 /// Resolves, with why, once this host stops leading pgpool's watchdog;
