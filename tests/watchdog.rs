@@ -361,6 +361,35 @@ fn a_member_that_does_not_lead_refuses_and_check_sees_every_member() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("--status --json");
     assert_eq!(v["watchdog"]["local"]["host"], lab.addr(&member));
     assert_eq!(v["watchdog"]["others"].as_array().unwrap().len(), 2);
+
+    // pgha-follow and pgha-attach work from any member: PCP requests go to
+    // the local pgpool, which hands them to the leader.
+    let (code, _, err) = run_on(&lab, &member, "pgha-follow", &["2"]);
+    assert_eq!(code, Some(0), "pgha-follow 2 on {member}: {err}");
+    let a = lab.addr(&member);
+    let detach = [
+        "pcp_detach_node",
+        "-h",
+        &a,
+        "-p",
+        "9898",
+        "-U",
+        "pgpool",
+        "-w",
+        "-n",
+        "2",
+    ];
+    let out = lab.exec(&member, &detach);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_node_on_all(&lab, &hosts, 2, false, None);
+    let (code, _, err) = run_on(&lab, &member, "pgha-attach", &["2"]);
+    assert_eq!(code, Some(0), "pgha-attach 2 on {member}: {err}");
+    wait_node_on_all(&lab, &hosts, 2, true, Some("standby"));
+    assert!(promotions_by_host(&lab).iter().all(|(_, n)| *n == 0));
 }
 
 /// The leader's host dies while its pgha-failover runs (`at`: "claimed",
