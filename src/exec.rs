@@ -27,6 +27,8 @@ pub struct Exec<'a> {
 pub struct Did {
     pub mark: Mark,
     pub what: String,
+    /// Structured journal fields of the step (`timeline`, `upstream`, ...).
+    pub fields: Fields,
 }
 
 impl Did {
@@ -36,7 +38,14 @@ impl Did {
         Did {
             mark: if changed { Mark::Done } else { Mark::Skipped },
             what: what.into(),
+            fields: Fields::new(),
         }
+    }
+
+    /// The same, with a structured journal field.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Did {
+        self.fields.insert(key.into(), value.into());
+        self
     }
 
     pub fn done(what: impl Into<String>) -> Did {
@@ -86,6 +95,7 @@ impl Exec<'_> {
         let did = Did {
             mark,
             what: e.to_string(),
+            fields: Fields::new(),
         };
         self.record(name, node, &did, elapsed, Fields::new());
     }
@@ -97,8 +107,9 @@ impl Exec<'_> {
         node: Option<&Node>,
         did: &Did,
         elapsed: Duration,
-        fields: Fields,
+        mut fields: Fields,
     ) {
+        fields.extend(did.fields.clone());
         let secs = elapsed.as_secs_f64();
         let line = match node {
             Some(n) => format!("{}: {name}: {} ({secs:.3}s)", n.label(), did.what),

@@ -138,6 +138,18 @@ fn primary_killed_pgpool_fails_over_and_no_acknowledged_write_is_lost() {
     let log = lab.pgpool_log();
     assert!(log.contains("pgha-failover: OK:"), "{log}");
     assert_eq!(promotions(&lab), 1);
+    // The journal reads like data: the promote and repoint entries carry
+    // the timeline and the upstream as fields.
+    let j = journal(&lab);
+    let entry = |step: &str| {
+        j.iter()
+            .find(|e| e["step"] == step && e["outcome"] == "done")
+    };
+    let promote = entry("promote").expect("a promote entry");
+    assert_eq!(promote["timeline"], 2, "{promote}");
+    let repoint = entry("repoint").expect("a repoint entry");
+    assert_eq!(repoint["upstream"], new_id, "{repoint}");
+    assert_eq!(repoint["timeline"], 2, "{repoint}");
     watcher.assert_never_two_primaries();
 }
 

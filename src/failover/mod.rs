@@ -562,7 +562,7 @@ async fn promote_step(
     let promote = steps::promote(x.topo, x.remote, c, cstate, cut_restore, x.deadline);
     let timeline = x
         .step("promote", Some(c), promote, |tl| {
-            Did::done(format!("accepts writes on timeline {tl}"))
+            Did::done(format!("accepts writes on timeline {tl}")).with("timeline", *tl)
         })
         .await?;
     summary
@@ -772,6 +772,8 @@ async fn repoint_one(
     let (how, _) = x
         .step("repoint", Some(n), work, |(how, note)| {
             Did::new(how.changed(), format!("{}{note}", how.describe()))
+                .with("upstream", primary.id)
+                .with("timeline", timeline)
         })
         .await?;
     Ok(how.changed())
