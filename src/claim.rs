@@ -127,8 +127,8 @@ impl Claim {
                 Ok(true) => got.push(id),
                 Ok(false) => busy = busy.or(Some(id)),
                 Err(e) => {
-                    let (c, _) = self.sessions.remove(&id).expect("session");
-                    drop(c);
+                    // Dropping the session closes it.
+                    self.sessions.remove(&id);
                     self.unreachable.insert(id, (e, Duration::ZERO));
                 }
             }
