@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::util::lab::{Lab, LabOptions, WatchdogView, role};
-use crate::util::watch::SplitBrainWatcher;
+use crate::util::watch::{SplitBrainWatcher, Writer, assert_none_lost};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -175,6 +175,9 @@ fn killed_primary_with_three_pgpools_fails_over_once() {
     let leader = agreed_leader(&lab, &hosts, 2).unwrap();
     create_table(&lab);
     let watcher = SplitBrainWatcher::start(&lab);
+    let member = hosts.iter().find(|h| **h != leader).unwrap();
+    let writer = Writer::start_on(&lab, member);
+    writer.wait_more(&lab, 10, "writes through a member that does not lead", T);
     let killed = Instant::now();
     lab.kill_host("pg0");
 
@@ -232,6 +235,8 @@ fn killed_primary_with_three_pgpools_fails_over_once() {
         log.contains("pgha-failover: OK:"),
         "{leader}'s pgpool log: {log}"
     );
+    writer.wait_more(&lab, 10, "writes through the member after the failover", T);
+    assert_none_lost(&lab, new, &writer.stop());
     watcher.assert_never_two_primaries();
 }
 
@@ -411,6 +416,9 @@ fn leader_dies_during_failover(at: &str) {
     let rest: Vec<String> = hosts.iter().filter(|h| **h != leader).cloned().collect();
     create_table(&lab);
     let watcher = SplitBrainWatcher::start(&lab);
+    // Acknowledged writes through a member that survives.
+    let writer = Writer::start_on(&lab, &rest[0]);
+    writer.wait_more(&lab, 10, "writes through a member", T);
     lab.kill_host("pg0");
     let journal = lab.host_dir(&leader).join("home/pgha/journal.jsonl");
     let step = if at == "claimed" {
@@ -465,6 +473,8 @@ fn leader_dies_during_failover(at: &str) {
         Ok((false, 2)),
         "{other} follows on timeline 2"
     );
+    writer.wait_more(&lab, 10, "writes through the member after the failover", T);
+    assert_none_lost(&lab, new, &writer.stop());
     let by_host = promotions_by_host(&lab);
     let total: usize = by_host.iter().map(|(_, n)| n).sum();
     assert_eq!(total, 1, "exactly one promotion: {by_host:?}");

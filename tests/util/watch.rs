@@ -156,14 +156,20 @@ pub struct Writer {
 impl Writer {
     /// Creates the table (through pgpool) and starts writing.
     pub fn start(lab: &Lab) -> Writer {
-        lab.pgpool_sql("create table if not exists acked(id int primary key)")
+        Writer::start_on(lab, "app")
+    }
+
+    /// The same through the pgpool of pgpool host `host` (`app`, `app1`,
+    /// ... in a lab with several).
+    pub fn start_on(lab: &Lab, host: &str) -> Writer {
+        lab.pgpool_sql_on(host, "create table if not exists acked(id int primary key)")
             .unwrap();
         let acked = Arc::new(Mutex::new(Vec::<u32>::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let handle = {
             let (acked, stop) = (acked.clone(), stop.clone());
-            let name = lab.name.clone();
-            let app = lab.addr("app");
+            let (name, host) = (lab.name.clone(), host.to_string());
+            let app = lab.addr(&host);
             std::thread::spawn(move || {
                 let mut id = 0u32;
                 while !stop.load(Ordering::Relaxed) {
@@ -171,7 +177,7 @@ impl Writer {
                     let sql = format!("insert into acked values ({id})");
                     let out = std::process::Command::new(lab_sh())
                         .args([
-                            "exec", &name, "app", "--", "timeout", "20", "psql", "-X", "-q",
+                            "exec", &name, &host, "--", "timeout", "20", "psql", "-X", "-q",
                         ])
                         .args(["-h", &app, "-p", "9999", "-U", "app", "-d", "app"])
                         .args(["-v", "ON_ERROR_STOP=1", "-c", &sql])
