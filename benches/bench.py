@@ -560,6 +560,10 @@ WD_EVENTS = [
     ("member_request", "member", "received degenerate backend request for node_id: 0"),
     ("member_forwarded", "member", "is forwarded to leader watchdog node"),
     ("member_quarantine", "member", "starting quarantine"),
+    ("member_quarantine_done", "member", "quarantine done"),
+    # pgpool's failover() ends by restarting its PCP child, which notices the
+    # request on its 1 s timer; the main process handles nothing meanwhile.
+    ("member_pcp_restarted", "member", "in failover()"),
     ("leader_waiting", "leader", "waiting for consensus"),
     ("other_health_check", "other", "health check failed on node 0"),
     ("leader_health_check", "leader", "health check failed on node 0"),

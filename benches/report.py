@@ -39,7 +39,9 @@ WD_PHASES = [("first_write_leader", "first write through the leader"),
 WD_STEPS = [
     ("member_request", "the writer's member: degenerate backend request"),
     ("member_forwarded", "… forwarded to the leader"),
-    ("member_quarantine", "… quarantines node 0 (no consensus yet)"),
+    ("member_quarantine", "… starts quarantining node 0 (no consensus yet)"),
+    ("member_quarantine_done", "… quarantine done; its main process waits for its PCP child's restart"),
+    ("member_pcp_restarted", "… PCP child restarted: its main process free again"),
     ("leader_waiting", "leader: waiting for consensus"),
     ("other_health_check", "third member: health check fails"),
     ("leader_health_check", "leader: its own health check fails"),
@@ -373,8 +375,12 @@ def watchdog_section(g, ns):
     for n, v in keys:
         runs = g[("watchdog", False, n, v)]
         for key, title in WD_STEPS:
-            if values(runs, "wd:" + key):
-                lines.append(f"| {n} | {v} | {title} | {cell(runs, 'wd:' + key)} |")
+            vals = values(runs, "wd:" + key)
+            if vals:
+                st, ok = stats(vals), sum(1 for r in runs if "error" not in r)
+                txt = f"{st['median']:.2f} ({st['min']:.2f}–{st['max']:.2f})" + \
+                    (f" in {st['n']} of {ok} runs" if st["n"] < ok else "")
+                lines.append(f"| {n} | {v} | {title} | {txt} |")
         votes = {}
         for r in runs:
             dv = (r.get("watchdog") or {}).get("deciding_vote")
