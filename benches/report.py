@@ -383,8 +383,13 @@ def watchdog_section(g, ns):
                 lines.append(f"| {n} | {v} | {title} | {txt} |")
         votes = {}
         for r in runs:
-            dv = (r.get("watchdog") or {}).get("deciding_vote")
+            wd = r.get("watchdog") or {}
+            dv, roles = wd.get("deciding_vote"), wd.get("roles") or {}
             if dv:
+                # The hosts' roles change from run to run (any may lead).
+                dv = ("the leader's own health check" if dv.endswith("(own health check)") else
+                      "the writer's member" if dv == roles.get("member") else
+                      "the third member" if dv == roles.get("other") else dv)
                 votes[dv] = votes.get(dv, 0) + 1
         if votes:
             lines.append(f"| {n} | {v} | the deciding vote came from | "
