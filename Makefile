@@ -6,6 +6,8 @@
 #   sudo make bench PG=16 POOL=4.7 CASES=blackhole NS=2,4   # other versions, cases, N
 #   sudo make bench QUICK=1 VARIANTS=repmgr,patroni,pgautofailover,pgha   # the peers (benches/README.md)
 #   CASES=kill,blackhole NS=2,4 BENCH_LOCK=/tmp/pgha-e2e.lock narrow the matrix / lock each lab
+#   sudo make bench CASES=kill,watchdog NS=2 VARIANTS=pgha,pgha+follow   # three pgpools (watchdog)
+#   beside one; only when CASES names it (~7 min more at K=5; benches/README.md)
 #   (command-line variables reach bench.py through the environment)
 #
 # Results: target/bench/results.md, results.json, phases.svg, logs/.

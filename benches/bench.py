@@ -14,6 +14,15 @@ killed (or its addresses blackholed):
   first_write  first insert acknowledged through pgpool after the failure
   lost         acknowledged inserts missing on the new primary
 
+Case watchdog (only with --cases watchdog; N=2 unless --n): the killed
+primary on a lab with three pgpools (lab.sh up --pgpools 3) under
+pgpool-II's watchdog. The writer writes through a member that is not the
+leader, so first_write is the first write through a surviving pgpool on
+the slow path (request forwarded to the leader, consensus, failover_command
+on the leader); first_write_leader is the first write through the leader,
+which writes only once its failover has started; detect is the earliest
+detection on any member; the watchdog's own steps go to results.json.
+
 Variants:
   floor        a bare `pg_ctl promote -w` on pg1 (no pgpool)
   classic      benches/classic-failover.sh: the classic recipe, our baseline
@@ -91,9 +100,13 @@ class Lab:
         self.dir = None
         self.env = {}
         self.peer_state = {}
+        self.pgpool_hosts = ["app"]
+        self.leader = "app"  # the pgpool host that runs failover_command (the watchdog's leader)
 
-    def up(self, standbys, failover=None, follow=None, sync=False, pgpool=True):
+    def up(self, standbys, failover=None, follow=None, sync=False, pgpool=True, pgpools=1):
         args = [str(LABSH), "up", "--name", self.name, "--standbys", str(standbys), "--pgha-bin", PGHA_BIN]
+        if pgpools > 1:
+            args += ["--pgpools", str(pgpools)]
         if failover:
             args += ["--failover-command", failover]
         if follow:
@@ -111,11 +124,27 @@ class Lab:
             if m:
                 self.env[m.group(1)] = m.group(3)
         self.standbys = int(self.env["STANDBYS"])
+        self.pgpool_hosts = self.env.get("PGPOOL_HOSTS", "app").split()
         return self
 
     def addr(self, host):
         net = self.env["NET"]
-        return f"{net}.20" if host == "app" else f"{net}.{2 + int(host[2:])}"
+        if host.startswith("app"):
+            return f"{net}.{20 + int(host[3:] or 0)}"
+        return f"{net}.{2 + int(host[2:])}"
+
+    def host_at(self, addr):
+        return next((h for h in self.pgpool_hosts if self.addr(h) == addr), None)
+
+    def watchdog_leader(self):
+        """The pgpool host the watchdog names leader, as app's pgpool sees it."""
+        r = self.lab("exec", self.name, "app", "--", "pcp_watchdog_info", "-h", self.addr("app"),
+                     "-p", self.env["PCP_PORT"], "-U", "pgpool", "-w", "-v", timeout=15)
+        m = re.search(r"^Leader Host Name\s*:\s*(\S+)", r.stdout, re.M)
+        host = self.host_at(m.group(1)) if m else None
+        if host is None:
+            raise RuntimeError(f"no watchdog leader among {self.pgpool_hosts}: {r.stdout.strip()[:500]}")
+        return host
 
     def repl_addr(self, host):
         return f"{self.env['NET']}.{102 + int(host[2:])}"
@@ -209,7 +238,11 @@ class Lab:
 
     @property
     def pgpool_log(self):
-        return self.dir / "hosts" / "app" / "home" / "pgpool.log"
+        """The log of the pgpool that runs failover_command (app, or the watchdog's leader)."""
+        return self.pgpool_log_of(self.leader)
+
+    def pgpool_log_of(self, host):
+        return self.dir / "hosts" / host / "home" / "pgpool.log"
 
     def pcp_env(self):
         return dict(os.environ, PCPPASSFILE=str(self.dir / "hosts" / "app" / "home" / ".pcppass"))
@@ -218,15 +251,22 @@ class Lab:
         # pgpool first, with SIGTERM: killed (as lab.sh down does), it leaves
         # its ~130 MB SysV shared memory segment behind, and a few hundred
         # labs exhaust the machine's memory.
-        try:
-            pid = int((self.dir / "hosts" / "app" / "run" / "pgpool.pid").read_text().split()[0])
-            os.kill(pid, 15)
-            end = time.time() + 10
-            while time.time() < end:
-                os.kill(pid, 0)
-                time.sleep(0.05)
-        except (OSError, ValueError, IndexError, TypeError):
-            pass
+        pids = []
+        for h in self.pgpool_hosts:
+            try:
+                pid = int((self.dir / "hosts" / h / "run" / "pgpool.pid").read_text().split()[0])
+                os.kill(pid, 15)
+                pids.append(pid)
+            except (OSError, ValueError, IndexError, TypeError):
+                pass
+        end = time.time() + 10
+        for pid in pids:
+            try:
+                while time.time() < end:
+                    os.kill(pid, 0)
+                    time.sleep(0.05)
+            except OSError:
+                pass
         subprocess.run([str(LABSH), "down", self.name], capture_output=True, text=True, timeout=120)
 
 
@@ -295,6 +335,52 @@ class Writer(Poller):
             return None
         after = [t for _, t in self.acked if t > errs[0]]
         return after[0] if after else None
+
+
+class LeaderProbe(Poller):
+    """First write acknowledged through the watchdog's leader (case watchdog).
+
+    It writes only once the leader's pgpool has logged "execute command:"
+    (the failover decided): a client of the leader's that wrote earlier
+    would have hit the dead primary and cast the leader's own vote at once,
+    turning the slow path that the case measures (the vote has to come from
+    another member's health check) into the fast one.
+    """
+
+    def __init__(self, stop, log_path, offset, host, port):
+        super().__init__(stop)
+        self.log_path, self.offset = log_path, offset
+        self.host, self.port = host, port
+        self.gate = None  # when "execute command:" was seen in the log
+        self.result = None
+        self.ready.set()
+
+    def run(self):
+        while not self.stop_ev.is_set() and self.gate is None:
+            try:
+                with open(self.log_path, "rb") as f:
+                    f.seek(self.offset)
+                    if b"execute command:" in f.read():
+                        self.gate = time.time()
+            except OSError:
+                pass
+            time.sleep(0.01)
+        conn = None
+        i = 1_000_000_000  # ids of its own, apart from the writer's
+        while not self.stop_ev.is_set() and self.result is None:
+            try:
+                if conn is None:
+                    conn = Conn(self.host, self.port, "app", "app", timeout=WRITE_TIMEOUT)
+                i += 1
+                conn.query(f"insert into w(id) values ({i})")
+                self.result = time.time()
+            except (OSError, PgError):
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                time.sleep(0.01)
+        if conn is not None:
+            conn.close()
 
 
 class PromotePoller(Poller):
@@ -378,10 +464,10 @@ class StandbyPoller(Poller):
             c.close()
 
 
-def pcp_nodes(lab):
+def pcp_nodes(lab, host="app"):
     try:
         r = subprocess.run(
-            ["pcp_node_info", "-h", lab.addr("app"), "-p", lab.env["PCP_PORT"], "-U", "pgpool", "-w", "-a"],
+            ["pcp_node_info", "-h", lab.addr(host), "-p", lab.env["PCP_PORT"], "-U", "pgpool", "-w", "-a"],
             capture_output=True, text=True, timeout=3, env=lab.pcp_env())
     except subprocess.TimeoutExpired:
         return None
@@ -402,16 +488,16 @@ def all_attached(nodes, dead, count):
 class PcpPoller(Poller):
     """When pgpool shows the failed-over cluster fully attached (20 ms polls)."""
 
-    def __init__(self, stop, lab, dead=0):
+    def __init__(self, stop, lab, dead=0, host="app"):
         super().__init__(stop)
-        self.lab, self.dead = lab, dead
+        self.lab, self.dead, self.host = lab, dead, host
         self.result = None
         self.ready.set()
 
     def run(self):
         count = self.lab.standbys + 1
         while not self.stop_ev.is_set() and self.result is None:
-            nodes = pcp_nodes(self.lab)
+            nodes = pcp_nodes(self.lab, self.host)
             if all_attached(nodes, self.dead, count):
                 self.result = time.time()
                 break
@@ -469,6 +555,70 @@ def parse_pgpool_log(path, since, dead_addr):
     return out
 
 
+WD_EVENTS = [
+    # (key, host: "member" = the writer's pgpool, "leader", "other" = the third; pattern)
+    ("member_request", "member", "received degenerate backend request for node_id: 0"),
+    ("member_forwarded", "member", "is forwarded to leader watchdog node"),
+    ("member_quarantine", "member", "starting quarantine"),
+    ("member_quarantine_done", "member", "quarantine done"),
+    # pgpool's failover() ends by restarting its PCP child, which notices the
+    # request on its 1 s timer; the main process handles nothing meanwhile.
+    ("member_pcp_restarted", "member", "in failover()"),
+    ("leader_waiting", "leader", "waiting for consensus"),
+    ("other_health_check", "other", "health check failed on node 0"),
+    ("leader_health_check", "leader", "health check failed on node 0"),
+    ("consensus", "leader", "we have got the consensus to perform the failover"),
+    ("command", "leader", "execute command:"),
+    ("command_returned", "leader", "find_primary_node_repeatedly"),
+    ("failover_done", "leader", "failover done"),
+    ("member_signalled", "member", "signal_user1_to_parent_with_reason(2)"),
+    ("member_synced", "member", "leader watchdog has performed failover"),
+    ("other_synced", "other", "leader watchdog has performed failover"),
+]
+
+
+def parse_watchdog_logs(lab, member, since):
+    """The watchdog's steps (epoch) in the members' logs after `since`: who
+    asked, when the leader had its consensus and from whom the deciding
+    vote came, when it ran and finished the failover, when the writer's
+    member took the leader's new backend states."""
+    others = [h for h in lab.pgpool_hosts if h not in (member, lab.leader)]
+    roles = {"member": member, "leader": lab.leader, "other": others[0] if others else None}
+    out, lines = {}, {}
+    for role, host in roles.items():
+        if host is None:
+            continue
+        try:
+            text = lab.pgpool_log_of(host).read_text(errors="replace")
+        except OSError:
+            continue
+        last_vote = None
+        for line in text.splitlines():
+            m = TS.search(line)
+            if not m:
+                continue
+            t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            if t < since - 0.002:
+                continue
+            msg = m.group(2)
+            if role == "leader":
+                v = re.search(r'received the failover command from remote pgpool-II node "([0-9.]+):', msg)
+                if v:
+                    last_vote = lab.host_at(v.group(1)) or v.group(1)
+                elif "health check failed on node 0" in msg:
+                    last_vote = f"{host} (own health check)"
+            for key, r, pat in WD_EVENTS:
+                if (key == "command_returned" and "command" not in out) or \
+                        (key == "member_signalled" and "member_request" not in out):
+                    continue
+                if r == role and key not in out and pat in msg:
+                    out[key] = t
+                    lines[key] = f"{host}: {msg[:200]}"
+                    if key == "consensus":
+                        out["deciding_vote"] = last_vote
+    return out, lines, roles
+
+
 # --- one failover ----------------------------------------------------------------
 
 
@@ -518,7 +668,7 @@ psql -qAtc 'select pg_reload_conf()' >/dev/null""")
 def keep_logs(lab, logs, name, extra=()):
     """Copy pgpool's log, pgha's journal and `extra` (src, name) into logs/."""
     for src, dst in [(lab.pgpool_log, f"{name}.pgpool.log"),
-                     (lab.dir / "hosts" / "app" / "home" / "pgha" / "journal.jsonl", f"{name}.journal.jsonl"),
+                     (lab.dir / "hosts" / lab.leader / "home" / "pgha" / "journal.jsonl", f"{name}.journal.jsonl"),
                      *extra]:
         try:
             shutil.copy(src, logs / dst)
@@ -546,8 +696,17 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             res["peer_setup_s"] = round(time.time() - t_setup, 1)
             res["peer_timings"] = peers.TIMINGS[peer]
         else:
-            lab.up(standbys, spec.get("failover"), spec.get("follow"), sync, spec.get("pgpool", True))
+            lab.up(standbys, spec.get("failover"), spec.get("follow"), sync, spec.get("pgpool", True),
+                   pgpools=3 if fault == "watchdog" else 1)
         use_pgpool = spec.get("pgpool", True)
+        # Where the writer writes: app, or with the watchdog a member that
+        # is not the leader (the slow path: its failover request goes to
+        # the leader, which waits for a second vote, then runs the command).
+        via = "app"
+        if fault == "watchdog":
+            lab.leader = lab.watchdog_leader()
+            via = next(h for h in lab.pgpool_hosts if h != lab.leader)
+            res["watchdog"] = {"leader": lab.leader, "writer_via": via, "hosts": lab.pgpool_hosts}
         if sync and not peer:
             wait_sync(lab)
         if variant == "classic":
@@ -560,12 +719,15 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             c = Conn(lab.addr("app"), 9999, "app", "app", timeout=10)
             c.query("create table w(id int primary key)")
             c.close()
-            writer = Writer(stop, lab.addr("app"), 9999)
+            writer = Writer(stop, lab.addr(via), 9999)
             threads.append(writer)
         promote = PromotePoller(stop, standby_nodes)
         stand = StandbyPoller(stop, standby_nodes)
         threads += [promote, stand]
-        pcp = PcpPoller(stop, lab) if use_pgpool else None
+        pcp = PcpPoller(stop, lab, host=via) if use_pgpool else None
+        probe = None
+        if fault == "watchdog":
+            probe = LeaderProbe(stop, lab.pgpool_log, lab.pgpool_log.stat().st_size, lab.addr(lab.leader), 9999)
         for t in threads:
             t.start()
         for t in threads:
@@ -575,6 +737,9 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
         if pcp:
             pcp.start()
             threads.append(pcp)
+        if probe:
+            probe.start()
+            threads.append(probe)
 
         if fault == "kill-lagging":
             # pg1 (pgpool's %m, the lowest id) stops receiving WAL: its
@@ -594,7 +759,7 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             lab.sh("pg0", f"sed -i '1i {line}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
             t0 = time.time()
             res["refused"] = line
-        elif fault in ("kill", "kill-lagging"):
+        elif fault in ("kill", "kill-lagging", "watchdog"):
             # The floor promotes at once, and sweeps afterwards.
             t0 = lab.kill_host("pg0", sweep=variant != "floor")
         else:
@@ -622,7 +787,8 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
                 return True
             others = [n for n, _ in standby_nodes if n != promote.result[0]]
             return (all(n in stand.first for n in others) and pcp.result is not None
-                    and writer.first_ack_after_failure(t_start) is not None)
+                    and writer.first_ack_after_failure(t_start) is not None
+                    and (probe is None or probe.result is not None))
 
         deadline = DRILL_WATCH if fault == "refuse" else RUN_DEADLINE
         while time.time() < t0 + deadline and not done():
@@ -654,8 +820,28 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
         if use_pgpool:
             ph["attached"] = rel(pcp.result)
             ph["first_write"] = rel(writer.first_ack_after_failure(t_start))
+            # Writes settled: the first acknowledged after the writer's last
+            # error (a pgpool that restarts its children again after the
+            # first write breaks sessions once more).
+            errs = [t for t, _ in writer.errors if t >= t_start]
+            if errs:
+                after = [t for _, t in writer.acked if t > errs[-1]]
+                ph["writes_settled"] = rel(after[0]) if after else None
+                res["writer_last_error"] = writer.errors[-1][1]
             lg = parse_pgpool_log(lab.pgpool_log, t_start, lab.addr("pg0"))
             ph["detect"] = rel(lg["detect"])
+            if fault == "watchdog":
+                # pgpool detects where the writer's session broke, the
+                # command runs on the leader (lab.pgpool_log).
+                detects = [d for d in (parse_pgpool_log(lab.pgpool_log_of(h), t_start, lab.addr("pg0"))["detect"]
+                                       for h in lab.pgpool_hosts) if d is not None]
+                ph["detect"] = rel(min(detects)) if detects else None
+                ph["first_write_leader"] = rel(probe.result)
+                wd, wd_lines, roles = parse_watchdog_logs(lab, via, t_start)
+                res["watchdog"].update({"roles": roles, "lines": wd_lines,
+                                        "deciding_vote": wd.pop("deciding_vote", None),
+                                        "probe_gate": rel(probe.gate),
+                                        "steps": {k: rel(v) for k, v in wd.items()}})
             ph["command"] = rel(lg["command"])
             ph["failover_done"] = rel(lg["failover_done"])
             res["detect_line"] = lg["detect_line"]
@@ -675,7 +861,7 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             res["writer_errors"] = len(writer.errors)
             if writer.errors:
                 res["writer_first_error"] = writer.errors[0][1]
-            res["final_pcp"] = [" ".join(n[:8]) for n in (pcp_nodes(lab) or [])]
+            res["final_pcp"] = [" ".join(n[:8]) for n in (pcp_nodes(lab, via) or [])]
         if ph.get("command") is not None and ph.get("writable") is not None:
             res["promote_s"] = round(ph["writable"] - ph["command"], 3)
         if writer and new_primary is not None:
@@ -709,6 +895,8 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
             for h in ["app"] + [f"pg{i}" for i in range(standbys + 1)]:
                 for f in peers.LOGS.get(peer, []) + (["15/pgha-postgresql.log"] if peer else []):
                     extra.append((lab.dir / "hosts" / h / "home" / f, f"{name}.{h}.{Path(f).name}"))
+            if fault == "watchdog":
+                extra += [(lab.pgpool_log_of(h), f"{name}.{h}.pgpool.log") for h in lab.pgpool_hosts]
             keep_logs(lab, logs, name, extra)
             lab.down()
     return res
@@ -812,7 +1000,16 @@ def switchover_run(variant, standbys, k, name, outdir):
 # --- the matrix ------------------------------------------------------------------
 
 
-def matrix(quick):
+# The watchdog case (issue 13): the kill case on a lab with three pgpools
+# under pgpool-II's watchdog. Only the variants whose failover_command runs
+# unchanged on the leader; the floor has no pgpool and the classic recipe's
+# script knows one pgpool host.
+WATCHDOG_VARIANTS = ["pgha", "pgha+follow"]
+
+
+def matrix(quick, watchdog_ns=()):
+    """Every run's (variant, N, fault, sync). The watchdog case only for
+    `watchdog_ns` (bench.py passes [2], or --n, when --cases names it)."""
     ns = [2] if quick else [1, 2, 4]
     runs = []
     for n in ns:
@@ -838,6 +1035,9 @@ def matrix(quick):
         if v == "pgha" or v in peers.PEERS:
             runs.append((v, 2, "refuse", False))
     runs += switchover_cases([n for n in ns if n >= 2])
+    for n in watchdog_ns:
+        for v in WATCHDOG_VARIANTS:
+            runs.append((v, n, "watchdog", False))
     return runs
 
 
@@ -878,7 +1078,8 @@ def main():
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help="comma-separated subset of " + ",".join(VARIANTS) + " (default: all but the peers)")
     ap.add_argument("--cases", default=os.environ.get("CASES", ""),
-                    help="only these of kill,blackhole,kill-sync,kill-lagging (default: all, or $CASES)")
+                    help="only these of kill,blackhole,kill-sync,kill-lagging,refuse,switchover,watchdog "
+                    "(default: all but watchdog, or $CASES)")
     ap.add_argument("--n", default=os.environ.get("NS", ""), help="only these standby counts, e.g. 2,4 (or $NS)")
     ap.add_argument("--out", default=str(REPO / "target" / "bench"))
     ap.add_argument("--pgha-bin", default=PGHA_BIN,
@@ -915,9 +1116,12 @@ def main():
         if v not in VARIANTS:
             print(f"bench: unknown variant {v!r} (one of {', '.join(VARIANTS)})", file=sys.stderr)
             return 2
-    cases = [c for c in matrix(args.quick) if c[0] in wanted]
+    faults = {f.strip() for f in args.cases.split(",")} if args.cases else set()
+    # The watchdog case only when asked for (--cases watchdog): each of its
+    # labs takes ~20 s more to form the watchdog cluster; N=2 unless --n says.
+    watchdog_ns = ([int(x) for x in args.n.split(",")] if args.n else [2]) if "watchdog" in faults else []
+    cases = [c for c in matrix(args.quick, watchdog_ns) if c[0] in wanted]
     if args.cases:
-        faults = {f.strip() for f in args.cases.split(",")}
         cases = [c for c in cases if ("kill-sync" if c[2] == "kill" and c[3] else c[2]) in faults]
     if args.n:
         counts = {int(x) for x in args.n.split(",")}
@@ -953,7 +1157,8 @@ def main():
             data["runs"].append(r)
             ph = r["phases"]
             log(f"[{idx}/{total}] {label}: " + ", ".join(
-                f"{p}={ph[p]}" for p in ("detect", "command", "writable", "standbys", "attached", "first_write") if p in ph)
+                f"{p}={ph[p]}" for p in ("detect", "command", "writable", "standbys", "attached", "first_write",
+                                         "first_write_leader", "writes_settled") if p in ph)
                 + (f", lost={r.get('lost')}" if "lost" in r else "") + (f" ERROR {r['error']}" if "error" in r else "")
                 + (f" ({'; '.join(r['notes'])})" if r["notes"] else ""))
             if variant == "pgha+follow" and "not implemented" in r["notes"]:

@@ -20,7 +20,7 @@ PHASE_TITLES = {
 }
 VARIANT_ORDER = ["floor", "classic", "samples", "pgha", "pgha+follow", "repmgr", "patroni", "pgautofailover"]
 PEERS = ["repmgr", "patroni", "pgautofailover"]
-CASES = [("kill", False), ("blackhole", False), ("kill", True), ("kill-lagging", True)]
+CASES = [("kill", False), ("blackhole", False), ("kill", True), ("kill-lagging", True), ("watchdog", False)]
 DRILLS = [("kill-lagging", True), ("refuse", False)]
 CASE_TITLES = {
     ("kill", False): "Killed primary (every process of its host SIGKILLed)",
@@ -28,8 +28,31 @@ CASE_TITLES = {
     ("kill", True): "Killed primary, synchronous replication (ANY 1)",
     ("kill-lagging", True): "Killed primary, synchronous replication (ANY 1), the lowest-id standby lagging",
     ("refuse", False): "Drill: the live primary refuses the failover tool's login (pg_hba reject)",
+    ("watchdog", False): "Killed primary, three pgpools under pgpool-II's watchdog (writer on a member that is not the leader)",
 }
-TARGETS = {"first_write": 0.8, "standbys": 1.5, "promote_ratio": 1.25, "blackhole_extra": 1.0}
+TARGETS = {"first_write": 0.8, "standbys": 1.5, "promote_ratio": 1.25, "blackhole_extra": 1.0, "watchdog_extra": 0.3}
+# The watchdog case's extra phases (bench.py: first write through the leader,
+# which writes once its failover started; the first write after the
+# writer's last error) and its steps in the members' pgpool logs.
+WD_PHASES = [("first_write_leader", "first write through the leader"),
+             ("writes_settled", "writes settled (first after the last error)")]
+WD_STEPS = [
+    ("member_request", "the writer's member: degenerate backend request"),
+    ("member_forwarded", "… forwarded to the leader"),
+    ("member_quarantine", "… starts quarantining node 0 (no consensus yet)"),
+    ("member_quarantine_done", "… quarantine done; its main process waits for its PCP child's restart"),
+    ("member_pcp_restarted", "… PCP child restarted: its main process free again"),
+    ("leader_waiting", "leader: waiting for consensus"),
+    ("other_health_check", "third member: health check fails"),
+    ("leader_health_check", "leader: its own health check fails"),
+    ("consensus", "leader: consensus"),
+    ("command", "leader: failover_command starts"),
+    ("command_returned", "leader: failover_command returned"),
+    ("failover_done", "leader: failover done"),
+    ("member_signalled", "the writer's member: told the leader failed over"),
+    ("member_synced", "… its main process syncs the backend states"),
+    ("other_synced", "third member: syncs the backend states"),
+]
 
 
 def groups(data):
@@ -43,7 +66,9 @@ def groups(data):
 def values(runs, phase):
     out = []
     for r in runs:
-        if phase == "promote":
+        if phase.startswith("wd:"):
+            v = (r.get("watchdog") or {}).get("steps", {}).get(phase[3:])
+        elif phase == "promote":
             v = r.get("promote_s")
         elif phase == "promote_self":
             v = r.get("promote_self_s")
@@ -197,6 +222,8 @@ def markdown(data):
     lines += ["## Ratios (medians, pgha / other)", "",
               "| case | N | phase | pgha/classic | pgha/samples | pgha/floor |", "|---|---|---|---|---|---|"]
     for fault, sync in CASES:
+        if fault == "watchdog":
+            continue  # no baselines there; its own section below
         for n in ns:
             if (fault, sync, n, "pgha") not in g:
                 continue
@@ -212,6 +239,7 @@ def markdown(data):
     lines.append("")
 
     lines += peers_section(data, g, ns)
+    lines += watchdog_section(g, ns)
 
     # Targets.
     lines += ["## Targets (issue 6)", "", "| target | measured (pgha) | verdict |", "|---|---|---|"]
@@ -291,6 +319,89 @@ def peers_section(data, g, ns):
     return lines
 
 
+def diff(a, b):
+    return "—" if a is None or b is None else f"{a - b:+.2f} s"
+
+
+def watchdog_lines(g, ns):
+    """The 'watchdog − single pgpool' lines, first write, per N and variant."""
+    out = []
+    for n in ns:
+        for v in VARIANT_ORDER:
+            w = med(g, ("watchdog", False, n, v), "first_write")
+            k = med(g, ("kill", False, n, v), "first_write")
+            if w is None:
+                continue
+            verdict_txt = "" if k is None else f" (target ≤ +{TARGETS['watchdog_extra']:.1f} s: " + \
+                verdict(w - k, TARGETS["watchdog_extra"]) + ")"
+            out.append(f"watchdog − single pgpool, first write ({v}, N={n}): {fmt(w)} − {fmt(k)} = "
+                       f"{diff(w, k)}{verdict_txt}")
+    return out
+
+
+def watchdog_section(g, ns):
+    """The watchdog case beside the kill case of the same run and N."""
+    keys = [(n, v) for n in ns for v in VARIANT_ORDER if ("watchdog", False, n, v) in g]
+    if not keys:
+        return []
+    lines = ["## Three pgpools under the watchdog against one pgpool (the same run)", "",
+             "The killed primary, once with one pgpool (case kill) and once with three (app, app1, app2: "
+             "pgpool-II's watchdog, quorum 2 of 3, `failover_require_consensus = on`). The writer writes "
+             "through a member that is not the leader: its failover request goes to the leader, which waits "
+             "for a second vote (another member's health check, `health_check_period = 1`) before running "
+             "failover_command. Medians (min–max), seconds from the kill.", "",
+             "| N | variant | phase | one pgpool (kill) | three pgpools (watchdog) | watchdog − kill |",
+             "|---|---|---|---|---|---|"]
+    for n, v in keys:
+        wr = g[("watchdog", False, n, v)]
+        kr = g.get(("kill", False, n, v), [])
+        for p in PHASES + [p for p, _ in WD_PHASES] + ["lost"]:
+            if not applicable(v, n, p):
+                continue
+            if p == "lost":
+                lw, lk = values(wr, "lost"), values(kr, "lost")
+                aw = sum(r.get("acked", 0) for r in wr if "error" not in r)
+                ak = sum(r.get("acked", 0) for r in kr if "error" not in r)
+                lines.append(f"| {n} | {v} | lost | {f'{sum(lk)} of {ak}' if lk else '—'} | "
+                             f"{f'{sum(lw)} of {aw}' if lw else '—'} | |")
+                continue
+            title = PHASE_TITLES.get(p) or dict(WD_PHASES)[p]
+            kc = cell(kr, p) if kr and p != "first_write_leader" else "—"
+            lines.append(f"| {n} | {v} | {title} | {kc} | {cell(wr, p)} | "
+                         f"{diff(med(g, ('watchdog', False, n, v), p), med(g, ('kill', False, n, v), p))} |")
+    lines += [""] + [f"- {x}" for x in watchdog_lines(g, ns)] + [""]
+    lines += ["### Where the watchdog's time goes", "",
+              "| N | variant | step (pgpool logs) | median (min–max) |", "|---|---|---|---|"]
+    for n, v in keys:
+        runs = g[("watchdog", False, n, v)]
+        for key, title in WD_STEPS:
+            vals = values(runs, "wd:" + key)
+            if vals:
+                st, ok = stats(vals), sum(1 for r in runs if "error" not in r)
+                txt = f"{st['median']:.2f} ({st['min']:.2f}–{st['max']:.2f})" + \
+                    (f" in {st['n']} of {ok} runs" if st["n"] < ok else "")
+                lines.append(f"| {n} | {v} | {title} | {txt} |")
+        votes = {}
+        for r in runs:
+            wd = r.get("watchdog") or {}
+            dv, roles = wd.get("deciding_vote"), wd.get("roles") or {}
+            if dv:
+                # The hosts' roles change from run to run (any may lead).
+                dv = ("the leader's own health check" if dv.endswith("(own health check)") else
+                      "the writer's member" if dv == roles.get("member") else
+                      "the third member" if dv == roles.get("other") else dv)
+                votes[dv] = votes.get(dv, 0) + 1
+        if votes:
+            lines.append(f"| {n} | {v} | the deciding vote came from | "
+                         + ", ".join(f"{k}: {c}×" for k, c in sorted(votes.items())) + " |")
+    lines += ["", "first write through the leader: a second writer on the leader, which starts writing "
+              "only when the leader logs `execute command:` (writing earlier, it would hit the dead primary "
+              "and cast the leader's own vote at once: the fast path). writes settled: the writer's first "
+              "acknowledged write after its last error (a member that restarts its children when it syncs "
+              "from the leader breaks sessions once more).", ""]
+    return lines
+
+
 def short(data):
     """The condensed table README.md shows: medians (min–max) of the main phases."""
     g = groups(data)
@@ -306,17 +417,23 @@ def short(data):
     lines += ["| case | variant | N | " + " | ".join(PHASE_TITLES[c] for c in cols) + " | lost |",
               "|---|---|---|" + "---|" * (len(cols) + 1)]
     for fault, sync in CASES:
+        if fault == "watchdog":
+            continue  # beside the kill case, below
         for n in ns:
-            for v in VARIANT_ORDER:
-                runs = g.get((fault, sync, n, v))
-                if not runs:
-                    continue
-                lost = values(runs, "lost")
-                acked = sum(r.get("acked", 0) for r in runs if "error" not in r)
-                lost_txt = "n/a" if v == "floor" else (f"{sum(lost)}/{acked}" if lost else "—")
-                case = f"{fault}{' sync' if sync else ''}"
-                lines.append(f"| {case} | {v} | {n} | " + " | ".join(cell(runs, c, applicable(v, n, c)) for c in cols)
-                             + f" | {lost_txt} |")
+            for f in [fault] + (["watchdog"] if (fault, sync) == ("kill", False) else []):
+                for v in VARIANT_ORDER:
+                    runs = g.get((f, sync, n, v))
+                    if not runs:
+                        continue
+                    lost = values(runs, "lost")
+                    acked = sum(r.get("acked", 0) for r in runs if "error" not in r)
+                    lost_txt = "n/a" if v == "floor" else (f"{sum(lost)}/{acked}" if lost else "—")
+                    case = f"{f}{' sync' if sync else ''}"
+                    lines.append(f"| {case} | {v} | {n} | "
+                                 + " | ".join(cell(runs, c, applicable(v, n, c)) for c in cols) + f" | {lost_txt} |")
+    wl = watchdog_lines(g, ns)
+    if wl:
+        lines += [""] + wl
     lines += ["", "| target | measured (pgha) | verdict |", "|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in targets(g)]
     return "\n".join(lines) + "\n"
@@ -342,6 +459,12 @@ def targets(g):
     if bh is not None:
         rows.append(["blackholed: first write ≤ pgpool detection + 1 s (N=2)",
                      f"detection {fmt(det)}, first write {fmt(bh)} later", verdict(bh, TARGETS["blackhole_extra"])])
+    w = med(g, ("watchdog", False, 2, "pgha"), "first_write")
+    k = med(g, ("kill", False, 2, "pgha"), "first_write")
+    if w is not None and k is not None:
+        rows.append(["3 pgpools (watchdog): first write through the surviving pgpool ≤ one pgpool's + 0.3 s "
+                     "(killed, N=2)", f"{fmt(w)} vs {fmt(k)} ({diff(w, k)})",
+                     verdict(w - k, TARGETS["watchdog_extra"])])
     runs = g.get(("kill", True, 2, "pgha"), [])
     lost = values(runs, "lost")
     if lost:
