@@ -260,6 +260,17 @@ fn refusals_change_nothing() {
         "pg_ctl -D /var/lib/postgresql/15/main stop -m fast -w >/dev/null",
     );
     assert!(stop.status.success(), "{}", text(&stop.stderr));
+    // pgpool notices the stopped standby and runs pgha-failover for it,
+    // which pgha-switchover refuses to run beside ("a failover is
+    // running"): wait until that is over, to test the missing standby.
+    lab.wait_detached(2, T);
+    lab.wait_until("pgha-failover for node 2 to end", T, || {
+        let free = lab.sh(
+            "app",
+            "flock -n /var/lib/postgresql/pgha/failover.lock true",
+        );
+        free.status.success().then_some(())
+    });
     let out = switchover(&lab, &["--to", "1"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");

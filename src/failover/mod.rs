@@ -192,7 +192,7 @@ struct Ctx<'a> {
 async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Result<()> {
     let (topo, failed) = (ctx.x.topo, ctx.failed);
     let t0 = Instant::now();
-    summary.step = "taking the cluster claim and observing the nodes".into();
+    summary.step = "observing the nodes".into();
     let (observed, live) = observe(ctx).await?;
     record_claim_wait(ctx);
     let views: Vec<plan::NodeView> = observed.iter().map(|o| o.view(topo)).collect();
