@@ -122,6 +122,41 @@ fn wait_node_on_all(lab: &Lab, hosts: &[String], node: u32, up: bool, role: Opti
     }
 }
 
+/// Waits until pg1 or pg2 is primary on timeline 2 and a write through
+/// one of the pgpools of `via` is acknowledged (ids from `*id` on);
+/// returns that pgpool host and the new primary.
+fn first_write_on_new_primary(
+    lab: &Lab,
+    via: &[String],
+    id: &mut u32,
+    what: &str,
+    timeout: Duration,
+) -> (String, &'static str) {
+    lab.wait_observing(what, timeout, || {
+        let new = ["pg1", "pg2"]
+            .into_iter()
+            .find(|h| role(lab, h) == Ok((true, 2)))
+            .ok_or("no new primary yet")?;
+        for h in via {
+            *id += 1;
+            if write_via(lab, h, *id).is_ok() {
+                return Ok((h.clone(), new));
+            }
+        }
+        Err("no pgpool took the write")
+    })
+}
+
+/// The standby of pg1/pg2 that was not promoted, and both node ids.
+fn the_other(new: &str) -> (&'static str, u32, u32) {
+    let other = if new == "pg1" { "pg2" } else { "pg1" };
+    (
+        other,
+        new[2..].parse().unwrap(),
+        other[2..].parse().unwrap(),
+    )
+}
+
 #[test]
 fn three_pgpools_form_one_watchdog_cluster() {
     let lab = three_pgpools();
@@ -184,25 +219,13 @@ fn killed_primary_with_three_pgpools_fails_over_once() {
     // The first write that any member's pgpool acknowledges, with pg1 or pg2
     // primary on timeline 2.
     let mut id = 100;
-    let (via, new) = lab.wait_observing("a write through a pgpool on a new primary", T, || {
-        let new = ["pg1", "pg2"]
-            .into_iter()
-            .find(|h| role(&lab, h) == Ok((true, 2)))
-            .ok_or("no new primary yet")?;
-        for h in &hosts {
-            id += 1;
-            if write_via(&lab, h, id).is_ok() {
-                return Ok((h.clone(), new));
-            }
-        }
-        Err("no pgpool took the write")
-    });
+    let what = "a write through a pgpool on a new primary";
+    let (via, new) = first_write_on_new_primary(&lab, &hosts, &mut id, what, T);
     eprintln!(
         "first write through {via}'s pgpool {:.2}s after the kill, {new} primary",
         killed.elapsed().as_secs_f64()
     );
-    let other = if new == "pg1" { "pg2" } else { "pg1" };
-    let (new_id, other_id): (u32, u32) = (new[2..].parse().unwrap(), other[2..].parse().unwrap());
+    let (other, new_id, other_id) = the_other(new);
     wait_node_on_all(&lab, &hosts, new_id, true, Some("primary"));
     wait_node_on_all(&lab, &hosts, 0, false, None);
     lab.wait_streams(other, new, 2, T);
@@ -371,25 +394,8 @@ fn a_member_that_does_not_lead_refuses_and_check_sees_every_member() {
     // the local pgpool, which hands them to the leader.
     let (code, _, err) = run_on(&lab, &member, "pgha-follow", &["2"]);
     assert_eq!(code, Some(0), "pgha-follow 2 on {member}: {err}");
-    let a = lab.addr(&member);
-    let detach = [
-        "pcp_detach_node",
-        "-h",
-        &a,
-        "-p",
-        "9898",
-        "-U",
-        "pgpool",
-        "-w",
-        "-n",
-        "2",
-    ];
-    let out = lab.exec(&member, &detach);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.pcp_on(&member, &["pcp_detach_node"], &["-n", "2"])
+        .unwrap_or_else(|e| panic!("pcp_detach_node -n 2 on {member}: {e}"));
     wait_node_on_all(&lab, &hosts, 2, false, None);
     let (code, _, err) = run_on(&lab, &member, "pgha-attach", &["2"]);
     assert_eq!(code, Some(0), "pgha-attach 2 on {member}: {err}");
@@ -442,29 +448,13 @@ fn leader_dies_during_failover(at: &str) {
     let killed = Instant::now();
 
     let mut id = 0;
-    let (via, new) = lab.wait_observing(
-        "a write through a surviving pgpool on a new primary",
-        T * 2,
-        || {
-            let new = ["pg1", "pg2"]
-                .into_iter()
-                .find(|h| role(&lab, h) == Ok((true, 2)))
-                .ok_or("no new primary yet")?;
-            for h in &rest {
-                id += 1;
-                if write_via(&lab, h, id).is_ok() {
-                    return Ok((h.clone(), new));
-                }
-            }
-            Err("no surviving pgpool took the write")
-        },
-    );
+    let what = "a write through a surviving pgpool on a new primary";
+    let (via, new) = first_write_on_new_primary(&lab, &rest, &mut id, what, T * 2);
     eprintln!(
         "{at}: first write through {via} {:.2}s after the leader {leader} was killed; {new} primary",
         killed.elapsed().as_secs_f64()
     );
-    let other = if new == "pg1" { "pg2" } else { "pg1" };
-    let (new_id, other_id): (u32, u32) = (new[2..].parse().unwrap(), other[2..].parse().unwrap());
+    let (other, new_id, other_id) = the_other(new);
     lab.wait_streams(other, new, 2, T);
     wait_node_on_all(&lab, &rest, new_id, true, Some("primary"));
     wait_node_on_all(&lab, &rest, other_id, true, Some("standby"));
@@ -518,19 +508,14 @@ fn paused_leader_the_others_fail_over_and_it_promotes_nothing_when_it_wakes() {
     );
     lab.kill_host("pg0");
     let mut id = 0;
-    let new = lab.wait_observing("a write through a pgpool on a new primary", T, || {
-        let new = ["pg1", "pg2"]
-            .into_iter()
-            .find(|h| role(&lab, h) == Ok((true, 2)))
-            .ok_or("no new primary yet")?;
-        id += 1;
-        write_via(&lab, &new_leader, id).map(|_| new)
-    });
+    let via = [new_leader.clone()];
+    let what = "a write through a pgpool on a new primary";
+    let (_, new) = first_write_on_new_primary(&lab, &via, &mut id, what, T);
     lab.resume_host(&leader);
     lab.wait_observing(&format!("{leader} to rejoin under {new_leader}"), T, || {
         agreed_leader(&lab, &hosts, 2)
     });
-    let other = if new == "pg1" { "pg2" } else { "pg1" };
+    let (other, _, _) = the_other(new);
     lab.wait_streams(other, new, 2, T);
     let by_host = promotions_by_host(&lab);
     let total: usize = by_host.iter().map(|(_, n)| n).sum();

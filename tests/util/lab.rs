@@ -623,11 +623,22 @@ impl Lab {
     /// `pcp_node_info -w [EXTRA] -h ADDR -p 9898 -U pgpool -n NODE` on
     /// pgpool host `host`, ADDR being its address.
     fn pcp_node_info_with(&self, host: &str, node: u32, extra: &[&str]) -> Result<String, String> {
-        let app = self.addr(host);
         let n = node.to_string();
-        let mut argv = vec!["pcp_node_info", "-w"];
-        argv.extend_from_slice(extra);
-        argv.extend_from_slice(&["-h", &app, "-p", "9898", "-U", "pgpool", "-n", &n]);
+        let mut args = extra.to_vec();
+        args.extend_from_slice(&["-n", &n]);
+        self.pcp_on(host, &["pcp_node_info"], &args)
+    }
+
+    /// A PCP tool (`tool`, e.g. `["pcp_detach_node"]`, or with a wrapper
+    /// such as `timeout 10` before it) run on pgpool host `host` against
+    /// its own PCP port, with its `.pcppass`: `TOOL -w ARGS -h ADDR -p 9898
+    /// -U pgpool`.
+    pub fn pcp_on(&self, host: &str, tool: &[&str], args: &[&str]) -> Result<String, String> {
+        let a = self.addr(host);
+        let mut argv = tool.to_vec();
+        argv.push("-w");
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&["-h", &a, "-p", "9898", "-U", "pgpool"]);
         result(self.exec(host, &argv))
     }
 
@@ -647,21 +658,7 @@ impl Lab {
     /// `pcp_watchdog_info -w -v` against pgpool host `host`'s own PCP port,
     /// run there: the watchdog cluster as that member sees it.
     pub fn watchdog_info(&self, host: &str) -> Result<WatchdogView, String> {
-        let a = self.addr(host);
-        let argv = [
-            "timeout",
-            "10",
-            "pcp_watchdog_info",
-            "-w",
-            "-v",
-            "-h",
-            &a,
-            "-p",
-            "9898",
-            "-U",
-            "pgpool",
-        ];
-        let out = result(self.exec(host, &argv))?;
+        let out = self.pcp_on(host, &["timeout", "10", "pcp_watchdog_info"], &["-v"])?;
         WatchdogView::parse_verbose(&out)
             .ok_or_else(|| format!("unexpected pcp_watchdog_info -v output on {host}: {out:?}"))
     }
