@@ -293,6 +293,35 @@ class Poller(threading.Thread):
         self.ready = threading.Event()
 
 
+def insert_attempts(stop_ev, host, port, next_id):
+    """Inserts next_id, next_id + 1, ... into w through pgpool, as an
+    application would: one persistent connection, re-opened after any
+    error. Yields (id, None) for each acknowledged insert and (None, error)
+    for each failure, until stop_ev is set; closes the connection when done
+    or abandoned.
+    """
+    conn = None
+    try:
+        while not stop_ev.is_set():
+            try:
+                if conn is None:
+                    conn = Conn(host, port, "app", "app", timeout=WRITE_TIMEOUT)
+                i, next_id = next_id, next_id + 1
+                conn.query(f"insert into w(id) values ({i})")
+            except (OSError, PgError) as e:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                yield None, e
+                time.sleep(0.01)
+                continue
+            yield i, None
+            time.sleep(0.005)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
 class Writer(Poller):
     """Inserts increasing ids through pgpool, as an application would.
 
@@ -305,28 +334,14 @@ class Writer(Poller):
         self.host, self.port = host, port
         self.acked = []  # (id, time)
         self.errors = []  # (time, text)
-        self.next_id = 1
 
     def run(self):
-        conn = None
-        while not self.stop_ev.is_set():
-            try:
-                if conn is None:
-                    conn = Conn(self.host, self.port, "app", "app", timeout=WRITE_TIMEOUT)
-                i = self.next_id
-                self.next_id += 1
-                conn.query(f"insert into w(id) values ({i})")
-                self.acked.append((i, time.time()))
-                self.ready.set()
-                time.sleep(0.005)
-            except (OSError, PgError) as e:
-                self.errors.append((time.time(), str(e)[:200]))
-                if conn is not None:
-                    conn.close()
-                    conn = None
-                time.sleep(0.01)
-        if conn is not None:
-            conn.close()
+        for i, err in insert_attempts(self.stop_ev, self.host, self.port, 1):
+            if err is not None:
+                self.errors.append((time.time(), str(err)[:200]))
+                continue
+            self.acked.append((i, time.time()))
+            self.ready.set()
 
     def first_ack_after_failure(self, since):
         """When the first write succeeded after the first error since `since`."""
@@ -365,22 +380,11 @@ class LeaderProbe(Poller):
             except OSError:
                 pass
             time.sleep(0.01)
-        conn = None
-        i = 1_000_000_000  # ids of its own, apart from the writer's
-        while not self.stop_ev.is_set() and self.result is None:
-            try:
-                if conn is None:
-                    conn = Conn(self.host, self.port, "app", "app", timeout=WRITE_TIMEOUT)
-                i += 1
-                conn.query(f"insert into w(id) values ({i})")
+        # Ids of its own, apart from the writer's.
+        for _, err in insert_attempts(self.stop_ev, self.host, self.port, 1_000_000_001):
+            if err is None:
                 self.result = time.time()
-            except (OSError, PgError):
-                if conn is not None:
-                    conn.close()
-                    conn = None
-                time.sleep(0.01)
-        if conn is not None:
-            conn.close()
+                break
 
 
 class PromotePoller(Poller):
