@@ -11,19 +11,6 @@ use crate::util::lab::{Lab, LabOptions, role};
 use crate::util::watch::{SplitBrainWatcher, Writer, assert_none_lost};
 
 const T: Duration = Duration::from_secs(45);
-
-fn wait_primary(lab: &Lab, tl: u32) -> String {
-    lab.wait_observing(&format!("a primary on timeline {tl}"), T, || {
-        let seen: Vec<_> = (1..=lab.standbys)
-            .map(|k| (format!("pg{k}"), role(lab, &format!("pg{k}"))))
-            .collect();
-        seen.iter()
-            .find(|(_, r)| matches!(r, Ok((true, t)) if *t == tl))
-            .map(|(h, _)| h.clone())
-            .ok_or(seen)
-    })
-}
-
 /// The seconds pgha's promote step took, from its progress line.
 fn promote_seconds(log: &str) -> Option<f64> {
     log.lines().find_map(|l| {
@@ -46,7 +33,7 @@ fn a_silent_primary_fails_over_and_every_restore_command_follows_the_new_primary
     // Every packet to the primary dropped: a powered-off host.
     lab.blackhole(&lab.repl_addr("pg0"));
     lab.blackhole(&lab.addr("pg0"));
-    let new = wait_primary(&lab, 2);
+    let new = lab.wait_new_primary(2, T);
     let other = if new == "pg1" { "pg2" } else { "pg1" };
     lab.wait_streams(other, &new, 2, T);
     writer.wait_more(&lab, 10, "writes through pgpool after the failover", T);
@@ -81,7 +68,7 @@ fn a_silent_primary_fails_over_and_every_restore_command_follows_the_new_primary
 fn a_standby_that_needs_archived_wal_catches_up_from_the_new_primarys_archive() {
     let lab = Lab::up(LabOptions::default());
     lab.kill_host("pg0");
-    let new = wait_primary(&lab, 2);
+    let new = lab.wait_new_primary(2, T);
     let other = if new == "pg1" { "pg2" } else { "pg1" };
     lab.wait_streams(other, &new, 2, T);
     let data = "/var/lib/postgresql/15/main";

@@ -15,9 +15,14 @@ use crate::util::lab::{Lab, LabOptions};
 /// A lab after pg0's server crashed (immediate stop: its host and sshd
 /// stay), pgpool failed over to pg1 with pgha-failover, and pg0 was
 /// started again by itself: a zombie primary on the old timeline with WAL
-/// the new primary never had (its end-of-recovery checkpoint).
+/// the new primary never had (its end-of-recovery checkpoint). One
+/// standby, so that pg1 is the one promoted (with two, the one with more
+/// WAL would be).
 fn zombie_lab() -> Lab {
-    let lab = Lab::up(LabOptions::default());
+    let lab = Lab::up(LabOptions {
+        standbys: 1,
+        ..LabOptions::default()
+    });
     lab.pgpool_sql("create table rows (v text primary key)")
         .unwrap();
     lab.pgpool_sql("insert into rows values ('before')")

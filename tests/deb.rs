@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::lab::{Lab, LabOptions, role};
+use crate::util::lab::{Lab, LabOptions, the_other};
 
 const T: Duration = Duration::from_secs(40);
 
@@ -145,21 +145,9 @@ fn installed_binaries_fail_over_the_lab() {
     preflight_as_the_unit_runs_it(&lab);
 
     lab.kill_host("pg0");
-    lab.wait_observing("pg1 primary on timeline 2", T, || match role(&lab, "pg1") {
-        Ok((true, 2)) => Ok(()),
-        other => Err(other),
-    });
-    let (pg1, pg1_repl) = (lab.addr("pg1"), lab.repl_addr("pg1"));
-    lab.wait_observing("pg2 streaming from pg1 on timeline 2", T, || {
-        let out = lab.try_psql(
-            "pg2",
-            "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'",
-        )?;
-        match out.split_once('|') {
-            Some((h, "2")) if h == pg1 || h == pg1_repl => Ok(()),
-            _ => Err(out),
-        }
-    });
+    let new = lab.wait_new_primary(2, T);
+    let (other, _, _) = the_other(&new);
+    lab.wait_streams(other, &new, 2, T);
     let written = lab.wait_observing("a write through pgpool", T, || {
         lab.pgpool_sql(
             "create table if not exists after_failover(x int); \
@@ -168,8 +156,8 @@ fn installed_binaries_fail_over_the_lab() {
     });
     assert_eq!(written, "42");
     // The write went to the new primary and reached the standby.
-    lab.wait_observing("the row on pg2", T, || {
-        match lab.try_psql_db("pg2", "app", "select x from after_failover") {
+    lab.wait_observing(&format!("the row on {other}"), T, || {
+        match lab.try_psql_db(other, "app", "select x from after_failover") {
             Ok(x) if x == "42" => Ok(()),
             other => Err(other),
         }

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::util::cmd::{Cmd, Run};
-use crate::util::lab::{Lab, LabOptions, lab_sh};
+use crate::util::lab::{Lab, LabOptions, lab_sh, node_id, the_other};
 
 pub(crate) const T: Duration = Duration::from_secs(30);
 
@@ -53,7 +53,7 @@ pub(crate) fn started_at(lab: &Lab, host: &str) -> String {
 /// `tl` and that pgpool has it attached as a standby.
 #[track_caller]
 pub(crate) fn assert_follows(lab: &Lab, host: &str, primary: &str, tl: u32) {
-    let node: u32 = host[2..].parse().unwrap();
+    let node = node_id(host);
     assert!(in_recovery(lab, host), "{host} is not in recovery");
     let up = upstream(lab, host);
     assert_eq!(
@@ -102,9 +102,9 @@ pub(crate) fn journal(lab: &Lab) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Kill the primary's host, wait until pgpool has promoted pg1 and
-/// accepts writes on it again, then until every standby is attached again.
-fn failover_under_pgpool(lab: &Lab) {
+/// Kill the primary's host, wait until a standby was promoted and pgpool
+/// accepts writes on it again; returns the new primary.
+fn failover_under_pgpool(lab: &Lab) -> String {
     lab.pgpool_sql("create table rows (v text primary key)")
         .unwrap();
     lab.pgpool_sql("insert into rows values ('before')")
@@ -114,25 +114,23 @@ fn failover_under_pgpool(lab: &Lab) {
     }
     lab.kill_host("pg0");
     write_through_pgpool(lab, "insert into rows values ('after')");
-    assert!(
-        !in_recovery(lab, "pg1"),
-        "pgpool's new main node pg1 should be the primary"
-    );
+    lab.wait_new_primary(2, Duration::ZERO)
 }
 
-/// Every standby left streams from pg1 on its new timeline and is attached,
-/// with the row written after the failover; pgha-follow said so in pgpool's
-/// log for the dead old primary (skipped) and for each node it ran for.
-fn assert_all_follow(lab: &Lab) {
-    let tl = primary_timeline(lab, "pg1");
-    assert!(tl >= 2, "pg1 on timeline {tl}");
-    for k in 2..=lab.standbys {
+/// Every standby left streams from `new` on its new timeline and is
+/// attached, with the row written after the failover; pgha-follow said so
+/// in pgpool's log for the dead old primary (skipped) and for each node it
+/// ran for.
+fn assert_all_follow(lab: &Lab, new: &str) {
+    let tl = primary_timeline(lab, new);
+    assert!(tl >= 2, "{new} on timeline {tl}");
+    for k in (1..=lab.standbys).filter(|&k| k != node_id(new)) {
         let h = format!("pg{k}");
-        lab.wait_observing(&format!("{h} to follow pg1 and be attached"), T, || {
+        lab.wait_observing(&format!("{h} to follow {new} and be attached"), T, || {
             let info = lab.pcp_node(k)?;
             match upstream(lab, &h) {
                 Some((a, t))
-                    if a == lab.repl_addr("pg1")
+                    if a == lab.repl_addr(new)
                         && t == tl
                         && ["up", "waiting"].contains(&info.status.as_str()) =>
                 {
@@ -141,7 +139,7 @@ fn assert_all_follow(lab: &Lab) {
                 other => Err(format!("{other:?} / {}", info.raw)),
             }
         });
-        assert_follows(lab, &h, "pg1", tl);
+        assert_follows(lab, &h, new, tl);
         wait_row(lab, &h, "rows", "after");
     }
     // pgpool ran pgha-follow for the old primary, which it had to skip.
@@ -178,18 +176,19 @@ fn pgpool_runs_follow_after_failover_two_standbys() {
         follow_command: Some(FOLLOW_COMMAND.into()),
         ..LabOptions::default()
     });
-    failover_under_pgpool(&lab);
-    assert_all_follow(&lab);
+    let new = failover_under_pgpool(&lab);
+    assert_all_follow(&lab, &new);
     // By hand again: nothing left to do, nothing restarted.
-    let before = started_at(&lab, "pg2");
-    let r = pgha(&lab, "pgha-follow", &["2"]);
+    let (other, _, other_id) = the_other(&new);
+    let before = started_at(&lab, other);
+    let r = pgha(&lab, "pgha-follow", &[&other_id.to_string()]);
     r.success().stderr_contains("nothing to do");
     assert_eq!(
-        started_at(&lab, "pg2"),
+        started_at(&lab, other),
         before,
-        "a rerun must not restart pg2"
+        "a rerun must not restart {other}"
     );
-    assert_follows(&lab, "pg2", "pg1", primary_timeline(&lab, "pg1"));
+    assert_follows(&lab, other, &new, primary_timeline(&lab, &new));
 }
 
 #[test]
@@ -205,8 +204,10 @@ fn pgpool_runs_follow_after_failover_three_standbys_promote_only() {
         follow_command: Some(FOLLOW_COMMAND.into()),
         ..LabOptions::default()
     });
-    failover_under_pgpool(&lab);
-    assert_all_follow(&lab);
+    // pgpool's own promote of %H: always its new main node, pg1.
+    let new = failover_under_pgpool(&lab);
+    assert_eq!(new, "pg1", "pgpool promotes its new main node");
+    assert_all_follow(&lab, &new);
     let log = lab.pgpool_log();
     for k in [2, 3] {
         assert!(

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::lab::{Lab, LabOptions, role, upstream};
+use crate::util::lab::{Lab, LabOptions, role, the_other, upstream};
 use crate::util::watch::SplitBrainWatcher;
 
 const T: Duration = Duration::from_secs(40);
@@ -25,26 +25,11 @@ const T: Duration = Duration::from_secs(40);
 /// Kills the primary and waits until pgpool's run of pgha-failover made
 /// pg1 or pg2 primary on timeline 2 and the other streams from it.
 /// Returns (new primary, other standby).
-fn kill_primary_and_wait_failover(lab: &Lab) -> (&'static str, &'static str) {
+fn kill_primary_and_wait_failover(lab: &Lab) -> (String, &'static str) {
     lab.kill_host("pg0");
-    let new = lab.wait_observing("a standby promoted to timeline 2", T, || {
-        for h in ["pg1", "pg2"] {
-            if let Ok((true, 2)) = role(lab, h) {
-                return Ok(h);
-            }
-        }
-        Err((role(lab, "pg1"), role(lab, "pg2")))
-    });
-    let other = if new == "pg1" { "pg2" } else { "pg1" };
-    let addrs = [lab.addr(new), lab.repl_addr(new)];
-    lab.wait_observing(
-        &format!("{other} streaming from {new} on timeline 2"),
-        T,
-        || match upstream(lab, other) {
-            Some((h, 2)) if addrs.contains(&h) => Ok(()),
-            seen => Err(seen),
-        },
-    );
+    let new = lab.wait_new_primary(2, T);
+    let (other, _, _) = the_other(&new);
+    lab.wait_streams(other, &new, 2, T);
     lab.wait_observing("pgha-failover's final line in pgpool's log", T, || {
         let log = lab.pgpool_log();
         if log.contains("pgha-failover: OK:") {
@@ -221,7 +206,7 @@ fn tls_only_nodes_fail_over_with_verify_full() {
     // pgpool runs pgha-failover; every SQL session it opens must be TLS
     // verified against the lab's CA, or pg_hba.conf refuses it.
     let (new, _) = kill_primary_and_wait_failover(&lab);
-    assert_eq!(role(&lab, new).unwrap(), (true, 2));
+    assert_eq!(role(&lab, &new).unwrap(), (true, 2));
     let log = lab.pgpool_log();
     assert!(!log.contains("no encryption"), "{log}");
     watcher.assert_never_two_primaries();
@@ -271,7 +256,7 @@ fn planted_fifos_and_links_and_a_read_only_state_dir_do_not_stop_a_failover() {
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o555)).unwrap();
 
     let (new, _) = kill_primary_and_wait_failover(&lab);
-    assert_eq!(role(&lab, new).unwrap(), (true, 2));
+    assert_eq!(role(&lab, &new).unwrap(), (true, 2));
     let log = lab.pgpool_log();
     assert!(log.contains("RUNNING WITHOUT A LOCK"), "{log}");
     for p in &planted {

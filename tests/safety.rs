@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use crate::util::lab::{Lab, LabOptions, role};
+use crate::util::lab::{Lab, LabOptions, role, the_other};
 use crate::util::watch::{SplitBrainWatcher, Writer, assert_none_lost};
 
 const T: Duration = Duration::from_secs(30);
@@ -237,18 +237,18 @@ fn a_stale_old_primary_is_refused_when_the_new_primary_fails() {
     lab.wait_detached(0, T);
     let out = failover(&lab, &["0", "0", "1", "--old-primary", "0"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    lab.wait_primary("pg1", 2, T);
-    lab.wait_streams("pg2", "pg1", 2, T);
+    let new = lab.wait_new_primary(2, T);
+    let (other, new_id, other_id) = the_other(&new);
+    lab.wait_streams(other, &new, 2, T);
     // pg0 comes back as it was: a primary on timeline 1, detached.
     lab.start_pg("pg0");
     assert_eq!(role(&lab, "pg0").unwrap(), (true, 1));
-    lab.kill_host("pg1");
-    lab.wait_detached(1, T);
+    lab.kill_host(&new);
+    lab.wait_detached(new_id, T);
     let watcher = SplitBrainWatcher::start(&lab);
-    for args in [
-        &["1", "0", "2", "--old-primary", "1"][..],
-        &["1", "0", "0"][..],
-    ] {
+    let (n, o) = (new_id.to_string(), other_id.to_string());
+    let (n, o) = (n.as_str(), o.as_str());
+    for args in [&[n, "0", o, "--old-primary", n][..], &[n, "0", "0"][..]] {
         let out = failover(&lab, args);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(4), "{args:?}: {err}");
@@ -260,11 +260,11 @@ fn a_stale_old_primary_is_refused_when_the_new_primary_fails() {
         );
     }
     assert_eq!(role(&lab, "pg0").unwrap(), (true, 1), "pg0 untouched");
-    assert!(!role(&lab, "pg2").unwrap().0, "pg2 not promoted");
-    let conninfo = lab.psql("pg2", "show primary_conninfo");
+    assert!(!role(&lab, other).unwrap().0, "{other} not promoted");
+    let conninfo = lab.psql(other, "show primary_conninfo");
     assert!(
         !conninfo.contains(&lab.repl_addr("pg0")) && !conninfo.contains(&lab.addr("pg0")),
-        "pg2 must not be pointed at the stale pg0: {conninfo}"
+        "{other} must not be pointed at the stale pg0: {conninfo}"
     );
     watcher.assert_never_two_primaries();
 }

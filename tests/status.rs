@@ -153,15 +153,21 @@ fn status_shows_each_fault_with_its_fix_and_metrics_count_the_failover() {
         Some(-1.0)
     );
 
-    // The primary's host dies: pgpool runs pgha-failover, node 1 is promoted.
+    // The primary's host dies: pgpool runs pgha-failover, node 1 is
+    // promoted (or node 2, if it received more WAL before pg0 died).
     lab.kill_host("pg0");
-    let v = json_until(&lab, "node 1 primary, node 2 following it", |v| {
-        v["primary"] == 1 && node(v, 2)["upstream"] == 1 && node(v, 2)["problem"].is_null()
+    let v = json_until(&lab, "a standby primary, the other following it", |v| {
+        let Some(new) = v["primary"].as_u64().filter(|p| [1, 2].contains(p)) else {
+            return false;
+        };
+        let other = node(v, 3 - new);
+        other["upstream"] == new && other["problem"].is_null()
     });
+    let new = v["primary"].as_u64().unwrap();
     let old = node(&v, 0);
     assert_eq!(old["role"], "down", "{old}");
     assert_eq!(old["fix"], "start it, then pgha-follow 0", "{old}");
-    assert_eq!(node(&v, 1)["timeline"], 2);
+    assert_eq!(node(&v, new)["timeline"], 2);
     let runs = v["runs"].as_array().unwrap();
     let last = runs.iter().rev().find(|r| r["phase"] == "main").unwrap();
     assert_eq!(
@@ -181,7 +187,7 @@ fn status_shows_each_fault_with_its_fix_and_metrics_count_the_failover() {
     let after = lab.wait_observing("metrics counting the failover", T, || {
         let (_, m) = get(&listen, "/metrics")?;
         if sample(&m, promoted) == Some(1.0)
-            && first(&m, "pgha_node_timeline{node=\"1\"") == Some(2.0)
+            && first(&m, &format!("pgha_node_timeline{{node=\"{new}\"")) == Some(2.0)
         {
             Ok(m)
         } else {

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::util::lab::{Lab, LabOptions, WatchdogView, role};
+use crate::util::lab::{Lab, LabOptions, WatchdogView, role, the_other};
 use crate::util::watch::{SplitBrainWatcher, Writer, assert_none_lost};
 
 const T: Duration = Duration::from_secs(60);
@@ -145,16 +145,6 @@ fn first_write_on_new_primary(
         }
         Err("no pgpool took the write")
     })
-}
-
-/// The standby of pg1/pg2 that was not promoted, and both node ids.
-fn the_other(new: &str) -> (&'static str, u32, u32) {
-    let other = if new == "pg1" { "pg2" } else { "pg1" };
-    (
-        other,
-        new[2..].parse().unwrap(),
-        other[2..].parse().unwrap(),
-    )
 }
 
 #[test]

@@ -852,6 +852,19 @@ impl Drop for Lab {
     }
 }
 
+/// Of pg1 and pg2, the one that is not `new`, and both node ids.
+pub fn the_other(new: &str) -> (&'static str, u32, u32) {
+    let other = if new == "pg1" { "pg2" } else { "pg1" };
+    (other, node_id(new), node_id(other))
+}
+
+/// The node id of a lab node host (`pg2` → 2).
+pub fn node_id(host: &str) -> u32 {
+    host.strip_prefix("pg")
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("{host} is not a node host"))
+}
+
 /// Where a standby streams from right now: (sender host, timeline).
 pub fn upstream(lab: &Lab, host: &str) -> Option<(String, u32)> {
     let out = lab
@@ -875,6 +888,22 @@ impl Lab {
                 other => Err(other),
             },
         );
+    }
+
+    /// Waits until one of the standbys pg1..pgN is primary on timeline `tl`
+    /// and returns it. pgha promotes the standby with the most WAL and
+    /// pgpool's choice only on a tie; which standby received most when the
+    /// primary died is chance, so a test never assumes pg1.
+    pub fn wait_new_primary(&self, tl: u32, timeout: Duration) -> String {
+        self.wait_observing(&format!("a primary on timeline {tl}"), timeout, || {
+            let seen: Vec<_> = (1..=self.standbys)
+                .map(|k| (format!("pg{k}"), role(self, &format!("pg{k}"))))
+                .collect();
+            seen.iter()
+                .find(|(_, r)| matches!(r, Ok((true, t)) if *t == tl))
+                .map(|(h, _)| h.clone())
+                .ok_or(seen)
+        })
     }
 
     /// Waits until `host` streams from `from` (either of its addresses) on
