@@ -120,10 +120,11 @@ impl WatchdogInfo {
         }
         if !self.has_quorum() {
             return Some(format!(
-                "this pgpool ({}) leads pgpool's watchdog without quorum ({} of the {} members needed are alive): it may be cut off from the others",
+                "this pgpool ({}) leads pgpool's watchdog without quorum ({} of its {} members alive, {} needed): it may be cut off from the others",
                 self.local.name,
                 self.alive + 1,
-                self.nodes_for_quorum.max(1) + 1,
+                self.others.len() + 1,
+                self.nodes_for_quorum.max(1),
             ));
         }
         None
@@ -156,7 +157,7 @@ mod tests {
     /// A reply as pgpool 4.7's `get_node_list_json` writes it, trimmed.
     fn reply(local_state: (i32, &str), leader: &str, quorum: i32) -> String {
         format!(
-            r#"{{"RemoteNodeCount":2,"MemberRemoteNodeCount":2,"NodesRequireForQuorum":1,
+            r#"{{"RemoteNodeCount":2,"MemberRemoteNodeCount":2,"NodesRequireForQuorum":2,
             "QuorumStatus":{quorum},"AliveNodeCount":1,"Escalated":0,
             "LeaderNodeName":"{leader}","LeaderHostName":"127.0.101.21","NodeCount":3,
             "WatchdogNodes":[
@@ -190,9 +191,16 @@ mod tests {
         assert_eq!(w.why_not_leader(), None);
         let w = WatchdogInfo::parse(&reply((4, "LEADER"), leader, 0)).unwrap();
         assert_eq!(w.why_not_leader(), None, "pgpool acts on the edge too");
-        let w = WatchdogInfo::parse(&reply((4, "LEADER"), leader, -1)).unwrap();
+        let alone = reply((4, "LEADER"), leader, -1)
+            .replace("\"AliveNodeCount\":1", "\"AliveNodeCount\":0");
+        let w = WatchdogInfo::parse(&alone).unwrap();
         let why = w.why_not_leader().unwrap();
         assert!(why.contains("without quorum"), "{why}");
+        // NodesRequireForQuorum counts the members needed, this one too.
+        assert!(
+            why.contains("(1 of its 3 members alive, 2 needed)"),
+            "{why}"
+        );
     }
 
     #[test]
