@@ -8,6 +8,9 @@
 #   from it, so pgpool can be cut off from a node while replication goes on.
 #   --pgpools 3 adds app1 = NET.21 and app2 = NET.22, each running its own
 #   pgpool; the three form one pgpool-II watchdog cluster (quorum 2 of 3).
+#   Each host's processes also share a cgroup (v2), pgha-lab/NAME/HOST, so
+#   that iptables can tell which host a packet comes from on the shared
+#   loopback (`lab.sh cut`).
 #
 # Run as root. See `lab.sh help`.
 set -euo pipefail
@@ -53,6 +56,10 @@ usage: lab.sh COMMAND [ARGS]
                              a stalled hypervisor); resume NAME HOST sends SIGCONT
   blackhole NAME ADDR        silently drop every packet to ADDR (iptables DROP)
   unblackhole NAME ADDR      remove that rule
+  cut NAME HOST PEER...      a network cut between HOST and each PEER: every packet
+                             between them is dropped, both ways, on all their addresses
+                             (iptables, by sender cgroup and destination); HOST still
+                             reaches every other host. heal NAME HOST PEER... undoes it
   start-pg NAME HOST         start PostgreSQL on HOST (pg_ctl start)
   start-pgpool NAME [HOST]   (re)start pgpool on HOST (default app; app1, app2 with
                              --pgpools 3) and wait until it accepts (and has joined the
@@ -153,6 +160,19 @@ host_procs() {
 	return 0
 }
 
+# Every host shares loopback, and a packet's source address is 127.0.0.1
+# whatever host sent it; its sender's cgroup tells the hosts apart.
+cg_root() { awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts; }
+cg_rel() { echo "pgha-lab/$NAME/$1"; }
+
+join_cg() { # HOST PID: PID, and whatever it starts from now on, runs in HOST's cgroup
+	local root d
+	root=$(cg_root)
+	[ -n "$root" ] || return 0
+	d=$root/$(cg_rel "$1")
+	mkdir -p "$d" && echo "$2" >"$d/cgroup.procs" || die "cannot put pid $2 into cgroup $d"
+}
+
 # --- running things on a host ------------------------------------------------
 
 on_host() { # on_host HOST USER CMD...
@@ -160,11 +180,14 @@ on_host() { # on_host HOST USER CMD...
 	shift 2
 	pid=$(host_pid "$h")
 	pid_on_host "$pid" "$h" || die "host $h of lab $NAME is not running"
-	if [ "$u" = root ]; then
-		nsenter -t "$pid" -m -- "$@"
-	else
-		nsenter -t "$pid" -m -- runuser -u "$u" -- env HOME=/var/lib/postgresql PATH="$PG_BIN:$PGPOOL_BIN:/usr/sbin:/usr/bin:/bin" "$@"
-	fi
+	(
+		join_cg "$h" "$BASHPID"
+		if [ "$u" = root ]; then
+			exec nsenter -t "$pid" -m -- "$@"
+		else
+			exec nsenter -t "$pid" -m -- runuser -u "$u" -- env HOME=/var/lib/postgresql PATH="$PG_BIN:$PGPOOL_BIN:/usr/sbin:/usr/bin:/bin" "$@"
+		fi
+	)
 }
 
 wait_for() { # wait_for SECONDS WHAT CMD...
@@ -384,6 +407,7 @@ start_host() { # HOST: namespace + sshd
 		mount --bind $hd/etc-pgha /etc/pgha && $extra
 		exec /usr/sbin/sshd -D -e -f $hd/sshd_config" >>"$hd/sshd.log" 2>&1 </dev/null &
 	pid=$!
+	join_cg "$h" "$pid"
 	echo "$pid" >"$hd/sshd.pid"
 	# Wait until the mounts are in place (the ns differs and sshd listens).
 	local a
@@ -744,10 +768,19 @@ cmd_down() {
 		sleep 0.1
 	done
 	free_pgpool_shm
-	# iptables rules this lab added.
-	local rule
-	{ iptables -S INPUT 2>/dev/null || true; } | { grep -F -- "--comment \"pgha-lab:$name\" " || true; } |
-		sed 's/^-A /-D /' | while read -r rule; do eval "iptables $rule" || true; done
+	# iptables rules this lab added (blackhole: INPUT; cut: OUTPUT).
+	local rule chain
+	for chain in INPUT OUTPUT; do
+		{ iptables -S "$chain" 2>/dev/null || true; } | { grep -F -- "--comment \"pgha-lab:$name\" " || true; } |
+			sed 's/^-A /-D /' | while read -r rule; do eval "iptables $rule" || true; done
+	done
+	# The hosts' cgroups, empty now.
+	local cg
+	cg=$(cg_root)
+	if [ -n "$cg" ] && [ -d "$cg/pgha-lab/$name" ]; then
+		rmdir "$cg/pgha-lab/$name"/* "$cg/pgha-lab/$name" 2>/dev/null ||
+			log "cgroup $cg/pgha-lab/$name is not empty: $(cat "$cg/pgha-lab/$name"/*/cgroup.procs 2>/dev/null | tr '\n' ' ')"
+	fi
 	[ -n "${NET:-}" ] && rm -rf "${LAB_ROOT:?}/nets/$NET"
 	rm -rf "$LAB_DIR"
 	log "$name: down"
@@ -781,6 +814,33 @@ cmd_unblackhole() {
 	iptables -D INPUT -d "$1" -m comment --comment "pgha-lab:$NAME" -j DROP
 }
 
+host_addrs() { # HOST: every address it has (a node also has its replication one)
+	host_addr "$1"
+	case "$1" in pg[0-9]) repl_addr "$1" ;; esac
+}
+
+# Packets HOST's processes send to ADDR are dropped (-I) or pass again (-D).
+cut_rule() { # -I|-D HOST ADDR
+	iptables "$1" OUTPUT -m cgroup --path "$(cg_rel "$2")" -d "$3" -m comment --comment "pgha-lab:$NAME" -j DROP
+}
+
+cmd_cut() { # -I|-D HOST PEER...
+	local op=$1 h=$2 p a
+	shift 2
+	[ $# -ge 1 ] || die "usage: lab.sh cut|heal NAME HOST PEER..."
+	[ -n "$(cg_root)" ] || die "cut needs a cgroup2 file system mounted (none in /proc/mounts): mount -t cgroup2 none /sys/fs/cgroup"
+	host_addr "$h" >/dev/null
+	for p in "$@"; do
+		host_addr "$p" >/dev/null
+		[ "$p" != "$h" ] || die "cut: $h cannot be cut off from itself"
+	done
+	for p in "$@"; do
+		for a in $(host_addrs "$p"); do cut_rule "$op" "$h" "$a"; done
+		for a in $(host_addrs "$h"); do cut_rule "$op" "$p" "$a"; done
+	done
+	if [ "$op" = -I ]; then log "$NAME: $h cut off from $*"; else log "$NAME: $h reaches $* again"; fi
+}
+
 main() {
 	local cmd=${1:-help}
 	shift || true
@@ -802,6 +862,8 @@ main() {
 	resume) load_env "$1"; host_addr "$2" >/dev/null; cmd_signal "$2" CONT resumed ;;
 	blackhole) load_env "$1"; cmd_blackhole "$2" ;;
 	unblackhole) load_env "$1"; cmd_unblackhole "$2" ;;
+	cut) [ $# -ge 3 ] || die "usage: lab.sh cut NAME HOST PEER..."; load_env "$1"; shift; cmd_cut -I "$@" ;;
+	heal) [ $# -ge 3 ] || die "usage: lab.sh heal NAME HOST PEER..."; load_env "$1"; shift; cmd_cut -D "$@" ;;
 	start-pg) load_env "$1"; pg_ctl_start "$2" ;;
 	start-pgpool)
 		[ $# -ge 1 ] || die "usage: lab.sh start-pgpool NAME [HOST]"

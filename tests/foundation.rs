@@ -265,12 +265,79 @@ fn ticks_since_boot() -> u64 {
     (secs * hz) as u64
 }
 
+/// The lab's iptables rules live in INPUT (blackhole) and OUTPUT (cut).
 fn iptables_rules() -> String {
-    let o = std::process::Command::new("iptables")
-        .args(["-S", "INPUT"])
-        .output()
-        .expect("run iptables -S INPUT");
-    ok("iptables -S INPUT", o)
+    ["INPUT", "OUTPUT"]
+        .iter()
+        .map(|chain| {
+            let o = std::process::Command::new("iptables")
+                .args(["-S", chain])
+                .output()
+                .expect("run iptables -S");
+            ok(&format!("iptables -S {chain}"), o)
+        })
+        .collect()
+}
+
+/// The cgroup2 directory of the lab's hosts (`pgha-lab/NAME`).
+fn lab_cgroup(name: &str) -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let root = mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+        })
+        .expect("a cgroup2 file system is mounted (the lab needs one)");
+    std::path::Path::new(&root).join("pgha-lab").join(name)
+}
+
+/// Can `from` open a TCP connection to `to`:`port`, within 2 s?
+fn connects(lab: &Lab, from: &str, to: &str, port: u16) -> bool {
+    let probe = format!("exec 3<>/dev/tcp/{to}/{port}");
+    lab.exec(from, &["timeout", "2", "bash", "-c", &probe])
+        .status
+        .success()
+}
+
+/// `lab.sh cut` drops what two hosts send each other, both ways and on
+/// every address, and nothing else; `heal` undoes it.
+#[test]
+fn a_cut_separates_two_hosts_and_nothing_else() {
+    let lab = Lab::up(LabOptions::default());
+    let (pg1, pg2) = (lab.addr("pg1"), lab.addr("pg2"));
+    assert!(connects(&lab, "pg1", &pg2, 22), "before the cut");
+    lab.cut("pg1", &["pg2"]);
+    assert!(!connects(&lab, "pg1", &pg2, 22), "pg1 -> pg2 after the cut");
+    assert!(
+        !connects(&lab, "pg1", &lab.repl_addr("pg2"), 22),
+        "pg1 -> pg2's replication address"
+    );
+    assert!(
+        !connects(&lab, "pg2", &pg1, 5432),
+        "pg2 -> pg1 after the cut"
+    );
+    assert!(
+        connects(&lab, "pg1", &lab.addr("pg0"), 5432),
+        "pg1 -> pg0 is not cut"
+    );
+    assert!(connects(&lab, "app", &pg1, 5432), "app -> pg1 is not cut");
+    assert!(connects(&lab, "app", &pg2, 5432), "app -> pg2 is not cut");
+    // Every process of a host is in its cgroup, sshd and PostgreSQL too.
+    let procs = std::fs::read_to_string(lab_cgroup(&lab.name).join("pg1/cgroup.procs")).unwrap();
+    let postmaster =
+        std::fs::read_to_string(lab.host_dir("pg1").join("home/15/main/postmaster.pid")).unwrap();
+    let postmaster = postmaster.lines().next().unwrap();
+    assert!(
+        procs.lines().any(|p| p == postmaster),
+        "pg1's postmaster {postmaster} in {procs}"
+    );
+    lab.heal("pg1", &["pg2"]);
+    assert!(connects(&lab, "pg1", &pg2, 22), "pg1 -> pg2 after the heal");
+    assert!(
+        connects(&lab, "pg2", &pg1, 5432),
+        "pg2 -> pg1 after the heal"
+    );
 }
 
 #[test]
@@ -282,6 +349,13 @@ fn teardown_leaves_nothing_behind() {
     let tag = format!("pgha-lab:{name}");
     let target = lab.repl_addr("pg2"); // unused by pgpool and replication: no failover
     lab.blackhole(&target);
+    lab.cut("pg1", &["pg2"]);
+    let cgroup = lab_cgroup(&name);
+    assert!(
+        cgroup.join("app").is_dir(),
+        "no cgroup {}",
+        cgroup.display()
+    );
     let rules = iptables_rules();
     assert!(
         rules
@@ -355,6 +429,7 @@ fn teardown_leaves_nothing_behind() {
         "iptables rules of lab {name} survived down:\n{rules}"
     );
     assert!(!dir.exists(), "{} survived down", dir.display());
+    assert!(!cgroup.exists(), "{} survived down", cgroup.display());
     assert!(
         !net_dir.exists(),
         "address block {} is still reserved",

@@ -691,6 +691,22 @@ impl Lab {
         self.lab_ok(&["unblackhole", &self.name, addr]);
     }
 
+    /// A network cut between `host` and each of `peers` (`lab.sh cut`):
+    /// every packet between them is dropped, both ways, on all their
+    /// addresses; each still reaches the other hosts.
+    pub fn cut(&self, host: &str, peers: &[&str]) {
+        let mut args = vec!["cut", &self.name, host];
+        args.extend_from_slice(peers);
+        self.lab_ok(&args);
+    }
+
+    /// Undoes [`Lab::cut`] (`lab.sh heal`).
+    pub fn heal(&self, host: &str, peers: &[&str]) {
+        let mut args = vec!["heal", &self.name, host];
+        args.extend_from_slice(peers);
+        self.lab_ok(&args);
+    }
+
     /// `pg_ctl start -w` on `host` (`lab.sh start-pg`).
     pub fn start_pg(&self, host: &str) {
         self.lab_ok(&["start-pg", &self.name, host]);
