@@ -366,10 +366,11 @@ pub(crate) fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
 
-/// `pgha-check --watch` started on the app host; stopped (SIGTERM by pid)
-/// when dropped.
+/// `pgha-check --watch` started on a pgpool host; stopped (SIGTERM by
+/// pid) when dropped.
 pub(crate) struct Watch<'a> {
     pub(crate) lab: &'a Lab,
+    pub(crate) host: String,
     pub(crate) child: Child,
 }
 
@@ -377,25 +378,34 @@ impl Watch<'_> {
     /// `pgha-check --watch --interval 1s --listen LISTEN` on the app host,
     /// stopped when dropped.
     pub(crate) fn start<'a>(lab: &'a Lab, listen: &str) -> Watch<'a> {
+        Watch::start_on(lab, "app", listen)
+    }
+
+    /// The same on pgpool host `host`.
+    pub(crate) fn start_on<'a>(lab: &'a Lab, host: &str, listen: &str) -> Watch<'a> {
         let script = format!(
             "echo $$ >/tmp/pgha-watch.pid; exec {} --watch --interval 1s --listen {listen}",
             lab.bin("pgha-check")
         );
         let child = Command::new(lab_sh())
-            .args(["exec", &lab.name, "app", "--", "sh", "-c", &script])
+            .args(["exec", &lab.name, host, "--", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        Watch { lab, child }
+        Watch {
+            lab,
+            host: host.to_string(),
+            child,
+        }
     }
 }
 
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
-        let pid = std::fs::read_to_string(self.lab.host_dir("app").join("tmp/pgha-watch.pid"))
-            .unwrap_or_default();
+        let pid = self.lab.host_dir(&self.host).join("tmp/pgha-watch.pid");
+        let pid = std::fs::read_to_string(pid).unwrap_or_default();
         if let Ok(pid) = pid.trim().parse::<i32>() {
             // SAFETY: kill(2) on a pid this test started; no memory involved.
             unsafe { libc::kill(pid, libc::SIGTERM) };

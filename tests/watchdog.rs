@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::check::{Watch, get, sample};
 use crate::util::lab::{Lab, LabOptions, WatchdogView, role, the_other};
 use crate::util::watch::{SplitBrainWatcher, Writer, assert_none_lost};
 
@@ -259,9 +260,31 @@ fn leader_host_killed_the_cluster_elects_another() {
     let hosts = lab.pgpool_hosts();
     let leader = agreed_leader(&lab, &hosts, 2).unwrap();
     create_table(&lab);
+    let rest: Vec<String> = hosts.iter().filter(|h| **h != leader).cloned().collect();
+    // pgha-check --watch on a member that survives: its /metrics show the
+    // watchdog as that member sees it.
+    let listen = format!("{}:9187", lab.addr(&rest[0]));
+    let _watch = Watch::start_on(&lab, &rest[0], &listen);
+    let member_state = |m: &str, host: &str| -> Option<String> {
+        let prefix = format!(
+            "pgha_watchdog_member{{member=\"{}\",state=\"",
+            lab.addr(host)
+        );
+        m.lines()
+            .find_map(|l| Some(l.strip_prefix(&prefix)?.split('"').next()?.to_string()))
+    };
+    lab.wait_observing("/metrics: quorum, and the leader as LEADER", T, || {
+        let (_, m) = get(&listen, "/metrics")?;
+        match (
+            sample(&m, "pgha_watchdog_quorum_status"),
+            member_state(&m, &leader),
+        ) {
+            (Some(q), Some(s)) if q == 1.0 && s == "LEADER" => Ok(()),
+            seen => Err(format!("{seen:?}")),
+        }
+    });
     let killed = Instant::now();
     lab.kill_host(&leader);
-    let rest: Vec<String> = hosts.iter().filter(|h| **h != leader).cloned().collect();
 
     let new_leader = lab.wait_observing(
         &format!("{rest:?} to elect a leader with quorum after {leader} died"),
@@ -290,6 +313,26 @@ fn leader_host_killed_the_cluster_elects_another() {
             write_via(&lab, h, id)
         });
     }
+    // The metrics follow: the new leader LEADER, the killed one gone, the
+    // quorum still there (two of three).
+    lab.wait_observing("/metrics: the new leader, the old one lost", T, || {
+        let (_, m) = get(&listen, "/metrics")?;
+        let seen = (
+            sample(&m, "pgha_watchdog_quorum_status"),
+            member_state(&m, &new_leader),
+            member_state(&m, &leader),
+        );
+        match &seen {
+            (Some(q), Some(new), Some(old))
+                if *q == 1.0
+                    && new == "LEADER"
+                    && matches!(old.as_str(), "LOST" | "DEAD" | "SHUTDOWN") =>
+            {
+                Ok(())
+            }
+            _ => Err(format!("{seen:?}")),
+        }
+    });
     // Losing a pgpool is no backend failure: pg0 stays the primary, up in
     // both survivors, and nothing was promoted.
     wait_node_on_all(&lab, &rest, 0, true, Some("primary"));
@@ -520,5 +563,166 @@ fn paused_leader_the_others_fail_over_and_it_promotes_nothing_when_it_wakes() {
             write_via(&lab, h, id)
         });
     }
+    watcher.assert_never_two_primaries();
+}
+
+/// The leader loses its quorum while its detached settle phase runs (both
+/// other pgpool hosts die): the settle phase stops within seconds, says
+/// why in pgpool's log and journals a refused run, instead of attaching
+/// standbys for a pgpool that can no longer show it leads.
+#[test]
+fn settle_stops_and_says_why_when_the_leader_loses_its_quorum() {
+    let lab = Lab::up(LabOptions {
+        pgpools: 3,
+        // The settle phase sits at its work for a minute: long enough to
+        // see it stop, and it never ends by itself within the test.
+        failover_command: Some(
+            "env PGHA_FAULT=delay-settling:60000 @BIN@/pgha-failover %d %M %m --old-primary %P"
+                .into(),
+        ),
+        ..LabOptions::default()
+    });
+    let hosts = lab.pgpool_hosts();
+    let leader = agreed_leader(&lab, &hosts, 2).unwrap();
+    let watcher = SplitBrainWatcher::start(&lab);
+    lab.kill_host("pg0");
+    let pid: i32 = lab.wait_observing(&format!("{leader}'s settle phase to start"), T, || {
+        let log = lab.pgpool_log_on(&leader);
+        log.lines()
+            .find_map(|l| {
+                l.split("settling in the background (pid ")
+                    .nth(1)?
+                    .split(')')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .ok_or(())
+    });
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "settle (pid {pid}) runs"
+    );
+    let cut = Instant::now();
+    for h in hosts.iter().filter(|h| **h != leader) {
+        lab.kill_host(h);
+    }
+    let line = lab.wait_observing("the settle phase to stop and say why", T, || {
+        let log = lab.pgpool_log_on(&leader);
+        log.lines()
+            .find(|l| l.contains("stopped settling the standbys"))
+            .map(str::to_string)
+            .ok_or_else(|| log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+    });
+    eprintln!(
+        "settle stopped {:.2}s after the other members died: {line}",
+        cut.elapsed().as_secs_f64()
+    );
+    assert!(
+        line.starts_with("pgha-failover (settle): REFUSED: stopped settling the standbys: ")
+            && line.contains("without quorum")
+            && line.contains("the new leader's pgha-failover settles them"),
+        "{line}"
+    );
+    lab.wait_until(&format!("settle (pid {pid}) to exit"), T, || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    let journal = lab.host_dir(&leader).join("home/pgha/journal.jsonl");
+    let journal = std::fs::read_to_string(journal).unwrap_or_default();
+    let settle: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+        .filter(|e: &serde_json::Value| e["step"] == "run" && e["phase"] == "settle")
+        .collect();
+    assert!(
+        settle.len() == 1 && settle[0]["outcome"] == "refused",
+        "one refused settle run in {leader}'s journal: {settle:?}"
+    );
+    // The main phase had promoted one standby; nothing more happened.
+    let promoted: Vec<&str> = ["pg1", "pg2"]
+        .into_iter()
+        .filter(|h| matches!(role(&lab, h), Ok((true, 2))))
+        .collect();
+    assert_eq!(promoted.len(), 1, "one new primary: {promoted:?}");
+    watcher.assert_never_two_primaries();
+}
+
+/// One pgpool host cut off from the two others (the nodes it still
+/// reaches): it loses its quorum and the others elect a leader. When the
+/// primary dies only their side fails over; pgha-failover run on the
+/// cut-off host refuses although it too sees the primary dead. Once the
+/// cut heals the member rejoins and shows the new primary.
+#[test]
+fn a_pgpool_host_cut_off_from_the_others_acts_on_nothing() {
+    let lab = three_pgpools();
+    let hosts = lab.pgpool_hosts();
+    let cut_off = agreed_leader(&lab, &hosts, 2).unwrap();
+    let rest: Vec<String> = hosts.iter().filter(|h| **h != cut_off).cloned().collect();
+    let peers: Vec<&str> = rest.iter().map(String::as_str).collect();
+    create_table(&lab);
+    let watcher = SplitBrainWatcher::start(&lab);
+    let writer = Writer::start_on(&lab, &rest[0]);
+    writer.wait_more(&lab, 10, "writes through a member", T);
+    lab.cut(&cut_off, &peers);
+    let new_leader = lab.wait_observing(
+        &format!("{rest:?} to elect a leader with {cut_off} cut off"),
+        T,
+        || agreed_leader(&lab, &rest, 1),
+    );
+    lab.wait_observing(&format!("{cut_off} to see it has no quorum"), T, || {
+        let v = lab.watchdog_info(&cut_off)?;
+        if v.has_quorum() {
+            Err(format!("{} {}", v.own_state(), v.quorum))
+        } else {
+            Ok(())
+        }
+    });
+    eprintln!("{cut_off} cut off; {new_leader} leads the other two");
+
+    lab.kill_host("pg0");
+    let mut id = 100;
+    let what = "a write through the majority's pgpool on a new primary";
+    let (via, new) = first_write_on_new_primary(&lab, &rest, &mut id, what, T);
+    eprintln!("first write through {via}, {new} primary");
+    let (code, _, err) = run_on(
+        &lab,
+        &cut_off,
+        "pgha-failover",
+        &["0", "0", "1", "--old-primary", "0"],
+    );
+    assert_eq!(code, Some(4), "refused on {cut_off}: {err}");
+    assert!(
+        err.contains("without quorum") && err.contains("nothing changed"),
+        "{err}"
+    );
+    let (other, new_id, other_id) = the_other(new);
+    lab.wait_streams(other, new, 2, T);
+    wait_node_on_all(&lab, &rest, new_id, true, Some("primary"));
+    wait_node_on_all(&lab, &rest, other_id, true, Some("standby"));
+    writer.wait_more(&lab, 10, "writes through the member after the failover", T);
+
+    lab.heal(&cut_off, &peers);
+    lab.wait_observing("the three pgpools to agree on a leader again", T, || {
+        agreed_leader(&lab, &hosts, 2)
+    });
+    let rejoined = [cut_off.clone()];
+    wait_node_on_all(&lab, &rejoined, new_id, true, Some("primary"));
+    wait_node_on_all(&lab, &rejoined, other_id, true, Some("standby"));
+    wait_node_on_all(&lab, &rejoined, 0, false, None);
+    for h in &hosts {
+        lab.wait_observing(&format!("a write through {h}'s pgpool"), T, || {
+            id += 1;
+            write_via(&lab, h, id)
+        });
+    }
+    assert_none_lost(&lab, new, &writer.stop());
+    let by_host = promotions_by_host(&lab);
+    let total: usize = by_host.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 1, "exactly one promotion: {by_host:?}");
+    assert_eq!(
+        by_host.iter().find(|(h, _)| *h == cut_off).map(|(_, n)| *n),
+        Some(0),
+        "the cut-off member promoted nothing: {by_host:?}"
+    );
     watcher.assert_never_two_primaries();
 }

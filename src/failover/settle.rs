@@ -110,7 +110,10 @@ async fn settle_all(
             None => None,
         }
     };
-    let work = async { tokio::join!(futures::future::join_all(tasks), rejoin) };
+    let work = async {
+        super::fault::delay("settling").await;
+        tokio::join!(futures::future::join_all(tasks), rejoin)
+    };
     tokio::select! {
         done = work => Ok(done),
         why = leadership_lost(x.topo, x.deadline) => Err(Error::Refused(format!(
