@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::lab::{Lab, LabOptions, role, the_other, upstream};
+use crate::util::lab::{Lab, LabOptions, role, settle_pid, the_other, upstream};
 use crate::util::watch::{SplitBrainWatcher, Writer, assert_none_lost};
 
 const T: Duration = Duration::from_secs(30);
@@ -523,18 +523,8 @@ fn the_settle_phase_holds_no_pgpool_socket_and_pgpool_restarts_meanwhile() {
     });
     let watcher = SplitBrainWatcher::start(&lab);
     lab.kill_host("pg0");
-    let pid: u32 = lab.wait_observing("the settle phase to start", T, || {
-        let log = lab.pgpool_log();
-        log.lines()
-            .find_map(|l| {
-                l.split("settling in the background (pid ")
-                    .nth(1)?
-                    .split(')')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .ok_or(())
+    let pid = lab.wait_observing("the settle phase to start", T, || {
+        settle_pid(&lab.pgpool_log()).ok_or(())
     });
     let fds = |pid: &str| -> Vec<String> {
         std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::check::{Watch, get, sample};
-use crate::util::lab::{Lab, LabOptions, WatchdogView, role, the_other};
+use crate::util::lab::{Lab, LabOptions, WatchdogView, role, settle_pid, the_other};
 use crate::util::watch::{SplitBrainWatcher, Writer, assert_none_lost};
 
 const T: Duration = Duration::from_secs(60);
@@ -80,6 +80,18 @@ fn promotions_by_host(lab: &Lab) -> Vec<(String, usize)> {
             (h, n)
         })
         .collect()
+}
+
+/// The pgpool host whose pgha-failover journaled the promotion; panics
+/// unless there was exactly one across all hosts.
+fn the_one_promoter(lab: &Lab) -> String {
+    let by_host = promotions_by_host(lab);
+    let total: usize = by_host.iter().map(|(_, n)| n).sum();
+    assert_eq!(
+        total, 1,
+        "exactly one promotion; journaled per pgpool host: {by_host:?}"
+    );
+    by_host.into_iter().find(|(_, n)| *n == 1).unwrap().0
 }
 
 /// A write through `host`'s pgpool into table `wd` of database app.
@@ -232,16 +244,10 @@ fn killed_primary_with_three_pgpools_fails_over_once() {
         .collect();
     assert_eq!(primaries, [new], "exactly one read-write node");
     assert!(lab.try_psql("pg0", "select 1").is_err(), "pg0 is dead");
-    let by_host = promotions_by_host(&lab);
-    let total: usize = by_host.iter().map(|(_, n)| n).sum();
-    assert_eq!(
-        total, 1,
-        "promotions journaled per pgpool host: {by_host:?}"
-    );
     // pgpool runs failover_command on the watchdog leader only.
-    let promoter = &by_host.iter().find(|(_, n)| *n == 1).unwrap().0;
+    let promoter = the_one_promoter(&lab);
     assert_eq!(
-        promoter, &leader,
+        promoter, leader,
         "pgha-failover ran on {promoter}, the leader is {leader}"
     );
     let log = lab.pgpool_log_on(&leader);
@@ -498,10 +504,7 @@ fn leader_dies_during_failover(at: &str) {
     );
     writer.wait_more(&lab, 10, "writes through the member after the failover", T);
     assert_none_lost(&lab, new, &writer.stop());
-    let by_host = promotions_by_host(&lab);
-    let total: usize = by_host.iter().map(|(_, n)| n).sum();
-    assert_eq!(total, 1, "exactly one promotion: {by_host:?}");
-    let promoted_on = &by_host.iter().find(|(_, n)| *n == 1).unwrap().0;
+    let promoted_on = &the_one_promoter(&lab);
     match at {
         "claimed" => assert_ne!(promoted_on, &leader, "the old leader died before promoting"),
         _ => assert_eq!(
@@ -550,12 +553,10 @@ fn paused_leader_the_others_fail_over_and_it_promotes_nothing_when_it_wakes() {
     });
     let (other, _, _) = the_other(new);
     lab.wait_streams(other, new, 2, T);
-    let by_host = promotions_by_host(&lab);
-    let total: usize = by_host.iter().map(|(_, n)| n).sum();
-    assert_eq!(total, 1, "exactly one promotion: {by_host:?}");
-    assert_eq!(
-        by_host.iter().find(|(h, _)| *h == leader).map(|(_, n)| *n),
-        Some(0)
+    assert_ne!(
+        the_one_promoter(&lab),
+        leader,
+        "the frozen leader promoted nothing"
     );
     for h in &hosts {
         lab.wait_observing(&format!("a write through {h}'s pgpool"), T, || {
@@ -586,18 +587,8 @@ fn settle_stops_and_says_why_when_the_leader_loses_its_quorum() {
     let leader = agreed_leader(&lab, &hosts, 2).unwrap();
     let watcher = SplitBrainWatcher::start(&lab);
     lab.kill_host("pg0");
-    let pid: i32 = lab.wait_observing(&format!("{leader}'s settle phase to start"), T, || {
-        let log = lab.pgpool_log_on(&leader);
-        log.lines()
-            .find_map(|l| {
-                l.split("settling in the background (pid ")
-                    .nth(1)?
-                    .split(')')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .ok_or(())
+    let pid = lab.wait_observing(&format!("{leader}'s settle phase to start"), T, || {
+        settle_pid(&lab.pgpool_log_on(&leader)).ok_or(())
     });
     assert!(
         std::path::Path::new(&format!("/proc/{pid}")).exists(),
@@ -716,13 +707,10 @@ fn a_pgpool_host_cut_off_from_the_others_acts_on_nothing() {
         });
     }
     assert_none_lost(&lab, new, &writer.stop());
-    let by_host = promotions_by_host(&lab);
-    let total: usize = by_host.iter().map(|(_, n)| n).sum();
-    assert_eq!(total, 1, "exactly one promotion: {by_host:?}");
-    assert_eq!(
-        by_host.iter().find(|(h, _)| *h == cut_off).map(|(_, n)| *n),
-        Some(0),
-        "the cut-off member promoted nothing: {by_host:?}"
+    assert_ne!(
+        the_one_promoter(&lab),
+        cut_off,
+        "the cut-off member promoted nothing"
     );
     watcher.assert_never_two_primaries();
 }

@@ -881,6 +881,19 @@ pub fn node_id(host: &str) -> u32 {
         .unwrap_or_else(|| panic!("{host} is not a node host"))
 }
 
+/// The pid of the detached settle phase pgha-failover started, from the
+/// line it printed in pgpool's log ("settling in the background (pid N)").
+pub fn settle_pid(pgpool_log: &str) -> Option<u32> {
+    pgpool_log.lines().find_map(|l| {
+        l.split("settling in the background (pid ")
+            .nth(1)?
+            .split(')')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// Where a standby streams from right now: (sender host, timeline).
 pub fn upstream(lab: &Lab, host: &str) -> Option<(String, u32)> {
     let out = lab
