@@ -71,7 +71,7 @@ pub(crate) fn conf_value(text: &str, key: &str) -> Option<String> {
 
 /// `text` with every setting of `key` removed and `key = 'value'` appended
 /// (quotes doubled), as `ALTER SYSTEM` writes `postgresql.auto.conf`.
-fn set_conf(text: &str, key: &str, value: &str) -> String {
+pub(crate) fn set_conf(text: &str, key: &str, value: &str) -> String {
     let mut out: Vec<&str> = text
         .lines()
         .filter(|l| conf_line_value(l, key).is_none())

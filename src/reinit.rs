@@ -339,16 +339,22 @@ fn source_conninfo(topo: &Topology, primary: &Node) -> String {
 }
 
 /// `pg_rewind` arguments for a server of version `version_num`:
-/// `--restore-target-wal` (13+) lets it fetch the node's missing WAL with
-/// its own `restore_command`.
-fn pg_rewind_args(bin: &str, data: &str, source: &str, version_num: u32) -> Vec<String> {
+/// `--restore-target-wal` (13+, when it has one) lets it fetch the node's
+/// missing WAL with its own `restore_command`.
+fn pg_rewind_args(
+    bin: &str,
+    data: &str,
+    source: &str,
+    version_num: u32,
+    restore: bool,
+) -> Vec<String> {
     let mut v = vec![
         bin.to_string(),
         "-D".to_string(),
         data.to_string(),
         format!("--source-server={source}"),
     ];
-    if version_num >= 130000 {
+    if version_num >= 130000 && restore {
         v.push("--restore-target-wal".to_string());
     }
     v
@@ -434,7 +440,14 @@ pub(crate) async fn rewind(
         .display()
         .to_string();
     let data = node.data_dir()?.display().to_string();
-    let args = pg_rewind_args(&bin, &data, &source_conninfo(topo, primary), version);
+    let restore = version >= 130000 && restore_for_rewind(topo, remote, node, deadline).await?;
+    let args = pg_rewind_args(
+        &bin,
+        &data,
+        &source_conninfo(topo, primary),
+        version,
+        restore,
+    );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let t = budget(deadline, topo.config.follow.rewind_timeout);
     let out = remote
@@ -489,14 +502,7 @@ pub(crate) async fn configure_standby(
         "recovery.conf"
     };
     let text = read_if_exists(topo, remote, node, &data.join(file), deadline).await?;
-    let setting = async |key| match conf_value(&text, key) {
-        Some(c) => Ok(Some(c)),
-        None => {
-            let main = data.join("postgresql.conf");
-            let main = read_if_exists(topo, remote, node, &main, deadline).await?;
-            Ok::<_, Error>(conf_value(&main, key))
-        }
-    };
+    let setting = async |key| stopped_setting(topo, remote, node, &text, key, deadline).await;
     let current = setting("primary_conninfo").await?;
     let conninfo = crate::pgconf::follow_conninfo(
         current.as_deref().filter(|c| !c.is_empty()),
@@ -513,6 +519,60 @@ pub(crate) async fn configure_standby(
         .await
         .map_err(|e| Error::step(&step, e))?;
     Ok(conninfo)
+}
+
+/// The value of `key` in the stopped node's configuration: in `text` (its
+/// `postgresql.auto.conf`, or `recovery.conf` before 12) when set there,
+/// else in its `postgresql.conf`.
+async fn stopped_setting(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    text: &str,
+    key: &str,
+    deadline: Instant,
+) -> Result<Option<String>> {
+    if let Some(v) = conf_value(text, key) {
+        return Ok(Some(v));
+    }
+    let main = node.data_dir()?.join("postgresql.conf");
+    let main = read_if_exists(topo, remote, node, &main, deadline).await?;
+    Ok(conf_value(&main, key))
+}
+
+/// Whether pg_rewind can fetch the stopped node's missing WAL with its
+/// `restore_command` (`--restore-target-wal`, 13+): not when it has none
+/// (pg_rewind would stop at once, "restore_command is not set in the
+/// target cluster"). One left paused by an interrupted pgha run
+/// ([`crate::restore::paused`]) is put back first, in its
+/// `postgresql.auto.conf`.
+async fn restore_for_rewind(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    deadline: Instant,
+) -> Result<bool> {
+    let auto = node.data_dir()?.join("postgresql.auto.conf");
+    let text = read_if_exists(topo, remote, node, &auto, deadline).await?;
+    let Some(cmd) = stopped_setting(topo, remote, node, &text, "restore_command", deadline).await?
+    else {
+        return Ok(false);
+    };
+    if let Some(original) = crate::restore::unpaused(&cmd) {
+        let fixed = crate::pgconf::set_conf(&text, "restore_command", original);
+        let t = budget(deadline, topo.config.ssh.command_timeout);
+        let path = auto.display().to_string();
+        remote
+            .write_file(&node.ssh_host, &path, fixed.as_bytes(), 0o600, t)
+            .await
+            .map_err(|e| Error::step(&format!("put back restore_command in {path}"), e))?;
+        info!(
+            "{}: restore_command put back (an interrupted run left it paused): {original}",
+            node.label()
+        );
+        return Ok(!original.trim().is_empty());
+    }
+    Ok(!cmd.trim().is_empty())
 }
 
 /// A file of the node's data directory over ssh, empty when it is not
@@ -908,7 +968,7 @@ mod tests {
 
     #[test]
     fn rewind_arguments() {
-        let a = pg_rewind_args("/b/pg_rewind", "/d", "host='h' port='5432'", 150000);
+        let a = pg_rewind_args("/b/pg_rewind", "/d", "host='h' port='5432'", 150000, true);
         assert_eq!(
             a,
             [
@@ -919,7 +979,10 @@ mod tests {
                 "--restore-target-wal"
             ]
         );
-        let a = pg_rewind_args("/b/pg_rewind", "/d", "host=h", 120000);
+        let a = pg_rewind_args("/b/pg_rewind", "/d", "host=h", 120000, true);
+        assert!(!a.iter().any(|x| x == "--restore-target-wal"));
+        // No restore_command: with the flag pg_rewind would stop at once.
+        let a = pg_rewind_args("/b/pg_rewind", "/d", "host=h", 150000, false);
         assert!(!a.iter().any(|x| x == "--restore-target-wal"));
     }
 

@@ -22,16 +22,49 @@ pub enum Retarget {
     Ambiguous(String),
 }
 
+/// How a paused `restore_command` begins. A standby waiting for a promote
+/// request or for a new upstream runs its `restore_command` between
+/// attempts, and in the scp layout each run may wait for a silent host;
+/// pgha pauses it meanwhile (14+, a reload) with a command that fails at
+/// once and carries the original, so that a run killed before it puts
+/// the original back leaves it recoverable on the node itself: every later
+/// [`retarget`] (a rerun, pgha-follow, pgha-attach --rejoin) restores it,
+/// and pgha-check names it.
+const PAUSED: &str = "exit 1 # paused by pgha while it promotes or repoints this node, was: ";
+
+/// `cmd`, paused (once: a paused command stays as it is).
+pub fn paused(cmd: &str) -> String {
+    format!("{PAUSED}{}", original(cmd))
+}
+
+/// The command a paused `restore_command` stands for; `None` when `cmd`
+/// is not paused.
+pub fn unpaused(cmd: &str) -> Option<&str> {
+    cmd.strip_prefix(PAUSED)
+}
+
+/// The command `cmd` stands for: its original when paused, else itself.
+pub fn original(cmd: &str) -> &str {
+    unpaused(cmd).unwrap_or(cmd)
+}
+
 /// The `restore_command` a standby should have to follow `upstream`:
 /// `[postgres] restore_command` with `{host}` replaced when configured,
 /// else `current` with the one backend it names replaced by `upstream`'s
-/// replication address.
+/// replication address. A paused command is judged by its original, and
+/// is never kept paused.
 pub fn retarget(
     current: &str,
     template: Option<&str>,
     nodes: &[Node],
     upstream: &Node,
 ) -> Retarget {
+    if let Some(original) = unpaused(current) {
+        return match retarget(original, template, nodes, upstream) {
+            Retarget::Set(cmd) => Retarget::Set(cmd),
+            Retarget::Keep | Retarget::Ambiguous(_) => Retarget::Set(original.to_string()),
+        };
+    }
     if let Some(t) = template {
         let want = t.replace("{host}", &upstream.replication_host);
         return if want == current {
@@ -187,6 +220,36 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_paused_command_is_put_back_retargeted() {
+        let n = nodes();
+        let cmd = "scp 127.0.0.102:/a/%f %p || exit 1";
+        let p = paused(cmd);
+        assert_eq!(unpaused(&p), Some(cmd));
+        assert_eq!(unpaused(cmd), None);
+        assert_eq!(paused(&p), p, "paused once");
+        assert_eq!(original(&p), cmd);
+        assert_eq!(original(cmd), cmd);
+        assert!(p.starts_with("exit 1 #"), "fails at once: {p}");
+        assert_eq!(
+            retarget(&p, None, &n, &n[1]),
+            Retarget::Set("scp 127.0.0.103:/a/%f %p || exit 1".into())
+        );
+        // Already naming the upstream, or naming no backend: the
+        // original, unpaused.
+        assert_eq!(retarget(&p, None, &n, &n[0]), Retarget::Set(cmd.into()));
+        let local = paused("cp /a/%f %p");
+        assert_eq!(
+            retarget(&local, None, &n, &n[1]),
+            Retarget::Set("cp /a/%f %p".into())
+        );
+        let both = "scp 127.0.0.2:/a/%f %p || scp 127.0.0.4:/a/%f %p";
+        assert_eq!(
+            retarget(&paused(both), None, &n, &n[1]),
+            Retarget::Set(both.into())
+        );
     }
 
     #[test]

@@ -313,6 +313,20 @@ pub async fn set_restore_command(
     }
 }
 
+/// Pause `node`'s `restore_command` (`original`, what it has now) while a
+/// promote request or a new upstream waits for it (14+ reads it on
+/// reload): see [`crate::restore::paused`]. Put back with
+/// [`set_restore_command`].
+pub async fn pause_restore(
+    topo: &Topology,
+    node: &Node,
+    server_version_num: u32,
+    original: &str,
+) -> Result<RestoreApplied> {
+    let paused = crate::restore::paused(original);
+    set_restore_command(topo, node, server_version_num, &paused).await
+}
+
 /// Cut short the `restore_command` a standby's startup process is running
 /// right now (an `scp` to a silent host waits for ssh's connect timeout,
 /// and the startup process acts on a promote request or a new

@@ -41,8 +41,9 @@ fn a_silent_primary_fails_over_and_every_restore_command_follows_the_new_primary
     watcher.assert_never_two_primaries();
     assert_none_lost(&lab, &new, &acked);
     let want = lab.repl_addr(&new);
-    // The settle phase lets a standby switch to streaming with no
-    // restore_command, then puts back the one pointed at the new primary.
+    // The settle phase lets a standby switch to streaming with its
+    // restore_command paused, then puts back the one pointed at the new
+    // primary.
     for h in [other, new.as_str()] {
         lab.wait_observing(
             &format!("{h}'s restore_command to fetch from {new} ({want})"),

@@ -424,6 +424,62 @@ fn killed_after_promotion_the_rerun_finishes_the_job() {
     watcher.assert_never_two_primaries();
 }
 
+/// Killed between the promote and putting back the candidate's
+/// restore_command (paused so that a promote request is not held by an scp
+/// to the dead host's archive): the new primary is left with the paused
+/// command, which still names the one it stands for, and the rerun puts
+/// it back, pointed at the new primary's own archive. Found by the fault
+/// campaign: a new primary left without one could not be rewound later
+/// ("restore_command is not set in the target cluster").
+#[test]
+fn killed_while_promoting_the_rerun_puts_restore_command_back() {
+    let lab = passive_lab(2);
+    let old = lab.psql("pg1", "show restore_command");
+    assert!(old.contains(&lab.repl_addr("pg0")), "scp layout: {old}");
+    kill_primary_and_wait_detached(&lab);
+    let (out, _) = failover(
+        &lab,
+        &["0", "0", "1"],
+        &[("PGHA_FAULT", "crash-after:promoting")],
+    );
+    assert!(
+        !out.status.success(),
+        "the fault killed it: {}",
+        stderr(&out)
+    );
+    let new = lab.wait_new_primary(2, Duration::ZERO);
+    let paused = lab.psql(&new, "show restore_command");
+    assert!(
+        paused.starts_with("exit 1 # paused by pgha") && paused.contains(&lab.repl_addr("pg0")),
+        "{paused}"
+    );
+
+    let (out, _) = failover(&lab, &["0", "0", "1"], &[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("already the primary") && err.contains("restore_command put back"),
+        "{err}"
+    );
+    let own = lab.psql(&new, "show restore_command");
+    assert_eq!(
+        own,
+        old.replace(&lab.repl_addr("pg0"), &lab.repl_addr(&new)),
+        "its own archive's command"
+    );
+    let (other, _, _) = the_other(&new);
+    lab.wait_streams(other, &new, 2, T);
+    let theirs = lab.psql(other, "show restore_command");
+    assert_eq!(theirs, own, "{other} fetches from {new}'s archive");
+    assert!(
+        journal(&lab)
+            .iter()
+            .any(|l| l["step"] == "restore_command" && l["outcome"] == "done"),
+        "the journal has the step"
+    );
+    assert_eq!(promotions(&lab), 1);
+}
+
 #[test]
 fn bad_input_changes_nothing() {
     let lab = passive_lab(1);

@@ -291,10 +291,16 @@ fn restore_source(
             up.id
         )),
         crate::restore::Retarget::Set(want) => Err((
-            format!(
-                "restore_command '{restore_command}' does not fetch from the archive of {}, which this standby follows",
-                up.label()
-            ),
+            if crate::restore::unpaused(restore_command).is_some() {
+                format!(
+                    "restore_command '{restore_command}' was left paused by an interrupted pgha run: this standby fetches nothing from any archive"
+                )
+            } else {
+                format!(
+                    "restore_command '{restore_command}' does not fetch from the archive of {}, which this standby follows",
+                    up.label()
+                )
+            },
             format!(
                 "ALTER SYSTEM SET restore_command = '{}'; SELECT pg_reload_conf(); (pgha-follow does this too)",
                 want.replace('\'', "''")
@@ -378,7 +384,10 @@ fn verdicts(topo: &Topology, f: &SqlFacts) -> Vec<(&'static str, Verdict)> {
         ),
         (
             "restore_command",
-            command_safety(WalCommand::Restore, get("restore_command")),
+            command_safety(
+                WalCommand::Restore,
+                crate::restore::original(get("restore_command")),
+            ),
         ),
     ];
     if f.state.in_recovery {
@@ -442,6 +451,29 @@ mod tests {
             fix.contains("ALTER SYSTEM SET restore_command = 'scp 127.0.0.3:/a/%f %p || exit 1'"),
             "{fix}"
         );
+    }
+
+    #[test]
+    fn a_paused_restore_command_is_named_with_its_original() {
+        let n = |id, h: &str| Node {
+            id,
+            host: h.into(),
+            port: 5432,
+            data_dir: None,
+            ssh_host: h.into(),
+            replication_host: h.into(),
+            application_name: None,
+        };
+        let nodes = [n(0, "127.0.0.2"), n(1, "127.0.0.3")];
+        let paused = crate::restore::paused("scp 127.0.0.3:/a/%f %p || exit 1");
+        let (m, fix) = restore_source(&paused, &nodes, Some(&nodes[1]), None).unwrap_err();
+        assert!(m.contains("left paused by an interrupted pgha run"), "{m}");
+        assert!(
+            fix.contains("ALTER SYSTEM SET restore_command = 'scp 127.0.0.3:/a/%f %p || exit 1'"),
+            "{fix}"
+        );
+        let safe = command_safety(WalCommand::Restore, crate::restore::original(&paused));
+        assert!(safe.is_ok(), "judged by its original: {safe:?}");
     }
 
     #[test]

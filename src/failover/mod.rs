@@ -433,6 +433,7 @@ async fn already_promoted(
     ctx.x
         .record("promote", Some(p), &did, Duration::ZERO, Fields::new());
     summary.outcome = Outcome::AlreadyPromoted;
+    unpause_restore(ctx, p, &st).await;
     let cannot_follow = diverged_standbys(ctx, p, &st, observed).await;
     let writes = apply_sync(ctx, p, sync, summary).await;
     follow_phase(ctx, p, &st, observed, &cannot_follow, summary).await?;
@@ -514,25 +515,47 @@ async fn promote_quietly(
     let topo = ctx.x.topo;
     let version = cstate.server_version_num;
     let quiet = version >= 140000 && !cstate.restore_command.is_empty();
-    if quiet && let Err(e) = steps::set_restore_command(topo, c, version, "").await {
+    if quiet && let Err(e) = steps::pause_restore(topo, c, version, &cstate.restore_command).await {
         warn!("{e}");
     }
     let promoted = promote_step(ctx, c, cstate, reason, quiet, summary).await;
+    fault::point("promoting");
     if quiet {
-        let own = match crate::restore::retarget(
-            &cstate.restore_command,
-            topo.config.postgres.restore_command.as_deref(),
-            &topo.nodes,
-            c,
-        ) {
-            crate::restore::Retarget::Set(cmd) => cmd,
-            _ => cstate.restore_command.clone(),
-        };
+        let own = own_restore(topo, c, &cstate.restore_command);
         if let Err(e) = steps::set_restore_command(topo, c, version, &own).await {
             warn!("{e}");
         }
     }
     promoted
+}
+
+/// The `restore_command` a new primary keeps: its own archive's (read only
+/// when it is a standby again, and by pg_rewind when it rejoins).
+fn own_restore(topo: &Topology, p: &Node, cmd: &str) -> String {
+    let template = topo.config.postgres.restore_command.as_deref();
+    match crate::restore::retarget(cmd, template, &topo.nodes, p) {
+        crate::restore::Retarget::Set(own) => own,
+        _ => crate::restore::original(cmd).to_string(),
+    }
+}
+
+/// Put back the primary's `restore_command` that a run killed while it
+/// promoted left paused ([`crate::restore::paused`]). Trouble here is
+/// reported, not fatal: a primary does not read it.
+async fn unpause_restore(ctx: &Ctx<'_>, p: &Node, st: &NodeState) {
+    if crate::restore::unpaused(&st.restore_command).is_none() {
+        return;
+    }
+    let own = own_restore(ctx.x.topo, p, &st.restore_command);
+    let set = steps::set_restore_command(ctx.x.topo, p, st.server_version_num, &own);
+    let put = ctx.x.step("restore_command", Some(p), set, |_| {
+        Did::done(format!(
+            "restore_command put back (an interrupted run left it paused): {own}"
+        ))
+    });
+    if let Err(e) = put.await {
+        warn!("{e}; set restore_command = '{own}' there by hand (ALTER SYSTEM, reload)");
+    }
 }
 
 /// Stop a failed primary that may still be alive, and prove it stopped.

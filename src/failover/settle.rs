@@ -284,8 +284,8 @@ async fn stream(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<std::ti
     let quiet = pending
         .filter(|s| s.server_version_num >= 140000 && !s.restore_command.is_empty())
         .map(|s| (s.server_version_num, s.restore_command.clone()));
-    if let Some((v, _)) = &quiet
-        && let Err(e) = steps::set_restore_command(topo, n, *v, "").await
+    if let Some((v, cmd)) = &quiet
+        && let Err(e) = steps::pause_restore(topo, n, *v, cmd).await
     {
         warn!("{e}");
     }
@@ -310,7 +310,7 @@ async fn stream(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<std::ti
     }
     .await;
     if let Some((v, cmd)) = &quiet
-        && let Err(e) = steps::set_restore_command(topo, n, *v, cmd).await
+        && let Err(e) = steps::set_restore_command(topo, n, *v, crate::restore::original(cmd)).await
     {
         error!("{e}; set restore_command = '{cmd}' there by hand (ALTER SYSTEM, reload)");
     }

@@ -177,13 +177,18 @@ pub(super) async fn run(
     let version = cstate.server_version_num;
     let quiet = version >= 140000 && !cstate.restore_command.is_empty();
     let topo = ctx.x.topo;
-    if quiet && let Err(e) = steps::set_restore_command(topo, c, version, "").await {
+    if quiet && let Err(e) = steps::pause_restore(topo, c, version, &cstate.restore_command).await {
         warn!("{e}");
     }
     let unquiet = || async {
         if quiet
-            && let Err(e) =
-                steps::set_restore_command(topo, c, version, &cstate.restore_command).await
+            && let Err(e) = steps::set_restore_command(
+                topo,
+                c,
+                version,
+                crate::restore::original(&cstate.restore_command),
+            )
+            .await
         {
             warn!("{e}");
         }
