@@ -166,7 +166,10 @@ fn status_shows_each_fault_with_its_fix_and_metrics_count_the_failover() {
     let new = v["primary"].as_u64().unwrap();
     let old = node(&v, 0);
     assert_eq!(old["role"], "down", "{old}");
-    assert_eq!(old["fix"], "start it, then pgha-follow 0", "{old}");
+    let rejoin = format!(
+        "once its host is up: pgha-attach --rejoin 0 (starts it as a standby of node {new})"
+    );
+    assert_eq!(old["fix"], rejoin, "{old}");
     assert_eq!(node(&v, new)["timeline"], 2);
     let runs = v["runs"].as_array().unwrap();
     let last = runs.iter().rev().find(|r| r["phase"] == "main").unwrap();
@@ -178,7 +181,9 @@ fn status_shows_each_fault_with_its_fix_and_metrics_count_the_failover() {
     assert!(last["blocked_ms"].as_u64().is_some(), "{last}");
     let (_, table, _) = status(&lab, &[]);
     assert!(
-        table.contains("down: no answer -- fix: start it, then pgha-follow 0"),
+        table.contains(&format!(
+            "never start it by hand: an old primary would come back writable) -- fix: {rejoin}"
+        )),
         "{table}"
     );
     assert!(table.contains("failover node 0  promoted"), "{table}");
@@ -205,4 +210,69 @@ fn status_shows_each_fault_with_its_fix_and_metrics_count_the_failover() {
         )),
         "{after}"
     );
+}
+
+/// A standby that kept streaming from an old primary past the switch point
+/// (as when the old primary comes back before pgha repointed it; found by
+/// the fault campaign) is named diverged, with the one command that makes
+/// it follow: a rewind that discards that WAL, asked for on purpose. A
+/// plain `pgha-follow` refuses it, so naming that would send the operator
+/// round in a loop.
+#[test]
+fn a_standby_that_followed_an_old_primary_is_named_with_the_rewind() {
+    let lab = Lab::up(LabOptions {
+        failover_command: Some("/bin/true".into()),
+        ..LabOptions::default()
+    });
+    // pg1 promoted on its own; pg0 stays primary of timeline 1 and pg2
+    // goes on streaming from it, past pg1's switch point.
+    assert_eq!(lab.psql("pg1", "select pg_promote()"), "t");
+    lab.wait_primary("pg1", 2, T);
+    lab.psql(
+        "pg0",
+        "create table after_the_fork as select generate_series(1, 1000) g",
+    );
+    let lsn = lab.psql("pg0", "select pg_current_wal_lsn()");
+    lab.wait_until("pg2 to receive pg0's WAL past the fork", T, || {
+        let r = lab.psql(
+            "pg2",
+            &format!("select pg_last_wal_receive_lsn() >= '{lsn}'"),
+        );
+        (r == "t").then_some(())
+    });
+    // The old primary goes away again.
+    let data = "/var/lib/postgresql/15/main";
+    let out = lab.exec("pg0", &["pg_ctl", "-D", data, "stop", "-m", "fast", "-w"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let v = json_until(&lab, "pg2 named diverged from pg1", |v| {
+        v["primary"] == 1
+            && node(v, 2)["fix"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("pgha-follow 2 --discard-wal"))
+    });
+    let problem = node(&v, 2)["problem"].as_str().unwrap_or_default();
+    assert!(problem.starts_with("cannot follow node 1"), "{problem}");
+    assert_eq!(
+        node(&v, 0)["fix"],
+        "once its host is up: pgha-attach --rejoin 0 (starts it as a standby of node 1)"
+    );
+    println!(
+        "--- a standby that followed the old primary ---\n{}",
+        status(&lab, &[]).1
+    );
+
+    let plain = crate::follow::pgha(&lab, "pgha-follow", &["2"]);
+    assert!(!plain.status().success(), "{}", plain.stderr());
+    assert!(
+        plain.stderr().contains("--discard-wal"),
+        "{}",
+        plain.stderr()
+    );
+    let named = crate::follow::pgha(&lab, "pgha-follow", &["2", "--discard-wal"]);
+    assert!(named.status().success(), "{}", named.stderr());
+    lab.wait_streams("pg2", "pg1", 2, T);
+    json_until(&lab, "pg2 following pg1, nothing to fix there", |v| {
+        node(v, 2)["upstream"] == 1 && node(v, 2)["problem"].is_null()
+    });
 }

@@ -14,12 +14,14 @@ use serde::Serialize;
 
 use crate::cluster::{self, Node, Observed, Topology};
 use crate::error::{Error, Result};
+use crate::lineage::HistoryEntry;
 use crate::pgpool::ops;
 use crate::pgpool::pcp::{NodeInfo, PcpClient};
 use crate::pgpool::watchdog::WatchdogInfo;
 use crate::postgres::{Lsn, NodeState};
 use crate::report::Summary;
 use crate::state::{self, Run};
+use crate::steps;
 
 /// How many runs of the journal the status shows.
 const RUNS_SHOWN: usize = 8;
@@ -147,6 +149,9 @@ struct Facts {
     attached: Option<bool>,
     /// Reached over ssh; `None` when not probed.
     ssh: Option<bool>,
+    /// A standby with WAL the primary never had: why (see
+    /// [`crate::lineage::check_lineage`]).
+    diverged: Option<String>,
 }
 
 /// The primaries seen.
@@ -185,8 +190,12 @@ fn advise(f: &Facts, primary: &Primary, max_lag: u64) -> Option<(String, String)
     let w = |p: String, fix: String| Some((p, fix));
     match (&f.pg, primary) {
         (Pg::Silent, Primary::One(p, _)) if *p != n => w(
-            "down: no answer".into(),
-            format!("start it, then pgha-follow {n}"),
+            format!(
+                "down: no answer (never start it by hand: an old primary would come back writable)"
+            ),
+            format!(
+                "once its host is up: pgha-attach --rejoin {n} (starts it as a standby of node {p})"
+            ),
         ),
         (Pg::Silent, _) => w("down: no answer".into(), "start it".into()),
         (Pg::Answers, _) => w(
@@ -217,6 +226,15 @@ fn advise(f: &Facts, primary: &Primary, max_lag: u64) -> Option<(String, String)
         (Pg::Standby { .. }, Primary::Split(ids, _)) => w(
             format!("cannot follow one primary: nodes {} all are", join(ids)),
             "resolve the split brain first".into(),
+        ),
+        (Pg::Standby { .. }, Primary::One(p, _)) if f.diverged.is_some() => w(
+            format!(
+                "cannot follow node {p}: {}; that WAL exists on no other node and may hold acknowledged commits",
+                f.diverged.as_deref().unwrap_or_default()
+            ),
+            format!(
+                "pgha-follow {n} --discard-wal (rewinds it; to keep that WAL, make node {n} the primary instead)"
+            ),
         ),
         (
             Pg::Standby {
@@ -281,16 +299,50 @@ pub(crate) async fn collect(topo: &Topology) -> Status {
     let (observed, pcp, ssh, wd) =
         tokio::join!(cluster::observe_all(topo), pgpool_view(topo), ssh, wd);
     remote.close().await;
+    let history = primary_history(topo, &observed).await;
     let lines = state::read_journal(&topo.config.state_dir);
     let mut runs = state::runs(&lines);
     let skip = runs.len().saturating_sub(RUNS_SHOWN);
     runs.drain(..skip);
-    let mut status = build(topo, &observed, pcp, &ssh, runs, start.elapsed());
+    let mut status = build(topo, &observed, &history, pcp, &ssh, runs, start.elapsed());
     match wd {
         Ok(w) => status.watchdog = w,
         Err(e) => status.watchdog_error = Some(e.to_string()),
     }
     status
+}
+
+/// The history of the one primary's timeline, to tell standbys that
+/// diverged from it; empty on timeline 1, with no single primary, or when
+/// it cannot be read (then none is called diverged).
+async fn primary_history(topo: &Topology, observed: &[Observed]) -> Vec<HistoryEntry> {
+    let mut primaries = observed
+        .iter()
+        .filter_map(|o| Some((&o.node, o.ok().filter(|s| !s.in_recovery)?)));
+    let (Some((node, st)), None) = (primaries.next(), primaries.next()) else {
+        return Vec::new();
+    };
+    if st.timeline < 2 {
+        return Vec::new();
+    }
+    match steps::read_history(topo, node, st, st.timeline).await {
+        Ok(h) => crate::lineage::parse_history(&String::from_utf8_lossy(&h)),
+        Err(e) => {
+            tracing::warn!("{e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Why a standby in `s` cannot simply follow the primary in `p` (whose
+/// timeline's history is `history`): WAL past the switch point, or a
+/// timeline the primary does not descend from.
+fn diverged(s: &NodeState, p: &NodeState, history: &[HistoryEntry]) -> Option<String> {
+    if !s.in_recovery || (p.timeline > 1 && history.is_empty()) {
+        return None;
+    }
+    crate::lineage::check_lineage(history, p.timeline, p.current_lsn, s.timeline, s.best_lsn())
+        .err()
 }
 
 /// pgpool's view of every backend over one PCP session.
@@ -319,6 +371,7 @@ async fn pgpool_view(topo: &Topology) -> std::result::Result<Vec<NodeInfo>, Stri
 fn build(
     topo: &Topology,
     observed: &[Observed],
+    history: &[HistoryEntry],
     pcp: std::result::Result<Vec<NodeInfo>, String>,
     ssh: &[bool],
     runs: Vec<Run>,
@@ -328,7 +381,7 @@ fn build(
         Ok(v) => (v, None),
         Err(e) => (vec![], Some(e)),
     };
-    let facts: Vec<Facts> = observed
+    let mut facts: Vec<Facts> = observed
         .iter()
         .enumerate()
         .map(|(i, o)| Facts {
@@ -336,6 +389,7 @@ fn build(
             pg: pg_of(topo, o, observed),
             attached: infos.iter().find(|x| x.id == o.node.id).map(|x| x.is_up()),
             ssh: ssh.get(i).copied(),
+            diverged: None,
         })
         .collect();
     let primary = primary_of(&facts);
@@ -346,6 +400,11 @@ fn build(
             .and_then(|o| o.ok()),
         _ => None,
     };
+    if let Some(p) = pstate {
+        for (f, o) in facts.iter_mut().zip(observed) {
+            f.diverged = o.ok().and_then(|s| diverged(s, p, history));
+        }
+    }
     let rows: Vec<Row> = observed
         .iter()
         .zip(&facts)
@@ -692,6 +751,7 @@ mod tests {
             pg,
             attached: Some(true),
             ssh: Some(true),
+            diverged: None,
         }
     }
 
@@ -729,10 +789,16 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_node_is_started_then_followed() {
-        assert_eq!(fix(&f(0, Pg::Silent), &P), "start it, then pgha-follow 0");
+    fn a_silent_node_is_rejoined_never_started_by_hand() {
+        assert_eq!(
+            fix(&f(0, Pg::Silent), &P),
+            "once its host is up: pgha-attach --rejoin 0 (starts it as a standby of node 1)"
+        );
         let (p, _) = advise(&f(0, Pg::Silent), &P, MAX).unwrap();
-        assert!(p.starts_with("down"), "{p}");
+        assert!(
+            p.starts_with("down") && p.contains("never start it by hand"),
+            "{p}"
+        );
         assert_eq!(fix(&f(0, Pg::Silent), &Primary::None), "start it");
     }
 
@@ -776,6 +842,20 @@ mod tests {
         let (p, fx) = advise(&f(2, standby(Some(1), 1, 0)), &P, MAX).unwrap();
         assert_eq!(fx, "pgha-follow 2");
         assert!(p.contains("timeline 1"), "{p}");
+    }
+
+    #[test]
+    fn a_diverged_standby_is_rewound_only_on_purpose() {
+        let mut x = f(2, standby(Some(0), 1, 0));
+        x.diverged = Some("on timeline 1 past the switch point 0/3000000".into());
+        let (p, fx) = advise(&x, &P, MAX).unwrap();
+        assert!(
+            p.contains("cannot follow node 1")
+                && p.contains("switch point")
+                && p.contains("acknowledged"),
+            "{p}"
+        );
+        assert!(fx.starts_with("pgha-follow 2 --discard-wal"), "{fx}");
     }
 
     #[test]
