@@ -190,9 +190,8 @@ fn advise(f: &Facts, primary: &Primary, max_lag: u64) -> Option<(String, String)
     let w = |p: String, fix: String| Some((p, fix));
     match (&f.pg, primary) {
         (Pg::Silent, Primary::One(p, _)) if *p != n => w(
-            format!(
-                "down: no answer (never start it by hand: an old primary would come back writable)"
-            ),
+            "down: no answer (never start it by hand: an old primary would come back writable)"
+                .into(),
             format!(
                 "once its host is up: pgha-attach --rejoin {n} (starts it as a standby of node {p})"
             ),
