@@ -11,6 +11,12 @@
 #   (command-line variables reach bench.py through the environment)
 #
 # Results: target/bench/results.md, results.json, phases.svg, logs/.
+#
+# The fault campaign (issue 18, benches/campaign.py; not part of the tests):
+#   sudo make campaign FAULTS=20             # 20 random faults, a random seed
+#   sudo make campaign SEED=42 MINUTES=30    # replay seed 42 for 30 minutes
+#   sudo make campaign ONLY=kill-primary,switchover PGPOOLS=3
+# Results: target/campaign/report.json, summary.md, logs/.
 
 K ?= 5
 QUICK ?=
@@ -19,8 +25,13 @@ VARIANTS ?=
 PG ?=
 POOL ?=
 
-.PHONY: bench
+.PHONY: bench campaign
 bench:
 	cargo build --release --bins
 	$(if $(PG)$(POOL),eval "$$(lab/versions.sh $(or $(PG),15) $(or $(POOL),4.3))" && export PGHA_PG_BIN PGHA_PGPOOL_BIN && ) \
 	python3 benches/bench.py --k $(K) $(if $(QUICK),--quick) $(if $(VARIANTS),--variants $(VARIANTS))
+
+campaign:
+	cargo build --release --bins
+	$(if $(PG)$(POOL),eval "$$(lab/versions.sh $(or $(PG),15) $(or $(POOL),4.3))" && export PGHA_PG_BIN PGHA_PGPOOL_BIN && ) \
+	python3 benches/campaign.py $(if $(ONLY),--only $(ONLY)) $(if $(PGPOOLS),--pgpools $(PGPOOLS)) $(if $(STANDBYS),--standbys $(STANDBYS))

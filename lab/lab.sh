@@ -61,6 +61,9 @@ usage: lab.sh COMMAND [ARGS]
                              (iptables, by sender cgroup and destination); HOST still
                              reaches every other host. heal NAME HOST PEER... undoes it
   start-pg NAME HOST         start PostgreSQL on HOST (pg_ctl start)
+  restart-host NAME HOST     boot a killed host again: its namespace and sshd, then its
+                             PostgreSQL (as it was: an old primary comes back a primary)
+                             or its pgpool
   start-pgpool NAME [HOST]   (re)start pgpool on HOST (default app; app1, app2 with
                              --pgpools 3) and wait until it accepts (and has joined the
                              watchdog cluster)
@@ -804,6 +807,19 @@ cmd_signal() { # HOST SIGNAL WHAT
 	log "$NAME: host $1 $3"
 }
 
+cmd_restart_host() { # HOST: a killed host boots again, its data as it was
+	local h=$1
+	[ -z "$(host_procs "$h")" ] || die "host $h of lab $NAME is running; kill it first"
+	# What a reboot clears: /run and /tmp (tmpfs on a real host), and the
+	# postmaster.pid left in the data directory, whose pid may belong to
+	# another process by now.
+	find "$LAB_DIR/hosts/$h/run" "$LAB_DIR/hosts/$h/tmp" -mindepth 1 -delete
+	rm -f "$LAB_DIR/hosts/$h/home/15/main/postmaster.pid"
+	start_host "$h"
+	if is_pgpool_host "$h"; then start_pgpool "$h"; else pg_ctl_start "$h"; fi
+	log "$NAME: host $h restarted"
+}
+
 cmd_blackhole() {
 	[[ "$1" =~ ^127\. ]] || die "only loopback addresses"
 	iptables -I INPUT -d "$1" -m comment --comment "pgha-lab:$NAME" -j DROP
@@ -865,6 +881,7 @@ main() {
 	cut) [ $# -ge 3 ] || die "usage: lab.sh cut NAME HOST PEER..."; load_env "$1"; shift; cmd_cut -I "$@" ;;
 	heal) [ $# -ge 3 ] || die "usage: lab.sh heal NAME HOST PEER..."; load_env "$1"; shift; cmd_cut -D "$@" ;;
 	start-pg) load_env "$1"; pg_ctl_start "$2" ;;
+	restart-host) load_env "$1"; host_addr "$2" >/dev/null; cmd_restart_host "$2" ;;
 	start-pgpool)
 		[ $# -ge 1 ] || die "usage: lab.sh start-pgpool NAME [HOST]"
 		load_env "$1"; start_pgpool "${2:-app}" ;;

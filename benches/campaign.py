@@ -1,0 +1,603 @@
+#!/usr/bin/env python3
+"""pgha fault campaign (issue 18; not part of the test suite).
+
+On one lab (lab/lab.sh), injects random faults from FAULTS, one after the
+other, each at a random moment and for a random duration, while a writer
+inserts through pgpool and a checker watches the invariants:
+
+  acked        no acknowledged insert is missing from the final primary
+  split brain  never two servers that accept writes at one sample (every
+               50 ms, each node asked on its own connection); a sample says
+               whether pgpool had both attached
+  converge     after each fault, one primary and every live node streaming
+               from it on its timeline and attached on every pgpool member,
+               within --converge seconds (default 30)
+  runs         every pgha run the campaign did not kill ends with a `run`
+               line in the journal, and a main phase that said it promoted
+               is followed by an acknowledged write within 10 s
+
+Between faults the campaign waits for the cluster to converge by itself.
+When it does not, it acts as the operator README describes: it restarts a
+host it killed, reads `pgha-check --status --json` on the pgpool host and
+runs the fix named for each node (`pgha-attach N`, `pgha-follow N`,
+`pgha-attach --rejoin N`, ...), and records each of those as a human step.
+
+A seed makes a run reproducible (--seed, or $SEED); a failing run prints the
+seed and the fault sequence and keeps every log. Writes
+target/campaign/report.json (faults, violations, per-fault timings) and
+summary.md.
+
+  sudo make campaign FAULTS=20            # 20 faults, a random seed
+  sudo make campaign SEED=42 MINUTES=30   # for 30 minutes, seed 42
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+from bench import PGDATA, Lab, Writer, pcp_nodes  # noqa: E402
+from pgwire import Conn, PgError  # noqa: E402
+
+REPO = bench.REPO
+SAMPLE_EVERY = 0.05
+FRESH = 0.3  # a node's answer older than this is not counted in a sample
+PGHA_LOGIN = "pgha"  # the role pgha connects as (the lab's pgha.toml)
+
+
+def log(msg):
+    print(f"campaign {datetime.now().strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+# --- the checker -----------------------------------------------------------------
+
+
+class NodeProbe(threading.Thread):
+    """Asks one node `select pg_is_in_recovery()` every SAMPLE_EVERY on a
+    persistent connection; keeps the last answer and when it came. A node
+    that does not answer (killed, blackholed, frozen) simply goes stale."""
+
+    def __init__(self, stop, node, addr):
+        super().__init__(daemon=True)
+        self.stop_ev, self.node, self.addr = stop, node, addr
+        self.writable = None
+        self.at = 0.0
+
+    def run(self):
+        conn = None
+        while not self.stop_ev.is_set():
+            try:
+                if conn is None:
+                    conn = Conn(self.addr, 5432, "pgpool", "postgres", timeout=FRESH, app="pgha-campaign")
+                rows = conn.query("select pg_is_in_recovery()")
+                self.writable, self.at = rows[0][0] == "f", time.time()
+            except (OSError, PgError):
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(SAMPLE_EVERY)
+        if conn is not None:
+            conn.close()
+
+
+class SplitBrainChecker(threading.Thread):
+    """Every SAMPLE_EVERY: the nodes whose fresh answer says writable. Two
+    or more is a violation; pgpool's view (sampled by the operator loop)
+    says whether clients could reach both through pgpool."""
+
+    def __init__(self, stop, probes, campaign):
+        super().__init__(daemon=True)
+        self.stop_ev, self.probes, self.campaign = stop, probes, campaign
+        self.samples = 0
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            now = time.time()
+            writable = [p.node for p in self.probes if p.writable and now - p.at <= FRESH]
+            self.samples += 1
+            if len(writable) > 1:
+                self.campaign.violation("split_brain", f"nodes {writable} accept writes at once",
+                                        nodes=writable, attached=self.campaign.attached_now(writable))
+            time.sleep(SAMPLE_EVERY)
+
+
+# --- faults ----------------------------------------------------------------------
+#
+# Each fault is a function (campaign, rng) -> dict describing what it did; it
+# returns once the fault is in place and its duration (if any) has passed.
+# Hosts it leaves dead are in campaign.dead; the recovery loop restarts them.
+
+
+def fault_kill_primary(c, rng):
+    p = c.primary()
+    c.kill(p)
+    return {"target": p}
+
+
+def fault_kill_standby(c, rng):
+    s = rng.choice(c.standbys())
+    c.kill(s)
+    return {"target": s}
+
+
+def fault_blackhole_primary(c, rng):
+    """Every packet to the primary's two addresses dropped for D seconds."""
+    p, d = c.primary(), round(rng.uniform(2, 20), 1)
+    addrs = [c.lab.addr(p), c.lab.repl_addr(p)]
+    for a in addrs:
+        c.lab.lab("blackhole", c.lab.name, a)
+    c.sleep(d)
+    for a in addrs:
+        c.lab.lab("unblackhole", c.lab.name, a)
+    return {"target": p, "seconds": d}
+
+
+def fault_pause_primary(c, rng):
+    """Every process of the primary's host stopped (SIGSTOP) for D seconds."""
+    p, d = c.primary(), round(rng.uniform(1, 15), 1)
+    c.lab.lab("pause", c.lab.name, p)
+    c.sleep(d)
+    c.lab.lab("resume", c.lab.name, p)
+    return {"target": p, "seconds": d}
+
+
+def fault_lag_standby(c, rng):
+    """A standby stops replaying for D seconds (it keeps receiving)."""
+    s, d = rng.choice(c.standbys()), round(rng.uniform(2, 15), 1)
+    c.lab.psql(s, "select pg_wal_replay_pause()")
+    c.sleep(d)
+    c.lab.psql(s, "select pg_wal_replay_resume()")
+    return {"target": s, "seconds": d}
+
+
+def fault_refuse_login(c, rng):
+    """A random node refuses pgha's login for D seconds; half the time the
+    primary dies meanwhile."""
+    n, d = rng.choice(c.live_nodes()), round(rng.uniform(3, 20), 1)
+    kill = rng.random() < 0.5
+    line = f"host    all    {PGHA_LOGIN}    127.0.0.0/8    reject"
+    c.lab.sh(n, f"sed -i '1i {line}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
+    killed = None
+    if kill:
+        c.sleep(rng.uniform(0, d / 2))
+        killed = c.primary()
+        c.kill(killed)
+    c.sleep(d)
+    if n not in c.dead:
+        c.lab.sh(n, f"sed -i '1{{/{PGHA_LOGIN} .*reject/d}}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
+    else:
+        c.refused_hba.add(n)  # restored when the host is restarted
+    return {"target": n, "seconds": d, "killed": killed}
+
+
+def fault_kill_pgha(c, rng):
+    """The primary dies, and pgha-failover is killed (SIGKILL) a random
+    moment after pgpool started it."""
+    p = c.primary()
+    delay = round(rng.uniform(0, 1.5), 2)
+    c.kill(p)
+    pid, argv = c.wait_pgha_process(timeout=30)
+    if pid is None:
+        return {"target": p, "pgha": "never started"}
+    c.sleep(delay)
+    try:
+        os.kill(pid, 9)
+        c.killed_pgha.add(pid)
+    except OSError:
+        return {"target": p, "pgha": f"pid {pid} ended before the kill"}
+    c.rerun_after_kill = argv
+    return {"target": p, "pgha_pid": pid, "after": delay}
+
+
+def fault_switchover(c, rng):
+    to = rng.choice(c.standbys())
+    r = c.pgha("pgha-switchover", "--to", c.node_id(to), timeout=120)
+    return {"target": to, "exit": r.returncode, "line": last_line(r.stderr)}
+
+
+def fault_kill_pgpool_host(c, rng):
+    """A pgpool host dies (3 pgpools only); it is restarted after D seconds."""
+    h, d = rng.choice(c.lab.pgpool_hosts), round(rng.uniform(2, 20), 1)
+    c.kill(h)
+    c.sleep(d)
+    c.restart_host(h)
+    return {"target": h, "seconds": d}
+
+
+FAULTS = {
+    "kill-primary": (fault_kill_primary, 3),
+    "kill-standby": (fault_kill_standby, 2),
+    "blackhole-primary": (fault_blackhole_primary, 2),
+    "pause-primary": (fault_pause_primary, 2),
+    "lag-standby": (fault_lag_standby, 1),
+    "refuse-login": (fault_refuse_login, 1),
+    "kill-pgha": (fault_kill_pgha, 2),
+    "switchover": (fault_switchover, 2),
+    "kill-pgpool-host": (fault_kill_pgpool_host, 1),  # with --pgpools 3 only
+}
+
+
+def last_line(text):
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+# --- the campaign ------------------------------------------------------------------
+
+
+class Campaign:
+    def __init__(self, lab, seed, converge, out):
+        self.lab, self.seed, self.converge_s, self.out = lab, seed, converge, out
+        self.stop = threading.Event()
+        self.violations = []
+        self.faults = []
+        self.dead = set()  # hosts the campaign killed and has not restarted
+        self.refused_hba = set()
+        self.killed_pgha = set()
+        self.rerun_after_kill = None
+        self.pcp_view = {}  # member -> (time, nodes)
+        self.lock = threading.Lock()
+        self.current = None  # index of the fault in progress
+
+    # -- what the cluster is --
+
+    def nodes(self):
+        return [f"pg{k}" for k in range(self.lab.standbys + 1)]
+
+    @staticmethod
+    def node_id(host):
+        return host[2:]
+
+    def live_nodes(self):
+        return [n for n in self.nodes() if n not in self.dead]
+
+    def role(self, host):
+        """(in recovery?, timeline) through the host's own socket, or None."""
+        try:
+            out = self.lab.psql(host, "select pg_is_in_recovery(), "
+                                "case when pg_is_in_recovery() then (select coalesce(received_tli, 0) from pg_stat_wal_receiver) "
+                                "else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
+                                timeout=5)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return None
+        rec, _, tl = out.partition("|")
+        return rec == "t", int(tl or 0)
+
+    def primary(self):
+        """The one live node not in recovery that pgpool has attached."""
+        view = pcp_nodes(self.lab, self.lab.leader) or []
+        for k, n in enumerate(view):
+            if n[6] == "primary" and n[2] in ("1", "2") and f"pg{k}" not in self.dead:
+                return f"pg{k}"
+        raise RuntimeError(f"no attached primary in pgpool's view: {view}")
+
+    def standbys(self):
+        p = self.primary()
+        return [n for n in self.live_nodes() if n != p]
+
+    def attached_now(self, nodes):
+        """Which of `nodes` every pgpool member shows up (its last sample)."""
+        with self.lock:
+            views = list(self.pcp_view.values())
+        return [n for n in nodes if views and all(
+            v and len(v) > n and v[n][2] in ("1", "2") for _, v in views)]
+
+    def sample_pcp(self):
+        for h in self.lab.pgpool_hosts:
+            if h in self.dead:
+                continue
+            v = pcp_nodes(self.lab, h)
+            with self.lock:
+                self.pcp_view[h] = (time.time(), v)
+
+    def converged(self):
+        """None when the cluster is whole again, else what is missing."""
+        live = self.live_nodes()
+        roles = {n: self.role(n) for n in live}
+        primaries = [n for n, r in roles.items() if r and not r[0]]
+        if len(primaries) != 1:
+            return f"primaries among the live nodes: {primaries} ({roles})"
+        p = primaries[0]
+        tl = roles[p][1]
+        addrs = (self.lab.addr(p), self.lab.repl_addr(p))
+        for n in live:
+            if n == p:
+                continue
+            try:
+                out = self.lab.psql(n, "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'", timeout=5)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                return f"{n}: {e}"
+            host, _, t = out.partition("|")
+            if host not in addrs or t != str(tl):
+                return f"{n} streams from {out or 'nowhere'}, not from {p} on timeline {tl}"
+        for h in self.lab.pgpool_hosts:
+            if h in self.dead:
+                continue
+            v = pcp_nodes(self.lab, h)
+            if not v:
+                return f"pgpool on {h} does not answer PCP"
+            for k, row in enumerate(v):
+                node = f"pg{k}"
+                up = row[2] in ("1", "2")
+                if node in live and not up:
+                    return f"pgpool on {h} shows {node} down"
+                if node not in live and up:
+                    return f"pgpool on {h} shows the dead {node} up"
+                if node == p and row[6] != "primary":
+                    return f"pgpool on {h} shows {p} as {row[6]}"
+        return None
+
+    # -- acting --
+
+    def kill(self, host):
+        self.lab.kill_host(host)
+        self.dead.add(host)
+
+    def restart_host(self, host):
+        self.lab.lab("restart-host", self.lab.name, host, timeout=120)
+        self.dead.discard(host)
+        if host in self.refused_hba:
+            self.lab.sh(host, f"sed -i '1{{/{PGHA_LOGIN} .*reject/d}}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
+            self.refused_hba.discard(host)
+
+    def pgha(self, binary, *args, timeout=120):
+        """A pgha command on the pgpool host, as postgres (as an operator runs it)."""
+        return self.lab.lab("exec", self.lab.name, self.lab.leader, "--", f"{self.lab.dir}/bin/{binary}",
+                            *args, timeout=timeout, check=False)
+
+    def wait_pgha_process(self, timeout):
+        """The pid and argv of a pgha-failover main run pgpool started."""
+        exe = f"{self.lab.dir}/bin/pgha-failover"
+        end = time.time() + timeout
+        while time.time() < end:
+            for p in Path("/proc").iterdir():
+                if not p.name.isdigit():
+                    continue
+                try:
+                    argv = (p / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                words = [a.decode(errors="replace") for a in argv if a]
+                if words and words[0] == exe and "--settle" not in words:
+                    return int(p.name), words[1:]
+            time.sleep(0.01)
+        return None, None
+
+    def sleep(self, seconds):
+        end = time.time() + seconds
+        while time.time() < end and not self.stop.is_set():
+            self.sample_pcp()
+            time.sleep(min(0.5, max(0.0, end - time.time())))
+
+    def violation(self, kind, detail, **extra):
+        with self.lock:
+            # One entry per kind and fault for split brain (it is sampled
+            # every 50 ms): the first sample, and a count.
+            for v in self.violations:
+                if v["kind"] == kind == "split_brain" and v["fault"] == self.current:
+                    v["samples"] += 1
+                    return
+            v = {"kind": kind, "fault": self.current, "at": time.time(), "detail": detail, "samples": 1, **extra}
+            self.violations.append(v)
+        log(f"VIOLATION {kind}: {detail}")
+
+    def operator(self, steps):
+        """One round of what README tells an operator to do: restart what
+        died, then run the fix pgha-check --status names for each node."""
+        for h in sorted(self.dead):
+            self.restart_host(h)
+            steps.append(f"restarted host {h}")
+        if self.rerun_after_kill:
+            r = self.pgha("pgha-failover", *self.rerun_after_kill)
+            steps.append(f"pgha-failover {' '.join(self.rerun_after_kill)}: {last_line(r.stderr)}")
+            self.rerun_after_kill = None
+        r = self.pgha("pgha-check", "--status", "--json", timeout=60)
+        try:
+            status = json.loads(r.stdout)
+        except json.JSONDecodeError:
+            steps.append(f"pgha-check --status gave no JSON: {last_line(r.stderr)}")
+            return
+        for n in status.get("nodes", []):
+            fix = n.get("fix")
+            if not fix:
+                continue
+            m = re.fullmatch(r"(?:start it, then )?(pgha-(?:attach|follow)(?: --rejoin)? \d+)", fix)
+            if not m:
+                steps.append(f"node {n.get('id')}: no command to run for '{fix}'")
+                continue
+            binary, *args = m.group(1).split()
+            r = self.pgha(binary, *args, timeout=300)
+            steps.append(f"{m.group(1)}: {last_line(r.stderr)}")
+
+    def recover(self, entry):
+        """Wait for convergence; act as the operator when it does not come."""
+        start = time.time()
+        steps = []
+        for round_ in range(3):
+            end = time.time() + self.converge_s
+            missing = "not checked"
+            while time.time() < end:
+                self.sample_pcp()
+                missing = self.converged()
+                if missing is None:
+                    break
+                time.sleep(0.5)
+            if missing is None and not self.dead:
+                break
+            if round_ == 2:
+                self.violation("converge", f"not converged after {len(steps)} operator steps: {missing}")
+                break
+            self.operator(steps)
+        entry["recovered_s"] = round(time.time() - start, 2)
+        entry["human_steps"] = steps
+
+    def check_runs(self, writer):
+        """Every pgha run not killed ends with a run line; a main phase that
+        says it promoted is followed by an acknowledged write within 10 s."""
+        for h in self.lab.pgpool_hosts:
+            path = self.lab.dir / "hosts" / h / "home" / "pgha" / "journal.jsonl"
+            try:
+                lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+            except (OSError, json.JSONDecodeError) as e:
+                self.violation("runs", f"{h}'s journal: {e}")
+                continue
+            pids = {e["pid"] for e in lines if e.get("command") == "failover"}
+            ended = {e["pid"] for e in lines if e.get("step") == "run"}
+            for pid in sorted(pids - ended - self.killed_pgha):
+                self.violation("runs", f"pgha-failover pid {pid} on {h} left no final line in the journal")
+            acks = [t for _, t in writer.acked]
+            for e in lines:
+                if e.get("step") == "run" and e.get("phase") == "main" and e.get("outcome") == "promoted":
+                    t = datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+                    if not any(t <= a <= t + 10 for a in acks):
+                        self.violation("runs", f"pid {e['pid']} said promoted at {e['ts']}; no write acknowledged within 10 s")
+
+
+def keep_logs(lab, logs):
+    """Every host's pgpool log, pgha journal and PostgreSQL log into logs/."""
+    logs.mkdir(parents=True, exist_ok=True)
+    for d in sorted((lab.dir / "hosts").iterdir()):
+        for rel in ("home/pgpool.log", "home/pgha/journal.jsonl", "home/15/pgha-postgresql.log"):
+            src = d / rel
+            if src.exists():
+                (logs / f"{d.name}.{src.name}").write_bytes(src.read_bytes())
+
+
+def make_lab(args):
+    name = f"campaign-{os.getpid()}"
+    lab = Lab(name).up(args.standbys, pgpools=args.pgpools,
+                       follow="@BIN@/pgha-follow %d --new-primary %m --old-primary %P" if args.follow else None)
+    lab.leader = lab.watchdog_leader() if args.pgpools > 1 else "app"
+    return lab
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--faults", type=int, default=int(os.environ.get("FAULTS", "0") or 0),
+                    help="how many faults (or $FAULTS); default 20 unless --minutes is given")
+    ap.add_argument("--minutes", type=float, default=float(os.environ.get("MINUTES", "0") or 0),
+                    help="stop after this long (or $MINUTES)")
+    ap.add_argument("--seed", type=int, default=int(os.environ["SEED"]) if os.environ.get("SEED") else None)
+    ap.add_argument("--standbys", type=int, default=2)
+    ap.add_argument("--pgpools", type=int, choices=[1, 3], default=1)
+    ap.add_argument("--follow", action="store_true", help="pgha-follow as follow_primary_command")
+    ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(FAULTS))
+    ap.add_argument("--converge", type=float, default=30.0, help="seconds to wait for convergence by itself")
+    ap.add_argument("--out", default=str(REPO / "target" / "campaign"))
+    args = ap.parse_args()
+    if not args.faults and not args.minutes:
+        args.faults = 20
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    rng = random.Random(seed)
+    kinds = [k for k in FAULTS if (not args.only or k in args.only.split(","))
+             and (k != "kill-pgpool-host" or args.pgpools > 1)]
+    if not kinds:
+        sys.exit(f"campaign: no fault left to inject (--only {args.only!r}; kill-pgpool-host needs --pgpools 3)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"seed {seed}; faults from {kinds}")
+
+    lab = make_lab(args)
+    c = Campaign(lab, seed, args.converge, out)
+    started = time.time()
+    writer = probes = checker = None
+    try:
+        c0 = Conn(lab.addr(lab.leader), int(lab.env.get("PGPOOL_PORT", "9999")), "app", "app", timeout=5)
+        c0.query("create table w(id int primary key)")
+        c0.close()
+        writer = Writer(c.stop, lab.addr(lab.leader), int(lab.env.get("PGPOOL_PORT", "9999")))
+        probes = [NodeProbe(c.stop, k, lab.addr(f"pg{k}")) for k in range(lab.standbys + 1)]
+        checker = SplitBrainChecker(c.stop, probes, c)
+        for t in [writer, *probes, checker]:
+            t.start()
+        writer.ready.wait(30)
+        n = 0
+        while (not args.faults or n < args.faults) and (not args.minutes or time.time() - started < args.minutes * 60):
+            kind = rng.choices(kinds, weights=[FAULTS[k][1] for k in kinds])[0]
+            c.sleep(rng.uniform(1, 10))  # a random moment
+            c.current = n
+            entry = {"n": n, "kind": kind, "at": time.time()}
+            log(f"fault {n}: {kind}")
+            try:
+                entry.update(FAULTS[kind][0](c, rng))
+            except Exception as e:  # noqa: BLE001 - a fault that could not be injected is recorded, not fatal
+                entry["error"] = str(e)[:500]
+                log(f"fault {n} ({kind}) could not be injected: {e}")
+            c.recover(entry)
+            c.faults.append(entry)
+            log(f"fault {n}: {kind} {entry.get('target', '')}: recovered in {entry['recovered_s']}s, "
+                f"{len(entry['human_steps'])} human step(s)")
+            n += 1
+    finally:
+        c.stop.set()
+        for t in [writer, checker, *(probes or [])]:
+            if t is not None:
+                t.join(10)
+        report = finish(c, writer, seed, started, args)
+        keep_logs(lab, out / "logs")
+        lab.down()
+    print(json.dumps({k: report[k] for k in ("seed", "faults_injected", "violations_total", "lost")}))
+    if report["violations_total"]:
+        log(f"FAILED: {report['violations_total']} violation(s); seed {seed}; logs in {out / 'logs'}")
+        sys.exit(1)
+
+
+def finish(c, writer, seed, started, args):
+    lost = None
+    if writer is not None:
+        try:
+            p = c.primary()
+            have = {int(r) for r in c.lab.psql(p, "select id from w", timeout=60).split()}
+            acked = {i for i, _ in writer.acked}
+            missing = sorted(acked - have)
+            lost = len(missing)
+            if missing:
+                c.violation("acked", f"{lost} acknowledged writes missing on {p}: {missing[:20]}")
+        except Exception as e:  # noqa: BLE001
+            c.violation("acked", f"could not read the final primary: {e}")
+        c.check_runs(writer)
+    report = {
+        "seed": seed,
+        "args": vars(args),
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "seconds": round(time.time() - started, 1),
+        "faults_injected": len(c.faults),
+        "faults": c.faults,
+        "violations_total": len(c.violations),
+        "violations": c.violations,
+        "acked": len(writer.acked) if writer else 0,
+        "lost": lost,
+        "machine": bench.machine(),
+    }
+    (c.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (c.out / "summary.md").write_text(summary(report))
+    return report
+
+
+def summary(r):
+    lines = [f"# Fault campaign, seed {r['seed']}", "",
+             f"{r['faults_injected']} faults in {r['seconds']} s; {r['acked']} acknowledged writes, "
+             f"{r['lost']} lost; {r['violations_total']} violation(s).", "",
+             "| # | fault | target | recovered (s) | human steps | violations |", "|---|---|---|---|---|---|"]
+    for f in r["faults"]:
+        v = [x["kind"] for x in r["violations"] if x["fault"] == f["n"]]
+        lines.append(f"| {f['n']} | {f['kind']} | {f.get('target', '')} | {f.get('recovered_s', '')} | "
+                     f"{'; '.join(f.get('human_steps', [])) or '-'} | {', '.join(v) or '-'} |")
+    if r["violations"]:
+        lines += ["", "## Violations", ""]
+        lines += [f"- fault {v['fault']}: {v['kind']}: {v['detail']}" for v in r["violations"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
