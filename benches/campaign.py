@@ -350,9 +350,26 @@ class Campaign:
             self.lab.sh(host, f"sed -i '1{{/{PGHA_LOGIN} .*reject/d}}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
             self.refused_hba.discard(host)
 
+    def leader(self):
+        """The pgpool host an operator works on: the watchdog's leader as the
+        first live member sees it (pgpool hosts die in this campaign too)."""
+        if len(self.lab.pgpool_hosts) == 1:
+            return self.lab.leader
+        for h in self.lab.pgpool_hosts:
+            if h in self.dead:
+                continue
+            r = self.lab.lab("exec", self.lab.name, h, "--", "pcp_watchdog_info", "-h", self.lab.addr(h),
+                             "-p", self.lab.env["PCP_PORT"], "-U", "pgpool", "-w", "-v", timeout=15, check=False)
+            m = re.search(r"^Leader Host Name\s*:\s*(\S+)", r.stdout, re.M)
+            leader = self.lab.host_at(m.group(1)) if m else None
+            if leader and leader not in self.dead:
+                self.lab.leader = leader
+                return leader
+        return self.lab.leader
+
     def pgha(self, binary, *args, timeout=120):
-        """A pgha command on the pgpool host, as postgres (as an operator runs it)."""
-        return self.lab.lab("exec", self.lab.name, self.lab.leader, "--", f"{self.lab.dir}/bin/{binary}",
+        """A pgha command on the leading pgpool host, as postgres (as an operator runs it)."""
+        return self.lab.lab("exec", self.lab.name, self.leader(), "--", f"{self.lab.dir}/bin/{binary}",
                             *args, timeout=timeout, check=False)
 
     def wait_pgha_process(self, timeout):
@@ -415,6 +432,10 @@ class Campaign:
             if not m:
                 steps.append(f"node {n.get('id')}: no command to run for '{fix}'")
                 continue
+            if fix.startswith("start it"):
+                host = f"pg{n.get('id')}"
+                r = self.lab.lab("start-pg", self.lab.name, host, timeout=120, check=False)
+                steps.append(f"started PostgreSQL on {host}: exit {r.returncode}")
             binary, *args = m.group(1).split()
             r = self.pgha(binary, *args, timeout=300)
             steps.append(f"{m.group(1)}: {last_line(r.stderr)}")
