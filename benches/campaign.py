@@ -106,8 +106,13 @@ class SplitBrainChecker(threading.Thread):
             writable = [p.node for p in self.probes if p.writable and now - p.at <= FRESH]
             self.samples += 1
             if len(writable) > 1:
-                self.campaign.violation("split_brain", f"nodes {writable} accept writes at once",
-                                        nodes=writable, attached=self.campaign.attached_now(writable))
+                # Both attached in pgpool: clients write to both. One only:
+                # the other is an old primary back outside pgpool (a zombie
+                # a direct client could still write to).
+                attached = self.campaign.attached_now(writable)
+                kind = "split_brain" if len(attached) > 1 else "zombie_writable"
+                self.campaign.violation(kind, f"nodes {writable} accept writes at once; pgpool has {attached} attached",
+                                        nodes=writable, attached=attached)
             time.sleep(SAMPLE_EVERY)
 
 
@@ -401,7 +406,7 @@ class Campaign:
             # One entry per kind and fault for split brain (it is sampled
             # every 50 ms): the first sample, and a count.
             for v in self.violations:
-                if v["kind"] == kind == "split_brain" and v["fault"] == self.current:
+                if v["kind"] == kind and kind in ("split_brain", "zombie_writable") and v["fault"] == self.current:
                     v["samples"] += 1
                     return
             v = {"kind": kind, "fault": self.current, "at": time.time(), "detail": detail, "samples": 1, **extra}
@@ -578,7 +583,8 @@ def finish(c, writer, seed, started, args):
     if writer is not None:
         try:
             p = c.primary()
-            have = {int(r) for r in c.lab.psql(p, "select id from w", timeout=60).split()}
+            out = c.lab.lab("exec", c.lab.name, p, "--", "psql", "-d", "app", "-qAtc", "select id from w", timeout=60).stdout
+            have = {int(r) for r in out.split()}
             acked = {i for i, _ in writer.acked}
             missing = sorted(acked - have)
             lost = len(missing)
