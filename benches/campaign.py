@@ -159,7 +159,11 @@ def fault_pause_primary(c, rng):
 def fault_lag_standby(c, rng):
     """A standby stops replaying for D seconds (it keeps receiving)."""
     s, d = rng.choice(c.standbys()), round(rng.uniform(2, 15), 1)
-    c.lab.psql(s, "select pg_wal_replay_pause()")
+    try:
+        c.lab.psql(s, "select pg_wal_replay_pause()")
+    except subprocess.CalledProcessError as e:
+        # It stopped being a standby between the choice and the pause.
+        return {"target": s, "skipped": (e.stderr or "").strip()[-200:]}
     c.sleep(d)
     c.lab.psql(s, "select pg_wal_replay_resume()")
     return {"target": s, "seconds": d}
@@ -433,14 +437,13 @@ class Campaign:
             fix = n.get("fix")
             if not fix:
                 continue
-            m = re.fullmatch(r"(?:start it, then )?(pgha-(?:attach|follow)(?: --rejoin)? \d+)", fix)
+            # "pgha-attach N", "pgha-follow N", "pgha-attach --rejoin N"
+            # (also "once its host is up: ..."; dead hosts were restarted
+            # above), "pgha-follow N --discard-wal (...)".
+            m = re.search(r"(pgha-(?:attach|follow)(?: --rejoin)? \d+(?: --discard-wal)?)", fix)
             if not m:
                 steps.append(f"node {n.get('id')}: no command to run for '{fix}'")
                 continue
-            if fix.startswith("start it"):
-                host = f"pg{n.get('id')}"
-                r = self.lab.lab("start-pg", self.lab.name, host, timeout=120, check=False)
-                steps.append(f"started PostgreSQL on {host}: exit {r.returncode}")
             binary, *args = m.group(1).split()
             r = self.pgha(binary, *args, timeout=300)
             steps.append(f"{m.group(1)}: {last_line(r.stderr)}")
