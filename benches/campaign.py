@@ -82,6 +82,10 @@ class NodeProbe(threading.Thread):
                 rows = conn.query("select pg_is_in_recovery()")
                 self.writable, self.at = rows[0][0] == "f", time.time()
             except (OSError, PgError):
+                # No answer now: the last one no longer stands for the node
+                # (a killed primary's last "writable" would otherwise count
+                # next to its successor's for up to FRESH).
+                self.writable = None
                 if conn is not None:
                     conn.close()
                 conn = None

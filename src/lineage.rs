@@ -2,7 +2,7 @@
 //! (`0000000N.history`) and whether a node's WAL is a prefix of the
 //! primary's, so that it can simply follow it, or has diverged. Pure.
 
-use crate::postgres::Lsn;
+use crate::postgres::{Lsn, NodeState};
 
 /// One line of a timeline history file (`00000002.history`): the
 /// timeline that was left and where.
@@ -32,6 +32,29 @@ pub(crate) fn parse_history(text: &str) -> Vec<HistoryEntry> {
             })
         })
         .collect()
+}
+
+/// Why the standby in `standby` cannot simply follow the primary in
+/// `primary`, whose timeline's history is `history` (as
+/// `steps::timeline_history` reads it, empty when unread): `None` for a
+/// node not in recovery, or when the history of a timeline past 1 is
+/// unknown.
+pub(crate) fn diverged(
+    history: &[HistoryEntry],
+    primary: &NodeState,
+    standby: &NodeState,
+) -> Option<String> {
+    if !standby.in_recovery || (primary.timeline > 1 && history.is_empty()) {
+        return None;
+    }
+    check_lineage(
+        history,
+        primary.timeline,
+        primary.current_lsn,
+        standby.timeline,
+        standby.best_lsn(),
+    )
+    .err()
 }
 
 /// Whether a node on timeline `node_tli` at `node_lsn` can simply stream

@@ -1509,6 +1509,26 @@ host.example:5432:*:*:byname\r
     }
 
     #[test]
+    fn a_standby_past_the_switch_point_has_diverged() {
+        use crate::lineage::{HistoryEntry, diverged};
+        let mut primary = standby();
+        (primary.in_recovery, primary.timeline, primary.current_lsn) = (false, 2, Some(Lsn(900)));
+        let history = [HistoryEntry {
+            parent_tli: 1,
+            switch_point: Lsn(250),
+        }];
+        // Received 300 on timeline 1, past the switch at 250.
+        let why = diverged(&history, &primary, &standby());
+        assert!(why.is_some(), "{why:?}");
+        let mut behind = standby();
+        (behind.receive_lsn, behind.replay_lsn) = (Some(Lsn(240)), Some(Lsn(240)));
+        assert_eq!(diverged(&history, &primary, &behind), None);
+        // The history unread, or not a standby: nothing is called diverged.
+        assert_eq!(diverged(&[], &primary, &standby()), None);
+        assert_eq!(diverged(&history, &primary, &primary), None);
+    }
+
+    #[test]
     fn best_lsn_and_streaming() {
         let mut s = standby();
         assert_eq!(s.best_lsn(), Some(Lsn(300)));

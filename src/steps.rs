@@ -537,6 +537,26 @@ pub async fn read_history(
         .map_err(|e| Error::step(&format!("read {name} on {}", primary.label()), e))
 }
 
+/// The parsed history of the primary's timeline, to tell the standbys
+/// that diverged from it ([`crate::lineage::diverged`]): empty on timeline
+/// 1, and when it cannot be read (reported; then none is called diverged).
+pub async fn timeline_history(
+    topo: &Topology,
+    primary: &Node,
+    state: &NodeState,
+) -> Vec<crate::lineage::HistoryEntry> {
+    if state.timeline < 2 {
+        return Vec::new();
+    }
+    match read_history(topo, primary, state, state.timeline).await {
+        Ok(h) => crate::lineage::parse_history(&String::from_utf8_lossy(&h)),
+        Err(e) => {
+            tracing::warn!("{e}");
+            Vec::new()
+        }
+    }
+}
+
 /// Put a history file into a standby's WAL directory and archive, unless an
 /// identical copy is there already; verified by md5 on the standby.
 pub async fn put_history(

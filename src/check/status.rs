@@ -311,37 +311,16 @@ pub(crate) async fn collect(topo: &Topology) -> Status {
     status
 }
 
-/// The history of the one primary's timeline, to tell standbys that
-/// diverged from it; empty on timeline 1, with no single primary, or when
-/// it cannot be read (then none is called diverged).
+/// The history of the one primary's timeline (see
+/// [`steps::timeline_history`]); empty with no single primary.
 async fn primary_history(topo: &Topology, observed: &[Observed]) -> Vec<HistoryEntry> {
     let mut primaries = observed
         .iter()
         .filter_map(|o| Some((&o.node, o.ok().filter(|s| !s.in_recovery)?)));
-    let (Some((node, st)), None) = (primaries.next(), primaries.next()) else {
-        return Vec::new();
-    };
-    if st.timeline < 2 {
-        return Vec::new();
+    match (primaries.next(), primaries.next()) {
+        (Some((node, st)), None) => steps::timeline_history(topo, node, st).await,
+        _ => Vec::new(),
     }
-    match steps::read_history(topo, node, st, st.timeline).await {
-        Ok(h) => crate::lineage::parse_history(&String::from_utf8_lossy(&h)),
-        Err(e) => {
-            tracing::warn!("{e}");
-            Vec::new()
-        }
-    }
-}
-
-/// Why a standby in `s` cannot simply follow the primary in `p` (whose
-/// timeline's history is `history`): WAL past the switch point, or a
-/// timeline the primary does not descend from.
-fn diverged(s: &NodeState, p: &NodeState, history: &[HistoryEntry]) -> Option<String> {
-    if !s.in_recovery || (p.timeline > 1 && history.is_empty()) {
-        return None;
-    }
-    crate::lineage::check_lineage(history, p.timeline, p.current_lsn, s.timeline, s.best_lsn())
-        .err()
 }
 
 /// pgpool's view of every backend over one PCP session.
@@ -401,7 +380,7 @@ fn build(
     };
     if let Some(p) = pstate {
         for (f, o) in facts.iter_mut().zip(observed) {
-            f.diverged = o.ok().and_then(|s| diverged(s, p, history));
+            f.diverged = o.ok().and_then(|s| crate::lineage::diverged(history, p, s));
         }
     }
     let rows: Vec<Row> = observed

@@ -686,31 +686,13 @@ async fn diverged_standbys(
     pstate: &NodeState,
     observed: &[Observed],
 ) -> Vec<(u32, String)> {
-    let history = if pstate.timeline > 1 {
-        match steps::read_history(ctx.x.topo, primary, pstate, pstate.timeline).await {
-            Ok(h) => crate::lineage::parse_history(&String::from_utf8_lossy(&h)),
-            Err(e) => {
-                warn!("{e}");
-                return Vec::new();
-            }
-        }
-    } else {
-        Vec::new()
-    };
+    let history = steps::timeline_history(ctx.x.topo, primary, pstate).await;
     observed
         .iter()
         .filter(|o| o.node.id != primary.id)
         .filter_map(|o| {
-            let s = o.ok().filter(|s| s.in_recovery)?;
-            crate::lineage::check_lineage(
-                &history,
-                pstate.timeline,
-                pstate.current_lsn,
-                s.timeline,
-                s.best_lsn(),
-            )
-            .err()
-            .map(|why| (o.node.id, why))
+            let why = crate::lineage::diverged(&history, pstate, o.ok()?)?;
+            Some((o.node.id, why))
         })
         .collect()
 }
