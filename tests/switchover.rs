@@ -292,3 +292,65 @@ fn refusals_change_nothing() {
     });
     watcher.assert_never_two_primaries();
 }
+
+/// A switchover whose candidate cannot be shown to hold the old primary's
+/// last WAL record (its replay paused, so it never replays past the
+/// shutdown checkpoint) is aborted after the clean stop: nothing is
+/// promoted, the old primary runs again as the primary it was, and once
+/// attached back (as the refusal says) the cluster is as it was, with no
+/// acknowledged write lost.
+#[test]
+fn a_switchover_aborted_after_the_stop_leaves_the_cluster_as_it_was() {
+    let lab = Lab::up(LabOptions::default());
+    let watcher = SplitBrainWatcher::start(&lab);
+    let writer = Writer::start(&lab);
+    writer.wait_more(&lab, 10, "writes before the switchover", T);
+    assert_eq!(lab.psql("pg1", "select pg_wal_replay_pause()"), "");
+
+    let out = pcp_promote(&lab, 1);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = lab.wait_observing("pgha-failover's refusal of the switchover", T, || {
+        let log = lab.pgpool_log();
+        match log
+            .lines()
+            .find(|l| l.contains("switchover aborted, nothing promoted"))
+        {
+            Some(l) => Ok(l.to_string()),
+            None => Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n")),
+        }
+    });
+    assert!(
+        line.contains("REFUSED") && line.contains("pcp_attach_node -n 0"),
+        "{line}"
+    );
+    assert_eq!(
+        role(&lab, "pg0").unwrap(),
+        (true, 1),
+        "pg0 the primary again"
+    );
+    assert!(!role(&lab, "pg1").unwrap().0, "pg1 still a standby");
+
+    assert_eq!(lab.psql("pg1", "select pg_wal_replay_resume()"), "");
+    let app = lab.addr("app");
+    let attach = lab.exec(
+        "app",
+        &[
+            "pcp_attach_node",
+            "-w",
+            "-h",
+            &app,
+            "-p",
+            "9898",
+            "-U",
+            "pgpool",
+            "-n",
+            "0",
+        ],
+    );
+    assert!(attach.status.success(), "{}", text(&attach.stderr));
+    assert_unchanged(&lab);
+    writer.wait_more(&lab, 10, "writes through pgpool after the abort", T);
+    let acked = writer.stop();
+    assert_none_lost(&lab, "pg0", &acked);
+    watcher.assert_never_two_primaries();
+}
