@@ -188,6 +188,47 @@ fn rejoin_makes_the_old_primary_a_standby_with_every_row() {
     assert_follows(&lab, "pg0", "pg1", tl);
 }
 
+/// An old primary whose restore_command an interrupted pgha run left
+/// paused (found by the fault campaign: the new primary of a run killed
+/// while it promoted, which later failed and had to rejoin): the rejoin
+/// rewinds it and leaves it with the original command, pointed at the new
+/// primary's archive.
+#[test]
+fn rejoin_puts_back_a_paused_restore_command() {
+    let lab = zombie_lab();
+    let original = lab.psql("pg0", "show restore_command");
+    assert!(
+        original.contains(&lab.repl_addr("pg1")) || original.contains(&lab.repl_addr("pg0")),
+        "{original}"
+    );
+    let paused =
+        format!("exit 1 # paused by pgha while it promotes or repoints this node, was: {original}");
+    lab.psql(
+        "pg0",
+        &format!(
+            "alter system set restore_command = '{}'",
+            paused.replace('\'', "''")
+        ),
+    );
+    lab.psql("pg0", "select pg_reload_conf()");
+    lab.pgpool_sql("insert into rows values ('after-1')")
+        .unwrap();
+    let r = pgha(&lab, "pgha-attach", &["--rejoin", "0"]);
+    r.success()
+        .stderr_contains("restore_command put back")
+        .stderr_contains("rewound")
+        .stderr_contains("attached");
+    assert_follows(&lab, "pg0", "pg1", 2);
+    let now = lab.psql("pg0", "show restore_command");
+    assert!(
+        !now.starts_with("exit 1")
+            && now.contains(&lab.repl_addr("pg1"))
+            && !now.contains(&lab.repl_addr("pg0")),
+        "{now}"
+    );
+    wait_row(&lab, "pg0", "rows", "after-1");
+}
+
 #[test]
 fn bad_targets_are_refused_and_left_untouched() {
     let lab = Lab::up(LabOptions::default());

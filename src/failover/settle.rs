@@ -283,7 +283,10 @@ async fn stream(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<std::ti
     });
     let quiet = pending
         .filter(|s| s.server_version_num >= 140000 && !s.restore_command.is_empty())
-        .map(|s| (s.server_version_num, s.restore_command.clone()));
+        .map(|s| {
+            let cmd = crate::restore::original(&s.restore_command);
+            (s.server_version_num, cmd.to_string())
+        });
     if let Some((v, cmd)) = &quiet
         && let Err(e) = steps::pause_restore(topo, n, *v, cmd).await
     {
@@ -310,7 +313,7 @@ async fn stream(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<std::ti
     }
     .await;
     if let Some((v, cmd)) = &quiet
-        && let Err(e) = steps::set_restore_command(topo, n, *v, crate::restore::original(cmd)).await
+        && let Err(e) = steps::set_restore_command(topo, n, *v, cmd).await
     {
         error!("{e}; set restore_command = '{cmd}' there by hand (ALTER SYSTEM, reload)");
     }
