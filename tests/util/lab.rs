@@ -621,12 +621,26 @@ impl Lab {
     }
 
     /// `pcp_node_info -w [EXTRA] -h ADDR -p 9898 -U pgpool -n NODE` on
-    /// pgpool host `host`, ADDR being its address.
+    /// pgpool host `host`, ADDR being its address. Asked again (up to 3
+    /// times) when the PCP process answering it exits mid-request: pgpool
+    /// restarts its PCP child about a second after a failback, and a
+    /// request in flight then ends with "unable to read data from socket".
+    /// The request only reads.
     fn pcp_node_info_with(&self, host: &str, node: u32, extra: &[&str]) -> Result<String, String> {
         let n = node.to_string();
         let mut args = extra.to_vec();
         args.extend_from_slice(&["-n", &n]);
-        self.pcp_on(host, &["pcp_node_info"], &args)
+        let mut r = self.pcp_on(host, &["pcp_node_info"], &args);
+        for _ in 0..2 {
+            match &r {
+                Err(e) if e.contains("unable to read data from socket") => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    r = self.pcp_on(host, &["pcp_node_info"], &args);
+                }
+                _ => break,
+            }
+        }
+        r
     }
 
     /// A PCP tool (`tool`, e.g. `["pcp_detach_node"]`, or with a wrapper
