@@ -416,8 +416,8 @@ fn verdicts(topo: &Topology, f: &SqlFacts) -> Vec<(&'static str, Verdict)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_restore_command_must_fetch_from_the_upstream() {
+    /// Nodes 0 and 1 on 127.0.0.2 and 127.0.0.3.
+    fn two_nodes() -> [Node; 2] {
         let n = |id: u32, h: &str| Node {
             id,
             host: h.into(),
@@ -427,7 +427,12 @@ mod tests {
             replication_host: h.into(),
             application_name: None,
         };
-        let nodes = [n(0, "127.0.0.2"), n(1, "127.0.0.3")];
+        [n(0, "127.0.0.2"), n(1, "127.0.0.3")]
+    }
+
+    #[test]
+    fn a_restore_command_must_fetch_from_the_upstream() {
+        let nodes = two_nodes();
         let ok = restore_source(
             "scp 127.0.0.3:/a/%f %p || exit 1",
             &nodes,
@@ -455,16 +460,7 @@ mod tests {
 
     #[test]
     fn a_paused_restore_command_is_named_with_its_original() {
-        let n = |id, h: &str| Node {
-            id,
-            host: h.into(),
-            port: 5432,
-            data_dir: None,
-            ssh_host: h.into(),
-            replication_host: h.into(),
-            application_name: None,
-        };
-        let nodes = [n(0, "127.0.0.2"), n(1, "127.0.0.3")];
+        let nodes = two_nodes();
         let paused = crate::restore::paused("scp 127.0.0.3:/a/%f %p || exit 1");
         let (m, fix) = restore_source(&paused, &nodes, Some(&nodes[1]), None).unwrap_err();
         assert!(m.contains("left paused by an interrupted pgha run"), "{m}");
