@@ -62,8 +62,10 @@ usage: lab.sh COMMAND [ARGS]
                              reaches every other host. heal NAME HOST PEER... undoes it
   start-pg NAME HOST         start PostgreSQL on HOST (pg_ctl start)
   restart-host NAME HOST     boot a killed host again: its namespace and sshd, then its
-                             PostgreSQL (as it was: an old primary comes back a primary)
-                             or its pgpool
+                             PostgreSQL as its unit would, after the start guard
+                             (pgha-check --start-guard): an old primary that another
+                             node replaced stays down until pgha-attach --rejoin
+                             makes it a standby; or its pgpool
   start-pgpool NAME [HOST]   (re)start pgpool on HOST (default app; app1, app2 with
                              --pgpools 3) and wait until it accepts (and has joined the
                              watchdog cluster)
@@ -258,6 +260,10 @@ cluster_name = '$h'
 EOF
 	mkdir -p "$hd/home/archive" "$hd/home/15"
 	printf '%s\n' "*:*:*:postgres:$PG_PASSWORD" "*:*:*:repl:$REPL_PASSWORD" "*:*:replication:repl:$REPL_PASSWORD" >"$hd/home/.pgpass"
+	# What the start guard (pgha-check --start-guard) reads on a node: the
+	# same pgha.toml, with a copy of pgpool.conf for the backends.
+	write_pgha_toml | sed 's|^pgpool_conf = .*|pgpool_conf = "/etc/pgha/pgpool.conf"|' >"$hd/etc-pgha/pgha.toml"
+	write_pgpool_conf app >"$hd/etc-pgha/pgpool.conf"
 }
 
 write_app_files() { # HOST: a pgpool host's files (pgpool.conf, PCP, pgha.toml)
@@ -816,8 +822,24 @@ cmd_restart_host() { # HOST: a killed host boots again, its data as it was
 	find "$LAB_DIR/hosts/$h/run" "$LAB_DIR/hosts/$h/tmp" -mindepth 1 -delete
 	rm -f "$LAB_DIR/hosts/$h/home/15/main/postmaster.pid"
 	start_host "$h"
-	if is_pgpool_host "$h"; then start_pgpool "$h"; else pg_ctl_start "$h"; fi
+	if is_pgpool_host "$h"; then
+		start_pgpool "$h"
+	elif start_guard "$h"; then
+		pg_ctl_start "$h"
+	else
+		log "$NAME: host $h restarted; its PostgreSQL stays down: the start guard refused it (see above)"
+		return 0
+	fi
 	log "$NAME: host $h restarted"
+}
+
+# What a node's PostgreSQL unit runs before it starts the server
+# (ExecStartPre, packaging/systemd/postgresql-start-guard.conf): exit 0
+# when it may start. Its lines go to stderr, as to the unit's journal.
+start_guard() { # HOST
+	local id=${1#pg}
+	[ -x "$LAB_DIR/bin/pgha-check" ] || die "no $LAB_DIR/bin/pgha-check: build pgha (cargo build) or pass --pgha-bin"
+	on_host "$1" postgres "$LAB_DIR/bin/pgha-check" --config /etc/pgha/pgha.toml --start-guard "$id" >&2
 }
 
 cmd_blackhole() {

@@ -87,6 +87,9 @@ f 0644 packaging/README.md usr/share/doc/pgha/README.md
 # rule_files at it, or copy it.
 d usr/share/pgha
 f 0644 packaging/pgha-alerts.yml usr/share/pgha/pgha-alerts.yml
+# The start guard for a database host's PostgreSQL unit: a drop-in to
+# copy (see its comments), not enabled by the package.
+f 0644 packaging/systemd/postgresql-start-guard.conf usr/share/pgha/postgresql-start-guard.conf
 DATE=$(date -u -R -d "@$SOURCE_DATE_EPOCH")
 sed -e "s/@VERSION@/$VERSION/" -e "s/@MAINTAINER@/$MAINTAINER/" -e "s/@DATE@/$DATE/" \
 	packaging/debian/changelog.in | gzip -9n >"$ROOT/usr/share/doc/pgha/changelog.Debian.gz"

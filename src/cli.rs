@@ -287,6 +287,17 @@ pub struct CheckArgs {
     #[arg(long, value_name = "DURATION", requires = "status")]
     pub every: Option<String>,
 
+    /// Run on node NODE's own host just before its PostgreSQL starts
+    /// (systemd ExecStartPre; see /usr/share/pgha/postgresql-start-guard.conf):
+    /// exit 0 when it may start, 4 when it would come up as a second
+    /// primary, because another node answers on a newer timeline or as a
+    /// primary on the same one. A node that starts as a standby always may;
+    /// one no other node answers for may start as the primary it was. Needs
+    /// pgha.toml and pgpool.conf on that host. Read-only, bounded by
+    /// [postgres] connect_timeout + query_timeout.
+    #[arg(long, value_name = "NODE", conflicts_with_all = ["watch", "status"])]
+    pub start_guard: Option<u32>,
+
     /// Time between checks in --watch mode.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub interval: String,

@@ -229,6 +229,90 @@ fn rejoin_puts_back_a_paused_restore_command() {
     wait_row(&lab, "pg0", "rows", "after-1");
 }
 
+/// A reboot of the old primary's host after a failover: its PostgreSQL
+/// unit runs the start guard first (`lab.sh restart-host` does the same),
+/// which refuses to start a second primary and names the rejoin; the
+/// rejoin makes it a standby, and from then on a reboot starts it (as a
+/// standby) without a word from the operator.
+#[test]
+fn a_rebooted_old_primary_stays_down_until_the_rejoin() {
+    let lab = Lab::up(LabOptions {
+        standbys: 1,
+        ..LabOptions::default()
+    });
+    lab.pgpool_sql("create table rows (v text primary key)")
+        .unwrap();
+    lab.pgpool_sql("insert into rows values ('before')")
+        .unwrap();
+    wait_row(&lab, "pg1", "rows", "before");
+    lab.kill_host("pg0");
+    write_through_pgpool(&lab, "insert into rows values ('after-failover')");
+    assert_eq!(primary_timeline(&lab, "pg1"), 2);
+
+    let pg1 = format!("node 1 ({}:5432)", lab.addr("pg1"));
+    let o = lab.restart_host("pg0");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("REFUSED")
+            && err.contains(&format!("{pg1} answers as the primary on timeline 2"))
+            && err.contains("would start as a primary on timeline 1")
+            && err.contains("PostgreSQL was not started")
+            && err.contains("pgha-attach --rejoin 0"),
+        "{err}"
+    );
+    let status = |lab: &Lab| {
+        lab.exec(
+            "pg0",
+            &["pg_ctl", "-D", "/var/lib/postgresql/15/main", "status"],
+        )
+        .status
+        .code()
+    };
+    assert_eq!(
+        status(&lab),
+        Some(3),
+        "pg0's PostgreSQL runs after the guard refused it"
+    );
+    // The guard run again by hand says the same, and changes nothing.
+    let again = lab.exec(
+        "pg0",
+        &[
+            &lab.bin("pgha-check"),
+            "-c",
+            "/etc/pgha/pgha.toml",
+            "--start-guard",
+            "0",
+        ],
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(status(&lab), Some(3));
+    write_through_pgpool(&lab, "insert into rows values ('while-down')");
+
+    pgha(&lab, "pgha-attach", &["--rejoin", "0"])
+        .success()
+        .stderr_contains("attached");
+    assert_follows(&lab, "pg0", "pg1", 2);
+    wait_row(&lab, "pg0", "rows", "after-failover");
+
+    // A standby now: the next reboot starts it, and it streams again.
+    lab.kill_host("pg0");
+    let o = lab.restart_host("pg0");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("OK: node 0") && err.contains("starts as a standby (standby.signal)"),
+        "{err}"
+    );
+    assert!(in_recovery(&lab, "pg0"));
+    lab.pgpool_sql("insert into rows values ('after-reboot')")
+        .unwrap();
+    wait_row(&lab, "pg0", "rows", "after-reboot");
+}
+
 #[test]
 fn bad_targets_are_refused_and_left_untouched() {
     let lab = Lab::up(LabOptions::default());

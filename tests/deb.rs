@@ -83,6 +83,20 @@ fn the_package_installs_docs_units_and_conffiles() {
         .expect("/usr/share/pgha/pgha-alerts.yml installed");
     assert!(rules.contains("\ngroups:"), "{rules}");
     assert!(rules.contains("pgha_"), "{rules}");
+    // The start guard's drop-in, shipped for database hosts, not enabled:
+    // its command exists in the installed pgha-check.
+    let guard = std::fs::read_to_string("/usr/share/pgha/postgresql-start-guard.conf")
+        .expect("/usr/share/pgha/postgresql-start-guard.conf installed");
+    assert!(
+        guard.contains("ExecStartPre=/usr/sbin/runuser -u postgres -- /usr/bin/pgha-check --start-guard ${PGHA_NODE_ID}"),
+        "{guard}"
+    );
+    assert!(!Path::new("/etc/systemd/system/postgresql@.service.d/pgha-start-guard.conf").exists());
+    let help = Command::new("/usr/bin/pgha-check")
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--start-guard <NODE>"));
     // The example configuration is valid for the installed binaries.
     let cfg = pgha::config::Config::load(Some(Path::new("/etc/pgha/pgha.toml"))).unwrap();
     assert_eq!(cfg.state_dir, Path::new("/var/lib/pgha"));

@@ -25,6 +25,7 @@
 //! Every check ends in one [`Finding`]: ok, or FAIL with the fix to apply.
 //! The exit status is 0 only when every check passed.
 
+mod guard;
 mod logins;
 mod members;
 mod mesh;
@@ -181,6 +182,9 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
     }
     if args.status {
         return status::run(args).await;
+    }
+    if let Some(id) = args.start_guard {
+        return guard::run(args, id).await;
     }
     let topo = Topology::load(args.common.config.as_deref())?;
     if args.common.dry_run {

@@ -721,6 +721,13 @@ impl Lab {
         self.lab_ok(&args);
     }
 
+    /// Boots a killed `host` again (`lab.sh restart-host`): its sshd, then
+    /// its pgpool, or its PostgreSQL as the unit would, after the start
+    /// guard. Returns lab.sh's output (the guard's lines are on stderr).
+    pub fn restart_host(&self, host: &str) -> Output {
+        self.lab_ok(&["restart-host", &self.name, host])
+    }
+
     /// `pg_ctl start -w` on `host` (`lab.sh start-pg`).
     pub fn start_pg(&self, host: &str) {
         self.lab_ok(&["start-pg", &self.name, host]);

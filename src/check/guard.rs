@@ -1,0 +1,339 @@
+//! `pgha-check --start-guard N`: run on node N's own host just before its
+//! PostgreSQL starts (systemd `ExecStartPre`), so that an old primary whose
+//! host reboots after a failover does not come back as a second writable
+//! primary.
+//!
+//! pgha acts over ssh from the pgpool hosts; while a host is down it can
+//! do nothing there, and the moment that host boots, its PostgreSQL would
+//! start from the unit and accept writes from any client that connects to
+//! it directly. pgpool never attaches it again by itself, but nothing else
+//! stops it. The guard is the node's own say before the server starts:
+//!
+//! - a data directory that starts as a standby (`standby.signal`, or a
+//!   `recovery.conf` with `standby_mode` before 12) may always start: a
+//!   standby accepts no writes;
+//! - one that would start as a primary is refused when another node
+//!   answers on a newer timeline, or as a primary on the same or a newer
+//!   one: the cluster moved on without it. The fix is `pgha-attach
+//!   --rejoin N`, which makes it a standby of the current primary (with
+//!   `pg_rewind` when it diverged) and starts it past this guard, since it
+//!   then starts as a standby;
+//! - when no other node answers at all (the whole cluster booting after a
+//!   power cut), it may start: nothing shows that another node took over,
+//!   and refusing there would keep the only primary down. The line says so.
+//!
+//! Read-only and bounded: one connection attempt per other node, all at
+//! once (`[postgres] connect_timeout` and `query_timeout`), and reading the
+//! local data directory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::cli::CheckArgs;
+use crate::cluster::{Node, Topology};
+use crate::error::{Error, Result};
+use crate::failover::parse_controldata;
+use crate::postgres;
+use crate::report::{Outcome, Summary};
+
+/// How the local data directory would start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Local {
+    /// As a standby; the file that makes it one.
+    Standby(&'static str),
+    /// As a primary, last on this timeline.
+    Primary { timeline: u32 },
+}
+
+/// What another node answered, or why it did not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seen {
+    Answered { primary: bool, timeline: u32 },
+    Silent(String),
+}
+
+/// The guard's decision: start (why) or refuse (why, and the fix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Start(String),
+    Refuse(String),
+}
+
+pub async fn run(args: &CheckArgs, id: u32) -> Result<Summary> {
+    let topo = Topology::load(args.common.config.as_deref())?;
+    let me = topo.node(i64::from(id))?;
+    let data = me.data_dir()?;
+    let local = local_state(&topo, &data).map_err(|e| {
+        Error::Step(format!(
+            "start guard of {}: {e}; fix the data directory (backend_data_directory{} or [nodes.{}] data_directory) or the [postgres] bin_dir",
+            me.label(),
+            me.id,
+            me.id
+        ))
+    })?;
+    let peers = if matches!(local, Local::Standby(_)) {
+        Vec::new()
+    } else {
+        ask_the_others(&topo, me).await
+    };
+    match decide(me, &local, &peers) {
+        Verdict::Start(why) => Ok(Summary {
+            outcome: Outcome::Ok,
+            message: why,
+            ..Summary::default()
+        }),
+        Verdict::Refuse(why) => Err(Error::Refused(why)),
+    }
+}
+
+/// Whether the data directory starts as a standby, else its timeline:
+/// the newest of the control file's checkpoint timeline and the timeline
+/// history files in `pg_wal` (a server promoted and stopped before its
+/// first checkpoint on the new timeline still has the old one in
+/// `pg_control`).
+fn local_state(topo: &Topology, data: &Path) -> std::result::Result<Local, String> {
+    if data.join("standby.signal").exists() {
+        return Ok(Local::Standby("standby.signal"));
+    }
+    if let Ok(text) = std::fs::read_to_string(data.join("recovery.conf")) {
+        let on = crate::pgconf::conf_value(&text, "standby_mode").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1")
+        });
+        if on {
+            return Ok(Local::Standby("recovery.conf (standby_mode = on)"));
+        }
+    }
+    let bin = topo.config.postgres.bin_dir.join("pg_controldata");
+    let out = std::process::Command::new(&bin)
+        .arg("-D")
+        .arg(data)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} -D {} exited {}: {}",
+            bin.display(),
+            data.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let cd = parse_controldata(&String::from_utf8_lossy(&out.stdout))?;
+    let history = newest_history(&data.join("pg_wal")).unwrap_or(0);
+    Ok(Local::Primary {
+        timeline: cd.timeline.max(history),
+    })
+}
+
+/// The highest timeline of a `NNNNNNNN.history` file in `dir`.
+fn newest_history(dir: &Path) -> Option<u32> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let hex = name.strip_suffix(".history")?;
+            (hex.len() == 8).then(|| u32::from_str_radix(hex, 16).ok())?
+        })
+        .max()
+}
+
+/// Every other node's role and timeline, asked at once.
+async fn ask_the_others<'a>(topo: &'a Topology, me: &Node) -> Vec<(&'a Node, Seen)> {
+    let others: Vec<&Node> = topo.nodes.iter().filter(|n| n.id != me.id).collect();
+    let asks = others.iter().map(|n| async move {
+        let t = topo.pg_target(n);
+        let bound = t.connect_timeout + t.query_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(bound, postgres::observe_target(&t)).await {
+            Ok(Ok(s)) => Seen::Answered {
+                primary: !s.in_recovery,
+                timeline: s.timeline,
+            },
+            Ok(Err(e)) => Seen::Silent(e.to_string()),
+            Err(_) => Seen::Silent(format!("no answer within {bound:?}")),
+        }
+    });
+    let seen = futures::future::join_all(asks).await;
+    for (n, s) in others.iter().zip(&seen) {
+        match s {
+            Seen::Answered { primary, timeline } => info!(
+                "{}: {} on timeline {timeline}",
+                n.label(),
+                if *primary { "primary" } else { "standby" }
+            ),
+            Seen::Silent(why) => warn!("{}: no answer: {why}", n.label()),
+        }
+    }
+    others.into_iter().zip(seen).collect()
+}
+
+/// The rules of the module doc, on what was seen.
+pub(crate) fn decide(me: &Node, local: &Local, peers: &[(&Node, Seen)]) -> Verdict {
+    let timeline = match local {
+        Local::Standby(file) => {
+            return Verdict::Start(format!(
+                "{} may start: it starts as a standby ({file}), which accepts no writes",
+                me.label()
+            ));
+        }
+        Local::Primary { timeline } => *timeline,
+    };
+    let ahead: Vec<String> = peers
+        .iter()
+        .filter_map(|(n, s)| match s {
+            Seen::Answered {
+                primary,
+                timeline: t,
+            } if *t > timeline || (*primary && *t >= timeline) => {
+                let role = if *primary { "the primary" } else { "a standby" };
+                Some(format!("{} answers as {role} on timeline {t}", n.label()))
+            }
+            _ => None,
+        })
+        .collect();
+    if !ahead.is_empty() {
+        let primary = peers.iter().find_map(|(n, s)| match s {
+            Seen::Answered { primary: true, .. } => Some(n.id.to_string()),
+            _ => None,
+        });
+        let of = primary.map_or("the current primary".to_string(), |p| format!("node {p}"));
+        return Verdict::Refuse(format!(
+            "{} would start as a primary on timeline {timeline}, but {}: the cluster failed over without it, and starting it would make a second writable primary. PostgreSQL was not started. Make it a standby of {of}: from a pgpool host, pgha-attach --rejoin {}",
+            me.label(),
+            ahead.join(", "),
+            me.id
+        ));
+    }
+    let answered = peers
+        .iter()
+        .filter(|(_, s)| matches!(s, Seen::Answered { .. }))
+        .count();
+    if answered == 0 && !peers.is_empty() {
+        return Verdict::Start(format!(
+            "{} may start as the primary it was (timeline {timeline}): no other node answered, so nothing shows that another took over",
+            me.label()
+        ));
+    }
+    Verdict::Start(format!(
+        "{} may start as the primary it was (timeline {timeline}): {} of {} other nodes answered, none on a newer timeline or as a primary",
+        me.label(),
+        answered,
+        peers.len()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u32) -> Node {
+        Node {
+            id,
+            host: format!("127.0.0.{}", 10 + id),
+            port: 5432,
+            data_dir: None,
+            ssh_host: format!("127.0.0.{}", 10 + id),
+            replication_host: format!("127.0.0.{}", 10 + id),
+            application_name: None,
+        }
+    }
+
+    fn answered(primary: bool, timeline: u32) -> Seen {
+        Seen::Answered { primary, timeline }
+    }
+
+    #[test]
+    fn a_standby_always_starts_without_asking() {
+        let v = decide(&node(0), &Local::Standby("standby.signal"), &[]);
+        assert!(
+            matches!(v, Verdict::Start(ref s) if s.contains("standby.signal")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn an_old_primary_is_refused_when_another_primary_is_on_a_newer_timeline() {
+        let (n1, n2) = (node(1), node(2));
+        let peers = [(&n1, answered(true, 4)), (&n2, answered(false, 4))];
+        let v = decide(&node(0), &Local::Primary { timeline: 3 }, &peers);
+        let Verdict::Refuse(why) = v else {
+            panic!("{v:?}")
+        };
+        assert!(
+            why.contains("node 1 (127.0.0.11:5432) answers as the primary on timeline 4"),
+            "{why}"
+        );
+        assert!(why.contains("a standby on timeline 4"), "{why}");
+        assert!(why.contains("standby of node 1"), "{why}");
+        assert!(why.ends_with("pgha-attach --rejoin 0"), "{why}");
+    }
+
+    #[test]
+    fn a_newer_standby_alone_is_enough_to_refuse() {
+        // The new primary is down too, but a standby already follows it.
+        let (n1, n2) = (node(1), node(2));
+        let peers = [
+            (&n1, Seen::Silent("refused".into())),
+            (&n2, answered(false, 5)),
+        ];
+        let v = decide(&node(0), &Local::Primary { timeline: 4 }, &peers);
+        let Verdict::Refuse(why) = v else {
+            panic!("{v:?}")
+        };
+        assert!(why.contains("standby of the current primary"), "{why}");
+    }
+
+    #[test]
+    fn a_primary_on_the_same_timeline_is_refused_too() {
+        let n1 = node(1);
+        let v = decide(
+            &node(0),
+            &Local::Primary { timeline: 2 },
+            &[(&n1, answered(true, 2))],
+        );
+        assert!(matches!(v, Verdict::Refuse(_)), "{v:?}");
+    }
+
+    #[test]
+    fn its_own_standbys_and_an_older_primary_let_it_start() {
+        // node 2 is a stale primary from before; node 0 is the newer one.
+        let (n1, n2) = (node(1), node(2));
+        let peers = [(&n1, answered(false, 3)), (&n2, answered(true, 2))];
+        let v = decide(&node(0), &Local::Primary { timeline: 3 }, &peers);
+        let Verdict::Start(why) = v else {
+            panic!("{v:?}")
+        };
+        assert!(why.contains("2 of 2 other nodes answered"), "{why}");
+    }
+
+    #[test]
+    fn nobody_answering_lets_it_start_and_says_so() {
+        let n1 = node(1);
+        let v = decide(
+            &node(0),
+            &Local::Primary { timeline: 3 },
+            &[(&n1, Seen::Silent("timeout".into()))],
+        );
+        let Verdict::Start(why) = v else {
+            panic!("{v:?}")
+        };
+        assert!(why.contains("no other node answered"), "{why}");
+    }
+
+    #[test]
+    fn the_newest_history_file_counts() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "00000002.history",
+            "0000000A.history",
+            "000000030000000000000004",
+            "x.history",
+        ] {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        assert_eq!(newest_history(d.path()), Some(10));
+        assert_eq!(newest_history(&d.path().join("missing")), None);
+    }
+}
