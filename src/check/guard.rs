@@ -65,7 +65,7 @@ pub async fn run(args: &CheckArgs, id: u32) -> Result<Summary> {
     let topo = Topology::load(args.common.config.as_deref())?;
     let me = topo.node(i64::from(id))?;
     let data = me.data_dir()?;
-    let local = local_state(&topo, &data).map_err(|e| {
+    let local = local_state(&topo, data).map_err(|e| {
         Error::Step(format!(
             "start guard of {}: {e}; fix the data directory (backend_data_directory{} or [nodes.{}] data_directory) or the [postgres] bin_dir",
             me.label(),
