@@ -47,6 +47,7 @@ usage: lab.sh COMMAND [ARGS]
                              lifecheck, quorum and consensus on, no virtual IP); up returns
                              once every member sees the same leader with quorum
      --no-pgpool             do not start pgpool
+     --fence                 run pgha-check --fence on every node (pgha-fence.service)
   down NAME                  stop everything of lab NAME and remove it
   exec NAME HOST [--root] -- CMD...
                              run CMD on HOST (app, app1, app2, pg0, pg1, ...) as postgres
@@ -99,7 +100,7 @@ load_env() {
 	[ -f "$d/lab.env" ] || die "no lab named '$1' (no $d/lab.env)"
 	# shellcheck disable=SC1091
 	. "$d/lab.env"
-	PGPOOL_BIN=${PGPOOL_BIN:-/usr/sbin} PGPOOLS=${PGPOOLS:-1}
+	PGPOOL_BIN=${PGPOOL_BIN:-/usr/sbin} PGPOOLS=${PGPOOLS:-1} FENCE=${FENCE:-0}
 }
 
 host_pid() { cat "$LAB_DIR/hosts/$1/sshd.pid" 2>/dev/null || true; }
@@ -519,7 +520,7 @@ cmd_up() {
 	need_root
 	NAME="" NET="" STANDBYS=2 PGHA_BIN=$REPO/target/debug
 	PG_BIN=${PGHA_PG_BIN:-/usr/lib/postgresql/15/bin} PGPOOL_BIN=${PGHA_PGPOOL_BIN:-/usr/sbin}
-	FAILOVER_COMMAND="" FOLLOW_COMMAND="" SYNC=0 PGPOOL=1 PGPOOLS=1 RESTORE=${PGHA_LAB_RESTORE:-scp}
+	FAILOVER_COMMAND="" FOLLOW_COMMAND="" SYNC=0 PGPOOL=1 PGPOOLS=1 FENCE=0 RESTORE=${PGHA_LAB_RESTORE:-scp}
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		--name) NAME=$2; shift 2 ;;
@@ -534,6 +535,7 @@ cmd_up() {
 		--restore) RESTORE=$2; shift 2 ;;
 		--pgpools) PGPOOLS=$2; shift 2 ;;
 		--no-pgpool) PGPOOL=0; shift ;;
+		--fence) FENCE=1; shift ;;
 		*) die "up: unknown option '$1' (see lab.sh help)" ;;
 		esac
 	done
@@ -593,6 +595,7 @@ APP_ADDR='$NET.20'
 PGPOOL_PORT=9999
 PCP_PORT=9898
 PGPOOLS='$PGPOOLS'
+FENCE='$FENCE'
 PGPOOL_HOSTS='$(pgpool_hosts)'
 WD_PORTS='$(for m in $(seq 0 $((PGPOOLS - 1))); do printf '%s ' "$(wd_port "$m")"; done)'
 HEARTBEAT_PORTS='$(for m in $(seq 0 $((PGPOOLS - 1))); do printf '%s ' "$(hb_port "$m")"; done)'
@@ -691,6 +694,10 @@ EOF
 	wait_for 30 "$STANDBYS standbys streaming from pg0" on_host pg0 postgres sh -c \
 		"[ \$(psql -Atc \"select count(*) from pg_stat_replication where state = 'streaming'\") = $STANDBYS ]"
 	log "$NAME: pg0 primary, $STANDBYS standbys streaming"
+	if [ "$FENCE" = 1 ]; then
+		for i in $(seq 0 "$STANDBYS"); do start_fence "pg$i"; done
+		log "$NAME: pgha-check --fence runs on pg0..pg$STANDBYS"
+	fi
 	if [ "$PGPOOL" = 1 ]; then
 		start_pgpools
 		if [ "$PGPOOLS" = 1 ]; then
@@ -827,10 +834,20 @@ cmd_restart_host() { # HOST: a killed host boots again, its data as it was
 	elif start_guard "$h"; then
 		pg_ctl_start "$h"
 	else
+		[ "$FENCE" = 0 ] || start_fence "$h"
 		log "$NAME: host $h restarted; its PostgreSQL stays down: the start guard refused it (see above)"
 		return 0
 	fi
+	is_pgpool_host "$h" || [ "$FENCE" = 0 ] || start_fence "$h"
 	log "$NAME: host $h restarted"
+}
+
+# pgha-fence.service on a node: pgha-check --fence, in the background for
+# as long as the host lives (kill and pause reach it with the rest).
+start_fence() { # HOST
+	local hd=$LAB_DIR/hosts/$1
+	on_host "$1" postgres setsid "$LAB_DIR/bin/pgha-check" --config /etc/pgha/pgha.toml \
+		--fence "${1#pg}" >>"$hd/home/pgha-fence.log" 2>&1 </dev/null &
 }
 
 # What a node's PostgreSQL unit runs before it starts the server

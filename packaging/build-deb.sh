@@ -78,6 +78,7 @@ done
 d lib/systemd/system/pgpool2.service.d
 f 0644 packaging/systemd/pgha-check.service lib/systemd/system/pgha-check.service
 f 0644 packaging/systemd/pgha-watch.service lib/systemd/system/pgha-watch.service
+f 0644 packaging/systemd/pgha-fence.service lib/systemd/system/pgha-fence.service
 f 0644 packaging/systemd/pgpool2.service.d/pgha-check.conf lib/systemd/system/pgpool2.service.d/pgha-check.conf
 
 d usr/share/doc/pgha

@@ -298,9 +298,19 @@ pub struct CheckArgs {
     #[arg(long, value_name = "NODE", conflicts_with_all = ["watch", "status"])]
     pub start_guard: Option<u32>,
 
-    /// Time between checks in --watch mode.
-    #[arg(long, default_value = "30s", value_name = "DURATION")]
-    pub interval: String,
+    /// Run on node NODE's own host for as long as its PostgreSQL may run
+    /// (pgha-fence.service): every --interval, when that server is a
+    /// primary and another node answers on a newer timeline (the cluster
+    /// failed over while this host was cut off or frozen), stop it
+    /// (pg_ctl stop -m fast) so that no client writes to it, and name the
+    /// rejoin. It never stops a standby, nor a primary no node has
+    /// replaced. Needs what --start-guard needs. Runs until SIGTERM.
+    #[arg(long, value_name = "NODE", conflicts_with_all = ["watch", "status", "start_guard"])]
+    pub fence: Option<u32>,
+
+    /// Time between rounds: --watch (default 30s), --fence (default 1s).
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
 
     /// Where --watch serves /health and /metrics (loopback addresses only).
     #[arg(long, default_value = "127.0.0.1:9187", value_name = "ADDR:PORT")]

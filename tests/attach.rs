@@ -313,6 +313,88 @@ fn a_rebooted_old_primary_stays_down_until_the_rejoin() {
     wait_row(&lab, "pg0", "rows", "after-reboot");
 }
 
+/// A cut-off old primary that returns without a restart (the network
+/// heals; no reboot, so no start guard): `pgha-check --fence` on its host
+/// stops it within seconds of answering again and names the rejoin, and
+/// leaves the new primary and, after the rejoin, the standby alone.
+#[test]
+fn a_cut_off_old_primary_that_returns_is_fenced() {
+    let lab = Lab::up(LabOptions {
+        standbys: 1,
+        fence: true,
+        ..LabOptions::default()
+    });
+    lab.pgpool_sql("create table rows (v text primary key)")
+        .unwrap();
+    lab.pgpool_sql("insert into rows values ('before')")
+        .unwrap();
+    wait_row(&lab, "pg1", "rows", "before");
+    let fence_log = |h: &str| {
+        std::fs::read_to_string(lab.host_dir(h).join("home/pgha-fence.log")).unwrap_or_default()
+    };
+    assert!(
+        fence_log("pg0").contains("fencing node 0"),
+        "the fence does not run on pg0: {}",
+        fence_log("pg0")
+    );
+    for a in [lab.repl_addr("pg0"), lab.addr("pg0")] {
+        lab.blackhole(&a);
+    }
+    assert_eq!(lab.wait_new_primary(2, T), "pg1");
+    write_through_pgpool(&lab, "insert into rows values ('after-failover')");
+    assert!(!fence_log("pg0").contains("FENCED"), "{}", fence_log("pg0"));
+    let healed = std::time::Instant::now();
+    for a in [lab.repl_addr("pg0"), lab.addr("pg0")] {
+        lab.unblackhole(&a);
+    }
+    let data = "/var/lib/postgresql/15/main";
+    lab.wait_observing("the fence on pg0 to stop its server", T, || {
+        let log = fence_log("pg0");
+        if log.contains("FENCED") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    eprintln!(
+        "pg0 fenced {:.1}s after its network healed",
+        healed.elapsed().as_secs_f64()
+    );
+    let status = lab
+        .exec("pg0", &["pg_ctl", "-D", data, "status"])
+        .status
+        .code();
+    assert_eq!(status, Some(3), "pg0's server runs after the fence");
+    let log = fence_log("pg0");
+    let pg1 = format!("node 1 ({}:5432)", lab.addr("pg1"));
+    assert!(
+        log.contains("node 0 (")
+            && log.contains("answers as a primary on timeline 1")
+            && log.contains(&format!("{pg1} answers as the primary on timeline 2"))
+            && log.contains("FENCED: node 0")
+            && log.contains("pgha-attach --rejoin 0"),
+        "{log}"
+    );
+    assert!(!in_recovery(&lab, "pg1"), "pg1 is no longer the primary");
+    assert!(!fence_log("pg1").contains("FENCED"), "{}", fence_log("pg1"));
+
+    pgha(&lab, "pgha-attach", &["--rejoin", "0"])
+        .success()
+        .stderr_contains("attached");
+    assert_follows(&lab, "pg0", "pg1", 2);
+    lab.pgpool_sql("insert into rows values ('after-rejoin')")
+        .unwrap();
+    wait_row(&lab, "pg0", "rows", "after-rejoin");
+    // A standby now, which the fence leaves running.
+    assert!(in_recovery(&lab, "pg0"));
+    assert_eq!(
+        fence_log("pg0").matches("FENCED").count(),
+        1,
+        "{}",
+        fence_log("pg0")
+    );
+}
+
 #[test]
 fn bad_targets_are_refused_and_left_untouched() {
     let lab = Lab::up(LabOptions::default());

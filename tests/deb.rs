@@ -92,6 +92,12 @@ fn the_package_installs_docs_units_and_conffiles() {
         "{guard}"
     );
     assert!(!Path::new("/etc/systemd/system/postgresql@.service.d/pgha-start-guard.conf").exists());
+    let fence = std::fs::read_to_string("/lib/systemd/system/pgha-fence.service")
+        .expect("pgha-fence.service installed");
+    assert!(
+        fence.contains("ExecStart=/usr/bin/pgha-check --fence ${PGHA_NODE_ID} $PGHA_FENCE_OPTS"),
+        "{fence}"
+    );
     let help = Command::new("/usr/bin/pgha-check")
         .arg("--help")
         .output()

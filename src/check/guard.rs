@@ -22,7 +22,14 @@
 //!   power cut), it may start: nothing shows that another node took over,
 //!   and refusing there would keep the only primary down. The line says so.
 //!
-//! Read-only and bounded: one connection attempt per other node, all at
+//! `pgha-check --fence N` is its running half, for an old primary that
+//! returns without a restart (a cut network heals, a frozen host runs on):
+//! every second, when the local server answers as a primary and another
+//! node answers on a newer timeline, it stops the server (`pg_ctl stop -m
+//! fast`) and names the same rejoin. Only a newer timeline counts there:
+//! of two primaries on one timeline, each would stop itself.
+//!
+//! The guard is read-only and bounded: one connection attempt per other node, all at
 //! once (`[postgres] connect_timeout` and `query_timeout`), and reading the
 //! local data directory.
 
@@ -76,7 +83,7 @@ pub async fn run(args: &CheckArgs, id: u32) -> Result<Summary> {
     let peers = if matches!(local, Local::Standby(_)) {
         Vec::new()
     } else {
-        ask_the_others(&topo, me).await
+        ask_the_others(&topo, me, true).await
     };
     match decide(me, &local, &peers) {
         Verdict::Start(why) => Ok(Summary {
@@ -141,7 +148,7 @@ fn newest_history(dir: &Path) -> Option<u32> {
 }
 
 /// Every other node's role and timeline, asked at once.
-async fn ask_the_others<'a>(topo: &'a Topology, me: &Node) -> Vec<(&'a Node, Seen)> {
+async fn ask_the_others<'a>(topo: &'a Topology, me: &Node, loud: bool) -> Vec<(&'a Node, Seen)> {
     let others: Vec<&Node> = topo.nodes.iter().filter(|n| n.id != me.id).collect();
     let asks = others.iter().map(|n| async move {
         let t = topo.pg_target(n);
@@ -156,7 +163,7 @@ async fn ask_the_others<'a>(topo: &'a Topology, me: &Node) -> Vec<(&'a Node, See
         }
     });
     let seen = futures::future::join_all(asks).await;
-    for (n, s) in others.iter().zip(&seen) {
+    for (n, s) in others.iter().zip(&seen).filter(|_| loud) {
         match s {
             Seen::Answered { primary, timeline } => info!(
                 "{}: {} on timeline {timeline}",
@@ -180,19 +187,7 @@ pub(crate) fn decide(me: &Node, local: &Local, peers: &[(&Node, Seen)]) -> Verdi
         }
         Local::Primary { timeline } => *timeline,
     };
-    let ahead: Vec<String> = peers
-        .iter()
-        .filter_map(|(n, s)| match s {
-            Seen::Answered {
-                primary,
-                timeline: t,
-            } if *t > timeline || (*primary && *t >= timeline) => {
-                let role = if *primary { "the primary" } else { "a standby" };
-                Some(format!("{} answers as {role} on timeline {t}", n.label()))
-            }
-            _ => None,
-        })
-        .collect();
+    let ahead = ahead_of(peers, timeline, true);
     if !ahead.is_empty() {
         let primary = peers.iter().find_map(|(n, s)| match s {
             Seen::Answered { primary: true, .. } => Some(n.id.to_string()),
@@ -222,6 +217,119 @@ pub(crate) fn decide(me: &Node, local: &Local, peers: &[(&Node, Seen)]) -> Verdi
         answered,
         peers.len()
     ))
+}
+
+/// The other nodes that show the cluster moved past `timeline`: on a newer
+/// one, or (`same_primary`) a primary on the same one. A running server
+/// is fenced on a newer timeline only: two primaries on one timeline
+/// would each stop themselves.
+fn ahead_of(peers: &[(&Node, Seen)], timeline: u32, same_primary: bool) -> Vec<String> {
+    peers
+        .iter()
+        .filter_map(|(n, s)| match s {
+            Seen::Answered {
+                primary,
+                timeline: t,
+            } if *t > timeline || (same_primary && *primary && *t >= timeline) => {
+                let role = if *primary { "the primary" } else { "a standby" };
+                Some(format!("{} answers as {role} on timeline {t}", n.label()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `--fence N`: every `--interval` (default 1s), a [`fence_round`], until
+/// SIGTERM or SIGINT.
+pub async fn fence(args: &CheckArgs, id: u32) -> Result<Summary> {
+    let every = args.interval.as_deref().unwrap_or("1s");
+    let interval = super::positive_duration("--interval", every)?;
+    let topo = Topology::load(args.common.config.as_deref())?;
+    let me = topo.node(i64::from(id))?.clone();
+    let data = me.data_dir()?.to_path_buf();
+    info!(
+        "fencing {}: every {every}, stop it when it runs as a primary and another node answers on a newer timeline",
+        me.label()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Step(format!("cannot watch for SIGTERM: {e}")))?;
+    let mut stops = 0u32;
+    loop {
+        tokio::select! {
+            fenced = fence_round(&topo, &me, &data) => stops += u32::from(fenced),
+            _ = super::watch::stopped(&mut term) => break,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = super::watch::stopped(&mut term) => break,
+        }
+    }
+    Ok(Summary {
+        outcome: Outcome::Stopped,
+        message: format!(
+            "fence of {} stopped; it stopped the server {stops} times",
+            me.label()
+        ),
+        ..Summary::default()
+    })
+}
+
+/// One round: when the local server answers as a primary and another node
+/// answers on a newer timeline, stop it. Returns whether it stopped it.
+async fn fence_round(topo: &Topology, me: &Node, data: &Path) -> bool {
+    let t = topo.pg_target(me);
+    let bound = t.connect_timeout + t.query_timeout;
+    let mine = match tokio::time::timeout(bound, postgres::observe_target(&t)).await {
+        Ok(Ok(s)) if !s.in_recovery => s,
+        _ => return false,
+    };
+    let peers = ask_the_others(topo, me, false).await;
+    let ahead = ahead_of(&peers, mine.timeline, false);
+    if ahead.is_empty() {
+        return false;
+    }
+    warn!(
+        "{} answers as a primary on timeline {}, but {}: the cluster failed over without it; stopping it (pg_ctl stop -m fast) so that no client writes to it",
+        me.label(),
+        mine.timeline,
+        ahead.join(", ")
+    );
+    match stop_local(topo, data).await {
+        Ok(()) => warn!(
+            "FENCED: {} stopped. Make it a standby: from a pgpool host, pgha-attach --rejoin {}",
+            me.label(),
+            me.id
+        ),
+        Err(e) => tracing::error!(
+            "could not stop {}: {e}; stop it by hand (pg_ctl -D {} stop -m fast), then from a pgpool host pgha-attach --rejoin {}",
+            me.label(),
+            data.display(),
+            me.id
+        ),
+    }
+    true
+}
+
+/// `pg_ctl stop -m fast` on the local data directory, bounded.
+async fn stop_local(topo: &Topology, data: &Path) -> std::result::Result<(), String> {
+    let bin = topo.config.postgres.bin_dir.join("pg_ctl");
+    let run = tokio::process::Command::new(&bin)
+        .arg("-D")
+        .arg(data)
+        .args(["stop", "-m", "fast", "-t", "30"])
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(35), run).await {
+        Ok(Ok(o)) if o.status.success() => Ok(()),
+        Ok(Ok(o)) => Err(format!(
+            "{} stop exited {}: {}",
+            bin.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(Err(e)) => Err(format!("{}: {e}", bin.display())),
+        Err(_) => Err(format!("{} stop took more than 35s", bin.display())),
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +391,19 @@ mod tests {
             panic!("{v:?}")
         };
         assert!(why.contains("standby of the current primary"), "{why}");
+    }
+
+    #[test]
+    fn a_running_primary_is_fenced_on_a_newer_timeline_only() {
+        let (n1, n2) = (node(1), node(2));
+        let same = [(&n1, answered(true, 2)), (&n2, answered(false, 2))];
+        assert!(ahead_of(&same, 2, false).is_empty());
+        assert_eq!(ahead_of(&same, 2, true).len(), 1);
+        let newer = [(&n1, answered(true, 3)), (&n2, Seen::Silent("x".into()))];
+        assert_eq!(
+            ahead_of(&newer, 2, false),
+            ["node 1 (127.0.0.11:5432) answers as the primary on timeline 3"]
+        );
     }
 
     #[test]

@@ -186,6 +186,9 @@ pub async fn run(args: &CheckArgs) -> Result<Summary> {
     if let Some(id) = args.start_guard {
         return guard::run(args, id).await;
     }
+    if let Some(id) = args.fence {
+        return guard::fence(args, id).await;
+    }
     let topo = Topology::load(args.common.config.as_deref())?;
     if args.common.dry_run {
         let plan = plan(&topo);

@@ -77,7 +77,8 @@ struct Last {
 
 /// Run the watch loop until SIGTERM or SIGINT.
 pub(crate) async fn run(args: &CheckArgs) -> Result<Summary> {
-    let interval = super::positive_duration("--interval", &args.interval)?;
+    let every = args.interval.as_deref().unwrap_or("30s");
+    let interval = super::positive_duration("--interval", every)?;
     let addr = loopback_listen(&args.listen)?;
     // A configuration that cannot be read at start is an error, not a
     // failing check: the operator sees it at once.
@@ -85,10 +86,7 @@ pub(crate) async fn run(args: &CheckArgs) -> Result<Summary> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Usage(format!("--listen {addr}: cannot listen: {e}")))?;
-    info!(
-        "serving /health and /metrics on http://{addr}, checking every {}",
-        args.interval
-    );
+    info!("serving /health and /metrics on http://{addr}, checking every {every}");
     let shared: Shared = Arc::new(RwLock::new(Last::default()));
     tokio::spawn(serve(listener, shared.clone()));
 
@@ -118,7 +116,7 @@ pub(crate) async fn run(args: &CheckArgs) -> Result<Summary> {
 }
 
 /// Ends at SIGTERM or SIGINT.
-async fn stopped(term: &mut tokio::signal::unix::Signal) {
+pub(super) async fn stopped(term: &mut tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

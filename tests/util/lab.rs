@@ -55,6 +55,9 @@ pub struct LabOptions {
     /// is the target directory of this test build, `"system"` is `/usr/bin`
     /// (an installed package).
     pub pgha_bin: Option<String>,
+    /// Run `pgha-check --fence` on every node (`--fence`), as
+    /// pgha-fence.service would.
+    pub fence: bool,
 }
 
 impl Default for LabOptions {
@@ -68,6 +71,7 @@ impl Default for LabOptions {
             pgpools: 1,
             pgha_bin: None,
             restore: None,
+            fence: false,
         }
     }
 }
@@ -394,6 +398,9 @@ impl Lab {
         }
         if !opts.pgpool {
             cmd.arg("--no-pgpool");
+        }
+        if opts.fence {
+            cmd.arg("--fence");
         }
         if let Some(r) = opts.restore {
             cmd.args(["--restore", r]);
