@@ -103,7 +103,7 @@ class Lab:
         self.pgpool_hosts = ["app"]
         self.leader = "app"  # the pgpool host that runs failover_command (the watchdog's leader)
 
-    def up(self, standbys, failover=None, follow=None, sync=False, pgpool=True, pgpools=1):
+    def up(self, standbys, failover=None, follow=None, sync=False, pgpool=True, pgpools=1, fence=False):
         args = [str(LABSH), "up", "--name", self.name, "--standbys", str(standbys), "--pgha-bin", PGHA_BIN]
         if pgpools > 1:
             args += ["--pgpools", str(pgpools)]
@@ -115,6 +115,8 @@ class Lab:
             args.append("--sync")
         if not pgpool:
             args.append("--no-pgpool")
+        if fence:
+            args.append("--fence")
         r = subprocess.run(args, capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise RuntimeError(f"lab.sh up {self.name} failed: {r.stderr.strip()[-1500:]}")

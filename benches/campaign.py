@@ -500,7 +500,7 @@ def keep_logs(lab, logs):
     """Every host's pgpool log, pgha journal and PostgreSQL log into logs/."""
     logs.mkdir(parents=True, exist_ok=True)
     for d in sorted((lab.dir / "hosts").iterdir()):
-        for rel in ("home/pgpool.log", "home/pgha/journal.jsonl", "home/15/pgha-postgresql.log"):
+        for rel in ("home/pgpool.log", "home/pgha/journal.jsonl", "home/15/pgha-postgresql.log", "home/pgha-fence.log"):
             src = d / rel
             if src.exists():
                 (logs / f"{d.name}.{src.name}").write_bytes(src.read_bytes())
@@ -508,7 +508,7 @@ def keep_logs(lab, logs):
 
 def make_lab(args):
     name = f"campaign-{os.getpid()}"
-    lab = Lab(name).up(args.standbys, pgpools=args.pgpools,
+    lab = Lab(name).up(args.standbys, pgpools=args.pgpools, fence=not args.no_fence,
                        follow="@BIN@/pgha-follow %d --new-primary %m --old-primary %P" if args.follow else None)
     lab.leader = lab.watchdog_leader() if args.pgpools > 1 else "app"
     return lab
@@ -524,6 +524,8 @@ def main():
     ap.add_argument("--standbys", type=int, default=2)
     ap.add_argument("--pgpools", type=int, choices=[1, 3], default=1)
     ap.add_argument("--follow", action="store_true", help="pgha-follow as follow_primary_command")
+    ap.add_argument("--no-fence", action="store_true",
+                    help="without pgha-check --fence on the nodes (pgha-fence.service); the start guard runs regardless")
     ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(FAULTS))
     ap.add_argument("--converge", type=float, default=30.0, help="seconds to wait for convergence by itself")
     ap.add_argument("--out", default=str(REPO / "target" / "campaign"))

@@ -92,6 +92,50 @@ fn wrong_arguments_are_usage_errors() {
     assert!(!dir.path().join("state").exists(), "nothing may be written");
 }
 
+/// The start guard and the fence on a database host: bad input is named
+/// and exits non-zero; a data directory that starts as a standby may start
+/// without asking anyone.
+#[test]
+fn start_guard_and_fence_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("main");
+    std::fs::create_dir(&data).unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("[nodes.0]\ndata_directory = \"{}\"\n", data.display()),
+    );
+    let check = |args: &[&str]| {
+        Cmd::new("pgha-check")
+            .args(args)
+            .env("PGHA_CONFIG", &cfg)
+            .run()
+    };
+    check(&["--start-guard", "7"])
+        .code(2)
+        .stderr_contains("unknown node id 7");
+    check(&["--fence", "7"])
+        .code(2)
+        .stderr_contains("unknown node id 7");
+    check(&["--start-guard", "1"])
+        .code(2)
+        .stderr_contains("node 1 (127.0.250.3:5432) has no data directory");
+    check(&["--fence", "0", "--interval", "0s"])
+        .code(2)
+        .stderr_contains("--interval must be more than 0s");
+    check(&["--start-guard", "0", "--watch"]).code(2);
+    // Not a data directory: pg_controldata fails, and the line says where.
+    check(&["--start-guard", "0"])
+        .code(1)
+        .stderr_contains("start guard of node 0")
+        .stderr_contains("pg_controldata")
+        .stderr_contains(&data.display().to_string());
+    std::fs::write(data.join("standby.signal"), "").unwrap();
+    check(&["--start-guard", "0"]).success().stderr_contains(
+        "OK: node 0 (127.0.250.2:5432) may start: it starts as a standby (standby.signal)",
+    );
+    assert!(!dir.path().join("state").exists(), "nothing may be written");
+}
+
 #[test]
 fn broken_configuration_is_named_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
