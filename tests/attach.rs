@@ -313,12 +313,9 @@ fn a_rebooted_old_primary_stays_down_until_the_rejoin() {
     wait_row(&lab, "pg0", "rows", "after-reboot");
 }
 
-/// A cut-off old primary that returns without a restart (the network
-/// heals; no reboot, so no start guard): `pgha-check --fence` on its host
-/// stops it within seconds of answering again and names the rejoin, and
-/// leaves the new primary and, after the rejoin, the standby alone.
-#[test]
-fn a_cut_off_old_primary_that_returns_is_fenced() {
+/// A lab of pg0 and one standby, with `pgha-check --fence` on every node
+/// (pgha-fence.service), and a table with a row on both.
+fn fenced_lab() -> Lab {
     let lab = Lab::up(LabOptions {
         standbys: 1,
         fence: true,
@@ -329,70 +326,147 @@ fn a_cut_off_old_primary_that_returns_is_fenced() {
     lab.pgpool_sql("insert into rows values ('before')")
         .unwrap();
     wait_row(&lab, "pg1", "rows", "before");
-    let fence_log = |h: &str| {
-        std::fs::read_to_string(lab.host_dir(h).join("home/pgha-fence.log")).unwrap_or_default()
-    };
     assert!(
-        fence_log("pg0").contains("fencing node 0"),
+        fence_log(&lab, "pg0").contains("fencing node 0"),
         "the fence does not run on pg0: {}",
-        fence_log("pg0")
+        fence_log(&lab, "pg0")
     );
-    for a in [lab.repl_addr("pg0"), lab.addr("pg0")] {
-        lab.blackhole(&a);
-    }
-    assert_eq!(lab.wait_new_primary(2, T), "pg1");
-    write_through_pgpool(&lab, "insert into rows values ('after-failover')");
-    assert!(!fence_log("pg0").contains("FENCED"), "{}", fence_log("pg0"));
-    let healed = std::time::Instant::now();
-    for a in [lab.repl_addr("pg0"), lab.addr("pg0")] {
-        lab.unblackhole(&a);
-    }
-    let data = "/var/lib/postgresql/15/main";
+    lab
+}
+
+fn fence_log(lab: &Lab, h: &str) -> String {
+    std::fs::read_to_string(lab.host_dir(h).join("home/pgha-fence.log")).unwrap_or_default()
+}
+
+/// Waits until the fence on pg0 has stopped its server; returns its log.
+fn wait_fenced(lab: &Lab) -> String {
     lab.wait_observing("the fence on pg0 to stop its server", T, || {
-        let log = fence_log("pg0");
+        let log = fence_log(lab, "pg0");
         if log.contains("FENCED") {
             Ok(())
         } else {
             Err(log)
         }
     });
-    eprintln!(
-        "pg0 fenced {:.1}s after its network healed",
-        healed.elapsed().as_secs_f64()
-    );
     let status = lab
-        .exec("pg0", &["pg_ctl", "-D", data, "status"])
+        .exec(
+            "pg0",
+            &["pg_ctl", "-D", "/var/lib/postgresql/15/main", "status"],
+        )
         .status
         .code();
     assert_eq!(status, Some(3), "pg0's server runs after the fence");
-    let log = fence_log("pg0");
+    fence_log(lab, "pg0")
+}
+
+/// After the fence: pg1 still the primary and never fenced, and the rejoin
+/// makes pg0 a standby with every row, which the fence leaves running.
+fn rejoin_after_the_fence(lab: &Lab) {
+    assert!(!in_recovery(lab, "pg1"), "pg1 is no longer the primary");
+    assert!(
+        !fence_log(lab, "pg1").contains("FENCED"),
+        "{}",
+        fence_log(lab, "pg1")
+    );
+    pgha(lab, "pgha-attach", &["--rejoin", "0"])
+        .success()
+        .stderr_contains("attached");
+    assert_follows(lab, "pg0", "pg1", 2);
+    write_through_pgpool(lab, "insert into rows values ('after-rejoin')");
+    wait_row(lab, "pg0", "rows", "after-failover");
+    wait_row(lab, "pg0", "rows", "after-rejoin");
+    assert!(in_recovery(lab, "pg0"));
+    assert_eq!(
+        fence_log(lab, "pg0").matches("FENCED").count(),
+        1,
+        "{}",
+        fence_log(lab, "pg0")
+    );
+}
+
+/// A primary cut off from every other host (`lab.sh cut`: both ways, all
+/// addresses) stops itself once it has reached no other node and no pgpool for as long as
+/// pgpool takes to find it dead (health_check_period 1 + timeout 2 in the
+/// lab), so that when the network heals no client finds a second primary.
+#[test]
+fn a_cut_off_primary_stops_itself_and_stays_down_when_the_cut_heals() {
+    let lab = fenced_lab();
+    let cut = std::time::Instant::now();
+    lab.cut("pg0", &["pg1", "app"]);
+    assert_eq!(lab.wait_new_primary(2, T), "pg1");
+    write_through_pgpool(&lab, "insert into rows values ('after-failover')");
+    let log = wait_fenced(&lab);
+    eprintln!(
+        "pg0 stopped itself {:.1}s after the cut",
+        cut.elapsed().as_secs_f64()
+    );
+    assert!(
+        log.contains("reached no other node and no pgpool for")
+            && log.contains("(3s)")
+            && log.contains("FENCED: node 0")
+            && log.contains("pgha-attach --rejoin 0"),
+        "{log}"
+    );
+    lab.heal("pg0", &["pg1", "app"]);
+    // Healed: still down (the fence does not start anything), and pgpool
+    // writes to pg1 only.
+    write_through_pgpool(&lab, "insert into rows values ('after-heal')");
+    let status = lab
+        .exec(
+            "pg0",
+            &["pg_ctl", "-D", "/var/lib/postgresql/15/main", "status"],
+        )
+        .status
+        .code();
+    assert_eq!(status, Some(3));
+    rejoin_after_the_fence(&lab);
+}
+
+/// An old primary that runs again after a failover without its unit (an
+/// operator's pg_ctl start, so no start guard) is stopped by the fence
+/// within seconds of answering, naming the primary on the newer timeline.
+#[test]
+fn an_old_primary_started_by_hand_after_a_failover_is_fenced() {
+    let lab = fenced_lab();
+    let o = lab.exec(
+        "pg0",
+        &[
+            "pg_ctl",
+            "-D",
+            "/var/lib/postgresql/15/main",
+            "stop",
+            "-m",
+            "immediate",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "crash pg0: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    write_through_pgpool(&lab, "insert into rows values ('after-failover')");
+    assert_eq!(primary_timeline(&lab, "pg1"), 2);
+    assert!(
+        !fence_log(&lab, "pg0").contains("FENCED"),
+        "{}",
+        fence_log(&lab, "pg0")
+    );
+    let started = std::time::Instant::now();
+    lab.start_pg("pg0");
+    let log = wait_fenced(&lab);
+    eprintln!(
+        "pg0 fenced {:.1}s after it started",
+        started.elapsed().as_secs_f64()
+    );
     let pg1 = format!("node 1 ({}:5432)", lab.addr("pg1"));
     assert!(
-        log.contains("node 0 (")
-            && log.contains("answers as a primary on timeline 1")
+        log.contains("answers as a primary on timeline 1")
             && log.contains(&format!("{pg1} answers as the primary on timeline 2"))
             && log.contains("FENCED: node 0")
             && log.contains("pgha-attach --rejoin 0"),
         "{log}"
     );
-    assert!(!in_recovery(&lab, "pg1"), "pg1 is no longer the primary");
-    assert!(!fence_log("pg1").contains("FENCED"), "{}", fence_log("pg1"));
-
-    pgha(&lab, "pgha-attach", &["--rejoin", "0"])
-        .success()
-        .stderr_contains("attached");
-    assert_follows(&lab, "pg0", "pg1", 2);
-    lab.pgpool_sql("insert into rows values ('after-rejoin')")
-        .unwrap();
-    wait_row(&lab, "pg0", "rows", "after-rejoin");
-    // A standby now, which the fence leaves running.
-    assert!(in_recovery(&lab, "pg0"));
-    assert_eq!(
-        fence_log("pg0").matches("FENCED").count(),
-        1,
-        "{}",
-        fence_log("pg0")
-    );
+    rejoin_after_the_fence(&lab);
 }
 
 #[test]

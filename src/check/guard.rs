@@ -34,7 +34,7 @@
 //! local data directory.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -104,13 +104,8 @@ fn local_state(topo: &Topology, data: &Path) -> std::result::Result<Local, Strin
     if data.join("standby.signal").exists() {
         return Ok(Local::Standby("standby.signal"));
     }
-    if let Ok(text) = std::fs::read_to_string(data.join("recovery.conf")) {
-        let on = crate::pgconf::conf_value(&text, "standby_mode").is_some_and(|v| {
-            matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1")
-        });
-        if on {
-            return Ok(Local::Standby("recovery.conf (standby_mode = on)"));
-        }
+    if standby_recovery_conf(data) {
+        return Ok(Local::Standby("recovery.conf (standby_mode = on)"));
     }
     let bin = topo.config.postgres.bin_dir.join("pg_controldata");
     let out = std::process::Command::new(&bin)
@@ -247,16 +242,24 @@ pub async fn fence(args: &CheckArgs, id: u32) -> Result<Summary> {
     let topo = Topology::load(args.common.config.as_deref())?;
     let me = topo.node(i64::from(id))?.clone();
     let data = me.data_dir()?.to_path_buf();
+    let lease = pgpool_detection(&topo, me.id);
+    let witnesses = witnesses(&topo, &me);
     info!(
-        "fencing {}: every {every}, stop it when it runs as a primary and another node answers on a newer timeline",
-        me.label()
+        "fencing {}: every {every}, stop it when it runs as a primary and another node answers on a newer timeline, or when it reaches none of {} for {lease:?} (pgpool's health check finds a silent backend dead within that)",
+        me.label(),
+        witnesses
+            .iter()
+            .map(|(h, p)| format!("{h}:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    let mut isolated_since: Option<Instant> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Step(format!("cannot watch for SIGTERM: {e}")))?;
     let mut stops = 0u32;
     loop {
         tokio::select! {
-            fenced = fence_round(&topo, &me, &data) => stops += u32::from(fenced),
+            fenced = fence_round(&topo, &me, &data, &witnesses, lease, &mut isolated_since) => stops += u32::from(fenced),
             _ = super::watch::stopped(&mut term) => break,
         }
         tokio::select! {
@@ -274,10 +277,38 @@ pub async fn fence(args: &CheckArgs, id: u32) -> Result<Summary> {
     })
 }
 
-/// One round: when the local server answers as a primary and another node
-/// answers on a newer timeline, stop it. Returns whether it stopped it.
-async fn fence_round(topo: &Topology, me: &Node, data: &Path) -> bool {
-    let t = topo.pg_target(me);
+/// One round: when the local server would be a primary (running, no
+/// standby.signal) and has reached none of `witnesses` since
+/// `isolated_since` for `lease`, or when it answers as a primary and another
+/// node answers on a newer timeline, stop it. Returns whether it stopped it.
+async fn fence_round(
+    topo: &Topology,
+    me: &Node,
+    data: &Path,
+    witnesses: &[(String, u16)],
+    lease: Duration,
+    isolated_since: &mut Option<Instant>,
+) -> bool {
+    if !running_primary(topo, data) {
+        *isolated_since = None;
+        return false;
+    }
+    if !witnesses.is_empty() && !reaches_any(witnesses).await {
+        let since = *isolated_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < lease {
+            return false;
+        }
+        *isolated_since = None;
+        warn!(
+            "{} runs as a primary but has reached no other node and no pgpool for {:.1}s, longer than pgpool takes to find it dead ({lease:?}): a standby may be promoted meanwhile; stopping it (pg_ctl stop -m fast) so that no client writes to a second primary",
+            me.label(),
+            since.elapsed().as_secs_f64()
+        );
+        report_stop(topo, me, data, "once the network is back: if another node was promoted, from a pgpool host pgha-attach --rejoin N; if none was, start it again (the start guard lets it)").await;
+        return true;
+    }
+    *isolated_since = None;
+    let t = local_target(topo, me, data);
     let bound = t.connect_timeout + t.query_timeout;
     let mine = match tokio::time::timeout(bound, postgres::observe_target(&t)).await {
         Ok(Ok(s)) if !s.in_recovery => s,
@@ -294,20 +325,150 @@ async fn fence_round(topo: &Topology, me: &Node, data: &Path) -> bool {
         mine.timeline,
         ahead.join(", ")
     );
+    report_stop(
+        topo,
+        me,
+        data,
+        "make it a standby: from a pgpool host, pgha-attach --rejoin N",
+    )
+    .await;
+    true
+}
+
+/// How to reach the local server with SQL: its unix socket, from
+/// `postmaster.pid` (line 4 the port, line 5 the first socket directory),
+/// so that it is seen even when its network address is cut off; else its
+/// backend address.
+fn local_target(topo: &Topology, me: &Node, data: &Path) -> postgres::PgTarget {
+    let pid = std::fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
+    let lines: Vec<&str> = pid.lines().collect();
+    let port = lines.get(3).and_then(|p| p.trim().parse::<u16>().ok());
+    match (lines.get(4).map(|d| d.trim()), port) {
+        (Some(dir), Some(port)) if dir.starts_with('/') => {
+            postgres::PgTarget::new(dir, port, &topo.config.postgres)
+        }
+        _ => topo.pg_target(me),
+    }
+}
+
+/// Stop the local server and say what happened and what to do (`next`,
+/// with N for the node id).
+async fn report_stop(topo: &Topology, me: &Node, data: &Path, next: &str) {
+    let next = next.replace(" N", &format!(" {}", me.id));
     match stop_local(topo, data).await {
-        Ok(()) => warn!(
-            "FENCED: {} stopped. Make it a standby: from a pgpool host, pgha-attach --rejoin {}",
-            me.label(),
-            me.id
-        ),
+        Ok(()) => warn!("FENCED: {} stopped. Next: {next}", me.label()),
         Err(e) => tracing::error!(
-            "could not stop {}: {e}; stop it by hand (pg_ctl -D {} stop -m fast), then from a pgpool host pgha-attach --rejoin {}",
+            "could not stop {}: {e}; stop it by hand (pg_ctl -D {} stop -m fast), then {next}",
             me.label(),
-            data.display(),
-            me.id
+            data.display()
         ),
     }
-    true
+}
+
+/// Whether the local data directory has a running server that is (or
+/// would end up) a primary: `pg_ctl status` says a server runs, and no
+/// standby.signal (or standby recovery.conf) is there. Local, no network:
+/// it holds while the host is cut off.
+fn running_primary(topo: &Topology, data: &Path) -> bool {
+    let runs = std::process::Command::new(topo.config.postgres.bin_dir.join("pg_ctl"))
+        .arg("-D")
+        .arg(data)
+        .arg("status")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    runs && !data.join("standby.signal").exists() && !standby_recovery_conf(data)
+}
+
+/// A `recovery.conf` with `standby_mode` on (before 12).
+fn standby_recovery_conf(data: &Path) -> bool {
+    std::fs::read_to_string(data.join("recovery.conf")).is_ok_and(|text| {
+        crate::pgconf::conf_value(&text, "standby_mode")
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1"))
+    })
+}
+
+/// The longest pgpool's health check takes to find a silent backend dead:
+/// `health_check_period` + (1 + `health_check_max_retries`) x
+/// `health_check_timeout` + retries x `health_check_retry_delay` (the
+/// node's own `...N` setting first). With the health check off, 30s.
+fn pgpool_detection(topo: &Topology, id: u32) -> Duration {
+    let get = |key: &str, default: u64| {
+        let conf = &topo.pgpool;
+        conf.get(&format!("{key}{id}"))
+            .or_else(|| conf.get(key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let period = get("health_check_period", 0);
+    if period == 0 {
+        return Duration::from_secs(30);
+    }
+    let (timeout, retries, delay) = (
+        get("health_check_timeout", 20),
+        get("health_check_max_retries", 0),
+        get("health_check_retry_delay", 1),
+    );
+    Duration::from_secs(period + (1 + retries) * timeout + retries * delay)
+}
+
+/// What an isolated node tries to reach: every other node's SQL port,
+/// and every pgpool of pgpool.conf (its listen address, and the watchdog
+/// members: `hostnameN`/`pgpool_portN`, or `other_pgpool_hostnameN`).
+fn witnesses(topo: &Topology, me: &Node) -> Vec<(String, u16)> {
+    let conf = &topo.pgpool;
+    let port = |key: &str| conf.get(key).and_then(|v| v.trim().parse().ok());
+    let mut out: Vec<(String, u16)> = topo
+        .nodes
+        .iter()
+        .filter(|n| n.id != me.id)
+        .map(|n| (n.host.clone(), n.port))
+        .collect();
+    let mut pgpool = |host: Option<&str>, p: Option<u16>| {
+        let host = host
+            .map(|h| h.trim().trim_matches('\'').to_string())
+            .unwrap_or_default();
+        for h in host.split(',').map(str::trim) {
+            // Wildcards and loopback names mean this host, not the pgpool's.
+            let local = matches!(
+                h,
+                "" | "*" | "0.0.0.0" | "::" | "localhost" | "127.0.0.1" | "::1"
+            );
+            if !local && !out.iter().any(|(x, q)| x == h && Some(*q) == p) {
+                out.push((h.to_string(), p.unwrap_or(9999)));
+            }
+        }
+    };
+    pgpool(conf.get("listen_addresses"), port("port"));
+    for m in 0..16 {
+        pgpool(
+            conf.get(&format!("hostname{m}")),
+            port(&format!("pgpool_port{m}")),
+        );
+        pgpool(
+            conf.get(&format!("other_pgpool_hostname{m}")),
+            port(&format!("other_pgpool_port{m}")),
+        );
+    }
+    out
+}
+
+/// Whether any witness answers at the TCP level within a second: a
+/// connection, or a refusal (a host that sends a reset is reachable).
+async fn reaches_any(witnesses: &[(String, u16)]) -> bool {
+    let probes = witnesses.iter().map(|(h, p)| async move {
+        let bound = Duration::from_secs(1);
+        match tokio::time::timeout(bound, tokio::net::TcpStream::connect((h.as_str(), *p))).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+            Err(_) => false,
+        }
+    });
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .any(|r| r)
 }
 
 /// `pg_ctl stop -m fast` on the local data directory, bounded.
@@ -404,6 +565,48 @@ mod tests {
             ahead_of(&newer, 2, false),
             ["node 1 (127.0.0.11:5432) answers as the primary on timeline 3"]
         );
+    }
+
+    fn topo(pgpool_conf: &str) -> Topology {
+        let text = format!(
+            "backend_hostname0 = '127.0.0.10'\nbackend_hostname1 = '127.0.0.11'\n{pgpool_conf}"
+        );
+        let p = crate::pgpool::conf::PgpoolConf::parse(Path::new("pgpool.conf"), &text).unwrap();
+        Topology::from_parts(crate::config::Config::default(), p)
+    }
+
+    #[test]
+    fn the_lease_is_pgpools_detection_time() {
+        let t = topo(
+            "health_check_period = 1\nhealth_check_timeout = 2\nhealth_check_max_retries = 0\n",
+        );
+        assert_eq!(pgpool_detection(&t, 0), Duration::from_secs(3));
+        // Retries, their delay, and a per-node period.
+        let t = topo(
+            "health_check_period = 5\nhealth_check_period1 = 2\nhealth_check_timeout = 3\n\
+             health_check_max_retries = 2\nhealth_check_retry_delay = 1\n",
+        );
+        assert_eq!(pgpool_detection(&t, 0), Duration::from_secs(5 + 9 + 2));
+        assert_eq!(pgpool_detection(&t, 1), Duration::from_secs(2 + 9 + 2));
+        // The health check off: pgpool finds a silent node only through clients.
+        assert_eq!(pgpool_detection(&topo(""), 0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_witnesses_are_the_other_nodes_and_every_pgpool() {
+        let t = topo(
+            "listen_addresses = '127.0.0.20'\nport = 9999\n\
+             hostname0 = '127.0.0.20'\npgpool_port0 = 9999\nhostname1 = '127.0.0.21'\npgpool_port1 = 9999\n",
+        );
+        let me = t.nodes[0].clone();
+        let w = witnesses(&t, &me);
+        let w: Vec<String> = w.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        assert_eq!(w, ["127.0.0.11:5432", "127.0.0.20:9999", "127.0.0.21:9999"]);
+        // A wildcard or loopback listen address names no pgpool host.
+        let t = topo("listen_addresses = '*'\n");
+        assert_eq!(witnesses(&t, &me).len(), 1);
+        let t = topo("listen_addresses = 'localhost'\n");
+        assert_eq!(witnesses(&t, &me).len(), 1);
     }
 
     #[test]
