@@ -303,8 +303,10 @@ pub struct CheckArgs {
     /// primary and another node answers on a newer timeline (the cluster
     /// failed over while this host was cut off or frozen), stop it
     /// (pg_ctl stop -m fast) so that no client writes to it, and name the
-    /// rejoin. It never stops a standby, nor a primary no node has
-    /// replaced. Needs what --start-guard needs. Runs until SIGTERM.
+    /// rejoin; also when it runs as a primary and has reached no other node
+    /// and no pgpool for as long as pgpool's health check takes to find it
+    /// dead (a standby may be promoted meanwhile). It never stops a
+    /// standby. Needs what --start-guard needs. Runs until SIGTERM.
     #[arg(long, value_name = "NODE", conflicts_with_all = ["watch", "status", "start_guard"])]
     pub fence: Option<u32>,
 

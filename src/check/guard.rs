@@ -24,10 +24,14 @@
 //!
 //! `pgha-check --fence N` is its running half, for an old primary that
 //! returns without a restart (a cut network heals, a frozen host runs on):
-//! every second, when the local server answers as a primary and another
-//! node answers on a newer timeline, it stops the server (`pg_ctl stop -m
-//! fast`) and names the same rejoin. Only a newer timeline counts there:
-//! of two primaries on one timeline, each would stop itself.
+//! every second, when the local server answers as a primary (over its unix
+//! socket, which a cut network does not reach) and another node answers
+//! on a newer timeline, it stops the server (`pg_ctl stop -m fast`) and
+//! names the same rejoin. Only a newer timeline counts there: of two
+//! primaries on one timeline, each would stop itself. And a primary that
+//! reaches no other node and no pgpool for as long as pgpool's health
+//! check takes to find it dead stops too: by then a standby may be
+//! promoted, and the cut may heal before anyone could tell it.
 //!
 //! The guard is read-only and bounded: one connection attempt per other node, all at
 //! once (`[postgres] connect_timeout` and `query_timeout`), and reading the
