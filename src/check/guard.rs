@@ -475,25 +475,41 @@ async fn reaches_any(witnesses: &[(String, u16)]) -> bool {
         .any(|r| r)
 }
 
-/// `pg_ctl stop -m fast` on the local data directory, bounded.
+/// `pg_ctl stop -m fast` on the local data directory, then `-m immediate`
+/// if that has not finished within 10s. Fast refuses new sessions and ends
+/// the open ones at once, but then waits for its walsenders to send the
+/// shutdown checkpoint, which standbys it cannot reach never acknowledge
+/// (up to `wal_sender_timeout`); the rejoin copes with either.
 async fn stop_local(topo: &Topology, data: &Path) -> std::result::Result<(), String> {
     let bin = topo.config.postgres.bin_dir.join("pg_ctl");
-    let run = tokio::process::Command::new(&bin)
-        .arg("-D")
-        .arg(data)
-        .args(["stop", "-m", "fast", "-t", "30"])
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(Duration::from_secs(35), run).await {
-        Ok(Ok(o)) if o.status.success() => Ok(()),
-        Ok(Ok(o)) => Err(format!(
-            "{} stop exited {}: {}",
-            bin.display(),
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Ok(Err(e)) => Err(format!("{}: {e}", bin.display())),
-        Err(_) => Err(format!("{} stop took more than 35s", bin.display())),
+    let stop = |mode: &'static str| {
+        let bin = bin.clone();
+        async move {
+            let run = tokio::process::Command::new(&bin)
+                .arg("-D")
+                .arg(data)
+                .args(["stop", "-m", mode, "-t", "10"])
+                .kill_on_drop(true)
+                .output();
+            match tokio::time::timeout(Duration::from_secs(15), run).await {
+                Ok(Ok(o)) if o.status.success() => Ok(()),
+                Ok(Ok(o)) => Err(format!(
+                    "{} stop -m {mode} exited {}: {}",
+                    bin.display(),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Ok(Err(e)) => Err(format!("{}: {e}", bin.display())),
+                Err(_) => Err(format!("{} stop -m {mode} took more than 15s", bin.display())),
+            }
+        }
+    };
+    match stop("fast").await {
+        Ok(()) => Ok(()),
+        Err(fast) => {
+            warn!("{fast}; stopping it with -m immediate");
+            stop("immediate").await.map_err(|e| format!("{fast}; then {e}"))
+        }
     }
 }
 
