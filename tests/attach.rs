@@ -12,15 +12,13 @@ use crate::follow::{
 };
 use crate::util::lab::{Lab, LabOptions};
 
-/// A lab after pg0's server crashed (immediate stop: its host and sshd
-/// stay), pgpool failed over to pg1 with pgha-failover, and pg0 was
-/// started again by itself: a zombie primary on the old timeline with WAL
-/// the new primary never had (its end-of-recovery checkpoint). One
-/// standby, so that pg1 is the one promoted (with two, the one with more
-/// WAL would be).
-fn zombie_lab() -> Lab {
+/// pg0 and one standby (so that pg1 is the one promoted; with two, the one
+/// with more WAL would be), with `pgha-check --fence` on every node when
+/// `fence` (pgha-fence.service), and a table with a row on both.
+fn two_node_lab(fence: bool) -> Lab {
     let lab = Lab::up(LabOptions {
         standbys: 1,
+        fence,
         ..LabOptions::default()
     });
     lab.pgpool_sql("create table rows (v text primary key)")
@@ -28,22 +26,44 @@ fn zombie_lab() -> Lab {
     lab.pgpool_sql("insert into rows values ('before')")
         .unwrap();
     wait_row(&lab, "pg1", "rows", "before");
-    let o = lab.exec(
-        "pg0",
-        &[
-            "pg_ctl",
-            "-D",
-            "/var/lib/postgresql/15/main",
-            "stop",
-            "-m",
-            "immediate",
-        ],
-    );
+    lab
+}
+
+/// pg0's server crashes (immediate stop); its host and sshd stay.
+fn crash_pg0(lab: &Lab) {
+    let data = "/var/lib/postgresql/15/main";
+    let o = lab.exec("pg0", &["pg_ctl", "-D", data, "stop", "-m", "immediate"]);
     assert!(
         o.status.success(),
         "crash pg0: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// Whether a server runs on pg0's data directory (`pg_ctl status` exit 0;
+/// 3 is none).
+fn pg0_runs(lab: &Lab) -> bool {
+    let data = "/var/lib/postgresql/15/main";
+    let code = lab
+        .exec("pg0", &["pg_ctl", "-D", data, "status"])
+        .status
+        .code();
+    assert!(
+        matches!(code, Some(0 | 3)),
+        "pg_ctl status on pg0 exited {code:?}"
+    );
+    code == Some(0)
+}
+
+/// A lab after pg0's server crashed (immediate stop: its host and sshd
+/// stay), pgpool failed over to pg1 with pgha-failover, and pg0 was
+/// started again by itself: a zombie primary on the old timeline with WAL
+/// the new primary never had (its end-of-recovery checkpoint). One
+/// standby, so that pg1 is the one promoted (with two, the one with more
+/// WAL would be).
+fn zombie_lab() -> Lab {
+    let lab = two_node_lab(false);
+    crash_pg0(&lab);
     write_through_pgpool(&lab, "insert into rows values ('after-failover')");
     lab.wait_observing("pgpool: pg1 primary, pg0 down", T, || {
         let (p0, p1) = (lab.pcp_node(0)?, lab.pcp_node(1)?);
@@ -236,15 +256,7 @@ fn rejoin_puts_back_a_paused_restore_command() {
 /// standby) without a word from the operator.
 #[test]
 fn a_rebooted_old_primary_stays_down_until_the_rejoin() {
-    let lab = Lab::up(LabOptions {
-        standbys: 1,
-        ..LabOptions::default()
-    });
-    lab.pgpool_sql("create table rows (v text primary key)")
-        .unwrap();
-    lab.pgpool_sql("insert into rows values ('before')")
-        .unwrap();
-    wait_row(&lab, "pg1", "rows", "before");
+    let lab = two_node_lab(false);
     lab.kill_host("pg0");
     write_through_pgpool(&lab, "insert into rows values ('after-failover')");
     assert_eq!(primary_timeline(&lab, "pg1"), 2);
@@ -260,17 +272,8 @@ fn a_rebooted_old_primary_stays_down_until_the_rejoin() {
             && err.contains("pgha-attach --rejoin 0"),
         "{err}"
     );
-    let status = |lab: &Lab| {
-        lab.exec(
-            "pg0",
-            &["pg_ctl", "-D", "/var/lib/postgresql/15/main", "status"],
-        )
-        .status
-        .code()
-    };
-    assert_eq!(
-        status(&lab),
-        Some(3),
+    assert!(
+        !pg0_runs(&lab),
         "pg0's PostgreSQL runs after the guard refused it"
     );
     // The guard run again by hand says the same, and changes nothing.
@@ -290,7 +293,7 @@ fn a_rebooted_old_primary_stays_down_until_the_rejoin() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    assert_eq!(status(&lab), Some(3));
+    assert!(!pg0_runs(&lab));
     write_through_pgpool(&lab, "insert into rows values ('while-down')");
 
     pgha(&lab, "pgha-attach", &["--rejoin", "0"])
@@ -316,16 +319,7 @@ fn a_rebooted_old_primary_stays_down_until_the_rejoin() {
 /// A lab of pg0 and one standby, with `pgha-check --fence` on every node
 /// (pgha-fence.service), and a table with a row on both.
 fn fenced_lab() -> Lab {
-    let lab = Lab::up(LabOptions {
-        standbys: 1,
-        fence: true,
-        ..LabOptions::default()
-    });
-    lab.pgpool_sql("create table rows (v text primary key)")
-        .unwrap();
-    lab.pgpool_sql("insert into rows values ('before')")
-        .unwrap();
-    wait_row(&lab, "pg1", "rows", "before");
+    let lab = two_node_lab(true);
     assert!(
         fence_log(&lab, "pg0").contains("fencing node 0"),
         "the fence does not run on pg0: {}",
@@ -348,14 +342,7 @@ fn wait_fenced(lab: &Lab) -> String {
             Err(log)
         }
     });
-    let status = lab
-        .exec(
-            "pg0",
-            &["pg_ctl", "-D", "/var/lib/postgresql/15/main", "status"],
-        )
-        .status
-        .code();
-    assert_eq!(status, Some(3), "pg0's server runs after the fence");
+    assert!(!pg0_runs(lab), "pg0's server runs after the fence");
     fence_log(lab, "pg0")
 }
 
@@ -411,14 +398,7 @@ fn a_cut_off_primary_stops_itself_and_stays_down_when_the_cut_heals() {
     // Healed: still down (the fence does not start anything), and pgpool
     // writes to pg1 only.
     write_through_pgpool(&lab, "insert into rows values ('after-heal')");
-    let status = lab
-        .exec(
-            "pg0",
-            &["pg_ctl", "-D", "/var/lib/postgresql/15/main", "status"],
-        )
-        .status
-        .code();
-    assert_eq!(status, Some(3));
+    assert!(!pg0_runs(&lab));
     rejoin_after_the_fence(&lab);
 }
 
@@ -428,22 +408,7 @@ fn a_cut_off_primary_stops_itself_and_stays_down_when_the_cut_heals() {
 #[test]
 fn an_old_primary_started_by_hand_after_a_failover_is_fenced() {
     let lab = fenced_lab();
-    let o = lab.exec(
-        "pg0",
-        &[
-            "pg_ctl",
-            "-D",
-            "/var/lib/postgresql/15/main",
-            "stop",
-            "-m",
-            "immediate",
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "crash pg0: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    crash_pg0(&lab);
     write_through_pgpool(&lab, "insert into rows values ('after-failover')");
     assert_eq!(primary_timeline(&lab, "pg1"), 2);
     assert!(

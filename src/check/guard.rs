@@ -500,7 +500,10 @@ async fn stop_local(topo: &Topology, data: &Path) -> std::result::Result<(), Str
                     String::from_utf8_lossy(&o.stderr).trim()
                 )),
                 Ok(Err(e)) => Err(format!("{}: {e}", bin.display())),
-                Err(_) => Err(format!("{} stop -m {mode} took more than 15s", bin.display())),
+                Err(_) => Err(format!(
+                    "{} stop -m {mode} took more than 15s",
+                    bin.display()
+                )),
             }
         }
     };
@@ -508,7 +511,9 @@ async fn stop_local(topo: &Topology, data: &Path) -> std::result::Result<(), Str
         Ok(()) => Ok(()),
         Err(fast) => {
             warn!("{fast}; stopping it with -m immediate");
-            stop("immediate").await.map_err(|e| format!("{fast}; then {e}"))
+            stop("immediate")
+                .await
+                .map_err(|e| format!("{fast}; then {e}"))
         }
     }
 }

@@ -298,6 +298,7 @@ pub(crate) async fn collect(topo: &Topology) -> Status {
     let (observed, pcp, ssh, wd) =
         tokio::join!(cluster::observe_all(topo), pgpool_view(topo), ssh, wd);
     remote.close().await;
+    let observed = reread_primary(topo, observed).await;
     let history = primary_history(topo, &observed).await;
     let lines = state::read_journal(&topo.config.state_dir);
     let mut runs = state::runs(&lines);
@@ -343,6 +344,29 @@ async fn pgpool_view(topo: &Topology) -> std::result::Result<Vec<NodeInfo>, Stri
             t.host, t.port, bound
         ))
     })
+}
+
+/// The one primary read again, after every standby was: each standby's
+/// LSN is then compared with a primary LSN read later than its own, and a
+/// standby that received WAL the primary wrote between two concurrent
+/// reads is not taken for one ahead of the primary on its timeline (under
+/// a writer, the fault campaign saw healthy standbys advised
+/// `pgha-follow N --discard-wal`). Kept as it was when the second read
+/// fails or finds no primary.
+async fn reread_primary(topo: &Topology, mut observed: Vec<Observed>) -> Vec<Observed> {
+    let primaries: Vec<usize> = observed
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.ok().is_some_and(|s| !s.in_recovery))
+        .map(|(i, _)| i)
+        .collect();
+    if let [i] = primaries[..] {
+        let again = cluster::observe_node(topo, &observed[i].node).await;
+        if again.ok().is_some_and(|s| !s.in_recovery) {
+            observed[i] = again;
+        }
+    }
+    observed
 }
 
 /// The status from what was observed (pure).
