@@ -72,6 +72,9 @@ pub(crate) enum Verdict {
     Refuse(String),
 }
 
+/// `--start-guard N`: OK when node N may start, refused (exit 4) when it
+/// would come up as a second primary; a data directory pg_controldata
+/// cannot read is a failed step (exit 1), so the unit does not start either.
 pub async fn run(args: &CheckArgs, id: u32) -> Result<Summary> {
     let topo = Topology::load(args.common.config.as_deref())?;
     let me = topo.node(i64::from(id))?;
