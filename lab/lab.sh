@@ -156,9 +156,12 @@ host_procs() {
 	# One stat for all processes (a readlink per process is slow).
 	pids=$(stat -c '%N' /proc/[0-9]*/ns/mnt 2>/dev/null | grep -F -- "-> '$ns'" |
 		sed -n "s|^'/proc/\([0-9]*\)/ns/mnt'.*|\1|p" || true)
+	# A process that ended since the stat (a psql or ssh run there a moment
+	# ago) fails the check: try the next one. Failing the whole list there
+	# made a kill or a pause do nothing now and then.
 	for p in $pids; do
 		if [ -z "$verified" ]; then
-			pid_on_host "$p" "$1" || return 0
+			pid_on_host "$p" "$1" || continue
 			verified=1
 		fi
 		echo "$p"
