@@ -309,6 +309,13 @@ impl Remote {
             .map(|_| ())
     }
 
+    /// Open the master for `host` now, so that a command soon after does
+    /// not wait for ssh's handshake. A failure is kept as a command's would
+    /// be; a command asked later connects again.
+    pub async fn warm(&self, host: &str) -> Result<(), RemoteError> {
+        self.session(host).await.map(|_| ())
+    }
+
     /// Close every master (`ssh -O exit`) and remove the control directory
     /// if this `Remote` created it. Commands still running on a master are
     /// cut off. The `Remote` stays usable: later commands reconnect. Dropping

@@ -478,7 +478,7 @@ async fn wait_promoted(
     // signals the postmaster once more): a request that arrives while the
     // startup process is between its checks must not wait for its next
     // wakeup (wal_retrieve_retry_interval, 5 s by default).
-    const RESIGNAL: Duration = Duration::from_millis(250);
+    const RESIGNAL: Duration = Duration::from_millis(100);
     let mut resend_at = start + RESIGNAL;
     loop {
         let s = postgres::observe(&client, &target)

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::SwitchoverArgs;
 use crate::cluster::{self, Node, Observed, Topology};
@@ -21,6 +21,7 @@ use crate::pgpool::pcp::NodeInfo;
 use crate::postgres::NodeState;
 use crate::report::{Outcome, Summary};
 use crate::state::{Journal, Lock};
+use crate::steps;
 
 /// One node as the preflight sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +226,7 @@ async fn request_and_wait(
     target: &Node,
     asked: Instant,
 ) -> Result<u32> {
+    checkpoint(x, from).await;
     crate::failover::write_marker(&x.topo.config.state_dir, from.id, target.id)?;
     let request = ops::promote_switchover(x.topo, target, x.deadline);
     x.step("request", Some(target), request, |()| {
@@ -261,6 +263,28 @@ async fn request_and_wait(
     })
     .await?;
     Ok(timeline)
+}
+
+/// `CHECKPOINT` on the primary before pgpool is asked: the shutdown
+/// checkpoint that pgha-failover's clean stop waits for then writes only
+/// what changed since, while writes through pgpool are held (repmgr's
+/// switchover does the same). A checkpoint that fails or outlasts
+/// `query_timeout` changes nothing: the shutdown checkpoint does that work.
+async fn checkpoint(x: &Exec<'_>, from: &Node) {
+    let t = Instant::now();
+    match steps::execute_node(x.topo, from, "CHECKPOINT", "CHECKPOINT").await {
+        Ok(()) => x.record(
+            "checkpoint",
+            Some(from),
+            &Did::done("checkpoint done, so the clean stop writes little while writes wait"),
+            t.elapsed(),
+            crate::state::Fields::new(),
+        ),
+        Err(e) => warn!(
+            "{}: checkpoint: {e}; going on: the shutdown checkpoint will write it all while writes through pgpool wait (grant pg_checkpoint, 15+, or use a superuser)",
+            from.label()
+        ),
+    }
 }
 
 /// Observe every node and pgpool, take and drop the failover lock, decide.

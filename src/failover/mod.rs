@@ -296,13 +296,26 @@ async fn observe(ctx: &Ctx<'_>) -> Result<(Vec<Observed>, Liveness)> {
         }))
         .await
     };
-    let observing = async { tokio::join!(cluster::observe_with(failed, ft), others_observed) };
+    // A switchover that pgha-switchover asked for stops the failed node
+    // over ssh next: its master opens while the nodes are observed, within
+    // the liveness bound (a node that died meanwhile costs no more).
+    let lt = topo.config.failover.liveness_timeout;
+    let planned = read_marker(&topo.config.state_dir, topo.config.failover.deadline)
+        .is_some_and(|m| m.from == failed.id);
+    let warm = async {
+        if planned {
+            let _ = tokio::time::timeout(lt, x.remote.warm(&failed.ssh_host)).await;
+        }
+    };
+    let observing = async {
+        let (f, o, ()) = tokio::join!(cluster::observe_with(failed, ft), others_observed, warm);
+        (f, o)
+    };
     let (failed_obs, mut observed, live) =
         liveness::while_observing(topo, x.remote, failed, &others, deadline, observing).await;
     if let Some(e) = claim_failed.into_inner() {
         return Err(e);
     }
-    let lt = topo.config.failover.liveness_timeout;
     ctx.silent.set(
         failed_obs.state.is_err() && !failed_obs.answered && failed_obs.took >= lt.mul_f64(0.9),
     );
