@@ -945,14 +945,13 @@ def switchover_leg(lab, writer, to, tli, count):
     t_all = time.time()
     acked = [t for _, t in writer.acked if t >= t0 - 1]
     pairs = [(a, b) for a, b in zip(acked, acked[1:]) if b <= t_all]
-    gaps = [b - a for a, b in pairs]
     worst = max(pairs, key=lambda p: p[1] - p[0]) if pairs else None
     errs = [(round(t - t0, 3), e[:80]) for t, e in writer.errors if worst and worst[0] <= t <= worst[1]]
     return {
         "rc": r.returncode,
         "last_line": (r.stderr.strip().splitlines() or [""])[-1][:300],
         "command_s": round(t_ret - t0, 3),
-        "outage": round(max(gaps), 3) if gaps else None,
+        "outage": round(worst[1] - worst[0], 3) if worst else None,
         # the longest gap, from and to (seconds from the request), and the
         # writer's errors within it: where the outage came from
         "outage_span": [round(worst[0] - t0, 3), round(worst[1] - t0, 3)] if worst else None,

@@ -193,10 +193,15 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
     let (topo, failed) = (ctx.x.topo, ctx.failed);
     let t0 = Instant::now();
     summary.step = "observing the nodes".into();
-    let (observed, live) = observe(ctx).await?;
+    // The node pgha-switchover asked pgpool to promote, when its marker
+    // names the failed node: a planned switchover.
+    let switchover_to = read_marker(&topo.config.state_dir, topo.config.failover.deadline)
+        .filter(|m| i64::from(m.from) == args.failed_node)
+        .map(|m| m.to);
+    let (observed, live) = observe(ctx, switchover_to.is_some()).await?;
     record_claim_wait(ctx);
     let views: Vec<plan::NodeView> = observed.iter().map(|o| o.view(topo)).collect();
-    let input = failover_input(topo, args, live);
+    let input = failover_input(topo, args, live, switchover_to);
     let decision = plan::decide(&input, &views);
     if let (Liveness::Alive(why), Decision::Promote { .. } | Decision::Refuse { .. }) =
         (&input.failed_liveness, &decision)
@@ -271,7 +276,7 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
 /// is pending: a silent primary costs one timeout, not two or three in a
 /// row. pgpool found it unreachable already: it is asked only as long as a
 /// liveness probe may take.
-async fn observe(ctx: &Ctx<'_>) -> Result<(Vec<Observed>, Liveness)> {
+async fn observe(ctx: &Ctx<'_>, planned: bool) -> Result<(Vec<Observed>, Liveness)> {
     let (topo, failed) = (ctx.x.topo, ctx.failed);
     let mut ft = topo.pg_target(failed);
     ft.connect_timeout = ft
@@ -296,12 +301,11 @@ async fn observe(ctx: &Ctx<'_>) -> Result<(Vec<Observed>, Liveness)> {
         }))
         .await
     };
-    // A switchover that pgha-switchover asked for stops the failed node
-    // over ssh next: its master opens while the nodes are observed, within
-    // the liveness bound (a node that died meanwhile costs no more).
+    // A switchover that pgha-switchover asked for (`planned`) stops the
+    // failed node over ssh next: its master opens while the nodes are
+    // observed, within the liveness bound (a node that died meanwhile costs
+    // no more).
     let lt = topo.config.failover.liveness_timeout;
-    let planned = read_marker(&topo.config.state_dir, topo.config.failover.deadline)
-        .is_some_and(|m| m.from == failed.id);
     let warm = async {
         if planned {
             let _ = tokio::time::timeout(lt, x.remote.warm(&failed.ssh_host)).await;
@@ -357,7 +361,12 @@ fn record_claim_wait(ctx: &Ctx<'_>) {
 }
 
 /// The planner's input: pgpool's arguments, the policies, the liveness.
-fn failover_input(topo: &Topology, args: &FailoverArgs, live: Liveness) -> FailoverInput {
+fn failover_input(
+    topo: &Topology,
+    args: &FailoverArgs,
+    live: Liveness,
+    switchover_to: Option<u32>,
+) -> FailoverInput {
     let fc = &topo.config.failover;
     FailoverInput {
         failed: u32::try_from(args.failed_node).unwrap_or(u32::MAX),
@@ -369,9 +378,7 @@ fn failover_input(topo: &Topology, args: &FailoverArgs, live: Liveness) -> Failo
         max_lag: fc.maximum_lag,
         sync_unproven: fc.sync_unproven,
         sync_after: fc.sync_after_promote,
-        switchover_to: read_marker(&topo.config.state_dir, fc.deadline)
-            .filter(|m| i64::from(m.from) == args.failed_node)
-            .map(|m| m.to),
+        switchover_to,
     }
 }
 
