@@ -108,6 +108,11 @@ pub struct FailoverArgs {
     /// starts again as a standby (`pgha-attach --rejoin ID`).
     #[arg(long, hide = true, value_name = "ID")]
     pub settle_rejoin: Option<u32>,
+
+    /// Internal: the standbys the detached phase repoints first (those no
+    /// commit waits for, left by the main phase so that pgpool waits less).
+    #[arg(long, hide = true, value_name = "ID,...", value_delimiter = ',')]
+    pub settle_repoint: Vec<u32>,
 }
 
 /// `pgha-follow`: pgpool-II's `follow_primary_command`, or by hand.

@@ -86,6 +86,9 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<u32>,
     pub repointed: Vec<u32>,
+    /// The standbys the detached phase repoints (no commit waits for them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repoint_later: Vec<u32>,
     pub errors: Vec<String>,
     /// How long pgpool waited for this command.
     pub blocked_ms: u64,

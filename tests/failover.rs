@@ -145,6 +145,14 @@ fn primary_killed_pgpool_fails_over_and_no_acknowledged_write_is_lost() {
     let repoint = entry("repoint").expect("a repoint entry");
     assert_eq!(repoint["upstream"], new_id, "{repoint}");
     assert_eq!(repoint["timeline"], 2, "{repoint}");
+    // A commit may wait for the other standby (ANY 1 lists it): it was
+    // repointed before pgpool was told, by the run pgpool waited for.
+    let main = j
+        .iter()
+        .find(|e| e["step"] == "run" && e["phase"] == "main")
+        .expect("the main run's line");
+    assert_eq!(repoint["pid"], main["pid"], "{repoint}");
+    assert!(!log.contains("in the background (no commit waits"), "{log}");
     watcher.assert_never_two_primaries();
 }
 
@@ -157,6 +165,28 @@ fn rerun_changes_nothing_and_standby_failure_promotes_nothing() {
     let (other, new_id, other_id) = the_other(&new);
     lab.wait_streams(other, &new, 2, T);
     wait_pcp_up(&lab, other_id, "standby");
+    // Asynchronous replication: no commit waits for the other standby, so
+    // pgpool did not wait for its repoint either; the detached phase did it.
+    let log = lab.pgpool_log();
+    assert!(
+        log.contains(&format!("repointing node {other_id} in the background")),
+        "{log}"
+    );
+    let settle = lab.wait_until("the detached phase's run line", T, || {
+        journal(&lab)
+            .into_iter()
+            .find(|e| e["step"] == "run" && e["phase"] == "settle")
+    });
+    let j = journal(&lab);
+    let repoint = j
+        .iter()
+        .find(|e| e["step"] == "repoint" && e["node"] == other_id && e["outcome"] == "done")
+        .expect("a repoint entry for the other standby");
+    assert_eq!(
+        repoint["pid"], settle["pid"],
+        "repointed by the detached phase: {repoint}"
+    );
+    assert_eq!(repoint["upstream"], new_id, "{repoint}");
 
     // The same call again: nothing to do, and it says so.
     let (out, _) = failover(

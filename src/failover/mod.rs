@@ -136,7 +136,7 @@ async fn main_phase(ctx: &Ctx<'_>, args: &FailoverArgs, start: Instant) -> Resul
             Some(Decision::Switchover { old, .. }) => Some(*old),
             _ => None,
         };
-        spawn_settle(args, p, rejoin);
+        spawn_settle(args, p, rejoin, &summary.repoint_later);
     }
     result.map(|()| summary)
 }
@@ -456,7 +456,7 @@ async fn already_promoted(
     unpause_restore(ctx, p, &st).await;
     let cannot_follow = diverged_standbys(ctx, p, &st, observed).await;
     let writes = apply_sync(ctx, p, sync, summary).await;
-    follow_phase(ctx, p, &st, observed, &cannot_follow, summary).await?;
+    follow_phase(ctx, p, &st, observed, &cannot_follow, None, summary).await?;
     writes
 }
 
@@ -491,6 +491,7 @@ async fn promote(
     summary.outcome = Outcome::Promoted;
     let st = as_primary(cstate, timeline);
     let writes = apply_sync(ctx, c, &p.sync, summary).await;
+    let commits_wait = sync_setting(&st, &p.sync);
     let skip: Vec<(u32, String)> = p
         .ahead
         .iter()
@@ -501,7 +502,7 @@ async fn promote(
             ))
         })
         .collect();
-    follow_phase(ctx, c, &st, observed, &skip, summary).await?;
+    follow_phase(ctx, c, &st, observed, &skip, Some(&commits_wait), summary).await?;
     if let Some(r) = &p.risk {
         summary.message += &format!("; WARNING: {r}");
     }
@@ -676,22 +677,32 @@ async fn relax_sync(
 /// Point a standby's `restore_command` at the archive of the primary it
 /// now follows (one SQL round trip; an attempt still in flight is cut
 /// short by the settle phase, off pgpool's clock). Returns a note for the
-/// progress line; trouble here is reported, and does not undo the repoint.
-async fn follow_archive(ctx: &Ctx<'_>, n: &Node, st: &NodeState, upstream: &Node) -> String {
-    match steps::retarget_restore(ctx.x.topo, n, st, upstream).await {
-        Ok(None) => String::new(),
-        Ok(Some((_, _, how))) => format!(
-            "; restore_command fetches from {}'s archive now{}",
-            upstream.label(),
-            match how {
-                steps::RestoreApplied::Reloaded => " (reload)",
-                steps::RestoreApplied::AtRestart =>
-                    " (from its next start: 12 and 13 read it only then)",
-            }
+/// progress line and the command it has now; trouble here is reported, and
+/// does not undo the repoint.
+async fn follow_archive(
+    topo: &Topology,
+    n: &Node,
+    st: &NodeState,
+    upstream: &Node,
+) -> (String, String) {
+    let had = crate::restore::original(&st.restore_command).to_string();
+    match steps::retarget_restore(topo, n, st, upstream).await {
+        Ok(None) => (String::new(), had),
+        Ok(Some((_, now, how))) => (
+            format!(
+                "; restore_command fetches from {}'s archive now{}",
+                upstream.label(),
+                match how {
+                    steps::RestoreApplied::Reloaded => " (reload)",
+                    steps::RestoreApplied::AtRestart =>
+                        " (from its next start: 12 and 13 read it only then)",
+                }
+            ),
+            now,
         ),
         Err(e) => {
             warn!("{e}");
-            format!("; restore_command left as it was: {e}")
+            (format!("; restore_command left as it was: {e}"), had)
         }
     }
 }
@@ -717,25 +728,49 @@ async fn diverged_standbys(
         .collect()
 }
 
-/// Copy the history file to, and repoint, every other reachable standby,
-/// all at once, but those in `skip` (with the reason). One standby's
-/// failure is reported and does not stop the others.
+/// The new primary's `synchronous_standby_names` once `sync` is applied.
+pub(super) fn sync_setting(pstate: &NodeState, sync: &SyncAfter) -> String {
+    match sync {
+        SyncAfter::Relax { to, .. } => to.clone(),
+        _ => pstate.synchronous_standby_names.clone(),
+    }
+}
+
+/// Repoint every other reachable standby, all at once, but those in
+/// `skip` (with the reason). One standby's failure is reported and does
+/// not stop the others. With `commits_wait` (the new primary's
+/// `synchronous_standby_names`), only the standbys a commit may wait for
+/// are repointed before pgpool is told; the others are left to the
+/// detached phase (`summary.repoint_later`), so what pgpool waits for does
+/// not grow with the number of standbys. Without it (a rerun finishing an
+/// earlier one), all of them now.
 async fn follow_phase(
     ctx: &Ctx<'_>,
     primary: &Node,
     pstate: &NodeState,
     observed: &[Observed],
     skip: &[(u32, String)],
+    commits_wait: Option<&str>,
     summary: &mut Summary,
 ) -> Result<()> {
     let timeline = pstate.timeline;
     summary.new_primary = Some(primary.id);
     summary.timeline = Some(timeline);
     summary.step = format!("repointing the standbys to {}", primary.label());
-    let others: Vec<&Observed> = observed
+    let (mut others, mut later) = (Vec::new(), Vec::new());
+    for o in observed
         .iter()
         .filter(|o| o.node.id != primary.id && o.node.id != ctx.failed.id)
-        .collect();
+    {
+        let now = commits_wait
+            .is_none_or(|s| crate::plan::sync::may_confirm(s, o.node.application_name.as_deref()));
+        // Whatever keeps a standby from being repointed is said now.
+        match now || repointable(o, primary, skip).is_err() {
+            true => others.push(o),
+            false => later.push(o.node.id),
+        }
+    }
+    summary.repoint_later = later;
     let tasks = others
         .iter()
         .map(|o| repoint_one(ctx, o, primary, timeline, skip));
@@ -755,18 +790,35 @@ async fn follow_phase(
         Outcome::Promoted => "promoted",
         _ => "already primary:",
     };
+    let repointed = match summary.repoint_later.as_slice() {
+        [] => format!("repointed {}", node_list(&summary.repointed)),
+        later => {
+            let it = |k: usize| if k == 1 { "it" } else { "them" };
+            let now = match summary.repointed.as_slice() {
+                [] => String::new(),
+                done => format!(
+                    "repointed {} (a commit may wait for {}); ",
+                    node_list(done),
+                    it(done.len())
+                ),
+            };
+            format!(
+                "{now}repointing {} in the background (no commit waits for {})",
+                node_list(later),
+                it(later.len())
+            )
+        }
+    };
     summary.message = match summary.outcome {
         Outcome::SwitchedOver => format!(
-            "switchover from {} to {} on timeline {timeline}: stopped cleanly, every commit verified on the new primary; repointed {}; the old primary rejoins as a standby and the standbys settle in the background",
+            "switchover from {} to {} on timeline {timeline}: stopped cleanly, every commit verified on the new primary; {repointed}; the old primary rejoins as a standby and the standbys settle in the background",
             ctx.failed.label(),
             primary.label(),
-            node_list(&summary.repointed)
         ),
         _ => format!(
-            "{} failed; {verb} {} on timeline {timeline}; repointed {}; standbys settle in the background",
+            "{} failed; {verb} {} on timeline {timeline}; {repointed}; standbys settle in the background",
             ctx.failed.label(),
             primary.label(),
-            node_list(&summary.repointed)
         ),
     };
     for note in &summary.notes {
@@ -787,8 +839,7 @@ async fn repoint_one(
     let n = &o.node;
     let work = async {
         let st = repointable(o, primary, skip)?;
-        let how = steps::repoint(x.topo, x.remote, n, st, primary, timeline, x.deadline).await?;
-        let mut note = follow_archive(ctx, n, st, primary).await;
+        let (how, mut note, _) = repoint_node(x, n, st, primary, timeline).await?;
         if how.changed() && ctx.silent.get() && !st.restore_command.is_empty() {
             note += &cut_restore(ctx, n).await;
         }
@@ -796,12 +847,37 @@ async fn repoint_one(
     };
     let (how, _) = x
         .step("repoint", Some(n), work, |(how, note)| {
-            Did::new(how.changed(), format!("{}{note}", how.describe()))
-                .with("upstream", primary.id)
-                .with("timeline", timeline)
+            repoint_did(how, note, primary, timeline)
         })
         .await?;
     Ok(how.changed())
+}
+
+/// Point a standby's `primary_conninfo` and `restore_command` at
+/// `primary`: how, a note for the progress line, and the
+/// `restore_command` it has now.
+pub(super) async fn repoint_node(
+    x: &Exec<'_>,
+    n: &Node,
+    st: &NodeState,
+    primary: &Node,
+    timeline: u32,
+) -> Result<(steps::Repointed, String, String)> {
+    let how = steps::repoint(x.topo, x.remote, n, st, primary, timeline, x.deadline).await?;
+    let (note, restore) = follow_archive(x.topo, n, st, primary).await;
+    Ok((how, note, restore))
+}
+
+/// The progress line and journal entry of a repoint.
+pub(super) fn repoint_did(
+    how: &steps::Repointed,
+    note: &str,
+    primary: &Node,
+    timeline: u32,
+) -> Did {
+    Did::new(how.changed(), format!("{}{note}", how.describe()))
+        .with("upstream", primary.id)
+        .with("timeline", timeline)
 }
 
 /// A repointed standby that is not streaming acts on its new
@@ -944,7 +1020,7 @@ fn describe_decision(topo: &Topology, d: &Decision) -> String {
 /// Start the detached `--settle` phase: a new session, not waited for, so
 /// pgpool gets its failover_command back now. Its stderr still goes to
 /// pgpool's log.
-fn spawn_settle(args: &FailoverArgs, primary: u32, rejoin: Option<u32>) {
+fn spawn_settle(args: &FailoverArgs, primary: u32, rejoin: Option<u32>, repoint: &[u32]) {
     use std::os::unix::process::CommandExt;
     let Ok(exe) = std::env::current_exe() else {
         warn!("cannot find my own executable: standbys will not be attached automatically");
@@ -959,6 +1035,10 @@ fn spawn_settle(args: &FailoverArgs, primary: u32, rejoin: Option<u32>) {
         .arg(primary.to_string());
     if let Some(r) = rejoin {
         cmd.arg("--settle-rejoin").arg(r.to_string());
+    }
+    if !repoint.is_empty() {
+        let ids: Vec<String> = repoint.iter().map(u32::to_string).collect();
+        cmd.arg("--settle-repoint").arg(ids.join(","));
     }
     if let Some(p) = args.old_primary {
         cmd.arg("--old-primary").arg(p.to_string());

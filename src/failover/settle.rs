@@ -60,6 +60,7 @@ pub(super) async fn run(
         primary,
         timeline: pstate.timeline,
         history: history.as_deref(),
+        repoint: &args.settle_repoint,
     };
     let old = match args.settle_rejoin {
         Some(id) => Some(topo.node(i64::from(id))?),
@@ -240,14 +241,21 @@ struct Upstream<'a> {
     timeline: u32,
     /// The new timeline's history file, to copy.
     history: Option<&'a [u8]>,
+    /// The standbys to repoint first (the main phase left them).
+    repoint: &'a [u32],
 }
 
-/// One standby: streaming from the primary, then attached in pgpool.
+/// One standby: repointed if the main phase left it, streaming from the
+/// primary, then attached in pgpool.
 async fn settle_one(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<bool> {
     let n = &o.node;
     let (primary, timeline) = (to.primary, to.timeline);
+    let restore = match o.ok() {
+        Some(st) if to.repoint.contains(&n.id) => Some(repoint(x, n, st, to).await?),
+        _ => None,
+    };
     let work = async {
-        let waited = stream(x, o, to).await?;
+        let waited = stream(x, o, to, restore.as_deref()).await?;
         info!(
             "{}: streams from {} on timeline {timeline} (waited {:.2}s)",
             n.label(),
@@ -269,13 +277,33 @@ async fn settle_one(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<boo
     .await
 }
 
+/// Point a standby the main phase left at the new primary (its
+/// `primary_conninfo` and `restore_command`); returns the
+/// `restore_command` it has now.
+async fn repoint(x: &Exec<'_>, n: &Node, st: &NodeState, to: &Upstream<'_>) -> Result<String> {
+    let (primary, timeline) = (to.primary, to.timeline);
+    let work = super::repoint_node(x, n, st, primary, timeline);
+    let (_, _, restore) = x
+        .step("repoint", Some(n), work, |(how, note, _)| {
+            super::repoint_did(how, note, primary, timeline)
+        })
+        .await?;
+    Ok(restore)
+}
+
 /// Wait until the standby streams. One not streaming yet sits in
 /// restore_command attempts (each an ssh connection in the scp layout, the
 /// one in flight perhaps to a silent host) and switches to streaming only
 /// between them. On 14+ it waits with none (reload), the attempt in flight
 /// cut short; the command it had (pointed at the new primary already) is
-/// put back afterwards, also when the wait fails.
-async fn stream(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<std::time::Duration> {
+/// put back afterwards, also when the wait fails: `restore`, when this
+/// phase just repointed it, else the one observed.
+async fn stream(
+    x: &Exec<'_>,
+    o: &Observed,
+    to: &Upstream<'_>,
+    restore: Option<&str>,
+) -> Result<std::time::Duration> {
     let (topo, n) = (x.topo, &o.node);
     let (primary, timeline, history) = (to.primary, to.timeline, to.history);
     let pending = o.ok().filter(|s| {
@@ -284,7 +312,7 @@ async fn stream(x: &Exec<'_>, o: &Observed, to: &Upstream<'_>) -> Result<std::ti
     let quiet = pending
         .filter(|s| s.server_version_num >= 140000 && !s.restore_command.is_empty())
         .map(|s| {
-            let cmd = crate::restore::original(&s.restore_command);
+            let cmd = restore.unwrap_or_else(|| crate::restore::original(&s.restore_command));
             (s.server_version_num, cmd.to_string())
         });
     if let Some((v, cmd)) = &quiet

@@ -206,7 +206,8 @@ pub(super) async fn run(
     summary.outcome = Outcome::SwitchedOver;
     let st = super::as_primary(cstate, timeline);
     let writes = apply_sync(ctx, c, &s.sync, summary).await;
-    follow_phase(ctx, c, &st, observed, &[], summary).await?;
+    let commits_wait = super::sync_setting(&st, &s.sync);
+    follow_phase(ctx, c, &st, observed, &[], Some(&commits_wait), summary).await?;
     writes
 }
 

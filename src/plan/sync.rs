@@ -226,6 +226,18 @@ pub enum SyncAfter {
     Blocks { setting: String, why: String },
 }
 
+/// Whether commits under `setting` (a primary's
+/// `synchronous_standby_names`) may wait for the standby called `name`:
+/// never when asynchronous; when the rule lists it (or `*`), or the name is
+/// unknown, or the setting does not parse (in doubt, it may).
+pub fn may_confirm(setting: &str, name: Option<&str>) -> bool {
+    match SyncRule::parse(setting) {
+        Ok(None) => false,
+        Ok(Some(rule)) => name.is_none_or(|n| rule.lists(n)),
+        Err(_) => true,
+    }
+}
+
 /// How many of `live` the rule would count, and what to do if too few.
 pub fn after_promotion(
     rule: &SyncRule,
@@ -477,5 +489,21 @@ mod tests {
             after_promotion(&r, Some("pg1"), &["pg2"], true),
             SyncAfter::Relax { .. }
         ));
+    }
+    #[test]
+    fn may_confirm_only_what_a_commit_can_wait_for() {
+        assert!(!may_confirm("", Some("pg1")));
+        assert!(!may_confirm("  ", None));
+        assert!(may_confirm("FIRST 1 (pg1, pg2)", Some("pg1")));
+        assert!(!may_confirm("FIRST 1 (pg1, pg2)", Some("pg3")));
+        assert!(may_confirm("ANY 1 (*)", Some("pg3")));
+        assert!(
+            may_confirm("pg1", None),
+            "a standby with no known name may be the one"
+        );
+        assert!(
+            may_confirm("FIRST 1 (pg1", Some("pg3")),
+            "unparsable: in doubt"
+        );
     }
 }
