@@ -491,7 +491,7 @@ async fn promote(
     summary.outcome = Outcome::Promoted;
     let st = as_primary(cstate, timeline);
     let writes = apply_sync(ctx, c, &p.sync, summary).await;
-    let commits_wait = sync_setting(&st, &p.sync);
+    let commits_wait = sync_setting(&st, &p.sync, &writes);
     let skip: Vec<(u32, String)> = p
         .ahead
         .iter()
@@ -728,10 +728,12 @@ async fn diverged_standbys(
         .collect()
 }
 
-/// The new primary's `synchronous_standby_names` once `sync` is applied.
-pub(super) fn sync_setting(pstate: &NodeState, sync: &SyncAfter) -> String {
-    match sync {
-        SyncAfter::Relax { to, .. } => to.clone(),
+/// The new primary's `synchronous_standby_names` once `sync` was applied
+/// (`applied`: the verdict of [`apply_sync`]; a relax that failed left the
+/// setting it had).
+pub(super) fn sync_setting(pstate: &NodeState, sync: &SyncAfter, applied: &Result<()>) -> String {
+    match (sync, applied) {
+        (SyncAfter::Relax { to, .. }, Ok(())) => to.clone(),
         _ => pstate.synchronous_standby_names.clone(),
     }
 }

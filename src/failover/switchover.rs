@@ -206,7 +206,7 @@ pub(super) async fn run(
     summary.outcome = Outcome::SwitchedOver;
     let st = super::as_primary(cstate, timeline);
     let writes = apply_sync(ctx, c, &s.sync, summary).await;
-    let commits_wait = super::sync_setting(&st, &s.sync);
+    let commits_wait = super::sync_setting(&st, &s.sync, &writes);
     follow_phase(ctx, c, &st, observed, &[], Some(&commits_wait), summary).await?;
     writes
 }

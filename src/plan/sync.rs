@@ -490,6 +490,7 @@ mod tests {
             SyncAfter::Relax { .. }
         ));
     }
+
     #[test]
     fn may_confirm_only_what_a_commit_can_wait_for() {
         assert!(!may_confirm("", Some("pg1")));
