@@ -15,11 +15,12 @@ use crate::steps;
 /// A probe: `Some(why)` when it found the node alive.
 type Probe<'a> = BoxFuture<'a, Option<String>>;
 
-/// The probes that need no observation, started at once with it: SQL and
-/// TCP on the failed node's addresses, and from every other node a TCP
-/// connect to each of them (used only for the nodes found to list a WAL
-/// receiver from the failed node: a receiver's "streaming" lingers for
-/// wal_receiver_timeout after its primary went silent).
+/// The probes, started as early as each can be: SQL and TCP on the failed
+/// node's addresses at once, with the observation; from every standby
+/// found to list a WAL receiver from the failed node (a receiver's
+/// "streaming" lingers for wal_receiver_timeout after its primary went
+/// silent), a TCP connect to that address as soon as the other nodes are
+/// observed, while the failed node's own answer may still be pending.
 struct Early {
     /// `Some(why)`: an address answered.
     answers: Vec<Option<String>>,
@@ -35,81 +36,90 @@ struct Reach {
     alive: Option<String>,
 }
 
-/// Run `observing` (every node's observation) with the probes that need
-/// none started at the same time, then judge the failed node's liveness.
-/// The connect checks from the other nodes are awaited only when a node
-/// turns out to list a WAL receiver from the failed one: with none (a
-/// killed primary's standbys notice at once), nothing waits for them.
+/// Run the observations (`own`, the failed node's; `others`, every other
+/// node's) with the probes started as [`Early`] says, then judge the failed
+/// node's liveness. A killed primary's standbys notice at once and list no
+/// receiver: then no ssh connection is opened at all, and nothing competes
+/// with the promotion for the CPU.
 pub(super) async fn while_observing(
     topo: &Topology,
     remote: &Remote,
     failed: &Node,
-    others: &[&Node],
     deadline: Instant,
-    observing: impl std::future::Future<Output = (Observed, Vec<Observed>)>,
+    own: impl std::future::Future<Output = Observed>,
+    others: impl std::future::Future<Output = Vec<Observed>>,
 ) -> (Observed, Vec<Observed>, Liveness) {
     let mut answers = Box::pin(futures::future::join_all(address_probes(topo, failed)));
-    let mut reach = Box::pin(reach_checks(topo, remote, failed, others, deadline));
-    let (mut answered, mut reached) = (None, None);
-    let mut observing = std::pin::pin!(observing);
-    let (own, observed) = loop {
+    let (mut answered, mut own_seen) = (None, None);
+    let mut own = std::pin::pin!(own);
+    let mut others = std::pin::pin!(others);
+    let observed = loop {
         tokio::select! {
-            o = &mut observing => break o,
+            o = &mut others => break o,
+            o = &mut own, if own_seen.is_none() => own_seen = Some(o),
             v = &mut answers, if answered.is_none() => answered = Some(v),
-            v = &mut reach, if reached.is_none() => reached = Some(v),
         }
     };
-    // A failed node that answers SQL as a primary is alive: the other
-    // probes would only delay a planned switchover.
-    if own.ok().is_some_and(|s| !s.in_recovery) {
+    let (own, early) = {
+        let mut reach = Box::pin(reach_checks(topo, remote, failed, &observed, deadline));
+        let mut reached = None;
+        let own = match own_seen {
+            Some(o) => o,
+            None => loop {
+                tokio::select! {
+                    o = &mut own => break o,
+                    v = &mut answers, if answered.is_none() => answered = Some(v),
+                    v = &mut reach, if reached.is_none() => reached = Some(v),
+                }
+            },
+        };
+        // A failed node that answers SQL as a primary is alive: the other
+        // probes would only delay a planned switchover.
+        if own.ok().is_some_and(|s| !s.in_recovery) {
+            (own, None)
+        } else {
+            let answers = match answered {
+                Some(v) => v,
+                None => answers.await,
+            };
+            let reach = match reached {
+                Some(v) => v,
+                None => reach.await,
+            };
+            (own, Some(Early { answers, reach }))
+        }
+    };
+    let Some(early) = early else {
         let live = Liveness::Alive("it answers SQL as a primary".into());
         return (own, observed, live);
-    }
-    let needed = observed.iter().any(|o| receiver_from(failed, o).is_some());
-    let answers = async {
-        match answered {
-            Some(v) => v,
-            None => answers.await,
-        }
     };
-    let reach = async {
-        match (needed, reached) {
-            (false, _) => Vec::new(),
-            (true, Some(v)) => v,
-            (true, None) => reach.await,
-        }
-    };
-    let (answers, reach) = tokio::join!(answers, reach);
-    let early = Early { answers, reach };
     let live = conclude(topo, remote, failed, &observed, early, deadline).await;
     (own, observed, live)
 }
 
-/// From every other node, a TCP connect to each address of the failed one.
+/// From every node that lists a WAL receiver from the failed one, a TCP
+/// connect to the address it streamed from.
 async fn reach_checks(
     topo: &Topology,
     remote: &Remote,
     failed: &Node,
-    others: &[&Node],
+    observed: &[Observed],
     deadline: Instant,
 ) -> Vec<Reach> {
-    let mut checks: Vec<BoxFuture<'_, Reach>> = Vec::new();
-    for n in others {
-        for addr in failed.addresses() {
-            let (addr, port) = (addr.to_string(), failed.port);
-            checks.push(Box::pin(async move {
-                let label = n.label();
-                let alive =
-                    connect_check(topo, remote, &n.ssh_host, &label, &addr, port, deadline).await;
-                Reach {
-                    node: n.id,
-                    addr,
-                    port,
-                    alive,
-                }
-            }));
-        }
-    }
+    let checks = observed.iter().filter_map(|o| {
+        let (addr, port) = receiver_from(failed, o)?;
+        Some(async move {
+            let label = o.node.label();
+            let ssh = &o.node.ssh_host;
+            let alive = connect_check(topo, remote, ssh, &label, &addr, port, deadline).await;
+            Reach {
+                node: o.node.id,
+                addr,
+                port,
+                alive,
+            }
+        })
+    });
     futures::future::join_all(checks).await
 }
 

@@ -311,12 +311,9 @@ async fn observe(ctx: &Ctx<'_>, planned: bool) -> Result<(Vec<Observed>, Livenes
             let _ = tokio::time::timeout(lt, x.remote.warm(&failed.ssh_host)).await;
         }
     };
-    let observing = async {
-        let (f, o, ()) = tokio::join!(cluster::observe_with(failed, ft), others_observed, warm);
-        (f, o)
-    };
+    let own = async { tokio::join!(cluster::observe_with(failed, ft), warm).0 };
     let (failed_obs, mut observed, live) =
-        liveness::while_observing(topo, x.remote, failed, &others, deadline, observing).await;
+        liveness::while_observing(topo, x.remote, failed, deadline, own, others_observed).await;
     if let Some(e) = claim_failed.into_inner() {
         return Err(e);
     }
