@@ -510,6 +510,117 @@ fn killed_while_promoting_the_rerun_puts_restore_command_back() {
     assert_eq!(promotions(&lab), 1);
 }
 
+/// Killed after pausing the candidate's restore_command, before its
+/// promote request was handled, and the old primary's host back at once:
+/// the start guard sees no newer timeline yet, only the paused command, and
+/// keeps the old primary down. Found by the fault campaign (seed 5, three
+/// pgpools): pgha-failover killed 0.08 s into its run, the old host
+/// restarted a second later and started as the primary it was, and the
+/// candidate, which handles a promote request only between restore_command
+/// attempts, became a second primary 1 s after that.
+#[test]
+fn killed_before_the_promotion_the_old_primary_back_is_refused_until_the_rerun() {
+    let lab = passive_lab(2);
+    let watcher = SplitBrainWatcher::start(&lab);
+    kill_primary_and_wait_detached(&lab);
+    let (out, _) = failover(
+        &lab,
+        &["0", "0", "1"],
+        &[("PGHA_FAULT", "crash-after:paused")],
+    );
+    assert!(
+        !out.status.success(),
+        "the fault killed it: {}",
+        stderr(&out)
+    );
+    assert!(!role(&lab, "pg1").unwrap().0, "not promoted");
+    let paused = lab.psql("pg1", "show restore_command");
+    assert!(paused.starts_with("exit 1 # paused by pgha"), "{paused}");
+
+    let o = lab.restart_host("pg0");
+    let err = stderr(&o);
+    assert!(
+        err.contains("REFUSED")
+            && err.contains(&format!(
+                "the restore_command of node 1 ({}:5432) is paused by pgha",
+                lab.addr("pg1")
+            ))
+            && err.contains("PostgreSQL was not started")
+            && err.contains("then pgha-attach --rejoin 0"),
+        "{err}"
+    );
+    assert!(
+        role(&lab, "pg0").is_err(),
+        "pg0 runs after the guard refused it"
+    );
+
+    let (out, _) = failover(&lab, &["0", "0", "1"], &[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(role(&lab, "pg1").unwrap(), (true, 2));
+    crate::follow::pgha(&lab, "pgha-attach", &["--rejoin", "0"])
+        .success()
+        .stderr_contains("attached");
+    lab.wait_streams("pg0", "pg1", 2, T);
+    lab.wait_streams("pg2", "pg1", 2, T);
+    assert_eq!(promotions(&lab), 1);
+    watcher.assert_never_two_primaries();
+}
+
+/// A switchover (the old primary still answers) whose candidate is
+/// promoted by someone else while it waits for the shutdown checkpoint:
+/// the old primary, stopped cleanly, stays stopped instead of being started
+/// again as a second primary. Found by the fault campaign: a rerun of a
+/// killed pgha-failover took the old primary restarted meanwhile for a
+/// switchover, and the promote request of the killed run was handled
+/// while it verified.
+#[test]
+fn a_switchover_whose_candidate_was_promoted_meanwhile_leaves_the_old_primary_stopped() {
+    let lab = passive_lab(2);
+    let watcher = SplitBrainWatcher::start(&lab);
+    let bin = lab.bin("pgha-failover");
+    let argv = ["env", "PGHA_FAULT=delay-verify:3000", &bin, "0", "0", "1"];
+    let (out, ()) = std::thread::scope(|s| {
+        let run = s.spawn(|| lab.exec("app", &argv));
+        lab.wait_observing("the switchover to stop pg0", T, || {
+            match role(&lab, "pg0") {
+                Err(e) => Ok(e),
+                Ok(r) => Err(r),
+            }
+        });
+        let o = lab.exec(
+            "pg1",
+            &[
+                "pg_ctl",
+                "-D",
+                "/var/lib/postgresql/15/main",
+                "promote",
+                "-w",
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (run.join().unwrap(), ())
+    });
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("node 1 (")
+            && err.contains("is no longer a standby")
+            && err.contains("node 0 (")
+            && err.contains("stays stopped")
+            && err.contains("pgha-attach --rejoin 0"),
+        "{err}"
+    );
+    assert!(role(&lab, "pg0").is_err(), "pg0 was started again: {err}");
+    assert!(role(&lab, "pg1").unwrap().0, "pg1 is the primary");
+    crate::follow::pgha(&lab, "pgha-attach", &["--rejoin", "0"])
+        .success()
+        .stderr_contains("attached");
+    lab.wait_streams("pg0", "pg1", 2, T);
+    assert_eq!(promotions(&lab), 0, "this run promoted nothing");
+    watcher.assert_never_two_primaries();
+}
+
 #[test]
 fn bad_input_changes_nothing() {
     let lab = passive_lab(1);

@@ -61,7 +61,14 @@ pub(crate) enum Local {
 /// What another node answered, or why it did not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Seen {
-    Answered { primary: bool, timeline: u32 },
+    Answered {
+        primary: bool,
+        timeline: u32,
+        /// A standby whose `restore_command` pgha paused: a failover or
+        /// switchover away from the old primary is promoting or repointing
+        /// it, or was killed while it did.
+        paused: bool,
+    },
     Silent(String),
 }
 
@@ -159,6 +166,7 @@ async fn ask_the_others<'a>(topo: &'a Topology, me: &Node, loud: bool) -> Vec<(&
             Ok(Ok(s)) => Seen::Answered {
                 primary: !s.in_recovery,
                 timeline: s.timeline,
+                paused: s.in_recovery && crate::restore::unpaused(&s.restore_command).is_some(),
             },
             Ok(Err(e)) => Seen::Silent(e.to_string()),
             Err(_) => Seen::Silent(format!("no answer within {bound:?}")),
@@ -167,10 +175,19 @@ async fn ask_the_others<'a>(topo: &'a Topology, me: &Node, loud: bool) -> Vec<(&
     let seen = futures::future::join_all(asks).await;
     for (n, s) in others.iter().zip(&seen).filter(|_| loud) {
         match s {
-            Seen::Answered { primary, timeline } => info!(
-                "{}: {} on timeline {timeline}",
+            Seen::Answered {
+                primary,
+                timeline,
+                paused,
+            } => info!(
+                "{}: {} on timeline {timeline}{}",
                 n.label(),
-                if *primary { "primary" } else { "standby" }
+                if *primary { "primary" } else { "standby" },
+                if *paused {
+                    ", its restore_command paused by pgha"
+                } else {
+                    ""
+                }
             ),
             Seen::Silent(why) => warn!("{}: no answer: {why}", n.label()),
         }
@@ -203,6 +220,24 @@ pub(crate) fn decide(me: &Node, local: &Local, peers: &[(&Node, Seen)]) -> Verdi
             me.id
         ));
     }
+    let promoting: Vec<String> = peers
+        .iter()
+        .filter(|(_, s)| matches!(s, Seen::Answered { paused: true, .. }))
+        .map(|(n, _)| n.label())
+        .collect();
+    if !promoting.is_empty() {
+        // A promote request in flight shows no newer timeline yet: the
+        // candidate handles it only between its restore_command attempts
+        // (an scp to this very host, dead until now, may still be waiting
+        // out its connect timeout). pgha pauses that command first, and
+        // only to promote or repoint a standby away from the old primary.
+        return Verdict::Refuse(format!(
+            "{} would start as a primary on timeline {timeline}, but the restore_command of {} is paused by pgha: a failover or switchover away from this node is under way, or was interrupted (a promote request may still be pending), and starting it could make a second writable primary. PostgreSQL was not started. From a pgpool host: finish the failover (run again the pgha-failover command pgpool's log shows for this node; pgha-check --status names what is left), then pgha-attach --rejoin {}",
+            me.label(),
+            promoting.join(", "),
+            me.id
+        ));
+    }
     let answered = peers
         .iter()
         .filter(|(_, s)| matches!(s, Seen::Answered { .. }))
@@ -232,6 +267,7 @@ fn ahead_of(peers: &[(&Node, Seen)], timeline: u32, same_primary: bool) -> Vec<S
             Seen::Answered {
                 primary,
                 timeline: t,
+                ..
             } if *t > timeline || (same_primary && *primary && *t >= timeline) => {
                 let role = if *primary { "the primary" } else { "a standby" };
                 Some(format!("{} answers as {role} on timeline {t}", n.label()))
@@ -538,7 +574,38 @@ mod tests {
     }
 
     fn answered(primary: bool, timeline: u32) -> Seen {
-        Seen::Answered { primary, timeline }
+        Seen::Answered {
+            primary,
+            timeline,
+            paused: false,
+        }
+    }
+
+    #[test]
+    fn an_old_primary_is_refused_while_pgha_promotes_a_standby_of_its_timeline() {
+        // pgha-failover paused node 1's restore_command and asked it to
+        // promote, then was killed; node 1 is still a standby on timeline 3.
+        let (n1, n2) = (node(1), node(2));
+        let paused = Seen::Answered {
+            primary: false,
+            timeline: 3,
+            paused: true,
+        };
+        let peers = [(&n1, paused), (&n2, answered(false, 3))];
+        let v = decide(&node(0), &Local::Primary { timeline: 3 }, &peers);
+        let Verdict::Refuse(why) = v else {
+            panic!("{v:?}")
+        };
+        assert!(
+            why.contains("the restore_command of node 1 (127.0.0.11:5432) is paused by pgha"),
+            "{why}"
+        );
+        assert!(why.contains("PostgreSQL was not started"), "{why}");
+        assert!(why.ends_with("pgha-attach --rejoin 0"), "{why}");
+        // Without the pause, the same cluster lets it start.
+        let peers = [(&n1, answered(false, 3)), (&n2, answered(false, 3))];
+        let v = decide(&node(0), &Local::Primary { timeline: 3 }, &peers);
+        assert!(matches!(v, Verdict::Start(_)), "{v:?}");
     }
 
     #[test]

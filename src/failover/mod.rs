@@ -536,6 +536,7 @@ async fn promote_quietly(
     if quiet && let Err(e) = steps::pause_restore(topo, c, version, &cstate.restore_command).await {
         warn!("{e}");
     }
+    fault::point("paused");
     let promoted = promote_step(ctx, c, cstate, reason, quiet, summary).await;
     fault::point("promoting");
     if quiet {

@@ -257,6 +257,7 @@ async fn prove_candidate(
             cd.state
         ));
     }
+    super::fault::delay("verify").await;
     summary.step = format!("verifying that {} has every WAL record", c.label());
     let bound = steps::budget(x.deadline, x.topo.config.failover.liveness_timeout * 3);
     let wait = wait_replayed(x, c, cd.checkpoint, bound);
@@ -312,10 +313,18 @@ async fn wait_replayed(x: &Exec<'_>, c: &Node, checkpoint: Lsn, bound: Duration)
             x.topo,
             c,
             "ask how far it replayed",
-            "select pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text",
+            "select pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text, pg_is_in_recovery()",
             &[],
         )
         .await?;
+        if rows.first().and_then(|r| r.get::<_, Option<bool>>(2)) == Some(false) {
+            // Not by this run: an earlier promote request (a pgha-failover
+            // killed after it asked) was handled meanwhile.
+            return Err(Error::Step(format!(
+                "{} is no longer a standby: it runs as a primary, promoted by an earlier request (a pgha-failover killed after it asked?), not by this run",
+                c.label()
+            )));
+        }
         let get = |i: usize| {
             rows.first()
                 .and_then(|r| r.get::<_, Option<String>>(i))
@@ -343,6 +352,21 @@ async fn wait_replayed(x: &Exec<'_>, c: &Node, checkpoint: Lsn, bound: Duration)
 /// return the refusal.
 async fn abort(ctx: &Ctx<'_>, old: &Node, c: &Node, why: &str, summary: &mut Summary) -> Error {
     let x = &ctx.x;
+    if let Some(p) = another_primary(x, old).await {
+        // Starting it again would make a second writable primary.
+        warn!(
+            "switchover aborted: {why}; {} stays stopped: {} runs as a primary",
+            old.label(),
+            p.label()
+        );
+        return Error::Refused(format!(
+            "switchover aborted, nothing promoted by this run: {why}; {} stays stopped, since {} runs as a primary: make {} a standby of it with pgha-attach --rejoin {}, then check the others with pgha-check --status",
+            old.label(),
+            p.label(),
+            old.label(),
+            old.id
+        ));
+    }
     summary.step = format!("starting {} again", old.label());
     warn!("switchover aborted: {why}; starting {} again", old.label());
     let start = start_again(x, old);
@@ -367,6 +391,29 @@ async fn abort(ctx: &Ctx<'_>, old: &Node, c: &Node, why: &str, summary: &mut Sum
         "switchover aborted, nothing promoted: {why}; {after}; {} is still a standby",
         c.label()
     ))
+}
+
+/// Another node that answers as a primary (each node asked once, at once,
+/// within `[postgres]` connect and query timeouts); `None` when none does.
+async fn another_primary<'a>(x: &Exec<'a>, old: &Node) -> Option<&'a Node> {
+    let others = x.topo.nodes.iter().filter(|n| n.id != old.id);
+    let asks = others.map(|n| async move {
+        let r = steps::query_node(
+            x.topo,
+            n,
+            "ask whether it is a primary",
+            "select pg_is_in_recovery()",
+            &[],
+        )
+        .await;
+        let primary = matches!(&r, Ok(rows) if rows.first().and_then(|r| r.get::<_, Option<bool>>(0)) == Some(false));
+        primary.then_some(n)
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .next()
 }
 
 /// `pg_ctl start -w` with its output to the node's pgha log file.
