@@ -17,9 +17,13 @@ inserts through pgpool and a checker watches the invariants:
                is followed by an acknowledged write within 10 s
 
 Between faults the campaign waits for the cluster to converge by itself.
-When it does not, it acts as the operator README describes: it restarts a
-host it killed, reads `pgha-check --status --json` on the pgpool host and
-runs the fix named for each node (`pgha-attach N`, `pgha-follow N`,
+When it does not, it acts as the operator README describes, once no pgha
+command has run for QUIET seconds (the failover and its detached phase are
+over) and a host it killed is down or `pgha-check --status` names a fix,
+or after --converge seconds in any case: it restarts a host it killed
+(through the start guard, as its unit would), runs again a pgha-failover
+it killed, reads `pgha-check --status --json` on the leading pgpool host
+and runs the fix named for each node (`pgha-attach N`, `pgha-follow N`,
 `pgha-attach --rejoin N`, ...), and records each of those as a human step.
 
 A seed makes a run reproducible (--seed, or $SEED); a failing run prints the
@@ -53,6 +57,7 @@ REPO = bench.REPO
 SAMPLE_EVERY = 0.05
 FRESH = 0.3  # a node's answer older than this is not counted in a sample
 PGHA_LOGIN = "pgha"  # the role pgha connects as (the lab's pgha.toml)
+QUIET = 1.0  # seconds with no pgha command running before the operator acts
 
 
 def log(msg):
@@ -141,7 +146,7 @@ def fault_kill_standby(c, rng):
 
 def fault_blackhole_primary(c, rng):
     """Every packet to the primary's two addresses dropped for D seconds."""
-    p, d = c.primary(), round(rng.uniform(2, 20), 1)
+    p, d = c.primary(), round(rng.uniform(1, 8), 1)
     addrs = [c.lab.addr(p), c.lab.repl_addr(p)]
     for a in addrs:
         c.lab.lab("blackhole", c.lab.name, a)
@@ -153,7 +158,7 @@ def fault_blackhole_primary(c, rng):
 
 def fault_pause_primary(c, rng):
     """Every process of the primary's host stopped (SIGSTOP) for D seconds."""
-    p, d = c.primary(), round(rng.uniform(1, 15), 1)
+    p, d = c.primary(), round(rng.uniform(1, 6), 1)
     c.lab.lab("pause", c.lab.name, p)
     c.sleep(d)
     c.lab.lab("resume", c.lab.name, p)
@@ -162,7 +167,7 @@ def fault_pause_primary(c, rng):
 
 def fault_lag_standby(c, rng):
     """A standby stops replaying for D seconds (it keeps receiving)."""
-    s, d = rng.choice(c.standbys()), round(rng.uniform(2, 15), 1)
+    s, d = rng.choice(c.standbys()), round(rng.uniform(1, 5), 1)
     try:
         c.lab.psql(s, "select pg_wal_replay_pause()")
     except subprocess.CalledProcessError as e:
@@ -176,7 +181,7 @@ def fault_lag_standby(c, rng):
 def fault_refuse_login(c, rng):
     """A random node refuses pgha's login for D seconds; half the time the
     primary dies meanwhile."""
-    n, d = rng.choice(c.live_nodes()), round(rng.uniform(3, 20), 1)
+    n, d = rng.choice(c.live_nodes()), round(rng.uniform(1, 8), 1)
     kill = rng.random() < 0.5
     line = f"host    all    {PGHA_LOGIN}    127.0.0.0/8    reject"
     c.lab.sh(n, f"sed -i '1i {line}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
@@ -220,7 +225,7 @@ def fault_switchover(c, rng):
 
 def fault_kill_pgpool_host(c, rng):
     """A pgpool host dies (3 pgpools only); it is restarted after D seconds."""
-    h, d = rng.choice(c.lab.pgpool_hosts), round(rng.uniform(2, 20), 1)
+    h, d = rng.choice(c.lab.pgpool_hosts), round(rng.uniform(2, 8), 1)
     c.kill(h)
     c.sleep(d)
     c.restart_host(h)
@@ -385,23 +390,50 @@ class Campaign:
         return self.lab.lab("exec", self.lab.name, self.leader(), "--", f"{self.lab.dir}/bin/{binary}",
                             *args, timeout=timeout, check=False)
 
+    def pgha_processes(self):
+        """(pid, argv) of every pgha-* process of this lab that is running
+        (pgpool's failover and follow commands, their detached phases, the
+        operator's own commands); the fence and the start guard excepted."""
+        prefix = f"{self.lab.dir}/bin/pgha-"
+        found = []
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                argv = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            words = [a.decode(errors="replace") for a in argv if a]
+            if words and words[0].startswith(prefix) and "--fence" not in words and "--start-guard" not in words:
+                found.append((int(p.name), words))
+        return found
+
     def wait_pgha_process(self, timeout):
         """The pid and argv of a pgha-failover main run pgpool started."""
         exe = f"{self.lab.dir}/bin/pgha-failover"
         end = time.time() + timeout
         while time.time() < end:
-            for p in Path("/proc").iterdir():
-                if not p.name.isdigit():
-                    continue
-                try:
-                    argv = (p / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                words = [a.decode(errors="replace") for a in argv if a]
-                if words and words[0] == exe and "--settle" not in words:
-                    return int(p.name), words[1:]
+            for pid, words in self.pgha_processes():
+                if words[0] == exe and "--settle" not in words:
+                    return pid, words[1:]
             time.sleep(0.01)
         return None, None
+
+    def status(self):
+        """`pgha-check --status --json` on the leading pgpool host, or None."""
+        r = self.pgha("pgha-check", "--status", "--json", timeout=60)
+        try:
+            return json.loads(r.stdout)
+        except json.JSONDecodeError:
+            return None
+
+    def needs_operator(self):
+        """Whether an operator would act now: a host is down that the
+        campaign killed, or pgha-check --status names a fix."""
+        if self.dead:
+            return True
+        st = self.status()
+        return bool(st and any(n.get("fix") for n in st.get("nodes", [])))
 
     def sleep(self, seconds):
         end = time.time() + seconds
@@ -431,11 +463,9 @@ class Campaign:
             r = self.pgha("pgha-failover", *self.rerun_after_kill)
             steps.append(f"pgha-failover {' '.join(self.rerun_after_kill)}: {last_line(r.stderr)}")
             self.rerun_after_kill = None
-        r = self.pgha("pgha-check", "--status", "--json", timeout=60)
-        try:
-            status = json.loads(r.stdout)
-        except json.JSONDecodeError:
-            steps.append(f"pgha-check --status gave no JSON: {last_line(r.stderr)}")
+        status = self.status()
+        if status is None:
+            steps.append("pgha-check --status gave no JSON")
             return
         for n in status.get("nodes", []):
             fix = n.get("fix")
@@ -453,18 +483,29 @@ class Campaign:
             steps.append(f"{m.group(1)}: {last_line(r.stderr)}")
 
     def recover(self, entry):
-        """Wait for convergence; act as the operator when it does not come."""
+        """Wait for convergence; act as the operator when it does not come:
+        once no pgha command has run for QUIET seconds and the status names
+        a fix (an operator waits for the failover to finish, then reads
+        pgha-check --status), or after --converge seconds in any case."""
         start = time.time()
         steps = []
         for round_ in range(3):
             end = time.time() + self.converge_s
             missing = "not checked"
+            quiet_since = None
             while time.time() < end:
                 self.sample_pcp()
                 missing = self.converged()
                 if missing is None:
                     break
-                time.sleep(0.5)
+                now = time.time()
+                if self.pgha_processes():
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = now
+                elif now - quiet_since >= QUIET and self.needs_operator():
+                    break
+                time.sleep(0.2)
             if missing is None and not self.dead:
                 break
             if round_ == 2:
@@ -479,6 +520,8 @@ class Campaign:
         says it promoted is followed by an acknowledged write within 10 s."""
         for h in self.lab.pgpool_hosts:
             path = self.lab.dir / "hosts" / h / "home" / "pgha" / "journal.jsonl"
+            if not path.exists():
+                continue  # this pgpool host never ran a pgha command
             try:
                 lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
             except (OSError, json.JSONDecodeError) as e:
@@ -559,7 +602,7 @@ def main():
         n = 0
         while (not args.faults or n < args.faults) and (not args.minutes or time.time() - started < args.minutes * 60):
             kind = rng.choices(kinds, weights=[FAULTS[k][1] for k in kinds])[0]
-            c.sleep(rng.uniform(1, 10))  # a random moment
+            c.sleep(rng.uniform(0.2, 2))  # a random moment
             c.current = n
             entry = {"n": n, "kind": kind, "at": time.time()}
             log(f"fault {n}: {kind}")
