@@ -40,6 +40,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -76,7 +77,15 @@ class NodeProbe(threading.Thread):
         super().__init__(daemon=True)
         self.stop_ev, self.node, self.addr = stop, node, addr
         self.writable = None
-        self.at = 0.0
+        self.at = 0.0  # when the last answer came
+        self.sent = 0.0  # when its question was sent: the state held after this
+        self.since = None  # when the first answer of the current writable streak came
+        self.lock = threading.Lock()
+
+    def answer(self):
+        """(writable, sent, at, since) of the last answer, read at once."""
+        with self.lock:
+            return self.writable, self.sent, self.at, self.since
 
     def run(self):
         conn = None
@@ -84,13 +93,22 @@ class NodeProbe(threading.Thread):
             try:
                 if conn is None:
                     conn = Conn(self.addr, 5432, "pgpool", "postgres", timeout=FRESH, app="pgha-campaign")
+                sent = time.time()
                 rows = conn.query("select pg_is_in_recovery()")
-                self.writable, self.at = rows[0][0] == "f", time.time()
+                at = time.time()
+                writable = rows[0][0] == "f"
+                with self.lock:
+                    if writable and not self.writable:
+                        self.since = at
+                    elif not writable:
+                        self.since = None
+                    self.writable, self.sent, self.at = writable, sent, at
             except (OSError, PgError):
                 # No answer now: the last one no longer stands for the node
                 # (a killed primary's last "writable" would otherwise count
                 # next to its successor's for up to FRESH).
-                self.writable = None
+                with self.lock:
+                    self.writable, self.since = None, None
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -112,9 +130,18 @@ class SplitBrainChecker(threading.Thread):
     def run(self):
         while not self.stop_ev.is_set():
             now = time.time()
-            writable = [p.node for p in self.probes if p.writable and now - p.at <= FRESH]
+            answers = [(p.node, *p.answer()) for p in self.probes]
+            fresh = [(n, sent, since) for n, w, sent, at, since in answers if w and now - at <= FRESH]
+            # Two writable answers prove two primaries at once only when
+            # each question was sent after the other's writable streak had
+            # begun: an old primary's last answer, sent just before it was
+            # killed, and its successor's first, received just after the
+            # promotion, overlap no instant (pgha promotes within 0.1-0.2 s
+            # of a kill, less than FRESH).
+            start = max((since for _, _, since in fresh), default=0.0)
+            writable = [n for n, _, _ in fresh]
             self.samples += 1
-            if len(writable) > 1:
+            if len(fresh) > 1 and all(sent >= start for _, sent, _ in fresh):
                 # Both attached in pgpool: clients write to both. One only:
                 # the other is an old primary back outside pgpool (a zombie
                 # a direct client could still write to).
@@ -217,6 +244,26 @@ def fault_kill_pgha(c, rng):
     return {"target": p, "pgha_pid": pid, "after": delay}
 
 
+def fault_kill_settle(c, rng):
+    """The primary dies, and the detached phase of pgha-failover (which
+    repoints the asynchronous standbys, copies the history file, waits for
+    streaming and attaches) is killed (SIGKILL) a random moment into its
+    run."""
+    p = c.primary()
+    delay = round(rng.uniform(0, 1.0), 2)
+    c.kill(p)
+    pid, _ = c.wait_pgha_process(timeout=30, settle=True)
+    if pid is None:
+        return {"target": p, "settle": "never started"}
+    c.sleep(delay)
+    try:
+        os.kill(pid, 9)
+        c.killed_pgha.add(pid)
+    except OSError:
+        return {"target": p, "settle": f"pid {pid} ended before the kill"}
+    return {"target": p, "settle_pid": pid, "after": delay}
+
+
 def fault_switchover(c, rng):
     to = rng.choice(c.standbys())
     r = c.pgha("pgha-switchover", "--to", c.node_id(to), timeout=120)
@@ -240,6 +287,7 @@ FAULTS = {
     "lag-standby": (fault_lag_standby, 1),
     "refuse-login": (fault_refuse_login, 1),
     "kill-pgha": (fault_kill_pgha, 2),
+    "kill-settle": (fault_kill_settle, 1),
     "switchover": (fault_switchover, 2),
     "kill-pgpool-host": (fault_kill_pgpool_host, 1),  # with --pgpools 3 only
 }
@@ -408,13 +456,14 @@ class Campaign:
                 found.append((int(p.name), words))
         return found
 
-    def wait_pgha_process(self, timeout):
-        """The pid and argv of a pgha-failover main run pgpool started."""
+    def wait_pgha_process(self, timeout, settle=False):
+        """The pid and argv of a pgha-failover main run pgpool started (or,
+        with `settle`, of its detached phase)."""
         exe = f"{self.lab.dir}/bin/pgha-failover"
         end = time.time() + timeout
         while time.time() < end:
             for pid, words in self.pgha_processes():
-                if words[0] == exe and "--settle" not in words:
+                if words[0] == exe and ("--settle" in words) == settle:
                     return pid, words[1:]
             time.sleep(0.01)
         return None, None
@@ -558,6 +607,10 @@ def make_lab(args):
 
 
 def main():
+    # Stopped by SIGTERM (or SIGINT, which a shell's background job
+    # ignores otherwise): the finally below still takes the lab down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faults", type=int, default=int(os.environ.get("FAULTS", "0") or 0),
                     help="how many faults (or $FAULTS); default 20 unless --minutes is given")
