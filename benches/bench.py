@@ -908,70 +908,161 @@ def one_run(variant, standbys, fault, sync, k, name, outdir):
     return res
 
 
-# --- the switchover case (issue 12) ------------------------------------------------
+# --- the switchover case (issues 12 and 17) ------------------------------------------
 
 
 def switchover_cases(ns):
-    """("pgha", N, "switchover", False) for each N: pgha-switchover there and back."""
-    return [("pgha", n, "switchover", False) for n in ns if n >= 1]
+    """(variant, N, "switchover", False) for each N: the switchover there and
+    back, pgha-switchover and each peer's own (benches/peers.py)."""
+    return [(v, n, "switchover", False) for n in ns if n >= 1 for v in ("pgha",) + peers.PEERS]
 
 
-def switchover_leg(lab, writer, to, tli, count):
-    """One `pgha-switchover --to TO`; phases relative to the request."""
+def timeline_now(lab, count):
+    """The newest timeline a standby streams on (every leg starts settled)."""
+    tli = 0
+    for i in range(count):
+        try:
+            c = Conn(lab.addr(f"pg{i}"), 5432, "pgpool", "postgres", timeout=2)
+            rows = c.query(StandbyPoller.SQL)
+            c.close()
+        except (OSError, PgError):
+            continue
+        if rows:
+            tli = max(tli, int(rows[0][1]))
+    return tli
+
+
+def switchover_leg(lab, writer, old, to, count, peer=None, deadline=30.0):
+    """One switchover from node OLD to node TO, pgha-switchover --to TO or
+    the peer's own command; phases relative to the request. A phase not
+    reached within `deadline` seconds is None (never)."""
+    tli = timeline_now(lab, count) + 1
+    if peer:
+        host, cmd = peers.switchover_command(peer, old, to)
+        args = ["exec", lab.name, host, "--", "sh", "-c", cmd]
+    else:
+        args = ["exec", lab.name, "app", "--", f"{lab.dir}/bin/pgha-switchover", "--to", str(to)]
+    # In the background: the cluster is watched while the command runs (a
+    # peer's command may return before or after its cluster has settled).
     t0 = time.time()
-    r = lab.lab("exec", lab.name, "app", "--", f"{lab.dir}/bin/pgha-switchover", "--to", str(to),
-                timeout=120, check=False)
-    t_ret = time.time()
+    proc = subprocess.Popen([str(LABSH), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = {}
+
+    def wait_command():
+        try:
+            out, _ = proc.communicate(timeout=180)
+            done["rc"], done["out"] = proc.returncode, out.strip()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            done["rc"], done["out"] = None, "timed out after 180 s"
+        done["t"] = time.time()
+
+    waiter = threading.Thread(target=wait_command, daemon=True)
+    waiter.start()
     primary = f"pg{to}"
     stand = {}
+    attached = []
 
     def settled():
-        nodes = pcp_nodes(lab)
-        if not nodes or len(nodes) != count or any(n[2] not in ("1", "2") for n in nodes):
-            return False
-        if [i for i, n in enumerate(nodes) if n[6] == "primary"] != [to]:
-            return False
         for i in range(count):
             if i == to or i in stand:
                 continue
-            c = Conn(lab.addr(f"pg{i}"), 5432, "pgpool", "postgres", timeout=1)
-            rows = c.query(StandbyPoller.SQL)
-            c.close()
+            try:  # one node down (restarting) must not hold up the others' polls
+                c = Conn(lab.addr(f"pg{i}"), 5432, "pgpool", "postgres", timeout=1)
+                rows = c.query(StandbyPoller.SQL)
+                c.close()
+            except (OSError, PgError):
+                continue
             if rows and rows[0][0] == "streaming" and int(rows[0][1]) >= tli:
                 stand[i] = time.time()
-        return len(stand) == count - 1
+        if not attached:
+            nodes = pcp_nodes(lab)
+            if (nodes and len(nodes) == count and all(n[2] in ("1", "2") for n in nodes)
+                    and [i for i, n in enumerate(nodes) if n[6] == "primary"] == [to]
+                    and len(stand) == count - 1):
+                attached.append(time.time())
+        return bool(attached)
 
-    wait_until(f"every node streaming from {primary} and attached", settled, 30, every=0.02)
-    t_all = time.time()
-    acked = [t for _, t in writer.acked if t >= t0 - 1]
-    pairs = [(a, b) for a, b in zip(acked, acked[1:]) if b <= t_all]
+    try:
+        wait_until(f"every node streaming from {primary} and attached", settled, deadline, every=0.02)
+    except RuntimeError:
+        pass
+    t_end = attached[0] if attached else time.time()
+    waiter.join(max(1.0, t0 + 180 - time.time() + 5))
+    rc, out, t_ret = done.get("rc"), done.get("out", ""), done.get("t", time.time())
+    # Writes until the cluster settled and the command returned, and the
+    # first one after (a gap open at that moment counts whole).
+    t_end = max(t_end, t_ret)
+    try:
+        wait_until("a write after the leg", lambda: writer.acked and writer.acked[-1][1] > t_end, 30, every=0.01)
+    except RuntimeError:
+        pass
+    acked = [t for _, t in writer.acked if t0 - 1 <= t <= t_end]
+    acked += [t for _, t in writer.acked if t > t_end][:1]
+    pairs = list(zip(acked, acked[1:]))
+    if acked and acked[-1] <= t_end:
+        pairs.append((acked[-1], time.time()))  # writes had not come back 30 s after the leg
     worst = max(pairs, key=lambda p: p[1] - p[0]) if pairs else None
     errs = [(round(t - t0, 3), e[:80]) for t, e in writer.errors if worst and worst[0] <= t <= worst[1]]
+    streaming = round(max(stand.values()) - t0, 3) if len(stand) == count - 1 else None
     return {
-        "rc": r.returncode,
-        "last_line": (r.stderr.strip().splitlines() or [""])[-1][:300],
+        "rc": rc,
+        "last_line": (out.splitlines() or [""])[-1][:300],
+        "output_tail": [line[:200] for line in out.splitlines()[-25:]],
         "command_s": round(t_ret - t0, 3),
+        "t0": t0,
         "outage": round(worst[1] - worst[0], 3) if worst else None,
         # the longest gap, from and to (seconds from the request), and the
         # writer's errors within it: where the outage came from
         "outage_span": [round(worst[0] - t0, 3), round(worst[1] - t0, 3)] if worst else None,
         "outage_errors": errs[:5],
-        "attached": round(t_all - t0, 3),
-        "old_primary_streaming": round(max(stand.values()) - t0, 3) if stand else None,
+        "attached": round(attached[0] - t0, 3) if attached else None,
+        # every other node streams on the new timeline
+        "streaming": streaming,
+        "old_primary_streaming": streaming,
+        "per_node_streaming": {str(i): round(t - t0, 3) for i, t in stand.items()},
+        "final_pcp": [" ".join(n[:8]) for n in (pcp_nodes(lab) or [])],
     }
 
 
+def current_primary(lab, count):
+    for i in range(count):
+        try:
+            c = Conn(lab.addr(f"pg{i}"), 5432, "pgpool", "postgres", timeout=2)
+            rows = c.query("select pg_is_in_recovery()")
+            c.close()
+        except (OSError, PgError):
+            continue
+        if rows and rows[0][0] == "f":
+            return i
+    return None
+
+
 def switchover_run(variant, standbys, k, name, outdir):
-    """pgha-switchover --to 1 then --to 0 with a writer through pgpool: the
-    write outage (longest gap between acknowledged writes), when every node
-    streams and is attached, and acknowledged writes lost."""
+    """The switchover to node 1 then back to node 0 with a writer through
+    pgpool: the write outage (longest gap between acknowledged writes), when
+    every node streams and is attached, and acknowledged writes lost.
+    pgha: pgha-switchover --to; a peer: its own command (peers.py), on a
+    pgpool with no failover_command and auto_failback on."""
+    peer = VARIANTS[variant].get("peer")
     res = {"variant": variant, "standbys": standbys, "fault": "switchover", "sync": False, "k": k,
            "name": name, "phases": {}, "notes": []}
     lab = Lab(name)
     stop = threading.Event()
     writer = None
+    count = standbys + 1
+    # pgha settles in well under a second; the peers in seconds to tens.
+    deadline = 90.0 if peer else 30.0
     try:
-        lab.up(standbys)
+        if peer:
+            lab.up(standbys, pgpool=False)
+            t_setup = time.time()
+            peers.setup(peer, lab, False, switchover=True)
+            res["peer_setup_s"] = round(time.time() - t_setup, 1)
+            res["switchover_command"] = peers.switchover_command(peer, 0, 1)[1]
+        else:
+            lab.up(standbys)
         c = Conn(lab.addr("app"), 9999, "app", "app", timeout=10)
         c.query("create table w(id int primary key)")
         c.close()
@@ -979,23 +1070,38 @@ def switchover_run(variant, standbys, k, name, outdir):
         writer.start()
         if not writer.ready.wait(10):
             raise RuntimeError("writer not ready after 10 s")
-        time.sleep(0.5)  # writes acknowledged before the switchover
-        res["to"] = switchover_leg(lab, writer, 1, 2, standbys + 1)
-        time.sleep(0.5)
-        res["back"] = switchover_leg(lab, writer, 0, 3, standbys + 1)
+        for leg, old, to in (("to", 0, 1), ("back", 1, 0)):
+            if peer:
+                # The peer must see the cluster healthy again before it
+                # accepts another switchover (not part of the measure).
+                t = time.time()
+                wait_until(f"{peer} ready for a switchover to pg{to}",
+                           lambda old=old: peers.switchover_ready(peer, lab, f"pg{old}"), 90, every=0.5)
+                res[f"{leg}_ready_wait_s"] = round(time.time() - t, 2)
+            time.sleep(0.5)  # writes acknowledged before the switchover
+            res[leg] = switchover_leg(lab, writer, old, to, count, peer, deadline)
+            if res[leg]["rc"] != 0:
+                res["notes"].append(f"{leg}: rc {res[leg]['rc']}: {res[leg]['last_line']}")
+            if res[leg]["attached"] is None:
+                res["notes"].append(f"{leg}: not settled within {deadline:.0f} s")
         time.sleep(0.5)
         stop.set()
         writer.join(WRITE_TIMEOUT + 2)
-        for key in ("outage", "attached"):
+        for key in ("outage", "attached", "streaming"):
             res["phases"][key] = res["to"][key]
-        c = Conn(lab.addr("pg0"), 5432, "app", "app", timeout=5)
+        final = current_primary(lab, count)
+        res["final_primary"] = final
+        if final is None:
+            raise RuntimeError("no primary after the switchover back")
+        c = Conn(lab.addr(f"pg{final}"), 5432, "app", "app", timeout=5)
         present = {int(r[0]) for r in c.query("select id from w")}
         c.close()
-        lost = sorted(i for i, _ in writer.acked if i not in present)
-        res["acked"], res["lost"], res["lost_ids"] = len(writer.acked), len(lost), lost[:20]
-        for leg in ("to", "back"):
-            if res[leg]["rc"] != 0:
-                res["notes"].append(f"{leg}: {res[leg]['last_line']}")
+        lost = sorted((i, t) for i, t in writer.acked if i not in present)
+        res["acked"], res["lost"], res["lost_ids"] = len(writer.acked), len(lost), [i for i, _ in lost][:20]
+        # A write lost in a leg was acknowledged before the next leg's request.
+        back_t0 = res["back"]["t0"]
+        res["to"]["lost"] = sum(1 for _, t in lost if t < back_t0)
+        res["back"]["lost"] = sum(1 for _, t in lost if t >= back_t0)
     except Exception as e:  # a failed run is recorded, the bench goes on
         res["error"] = f"{type(e).__name__}: {e}"
         log(f"{name}: {res['error']}")
@@ -1004,7 +1110,11 @@ def switchover_run(variant, standbys, k, name, outdir):
         if lab.dir is not None:
             logs = outdir / "logs"
             logs.mkdir(parents=True, exist_ok=True)
-            keep_logs(lab, logs, name)
+            extra = []
+            for h in ["app"] + [f"pg{i}" for i in range(count)]:
+                for f in peers.LOGS.get(peer, []) + (["15/pgha-postgresql.log"] if peer else []):
+                    extra.append((lab.dir / "hosts" / h / "home" / f, f"{name}.{h}.{Path(f).name}"))
+            keep_logs(lab, logs, name, extra)
             lab.down()
     return res
 
@@ -1019,9 +1129,11 @@ def switchover_run(variant, standbys, k, name, outdir):
 WATCHDOG_VARIANTS = ["pgha", "pgha+follow"]
 
 
-def matrix(quick, watchdog_ns=()):
+def matrix(quick, watchdog_ns=(), with_peers=False):
     """Every run's (variant, N, fault, sync). The watchdog case only for
-    `watchdog_ns` (bench.py passes [2], or --n, when --cases names it)."""
+    `watchdog_ns` (bench.py passes [2], or --n, when --cases names it).
+    `with_peers`: a peer is among the variants, so QUICK's switchover runs
+    at N=4 too (for pgha and the peers), as the issue compares them there."""
     ns = [2] if quick else [1, 2, 4]
     runs = []
     for n in ns:
@@ -1046,7 +1158,7 @@ def matrix(quick, watchdog_ns=()):
     for v in VARIANTS:
         if v == "pgha" or v in peers.PEERS:
             runs.append((v, 2, "refuse", False))
-    runs += switchover_cases([n for n in ns if n >= 2])
+    runs += switchover_cases([2, 4] if quick and with_peers else [n for n in ns if n >= 2])
     for n in watchdog_ns:
         for v in WATCHDOG_VARIANTS:
             runs.append((v, n, "watchdog", False))
@@ -1132,7 +1244,8 @@ def main():
     # The watchdog case only when asked for (--cases watchdog): each of its
     # labs takes ~20 s more to form the watchdog cluster; N=2 unless --n says.
     watchdog_ns = ([int(x) for x in args.n.split(",")] if args.n else [2]) if "watchdog" in faults else []
-    cases = [c for c in matrix(args.quick, watchdog_ns) if c[0] in wanted]
+    cases = [c for c in matrix(args.quick, watchdog_ns, any(v in peers.PEERS for v in wanted))
+             if c[0] in wanted]
     if args.cases:
         cases = [c for c in cases if ("kill-sync" if c[2] == "kill" and c[3] else c[2]) in faults]
     if args.n:
@@ -1170,7 +1283,8 @@ def main():
             ph = r["phases"]
             log(f"[{idx}/{total}] {label}: " + ", ".join(
                 f"{p}={ph[p]}" for p in ("detect", "command", "writable", "standbys", "attached", "first_write",
-                                         "first_write_leader", "writes_settled") if p in ph)
+                                         "first_write_leader", "writes_settled", "outage", "streaming") if p in ph)
+                + (f", back outage={r['back']['outage']} attached={r['back']['attached']}" if "back" in r else "")
                 + (f", lost={r.get('lost')}" if "lost" in r else "") + (f" ERROR {r['error']}" if "error" in r else "")
                 + (f" ({'; '.join(r['notes'])})" if r["notes"] else ""))
             if variant == "pgha+follow" and "not implemented" in r["notes"]:

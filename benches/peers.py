@@ -19,6 +19,7 @@ The timings (the fastest settings each peer's documentation calls safe) are
 in TIMINGS and benches/README.md says why each value.
 """
 
+import json
 import random
 import shlex
 import time
@@ -116,7 +117,7 @@ def _wipe_lab_cluster(lab):
         lab.sh(f"pg{i}", f"pg_ctl -D {PGDATA} stop -m immediate -w >/dev/null 2>&1; rm -rf {PGDATA}")
 
 
-def pgpool_without_failover_command(lab):
+def pgpool_without_failover_command(lab, extra=""):
     """pgpool finds the primary itself: no failover_command, search forever."""
     conf = lab.dir / "hosts" / "app" / "etc-pgpool2" / "pgpool.conf"
     lines = []
@@ -126,13 +127,13 @@ def pgpool_without_failover_command(lab):
         elif line.startswith("search_primary_node_timeout ="):
             line = "search_primary_node_timeout = 0"
         lines.append(line)
-    conf.write_text("\n".join(lines) + "\n")
+    conf.write_text("\n".join(lines) + "\n" + extra)
     lab.lab("start-pgpool", lab.name, timeout=90)
 
 
-def setup(peer, lab, sync):
+def setup(peer, lab, sync, switchover=False):
     {"repmgr": setup_repmgr, "patroni": setup_patroni, "pgautofailover": setup_pgautofailover}[peer](lab, sync)
-    pgpool_without_failover_command(lab)
+    pgpool_without_failover_command(lab, pgpool_auto_failback(lab, peer) if switchover else "")
 
 
 def app_name(peer, lab, host):
@@ -350,3 +351,67 @@ psql -qAtc 'select pg_reload_conf()' >/dev/null""")
                 lab.sh(h, f"pg_autoctl config set --pgdata {PGDATA} {k} {v} >/dev/null")
         lab.sh(h, f"pg_autoctl reload --pgdata {PGDATA} >/dev/null 2>&1 || true", check=False)
     _wait_standbys(lab, 60)
+
+
+# --- switchover ---------------------------------------------------------------------
+#
+# Each peer's own planned switchover, as its documentation gives it; bench.py
+# (switchover_run) times it exactly as it times pgha-switchover.
+
+
+def pgpool_auto_failback(lab, peer):
+    """pgpool.conf lines: pgpool re-attaches a standby it had detached.
+
+    With no failover_command, pgpool detaches the old primary when it shuts
+    down (failover_on_backend_error, health check), and nothing else would
+    attach it again once it streams from the new primary (pgha-switchover
+    attaches it itself). auto_failback finds the node in the primary's
+    pg_stat_replication by backend_application_nameN (pg_auto_failover's
+    walreceivers have names of their own); interval 1 s, as the legs there
+    and back come seconds apart (default 60 s)."""
+    lines = "auto_failback = on\nauto_failback_interval = 1\n"
+    if peer == "pgautofailover":
+        lines += "".join(f"backend_application_name{i} = '{app_name(peer, lab, f'pg{i}')}'\n"
+                         for i in range(lab.standbys + 1))
+    return lines
+
+
+def switchover_command(peer, old, new):
+    """(host, shell command): the peer's switchover from node OLD to NEW."""
+    if peer == "repmgr":
+        # On the candidate; repmgr stops the primary over ssh (postgres@,
+        # key only, the lab's mesh), promotes, rejoins the old primary and,
+        # with --siblings-follow, repoints every other standby. repmgrd is
+        # paused on every node meanwhile (its default).
+        return f"pg{new}", f"{PG_BIN}/repmgr -f {HOME}/repmgr.conf standby switchover --siblings-follow"
+    if peer == "patroni":
+        # Through the leader's REST API; returns once the candidate leads.
+        return f"pg{new}", (f"patronictl -c {HOME}/patroni.yml switchover --leader pg{old} "
+                            f"--candidate pg{new} --force")
+    if peer == "pgautofailover":
+        # The monitor drives it; waits (up to --wait) until NEW is primary.
+        return f"pg{new}", f"pg_autoctl perform promotion --pgdata {PGDATA} --name pg{new} --wait 120"
+    raise PeerError(f"no switchover for {peer}")
+
+
+def switchover_ready(peer, lab, primary):
+    """The peer itself sees PRIMARY leading and every other node a healthy
+    standby (a switchover asked earlier is refused or waits)."""
+    count = lab.standbys + 1
+    if peer == "repmgr":
+        out = lab.sh(primary, f"{PG_BIN}/repmgr -f {HOME}/repmgr.conf cluster show --csv", check=False).stdout
+        rows = [r.split(",") for r in out.split()]
+        # node id, server status (0 = running), recovery type (0 primary, 1 standby)
+        return (len(rows) == count and all(r[1] == "0" for r in rows)
+                and [r[0] for r in rows if r[2] == "0"] == [str(int(primary[2:]) + 1)])
+    if peer == "patroni":
+        out = lab.sh(primary, f"patronictl -c {HOME}/patroni.yml list -f json", check=False).stdout
+        ms = json.loads(out or "[]")
+        return (len(ms) == count and [m["Member"] for m in ms if m["Role"] == "Leader"] == [primary]
+                and all(m["State"] in ("running", "streaming") for m in ms))
+    if peer == "pgautofailover":
+        s = _q(lab, "app", "select nodename || ':' || reportedstate || ':' || goalstate "
+               "from pgautofailover.node order by nodeid", db="pg_auto_failover").split()
+        return (len(s) == count and f"{primary}:primary:primary" in s
+                and all(x.endswith(":secondary:secondary") for x in s if not x.startswith(f"{primary}:")))
+    raise PeerError(f"no switchover for {peer}")

@@ -30,6 +30,11 @@ CASE_TITLES = {
     ("refuse", False): "Drill: the live primary refuses the failover tool's login (pg_hba reject)",
     ("watchdog", False): "Killed primary, three pgpools under pgpool-II's watchdog (writer on a member that is not the leader)",
 }
+# The switchover case (bench.py switchover_run): per leg, there (to pg1) and
+# back (to pg0), seconds from the request.
+SW_LEGS = [("to", "there"), ("back", "back")]
+SW_COLS = [("outage", "write outage"), ("lost", "lost"), ("streaming", "all streaming"), ("attached", "all attached")]
+SW_PHASES = [f"{leg}.{c}" for leg, _ in SW_LEGS for c, _ in SW_COLS] + [f"{leg}.command_s" for leg, _ in SW_LEGS]
 TARGETS = {"first_write": 0.8, "standbys": 1.5, "promote_ratio": 1.25, "blackhole_extra": 1.0, "watchdog_extra": 0.3}
 # The watchdog case's extra phases (bench.py: first write through the leader,
 # which writes once its failover started; the first write after the
@@ -66,7 +71,10 @@ def groups(data):
 def values(runs, phase):
     out = []
     for r in runs:
-        if phase.startswith("wd:"):
+        if phase.startswith(("to.", "back.")):  # a switchover leg's phase
+            leg, key = phase.split(".", 1)
+            v = (r.get(leg) or {}).get(key)
+        elif phase.startswith("wd:"):
             v = (r.get("watchdog") or {}).get("steps", {}).get(phase[3:])
         elif phase == "promote":
             v = r.get("promote_s")
@@ -116,7 +124,8 @@ def summary(data):
     out = {}
     for (fault, sync, n, v), runs in groups(data).items():
         key = f"{fault}{'-sync' if sync else ''}/N={n}/{v}"
-        out[key] = {p: stats(values(runs, p)) for p in PHASES + ["promote", "promote_self", "lost", "after_detect"]}
+        phases = SW_PHASES if fault == "switchover" else PHASES + ["promote", "promote_self", "lost", "after_detect"]
+        out[key] = {p: stats(values(runs, p)) for p in phases}
         out[key]["runs"] = len(runs)
         out[key]["errors"] = [r["error"] for r in runs if "error" in r]
     return out
@@ -239,6 +248,7 @@ def markdown(data):
     lines.append("")
 
     lines += peers_section(data, g, ns)
+    lines += switchover_section(g, ns)
     lines += watchdog_section(g, ns)
 
     # Targets.
@@ -316,6 +326,60 @@ def peers_section(data, g, ns):
                   "`synchronous_mode`, pg_auto_failover its default quorum); refuse: the first pg_hba line on "
                   "the primary rejects the tool's user, the run watches 40 s for a promotion. "
                   "last write acknowledged: seconds from the fault.", ""]
+    return lines
+
+
+def switchover_section(g, ns):
+    """pgha-switchover and the peers' own switchover, there and back; the
+    ratios pgha / peer."""
+    keys = [(n, v) for n in ns for v in VARIANT_ORDER if ("switchover", False, n, v) in g]
+    if not keys:
+        return []
+    head = " | ".join(f"{t} {c}" for _, t in SW_LEGS for _, c in SW_COLS)
+    lines = ["## Switchover there and back (pgha-switchover; the peers' own command)", "",
+             "A writer through pgpool; the switchover there (to pg1), then back (to pg0). Seconds from the request, "
+             "median (min–max): **write outage** the longest gap between two acknowledged writes; **lost** "
+             "acknowledged writes missing at the end (sum over runs); **all streaming** every other node streams "
+             "on the new timeline; **all attached** pgpool shows every node up and the new primary as primary.",
+             "", f"| variant | N | {head} | command there | command back | writes acknowledged |",
+             "|---|---|" + "---|" * (2 * len(SW_COLS) + 3)]
+    for n, v in keys:
+        runs = g[("switchover", False, n, v)]
+        cells = []
+        for leg, _ in SW_LEGS:
+            for c, _ in SW_COLS:
+                if c == "lost":
+                    lost = values(runs, f"{leg}.lost")
+                    cells.append(str(sum(lost)) if lost else "—")
+                else:
+                    cell_txt = cell(runs, f"{leg}.{c}")
+                    cells.append("never" if cell_txt == "missed" else cell_txt)
+        cmds = [cell(runs, f"{leg}.command_s") for leg, _ in SW_LEGS]
+        acked = sum(r.get("acked", 0) for r in runs if "error" not in r)
+        lines.append(f"| {v} | {n} | " + " | ".join(cells) + f" | {cmds[0]} | {cmds[1]} | {acked} |")
+    lines.append("")
+    present = [p for p in PEERS if any(("switchover", False, n, p) in g for n in ns)]
+    if present:
+        lines += ["Ratios pgha / peer (medians; below 1 means pgha is faster):", "",
+                  "| N | leg | phase | pgha | " + " | ".join(present) + " | "
+                  + " | ".join(f"pgha/{p}" for p in present) + " |",
+                  "|---|---|---|---|" + "---|" * (2 * len(present))]
+        for n in ns:
+            if not any(("switchover", False, n, v) in g for v in ["pgha"] + present):
+                continue
+            for leg, title in SW_LEGS:
+                for c, ct in SW_COLS:
+                    if c == "lost":
+                        continue
+                    a = med(g, ("switchover", False, n, "pgha"), f"{leg}.{c}")
+                    vals = [med(g, ("switchover", False, n, p), f"{leg}.{c}") for p in present]
+                    lines.append(f"| {n} | {title} | {ct} | {fmt(a)} | " + " | ".join(fmt(x) for x in vals)
+                                 + " | " + " | ".join(ratio(a, x) for x in vals) + " |")
+        lines += ["", "The peers run with pgpool's `auto_failback = on` (interval 1 s): with no "
+                  "failover_command nothing else re-attaches the old primary pgpool detached when it "
+                  "stopped. Their commands: " + "; ".join(
+                      f"{p} `{next((r.get('switchover_command') for n in ns for r in g.get(('switchover', False, n, p), []) if r.get('switchover_command')), '?')}`"
+                      for p in present) + ".", ""]
     return lines
 
 
