@@ -307,15 +307,16 @@ pub struct CheckArgs {
     /// (pgha-fence.service): every --interval, when that server is a
     /// primary and another node answers on a newer timeline (the cluster
     /// failed over while this host was cut off or frozen), stop it
-    /// (pg_ctl stop -m fast) so that no client writes to it, and name the
-    /// rejoin; also when it runs as a primary and has reached no other node
-    /// and no pgpool for as long as pgpool's health check takes to find it
-    /// dead (a standby may be promoted meanwhile). It never stops a
+    /// (pg_ctl stop -m immediate) so that no client writes to it, and name
+    /// the rejoin; also when it runs as a primary and has reached no other
+    /// node and no pgpool for so long that a standby could be promoted soon
+    /// (pgpool's soonest health-check detection plus
+    /// failover.liveness_timeout, less two rounds). It never stops a
     /// standby. Needs what --start-guard needs. Runs until SIGTERM.
     #[arg(long, value_name = "NODE", conflicts_with_all = ["watch", "status", "start_guard"])]
     pub fence: Option<u32>,
 
-    /// Time between rounds: --watch (default 30s), --fence (default 1s).
+    /// Time between rounds: --watch (default 30s), --fence (default 250ms).
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
 

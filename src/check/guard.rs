@@ -24,14 +24,15 @@
 //!
 //! `pgha-check --fence N` is its running half, for an old primary that
 //! returns without a restart (a cut network heals, a frozen host runs on):
-//! every second, when the local server answers as a primary (over its unix
+//! every 250ms, when the local server answers as a primary (over its unix
 //! socket, which a cut network does not reach) and another node answers
-//! on a newer timeline, it stops the server (`pg_ctl stop -m fast`) and
-//! names the same rejoin. Only a newer timeline counts there: of two
+//! on a newer timeline, it stops the server (`pg_ctl stop -m immediate`)
+//! and names the same rejoin. Only a newer timeline counts there: of two
 //! primaries on one timeline, each would stop itself. And a primary that
-//! reaches no other node and no pgpool for as long as pgpool's health
-//! check takes to find it dead stops too: by then a standby may be
-//! promoted, and the cut may heal before anyone could tell it.
+//! reaches no other node and no pgpool stops before a standby could be
+//! promoted in its place (pgpool's soonest detection plus pgha-failover's
+//! liveness probes, less two fence rounds): the cut may heal before anyone
+//! could tell it, and clients on its side of the cut would write to it.
 //!
 //! The guard is read-only and bounded: one connection attempt per other node, all at
 //! once (`[postgres] connect_timeout` and `query_timeout`), and reading the
@@ -277,32 +278,34 @@ fn ahead_of(peers: &[(&Node, Seen)], timeline: u32, same_primary: bool) -> Vec<S
         .collect()
 }
 
-/// `--fence N`: every `--interval` (default 1s), a [`fence_round`], until
+/// `--fence N`: every `--interval` (default 250ms), a [`fence_round`], until
 /// SIGTERM or SIGINT.
 pub async fn fence(args: &CheckArgs, id: u32) -> Result<Summary> {
-    let every = args.interval.as_deref().unwrap_or("1s");
+    let every = args.interval.as_deref().unwrap_or("250ms");
     let interval = super::positive_duration("--interval", every)?;
     let topo = Topology::load(args.common.config.as_deref())?;
     let me = topo.node(i64::from(id))?.clone();
     let data = me.data_dir()?.to_path_buf();
-    let lease = pgpool_detection(&topo, me.id);
+    let detection = pgpool_soonest_detection(&topo, me.id);
+    let lease = isolation_lease(detection, topo.config.failover.liveness_timeout, interval);
     let witnesses = witnesses(&topo, &me);
     info!(
-        "fencing {}: every {every}, stop it when it runs as a primary and another node answers on a newer timeline, or when it reaches none of {} for {lease:?} (pgpool's health check finds a silent backend dead within that)",
+        "fencing {}: every {every}, stop it when it runs as a primary and another node answers on a newer timeline, or when it has reached none of {} for {lease:.2?} (pgpool's health check may find a silent backend dead {detection:.2?} after it goes silent, and pgha-failover then probes it for {:.2?} before it promotes a standby)",
         me.label(),
         witnesses
             .iter()
             .map(|(h, p)| format!("{h}:{p}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        topo.config.failover.liveness_timeout,
     );
-    let mut isolated_since: Option<Instant> = None;
+    let mut last_reached = Instant::now();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Step(format!("cannot watch for SIGTERM: {e}")))?;
     let mut stops = 0u32;
     loop {
         tokio::select! {
-            fenced = fence_round(&topo, &me, &data, &witnesses, lease, &mut isolated_since) => stops += u32::from(fenced),
+            fenced = fence_round(&topo, &me, &data, &witnesses, lease, &mut last_reached) => stops += u32::from(fenced),
             _ = super::watch::stopped(&mut term) => break,
         }
         tokio::select! {
@@ -321,36 +324,38 @@ pub async fn fence(args: &CheckArgs, id: u32) -> Result<Summary> {
 }
 
 /// One round: when the local server would be a primary (running, no
-/// standby.signal) and has reached none of `witnesses` since
-/// `isolated_since` for `lease`, or when it answers as a primary and another
-/// node answers on a newer timeline, stop it. Returns whether it stopped it.
+/// standby.signal) and no witness has answered since `last_reached` (the
+/// start of the last round in which one did: the cut may have begun just
+/// after it) for `lease`, or when it answers as a primary and another node
+/// answers on a newer timeline, stop it. Returns whether it stopped it.
 async fn fence_round(
     topo: &Topology,
     me: &Node,
     data: &Path,
     witnesses: &[(String, u16)],
     lease: Duration,
-    isolated_since: &mut Option<Instant>,
+    last_reached: &mut Instant,
 ) -> bool {
+    let round = Instant::now();
     if !running_primary(topo, data) {
-        *isolated_since = None;
+        *last_reached = round;
         return false;
     }
     if !witnesses.is_empty() && !reaches_any(witnesses).await {
-        let since = *isolated_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < lease {
+        let silent = last_reached.elapsed();
+        if silent < lease {
             return false;
         }
-        *isolated_since = None;
+        *last_reached = Instant::now();
         warn!(
-            "{} runs as a primary but has reached no other node and no pgpool for {:.1}s, longer than pgpool takes to find it dead ({lease:?}): a standby may be promoted meanwhile; stopping it (pg_ctl stop -m fast) so that no client writes to a second primary",
+            "{} runs as a primary but has reached no other node and no pgpool for {:.2}s, as long as it may ({lease:.2?}) before pgpool and pgha-failover could have promoted a standby; stopping it (pg_ctl stop -m immediate) so that no client writes to a second primary",
             me.label(),
-            since.elapsed().as_secs_f64()
+            silent.as_secs_f64()
         );
         report_stop(topo, me, data, "once the network is back: if another node was promoted, from a pgpool host pgha-attach --rejoin N; if none was, start it again (the start guard lets it)").await;
         return true;
     }
-    *isolated_since = None;
+    *last_reached = round;
     let t = local_target(topo, me, data);
     let bound = t.connect_timeout + t.query_timeout;
     let mine = match tokio::time::timeout(bound, postgres::observe_target(&t)).await {
@@ -363,7 +368,7 @@ async fn fence_round(
         return false;
     }
     warn!(
-        "{} answers as a primary on timeline {}, but {}: the cluster failed over without it; stopping it (pg_ctl stop -m fast) so that no client writes to it",
+        "{} answers as a primary on timeline {}, but {}: the cluster failed over without it; stopping it (pg_ctl stop -m immediate) so that no client writes to it",
         me.label(),
         mine.timeline,
         ahead.join(", ")
@@ -401,7 +406,7 @@ async fn report_stop(topo: &Topology, me: &Node, data: &Path, next: &str) {
     match stop_local(topo, data).await {
         Ok(()) => warn!("FENCED: {} stopped. Next: {next}", me.label()),
         Err(e) => tracing::error!(
-            "could not stop {}: {e}; stop it by hand (pg_ctl -D {} stop -m fast), then {next}",
+            "could not stop {}: {e}; stop it by hand (pg_ctl -D {} stop -m immediate), then {next}",
             me.label(),
             data.display()
         ),
@@ -432,11 +437,13 @@ fn standby_recovery_conf(data: &Path) -> bool {
     })
 }
 
-/// The longest pgpool's health check takes to find a silent backend dead:
-/// `health_check_period` + (1 + `health_check_max_retries`) x
-/// `health_check_timeout` + retries x `health_check_retry_delay` (the
-/// node's own `...N` setting first). With the health check off, 30s.
-fn pgpool_detection(topo: &Topology, id: u32) -> Duration {
+/// The soonest pgpool's health check can find a silent backend dead: a
+/// check that starts as the backend goes silent fails after
+/// (1 + `health_check_max_retries`) x `health_check_timeout` +
+/// retries x `health_check_retry_delay` (the node's own `...N` setting
+/// first); `health_check_period` may add nothing. With the health check
+/// off, 30s.
+fn pgpool_soonest_detection(topo: &Topology, id: u32) -> Duration {
     let get = |key: &str, default: u64| {
         let conf = &topo.pgpool;
         conf.get(&format!("{key}{id}"))
@@ -444,8 +451,7 @@ fn pgpool_detection(topo: &Topology, id: u32) -> Duration {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(default)
     };
-    let period = get("health_check_period", 0);
-    if period == 0 {
+    if get("health_check_period", 0) == 0 {
         return Duration::from_secs(30);
     }
     let (timeout, retries, delay) = (
@@ -453,8 +459,24 @@ fn pgpool_detection(topo: &Topology, id: u32) -> Duration {
         get("health_check_max_retries", 0),
         get("health_check_retry_delay", 1),
     );
-    Duration::from_secs(period + (1 + retries) * timeout + retries * delay)
+    Duration::from_secs((1 + retries) * timeout + retries * delay)
 }
+
+/// How long a primary may reach no witness before the fence stops it: no
+/// standby is promoted before pgpool finds the primary dead (`detection`,
+/// at the soonest) and pgha-failover has probed it for `liveness` more;
+/// the stop must begin before that. Counted from the start of the last
+/// round that reached a witness, the stop begins at most one round
+/// (`interval` + [`REACH_WITHIN`]) after the lease ends, and takes about
+/// one more (an immediate stop), so two rounds come off. Never less than
+/// one round.
+fn isolation_lease(detection: Duration, liveness: Duration, interval: Duration) -> Duration {
+    let round = interval + REACH_WITHIN;
+    (detection + liveness).saturating_sub(2 * round).max(round)
+}
+
+/// How long a fence round waits for a witness to answer at the TCP level.
+const REACH_WITHIN: Duration = Duration::from_millis(250);
 
 /// What an isolated node tries to reach: every other node's SQL port,
 /// and every pgpool of pgpool.conf (its listen address, and the watchdog
@@ -497,12 +519,16 @@ fn witnesses(topo: &Topology, me: &Node) -> Vec<(String, u16)> {
     out
 }
 
-/// Whether any witness answers at the TCP level within a second: a
-/// connection, or a refusal (a host that sends a reset is reachable).
+/// Whether any witness answers at the TCP level within [`REACH_WITHIN`]:
+/// a connection, or a refusal (a host that sends a reset is reachable).
 async fn reaches_any(witnesses: &[(String, u16)]) -> bool {
     let probes = witnesses.iter().map(|(h, p)| async move {
-        let bound = Duration::from_secs(1);
-        match tokio::time::timeout(bound, tokio::net::TcpStream::connect((h.as_str(), *p))).await {
+        match tokio::time::timeout(
+            REACH_WITHIN,
+            tokio::net::TcpStream::connect((h.as_str(), *p)),
+        )
+        .await
+        {
             Ok(Ok(_)) => true,
             Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
             Err(_) => false,
@@ -514,46 +540,35 @@ async fn reaches_any(witnesses: &[(String, u16)]) -> bool {
         .any(|r| r)
 }
 
-/// `pg_ctl stop -m fast` on the local data directory, then `-m immediate`
-/// if that has not finished within 10s. Fast refuses new sessions and ends
-/// the open ones at once, but then waits for its walsenders to send the
-/// shutdown checkpoint, which standbys it cannot reach never acknowledge
-/// (up to `wal_sender_timeout`); the rejoin copes with either.
+/// `pg_ctl stop -m immediate` on the local data directory. A fenced
+/// server is one the cluster has moved on from: what it would still write
+/// is WAL no standby should take. A fast stop writes a shutdown checkpoint
+/// (and ends its segment) and sends it to every walsender still
+/// connected, so a standby that had already moved to the new primary's
+/// timeline could receive it first and be left past the fork; an
+/// immediate stop writes nothing and ends every session at once. The
+/// rejoin replays the crash recovery it leaves (pg_rewind does, from 13).
 async fn stop_local(topo: &Topology, data: &Path) -> std::result::Result<(), String> {
     let bin = topo.config.postgres.bin_dir.join("pg_ctl");
-    let stop = |mode: &'static str| {
-        let bin = bin.clone();
-        async move {
-            let run = tokio::process::Command::new(&bin)
-                .arg("-D")
-                .arg(data)
-                .args(["stop", "-m", mode, "-t", "10"])
-                .kill_on_drop(true)
-                .output();
-            match tokio::time::timeout(Duration::from_secs(15), run).await {
-                Ok(Ok(o)) if o.status.success() => Ok(()),
-                Ok(Ok(o)) => Err(format!(
-                    "{} stop -m {mode} exited {}: {}",
-                    bin.display(),
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )),
-                Ok(Err(e)) => Err(format!("{}: {e}", bin.display())),
-                Err(_) => Err(format!(
-                    "{} stop -m {mode} took more than 15s",
-                    bin.display()
-                )),
-            }
-        }
-    };
-    match stop("fast").await {
-        Ok(()) => Ok(()),
-        Err(fast) => {
-            warn!("{fast}; stopping it with -m immediate");
-            stop("immediate")
-                .await
-                .map_err(|e| format!("{fast}; then {e}"))
-        }
+    let run = tokio::process::Command::new(&bin)
+        .arg("-D")
+        .arg(data)
+        .args(["stop", "-m", "immediate", "-t", "10"])
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(15), run).await {
+        Ok(Ok(o)) if o.status.success() => Ok(()),
+        Ok(Ok(o)) => Err(format!(
+            "{} stop -m immediate exited {}: {}",
+            bin.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(Err(e)) => Err(format!("{}: {e}", bin.display())),
+        Err(_) => Err(format!(
+            "{} stop -m immediate took more than 15s",
+            bin.display()
+        )),
     }
 }
 
@@ -671,20 +686,33 @@ mod tests {
     }
 
     #[test]
-    fn the_lease_is_pgpools_detection_time() {
+    fn pgpools_soonest_detection_leaves_out_the_period() {
         let t = topo(
             "health_check_period = 1\nhealth_check_timeout = 2\nhealth_check_max_retries = 0\n",
         );
-        assert_eq!(pgpool_detection(&t, 0), Duration::from_secs(3));
-        // Retries, their delay, and a per-node period.
+        assert_eq!(pgpool_soonest_detection(&t, 0), Duration::from_secs(2));
+        // Retries, their delay, and a per-node setting.
         let t = topo(
-            "health_check_period = 5\nhealth_check_period1 = 2\nhealth_check_timeout = 3\n\
+            "health_check_period = 5\nhealth_check_timeout = 3\nhealth_check_timeout1 = 1\n\
              health_check_max_retries = 2\nhealth_check_retry_delay = 1\n",
         );
-        assert_eq!(pgpool_detection(&t, 0), Duration::from_secs(5 + 9 + 2));
-        assert_eq!(pgpool_detection(&t, 1), Duration::from_secs(2 + 9 + 2));
+        assert_eq!(pgpool_soonest_detection(&t, 0), Duration::from_secs(9 + 2));
+        assert_eq!(pgpool_soonest_detection(&t, 1), Duration::from_secs(3 + 2));
         // The health check off: pgpool finds a silent node only through clients.
-        assert_eq!(pgpool_detection(&topo(""), 0), Duration::from_secs(30));
+        assert_eq!(
+            pgpool_soonest_detection(&topo(""), 0),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn the_lease_ends_two_rounds_before_a_standby_could_be_promoted() {
+        let ms = Duration::from_millis;
+        // The lab: detection 2s, liveness 1s, rounds of 250ms + 250ms.
+        assert_eq!(isolation_lease(ms(2000), ms(1000), ms(250)), ms(2000));
+        // A slow fence interval eats into it, never below one round.
+        assert_eq!(isolation_lease(ms(2000), ms(1000), ms(1000)), ms(1250));
+        assert_eq!(isolation_lease(ms(1000), ms(100), ms(1000)), ms(1250));
     }
 
     #[test]
