@@ -824,27 +824,64 @@ fn server_answered(e: &tokio_postgres::Error) -> bool {
 /// nothing until the client speaks, so that is proof that a server lives
 /// there. A connection the peer closes or resets at once is not: the
 /// kernel also completes handshakes for a server in the middle of dying,
-/// then resets them when its listening socket closes. Such a connect is
-/// tried again a moment later, when a dead server refuses.
+/// then resets them when its listening socket closes; a refusal ends the
+/// probe (nothing listens).
+///
+/// A fresh connection attempt, with its own SYN, starts every
+/// [`SYN_EVERY`] while none has answered: the kernel resends a lost SYN
+/// only after a second, longer than `within` may be, so on a link that
+/// drops some packets one attempt alone would take a live server for dead.
 pub async fn tcp_accepts(host: &str, port: u16, within: Duration) -> bool {
+    use futures::StreamExt as _;
     let end = tokio::time::Instant::now() + within;
     tokio::time::timeout_at(end, async {
+        let mut attempts = futures::stream::FuturesUnordered::new();
+        let mut next = tokio::time::Instant::now();
         loop {
-            let Ok(mut s) = tokio::net::TcpStream::connect((host, port)).await else {
-                return false;
-            };
-            if held(&mut s).await {
-                return true;
+            if tokio::time::Instant::now() >= next {
+                attempts.push(tcp_attempt(host, port));
+                next += SYN_EVERY;
             }
-            tokio::time::sleep(DYING_RETRY).await;
+            tokio::select! {
+                Some(a) = attempts.next(), if !attempts.is_empty() => match a {
+                    TcpAttempt::Held => return true,
+                    TcpAttempt::Refused => return false,
+                    TcpAttempt::Reset => {}
+                },
+                _ = tokio::time::sleep_until(next) => {}
+            }
         }
     })
     .await
     .unwrap_or(false)
 }
 
+/// How often [`tcp_accepts`] starts a fresh connection attempt.
+pub const SYN_EVERY: Duration = Duration::from_millis(100);
+
 /// How long after a reset connect the address is asked again.
 const DYING_RETRY: Duration = Duration::from_millis(50);
+
+/// What one connection attempt found.
+enum TcpAttempt {
+    /// Accepted and held: a server lives there.
+    Held,
+    /// Accepted, then closed or reset at once: perhaps a dying server.
+    Reset,
+    /// Refused or unreachable.
+    Refused,
+}
+
+async fn tcp_attempt(host: &str, port: u16) -> TcpAttempt {
+    let Ok(mut s) = tokio::net::TcpStream::connect((host, port)).await else {
+        return TcpAttempt::Refused;
+    };
+    if held(&mut s).await {
+        TcpAttempt::Held
+    } else {
+        TcpAttempt::Reset
+    }
+}
 
 /// Whether the peer holds a fresh connection open (reads nothing for
 /// [`HELD_FOR`]) rather than closing or resetting it.

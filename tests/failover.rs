@@ -707,6 +707,35 @@ fn a_primary_that_still_answers_is_stopped_first_or_left_alone() {
     watcher.assert_never_two_primaries();
 }
 
+/// A primary behind a lossy link: only every 10th SYN sent to it gets
+/// through (connections already open are untouched). One connection
+/// attempt per probe would mostly meet a dropped SYN, which the kernel
+/// resends only after a second, and take the live primary for dead; a
+/// fresh attempt every 100 ms finds it alive every time.
+#[test]
+fn a_primary_behind_a_lossy_link_is_never_taken_for_dead() {
+    let lab = passive_lab(2);
+    set_failover_option(&lab, "fence = \"abort\"");
+    for addr in [lab.addr("pg0"), lab.repl_addr("pg0")] {
+        lab.syn_loss(&addr, Some(10));
+    }
+    for run in 1..=3 {
+        let (out, took) = failover(&lab, &["0", "0", "1"], &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(4), "run {run}: {err}");
+        assert!(
+            err.contains("REFUSED") && err.contains("may still be alive"),
+            "run {run}: {err}"
+        );
+        eprintln!("run {run}: refused as alive in {:.2}s", took.as_secs_f64());
+    }
+    for addr in [lab.addr("pg0"), lab.repl_addr("pg0")] {
+        lab.syn_loss(&addr, None);
+    }
+    assert_eq!(role(&lab, "pg0").unwrap(), (true, 1), "pg0 untouched");
+    assert_eq!(role(&lab, "pg1").unwrap(), (false, 1), "nothing promoted");
+}
+
 /// The detached settle phase keeps none of the descriptors pgpool's child
 /// had (its listening sockets among them): pgpool restarted while it runs
 /// binds its ports again, and the standbys are still attached.

@@ -97,6 +97,38 @@ pub(super) async fn while_observing(
     (own, observed, live)
 }
 
+/// The first look again, for a failed node the fence could not stop for
+/// sure: every other node observed anew, the failed node's own answer and
+/// every probe, by the same rules. `Dead` only when none of them shows it
+/// alive now.
+pub(super) async fn recheck(
+    topo: &Topology,
+    remote: &Remote,
+    failed: &Node,
+    deadline: Instant,
+) -> Liveness {
+    let mut ft = topo.pg_target(failed);
+    ft.connect_timeout = ft
+        .connect_timeout
+        .min(topo.config.failover.liveness_timeout);
+    let own = crate::cluster::observe_with(failed, ft);
+    let others = futures::future::join_all(
+        topo.nodes
+            .iter()
+            .filter(|n| n.id != failed.id)
+            .map(|n| crate::cluster::observe_node(topo, n)),
+    );
+    let (own, _, live) = while_observing(topo, remote, failed, deadline, own, others).await;
+    match (&live, &own.state) {
+        (Liveness::Dead, Ok(s)) => Liveness::Alive(format!(
+            "it answers SQL as a {}",
+            if s.in_recovery { "standby" } else { "primary" }
+        )),
+        (Liveness::Dead, Err(e)) if own.answered => Liveness::Alive(format!("it answers ({e})")),
+        _ => live,
+    }
+}
+
 /// From every node that lists a WAL receiver from the failed one, a TCP
 /// connect to the address it streamed from.
 async fn reach_checks(
@@ -245,11 +277,7 @@ async fn connect_check(
     deadline: Instant,
 ) -> Option<String> {
     let lt = topo.config.failover.liveness_timeout;
-    let script = format!(
-        "timeout {:.3} bash -c {}; echo \"rc=$?\"",
-        lt.as_secs_f64(),
-        crate::remote::quote(&format!("exec 3<>/dev/tcp/{addr}/{port}"))
-    );
+    let script = connect_script(addr, port, lt);
     let t = steps::budget(
         deadline,
         topo.config.ssh.connect_timeout + lt + Duration::from_secs(1),
@@ -265,6 +293,27 @@ async fn connect_check(
         ),
         Err(e) => Some(format!("{label} could not be asked to check {at} ({e})")),
     }
+}
+
+/// The shell a standby runs to check `addr:port`: a fresh connection
+/// attempt every [`crate::postgres::SYN_EVERY`] (a lost SYN is resent by
+/// the kernel only after a second), each in the background; the first that
+/// connects exits 0, the first refused 1, and `timeout` exits 124 (killing
+/// the whole process group, pending attempts included) when none answered
+/// within `lt`. Its exit status is printed as `rc=N`.
+fn connect_script(addr: &str, port: u16, lt: Duration) -> String {
+    let every = crate::postgres::SYN_EVERY.as_secs_f64();
+    let attempts = format!(
+        "trap 'exit 0' USR1; trap 'exit 1' USR2; \
+         while :; do \
+         ( if : 3<>/dev/tcp/{addr}/{port}; then kill -USR1 $$; else kill -USR2 $$; fi ) >/dev/null 2>&1 & \
+         sleep {every:.3}; done"
+    );
+    format!(
+        "timeout {:.3} bash -c {}; echo \"rc=$?\"",
+        lt.as_secs_f64(),
+        crate::remote::quote(&attempts)
+    )
 }
 
 /// What the exit of a standby's connect check says. 0: connected; 1:
@@ -294,4 +343,46 @@ fn probe_exit(stdout: &str) -> Option<i32> {
         .rev()
         .find_map(|l| l.trim().strip_prefix("rc="))
         .and_then(|c| c.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(script: &str) -> Option<i32> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("sh runs");
+        probe_exit(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// The standby's connect check: 0 when something listens, 1 when the
+    /// port refuses, each well within the bound.
+    #[test]
+    fn the_connect_script_tells_a_listener_from_a_refusal() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let lt = Duration::from_secs(2);
+        let start = std::time::Instant::now();
+        assert_eq!(run(&connect_script("127.0.0.1", port, lt)), Some(0));
+        drop(l);
+        assert_eq!(run(&connect_script("127.0.0.1", port, lt)), Some(1));
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_check_that_proves_nothing_counts_as_alive() {
+        let lt = Duration::from_secs(1);
+        assert!(verdict("node 1", "a:1", Some(0), "", lt).is_some());
+        assert!(verdict("node 1", "a:1", Some(1), "", lt).is_none());
+        assert!(verdict("node 1", "a:1", Some(124), "", lt).is_none());
+        assert!(verdict("node 1", "a:1", Some(127), "no bash", lt).is_some());
+        assert!(verdict("node 1", "a:1", None, "", lt).is_some());
+    }
 }

@@ -578,15 +578,51 @@ async fn unpause_restore(ctx: &Ctx<'_>, p: &Node, st: &NodeState) {
 }
 
 /// Stop a failed primary that may still be alive, and prove it stopped.
+/// When it cannot be stopped for sure, it is looked at again by the first
+/// look's rules ([`liveness::recheck`]): a node that answered then and died
+/// since (a host powered off while pgha observed it, a network cut) is as
+/// dead as one that never answered, and is failed over; one that still
+/// looks alive is refused.
 async fn fence_step(ctx: &Ctx<'_>, node: &Node, summary: &mut Summary) -> Result<()> {
     summary.step = format!("fencing {}", node.label());
     info!("fencing {}: stopping it before promoting", node.label());
     let x = &ctx.x;
     let fence = steps::fence(x.topo, x.remote, node, x.deadline);
-    x.step("fence", Some(node), fence, |how| Did::done(how.clone()))
-        .await?;
-    summary.done.push(format!("fenced {}", node.label()));
-    Ok(())
+    match x
+        .step("fence", Some(node), fence, |how| Did::done(how.clone()))
+        .await
+    {
+        Ok(_) => {
+            summary.done.push(format!("fenced {}", node.label()));
+            Ok(())
+        }
+        Err(Error::Refused(why)) => {
+            let t0 = Instant::now();
+            info!(
+                "{}: not stopped for sure; looking at it again as at first (every address, and from the standbys that listed it)",
+                node.label()
+            );
+            match liveness::recheck(x.topo, x.remote, node, x.deadline).await {
+                Liveness::Dead => {
+                    let did = Did::done(format!(
+                        "it died since the first look: no address of it answers and no standby reaches it any more; promoting without the fence ({why})"
+                    ));
+                    warn!("{}: {}", node.label(), did.what);
+                    x.record("recheck", Some(node), &did, t0.elapsed(), Fields::new());
+                    summary
+                        .done
+                        .push(format!("found {} dead on a second look", node.label()));
+                    Ok(())
+                }
+                Liveness::Alive(alive) => {
+                    let e = Error::Refused(format!("{why} (looked at again: {alive})"));
+                    x.failed("recheck", Some(node), &e, t0.elapsed());
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Promote the candidate and wait until it accepts writes.
