@@ -21,6 +21,14 @@ pub enum Error {
     /// A step failed; the message names the step, the node and the cause.
     #[error("{0}")]
     Step(String),
+    /// A wait for a standby ended early: the primary it waits for is gone
+    /// (silent, or no longer the primary of that timeline).
+    #[error("{0}")]
+    PrimaryGone(String),
+    /// A standby has WAL its primary never had: only a rewind that
+    /// discards it (`--discard-wal`) makes it a standby again.
+    #[error("{0}")]
+    Diverged(String),
     /// The state directory (lock, journal) is unusable.
     #[error("state directory {path}: {message}")]
     State { path: String, message: String },
@@ -33,7 +41,9 @@ impl Error {
             Error::Config(_) | Error::PgpoolConf(_) => exit::CONFIG,
             Error::Usage(_) => exit::USAGE,
             Error::Refused(_) => exit::REFUSED,
-            Error::Step(_) | Error::State { .. } => exit::FAILED,
+            Error::Step(_) | Error::PrimaryGone(_) | Error::Diverged(_) | Error::State { .. } => {
+                exit::FAILED
+            }
         }
     }
 
@@ -43,7 +53,9 @@ impl Error {
         match self {
             Error::Refused(_) => Outcome::Refused,
             Error::Usage(_) | Error::Config(_) | Error::PgpoolConf(_) => Outcome::Error,
-            Error::Step(_) | Error::State { .. } => Outcome::Failed,
+            Error::Step(_) | Error::PrimaryGone(_) | Error::Diverged(_) | Error::State { .. } => {
+                Outcome::Failed
+            }
         }
     }
 

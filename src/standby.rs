@@ -457,7 +457,10 @@ impl Standby<'_> {
                 outcome: Outcome::Attached,
                 how: String::new(),
             }),
-            Plan::Repoint { .. } => self.repoint_path(rewind_possible, rebuild_allowed).await,
+            Plan::Repoint { .. } => {
+                self.repoint_path(rewind_possible, rebuild_allowed, input.discard_wal)
+                    .await
+            }
             Plan::Rewind { stop_first, .. } => self.rewind_path(*stop_first, rebuild_allowed).await,
             Plan::Rebuild { stop_first, .. } => self.rebuild_path(*stop_first).await,
             Plan::Refuse { .. } | Plan::NothingToDo { .. } => unreachable!("settled before"),
@@ -571,8 +574,15 @@ impl Standby<'_> {
         .await
     }
 
-    /// Repoint; if it does not stream then, rewind (or rebuild).
-    async fn repoint_path(&self, rewind_possible: bool, rebuild_allowed: bool) -> Walk {
+    /// Repoint; if it does not stream then, rewind (or rebuild); not when
+    /// the primary is gone, nor for WAL only this node has without
+    /// `--discard-wal`.
+    async fn repoint_path(
+        &self,
+        rewind_possible: bool,
+        rebuild_allowed: bool,
+        discard_wal: bool,
+    ) -> Walk {
         self.before_repoint().await?;
         let how = self.repoint().await?;
         let e = match self.wait_streaming().await {
@@ -591,6 +601,13 @@ impl Standby<'_> {
             Err(e) => e,
         };
         let label = self.node.label();
+        match &e {
+            // No rewind can help: it needs the primary that is gone.
+            Error::PrimaryGone(_) => return Err(e.into()),
+            // A rewind discards WAL that exists nowhere else: only when asked.
+            Error::Diverged(_) if !discard_wal => return Err(e.into()),
+            _ => {}
+        }
         if rewind_possible {
             warn!("{label}: {e}; rewinding it instead");
             self.rewind_path(true, rebuild_allowed).await

@@ -806,7 +806,14 @@ async fn password_to_passfile(
     Ok(())
 }
 
-/// Wait until `node` streams from `primary` on `timeline`.
+/// Wait until `node` streams from `primary` on `timeline`. Ends early,
+/// rather than at `[failover] follow_timeout`, when waiting longer cannot
+/// help: [`Error::PrimaryGone`] when `primary` has not answered for
+/// [`PRIMARY_SILENT_FOR`] or no longer answers as the primary of
+/// `timeline` (a failover since); [`Error::Diverged`] when `node` has been
+/// past the point where the primary's history left its timeline for
+/// [`DIVERGED_FOR`] (WAL the primary never had: it cannot stream, and only
+/// a rewind that discards that WAL makes it a standby again).
 pub async fn wait_streaming(
     topo: &Topology,
     node: &Node,
@@ -817,6 +824,8 @@ pub async fn wait_streaming(
     let start = Instant::now();
     let end = Instant::now() + budget(deadline, topo.config.failover.follow_timeout);
     let target = topo.pg_target(node);
+    let mut watch = PrimaryWatch::new(topo, primary, timeline);
+    let mut diverged_since: Option<Instant> = None;
     let mut last = String::from("not observed yet");
     while Instant::now() < end {
         match postgres::observe_target(&target).await {
@@ -842,8 +851,31 @@ pub async fn wait_streaming(
                         "it is not in recovery (a primary)".into()
                     };
                 }
+                match watch.diverged(&s) {
+                    Some(why) => {
+                        let since = *diverged_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= DIVERGED_FOR {
+                            return Err(Error::Diverged(format!(
+                                "{} cannot stream from {}: {why}; pg_rewind would discard that WAL, which exists on no other node: to keep it, make node {} the primary instead; to discard it, pgha-follow {} --discard-wal",
+                                node.label(),
+                                primary.label(),
+                                node.id,
+                                node.id
+                            )));
+                        }
+                    }
+                    None => diverged_since = None,
+                }
             }
             Err(e) => last = e.to_string(),
+        }
+        if let Some(gone) = watch.gone().await {
+            return Err(Error::PrimaryGone(format!(
+                "{} does not stream from {} on timeline {timeline} after {:.1}s ({last}), and waiting longer cannot help: {gone}",
+                node.label(),
+                primary.label(),
+                start.elapsed().as_secs_f64()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -853,6 +885,90 @@ pub async fn wait_streaming(
         primary.label(),
         start.elapsed().as_secs_f64()
     )))
+}
+
+/// How long the primary a standby waits for may stay silent before the
+/// wait ends: a standby cannot stream from a primary that died.
+pub const PRIMARY_SILENT_FOR: Duration = Duration::from_secs(2);
+
+/// How long a standby may be seen past the fork before the wait ends: its
+/// WAL receiver may still be writing what the old primary sent last.
+pub const DIVERGED_FOR: Duration = Duration::from_secs(1);
+
+/// How often [`wait_streaming`] asks the primary whether it still is one.
+const ASK_PRIMARY_EVERY: Duration = Duration::from_millis(500);
+
+/// The primary a standby is waiting for, asked every
+/// [`ASK_PRIMARY_EVERY`]: whether it still answers as the primary of the
+/// timeline, and its timeline's history, to tell a standby that diverged.
+struct PrimaryWatch<'a> {
+    topo: &'a Topology,
+    primary: &'a Node,
+    timeline: u32,
+    asked: Option<Instant>,
+    answered: Instant,
+    state: Option<NodeState>,
+    history: Option<Vec<crate::lineage::HistoryEntry>>,
+}
+
+impl<'a> PrimaryWatch<'a> {
+    fn new(topo: &'a Topology, primary: &'a Node, timeline: u32) -> Self {
+        PrimaryWatch {
+            topo,
+            primary,
+            timeline,
+            asked: None,
+            answered: Instant::now(),
+            state: None,
+            history: None,
+        }
+    }
+
+    /// `Some(why)` when the primary is gone: silent for
+    /// [`PRIMARY_SILENT_FOR`], or answering as something else. Asks it at
+    /// most every [`ASK_PRIMARY_EVERY`], each ask bounded by that too.
+    async fn gone(&mut self) -> Option<String> {
+        if self.asked.is_some_and(|t| t.elapsed() < ASK_PRIMARY_EVERY) {
+            return None;
+        }
+        self.asked = Some(Instant::now());
+        let t = self.topo.pg_target(self.primary);
+        match tokio::time::timeout(ASK_PRIMARY_EVERY, postgres::observe_target(&t)).await {
+            Ok(Ok(s)) if !s.in_recovery && s.timeline == self.timeline => {
+                self.answered = Instant::now();
+                if self.history.is_none() {
+                    self.history = Some(timeline_history(self.topo, self.primary, &s).await);
+                }
+                self.state = Some(s);
+                None
+            }
+            Ok(Ok(s)) => Some(format!(
+                "{} now answers as a {} on timeline {} (a failover since?)",
+                self.primary.label(),
+                if s.in_recovery { "standby" } else { "primary" },
+                s.timeline
+            )),
+            _ if self.answered.elapsed() >= PRIMARY_SILENT_FOR => Some(format!(
+                "{} has not answered for {:.1}s: the next failover's follow_primary_command repoints this standby",
+                self.primary.label(),
+                self.answered.elapsed().as_secs_f64()
+            )),
+            _ => None,
+        }
+    }
+
+    /// Why `standby`, on an older timeline, cannot follow the primary: it
+    /// is past the point where the primary's history left its timeline.
+    /// `None` until the primary's history is known, and for a standby on
+    /// the primary's timeline (the primary's last answer may be up to
+    /// [`ASK_PRIMARY_EVERY`] old, so "ahead of it" proves nothing).
+    fn diverged(&self, standby: &NodeState) -> Option<String> {
+        let (p, h) = (self.state.as_ref()?, self.history.as_ref()?);
+        if standby.timeline >= p.timeline {
+            return None;
+        }
+        crate::lineage::diverged(h, p, standby)
+    }
 }
 
 /// Drop a standby's replication slot on the primary, if it exists.

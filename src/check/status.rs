@@ -123,6 +123,9 @@ enum Pg {
         upstream: Option<u32>,
         lag: Option<u64>,
     },
+    /// Answers "the database system is starting up" (or shutting down):
+    /// alive, on its way, nothing to fix yet.
+    StartingUp,
     /// Answers, but pgha cannot use it.
     Answers,
     /// No answer.
@@ -134,7 +137,7 @@ impl Pg {
         match self {
             Pg::Primary { .. } => Role::Primary,
             Pg::Standby { .. } => Role::Standby,
-            Pg::Answers => Role::Unknown,
+            Pg::StartingUp | Pg::Answers => Role::Unknown,
             Pg::Silent => Role::Down,
         }
     }
@@ -197,6 +200,10 @@ fn advise(f: &Facts, primary: &Primary, max_lag: u64) -> Option<(String, String)
             ),
         ),
         (Pg::Silent, _) => w("down: no answer".into(), "start it".into()),
+        (Pg::StartingUp, _) => w(
+            "starting up: it accepts no connection until recovery reaches a consistent state".into(),
+            "wait; if it stays so for minutes, read its server log (it may be replaying a lot of WAL or waiting for a WAL file)".into(),
+        ),
         (Pg::Answers, _) => w(
             "answers, but pgha cannot log in or ask it".into(),
             "pgha-check names the login or setting to fix".into(),
@@ -501,9 +508,23 @@ fn pg_of(topo: &Topology, o: &Observed, all: &[Observed]) -> Pg {
                     .map(|(p, me)| me.bytes_behind(p)),
             }
         }
+        Err(e) if o.answered && starting_up(e) => Pg::StartingUp,
         Err(_) if o.answered => Pg::Answers,
         Err(_) => Pg::Silent,
     }
+}
+
+/// Whether a refused connection says the server is on its way up or down
+/// (SQLSTATE 57P03's messages) rather than refusing pgha.
+fn starting_up(error: &str) -> bool {
+    [
+        "the database system is starting up",
+        "the database system is shutting down",
+        "the database system is not yet accepting connections",
+        "the database system is not accepting connections",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
 }
 
 /// The primary's `pg_stat_replication` row for `node`: by
@@ -807,6 +828,19 @@ mod tests {
     #[test]
     fn a_node_that_answers_but_cannot_be_used() {
         assert!(fix(&f(0, Pg::Answers), &P).contains("pgha-check"));
+    }
+
+    #[test]
+    fn a_node_starting_up_is_waited_for_not_fixed() {
+        assert!(starting_up(
+            "db error: FATAL: the database system is starting up"
+        ));
+        assert!(!starting_up(
+            "db error: FATAL: password authentication failed for user \"pgha\""
+        ));
+        let (p, fix_) = advise(&f(0, Pg::StartingUp), &P, MAX).unwrap();
+        assert!(p.starts_with("starting up"), "{p}");
+        assert!(fix_.starts_with("wait"), "{fix_}");
     }
 
     #[test]
