@@ -57,10 +57,21 @@ usage: lab.sh COMMAND [ARGS]
                              a stalled hypervisor); resume NAME HOST sends SIGCONT
   blackhole NAME ADDR        silently drop every packet to ADDR (iptables DROP)
   unblackhole NAME ADDR      remove that rule
+  syn-loss NAME ADDR EVERY   a lossy link to ADDR: of the TCP SYNs (new connections) sent to
+                             it, only every EVERY-th gets through (iptables statistic nth,
+                             deterministic); established connections are untouched.
+                             syn-loss NAME ADDR off removes it
   cut NAME HOST PEER...      a network cut between HOST and each PEER: every packet
                              between them is dropped, both ways, on all their addresses
                              (iptables, by sender cgroup and destination); HOST still
                              reaches every other host. heal NAME HOST PEER... undoes it
+  fill-archive NAME HOST     HOST's archive directory (/var/lib/postgresql/archive) is full:
+                             what is there stays readable, and writing a new file fails
+                             with ENOSPC (an overlay whose upper layer is a 1 MiB tmpfs
+                             filled by .pgha-full, in the host's namespace).
+                             unfill-archive NAME HOST frees it again, keeping every
+                             complete file written meanwhile. A killed host loses the
+                             overlay with its namespace.
   start-pg NAME HOST         start PostgreSQL on HOST (pg_ctl start)
   restart-host NAME HOST     boot a killed host again: its namespace and sshd, then its
                              PostgreSQL as its unit would, after the start guard
@@ -654,7 +665,7 @@ max_replication_slots = 10
 wal_keep_size = 256MB
 wal_log_hints = on
 archive_mode = on
-archive_command = 'test ! -f /var/lib/postgresql/archive/%f && cp %p /var/lib/postgresql/archive/%f'
+archive_command = 'test ! -f /var/lib/postgresql/archive/%f && cp %p /var/lib/postgresql/archive/%f.tmp && mv /var/lib/postgresql/archive/%f.tmp /var/lib/postgresql/archive/%f'
 restore_command = '$restore'
 recovery_target_timeline = 'latest'
 synchronous_standby_names = '$sync_names'
@@ -845,6 +856,45 @@ cmd_restart_host() { # HOST: a killed host boots again, its data as it was
 	log "$NAME: host $h restarted"
 }
 
+# A full archive disk on a node, inside its mount namespace: an overlay
+# over the archive directory whose upper layer is a 1 MiB tmpfs that one
+# file fills, so every file already archived stays readable (standbys
+# restore from it) while writing anything new fails with ENOSPC, as on a
+# real full disk.
+FILL=/tmp/.pgha-archive-fill
+ARCHIVE=/var/lib/postgresql/archive
+cmd_fill_archive() { # HOST
+	local h=$1
+	is_pgpool_host "$h" && die "fill-archive: $h is a pgpool host; name a node (pg0, pg1, ...)"
+	on_host "$h" root sh -ec "
+		if grep -q ' $ARCHIVE overlay ' /proc/self/mounts; then echo 'already full' >&2; exit 0; fi
+		mkdir -p $FILL
+		mount -t tmpfs -o size=1m,mode=700 pgha-archive-fill $FILL
+		mkdir $FILL/upper $FILL/work
+		chown postgres:postgres $FILL/upper
+		chmod 700 $FILL/upper
+		mount -t overlay pgha-archive-fill -o lowerdir=$ARCHIVE,upperdir=$FILL/upper,workdir=$FILL/work $ARCHIVE
+		chown postgres:postgres $ARCHIVE
+		dd if=/dev/zero of=$FILL/upper/.pgha-full bs=64k 2>/dev/null || true"
+	log "$NAME: the archive directory of $h is full"
+}
+
+cmd_unfill_archive() { # HOST: undo fill-archive; complete files written meanwhile are kept
+	local h=$1
+	on_host "$h" root sh -ec "
+		grep -q ' $ARCHIVE overlay ' /proc/self/mounts || { echo 'not full' >&2; exit 0; }
+		umount $ARCHIVE
+		for f in $FILL/upper/* ; do
+			[ -f \"\$f\" ] || continue
+			case \"\$f\" in *.tmp) continue ;; esac
+			n=\$(basename \"\$f\")
+			[ -e $ARCHIVE/\"\$n\" ] || { cp -p \"\$f\" $ARCHIVE/\"\$n\".tmp && mv $ARCHIVE/\"\$n\".tmp $ARCHIVE/\"\$n\"; }
+		done
+		umount $FILL
+		rmdir $FILL"
+	log "$NAME: the archive directory of $h has room again"
+}
+
 # pgha-fence.service on a node: pgha-check --fence, in the background for
 # as long as the host lives (kill and pause reach it with the rest).
 start_fence() { # HOST
@@ -870,6 +920,29 @@ cmd_blackhole() {
 
 cmd_unblackhole() {
 	iptables -D INPUT -d "$1" -m comment --comment "pgha-lab:$NAME" -j DROP
+}
+
+cmd_syn_loss() { # ADDR EVERY|off
+	[[ "$1" =~ ^127\. ]] || die "only loopback addresses"
+	local state=$LAB_DIR/syn-loss-$1 every
+	if [ -f "$state" ]; then
+		every=$(cat "$state")
+		iptables -D INPUT -d "$1" -p tcp --syn -m statistic --mode nth --every "$every" --packet 0 \
+			-m comment --comment "pgha-lab:$NAME" -j ACCEPT
+		iptables -D INPUT -d "$1" -p tcp --syn -m comment --comment "pgha-lab:$NAME" -j DROP
+		rm -f "$state"
+	fi
+	if [ "$2" = off ]; then
+		log "$NAME: SYNs to $1 all get through again"
+		return 0
+	fi
+	[[ "$2" =~ ^[1-9][0-9]*$ ]] || die "syn-loss: EVERY must be a positive number or off, not '$2'"
+	# Inserted in this order, the ACCEPT of every EVERY-th SYN comes first.
+	iptables -I INPUT -d "$1" -p tcp --syn -m comment --comment "pgha-lab:$NAME" -j DROP
+	iptables -I INPUT -d "$1" -p tcp --syn -m statistic --mode nth --every "$2" --packet 0 \
+		-m comment --comment "pgha-lab:$NAME" -j ACCEPT
+	echo "$2" >"$state"
+	log "$NAME: only every $2th SYN to $1 gets through"
 }
 
 host_addrs() { # HOST: every address it has (a node also has its replication one)
@@ -920,8 +993,11 @@ main() {
 	resume) load_env "$1"; host_addr "$2" >/dev/null; cmd_signal "$2" CONT resumed ;;
 	blackhole) load_env "$1"; cmd_blackhole "$2" ;;
 	unblackhole) load_env "$1"; cmd_unblackhole "$2" ;;
+	syn-loss) [ $# = 3 ] || die "usage: lab.sh syn-loss NAME ADDR EVERY|off"; load_env "$1"; cmd_syn_loss "$2" "$3" ;;
 	cut) [ $# -ge 3 ] || die "usage: lab.sh cut NAME HOST PEER..."; load_env "$1"; shift; cmd_cut -I "$@" ;;
 	heal) [ $# -ge 3 ] || die "usage: lab.sh heal NAME HOST PEER..."; load_env "$1"; shift; cmd_cut -D "$@" ;;
+	fill-archive) [ $# = 2 ] || die "usage: lab.sh fill-archive NAME HOST"; load_env "$1"; host_addr "$2" >/dev/null; cmd_fill_archive "$2" ;;
+	unfill-archive) [ $# = 2 ] || die "usage: lab.sh unfill-archive NAME HOST"; load_env "$1"; host_addr "$2" >/dev/null; cmd_unfill_archive "$2" ;;
 	start-pg) load_env "$1"; pg_ctl_start "$2" ;;
 	restart-host) load_env "$1"; host_addr "$2" >/dev/null; cmd_restart_host "$2" ;;
 	start-pgpool)

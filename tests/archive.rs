@@ -120,3 +120,67 @@ fn a_standby_that_needs_archived_wal_catches_up_from_the_new_primarys_archive() 
     );
     assert_eq!(role(&lab, other).unwrap(), (false, 2));
 }
+
+/// The journal of the app host's pgha state directory.
+fn journal(lab: &Lab) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(lab.host_dir("app").join("home/pgha/journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+        .collect()
+}
+
+/// A full archive disk on both standbys (writing anything there fails with
+/// ENOSPC) when the primary dies: the failover and its detached phase
+/// complete (the history file the detached phase copies into the other
+/// standby's archive does not fit: a warning, not a failure), no
+/// acknowledged write is lost, and once there is room again the new
+/// primary archives again. Its archive_command copies to a temporary name
+/// and renames it, so an attempt cut short by the full disk leaves nothing
+/// under the final name that would refuse every later attempt.
+#[test]
+fn a_full_archive_disk_neither_stops_the_failover_nor_archiving_for_good() {
+    let lab = Lab::up(LabOptions::default());
+    let watcher = SplitBrainWatcher::start(&lab);
+    let writer = Writer::start(&lab);
+    writer.wait_more(&lab, 10, "writes before the fault", T);
+    lab.fill_archive("pg1");
+    lab.fill_archive("pg2");
+    lab.kill_host("pg0");
+    let new = lab.wait_new_primary(2, T);
+    let other = if new == "pg1" { "pg2" } else { "pg1" };
+    lab.wait_streams(other, &new, 2, T);
+    writer.wait_more(&lab, 10, "writes through pgpool after the failover", T);
+    let settle = lab.wait_until("the detached phase's run line", T, || {
+        journal(&lab)
+            .into_iter()
+            .find(|e| e["step"] == "run" && e["phase"] == "settle")
+    });
+    assert_eq!(settle["outcome"], "settled", "{settle}");
+    let log = lab.pgpool_log();
+    assert!(
+        log.contains("a restore from its own archive would lack it"),
+        "the detached phase says the history file did not fit: {log}"
+    );
+    // The new primary cannot archive while its disk is full.
+    lab.try_psql_db(&new, "app", "create table if not exists filler(x int); insert into filler select generate_series(1, 1000)")
+        .unwrap();
+    let segment = lab.psql(&new, "select pg_walfile_name(pg_current_wal_lsn())");
+    lab.psql(&new, "select pg_switch_wal()");
+    lab.wait_until(
+        &format!("{new}'s archiver to fail on the full disk"),
+        T,
+        || (lab.psql(&new, "select failed_count > 0 from pg_stat_archiver") == "t").then_some(()),
+    );
+    let archived = lab.host_dir(&new).join("home/archive").join(&segment);
+    assert!(!archived.exists(), "{segment} archived on a full disk");
+    lab.unfill_archive(&new);
+    lab.wait_until(
+        &format!("{segment} archived on {new} once there is room"),
+        T,
+        || archived.exists().then_some(()),
+    );
+    let acked = writer.stop();
+    watcher.assert_never_two_primaries();
+    assert_none_lost(&lab, &new, &acked);
+}

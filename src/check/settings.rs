@@ -125,7 +125,7 @@ fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&str>)
             format!(
                 "archive_mode = {archive_mode} with an empty archive_command: WAL piles up in pg_wal until the disk is full"
             ),
-            "set archive_command (e.g. 'test ! -f /ARCHIVE/%f && cp %p /ARCHIVE/%f') and reload"
+            "set archive_command (e.g. 'test ! -f /ARCHIVE/%f && cp %p /ARCHIVE/%f.tmp && mv /ARCHIVE/%f.tmp /ARCHIVE/%f') and reload"
                 .into(),
         )),
         (Some(dir), false, _) => Err((
@@ -143,6 +143,43 @@ fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&str>)
             "archive_mode = {archive_mode}, archive_command set"
         )),
     }
+}
+
+/// An `archive_command` that refuses to overwrite an existing file (`test !
+/// -f DIR/%f && cp %p DIR/%f`) and copies straight to the final name: when
+/// the copy fails halfway (a full disk, a crash), the partial file stays,
+/// every later attempt refuses it, and archiving stops for good even once
+/// there is room again (`pg_wal` then fills until the primary stops).
+/// Copying to a temporary name and renaming it (`mv`, atomic on one file
+/// system) leaves no partial file under the final name.
+fn archive_partial(archive_command: &str) -> Verdict {
+    let cmd = archive_command.trim();
+    let refuses_existing = cmd.contains("test ! -f") || cmd.contains("[ ! -f");
+    let renames = cmd
+        .split(|c: char| c.is_whitespace() || ";|&()".contains(c))
+        .any(|w| matches!(w.rsplit('/').next(), Some("mv" | "rename")));
+    if !refuses_existing || renames {
+        return Ok("archive_command leaves no partial file under the final name".into());
+    }
+    let fixed = cmd
+        .rsplit_once("%f")
+        .map(|(head, tail)| {
+            let dest = head
+                .rsplit(|c: char| c.is_whitespace())
+                .next()
+                .unwrap_or("");
+            format!("{head}%f.tmp && mv {dest}%f.tmp {dest}%f{tail}")
+        })
+        .unwrap_or_else(|| cmd.to_string());
+    Err((
+        format!(
+            "archive_command = '{cmd}' copies straight to the final name and refuses a file that exists: a copy cut short (a full archive disk) leaves a partial file that every later attempt refuses, so archiving stops for good, even once there is room"
+        ),
+        format!(
+            "copy to a temporary name, then rename: archive_command = '{}', then reload",
+            fixed.replace('\'', "''")
+        ),
+    ))
 }
 
 /// The `ssh`-like program in `cmd` (`ssh`, `scp`, `rsync`, `sftp`), as a
@@ -382,6 +419,7 @@ fn verdicts(topo: &Topology, f: &SqlFacts) -> Vec<(&'static str, Verdict)> {
             "archive_command",
             command_safety(WalCommand::Archive, get("archive_command")),
         ),
+        ("archive_partial", archive_partial(get("archive_command"))),
         (
             "restore_command",
             command_safety(
@@ -583,6 +621,24 @@ mod tests {
         // Local copies and scripts without remote tools are fine; names
         // merely containing a tool's letters are not tools.
         assert!(command_safety(WalCommand::Archive, "test ! -f /a/%f && cp %p /a/%f").is_ok());
+    }
+
+    #[test]
+    fn an_archive_command_that_can_leave_a_partial_file_is_flagged() {
+        let (problem, fix) = archive_partial("test ! -f /a/%f && cp %p /a/%f").unwrap_err();
+        assert!(problem.contains("stops for good"), "{problem}");
+        assert!(
+            fix.contains("'test ! -f /a/%f && cp %p /a/%f.tmp && mv /a/%f.tmp /a/%f'"),
+            "{fix}"
+        );
+        for fine in [
+            "test ! -f /a/%f && cp %p /a/%f.tmp && mv /a/%f.tmp /a/%f",
+            "cp %p /a/%f",
+            "",
+            "pgbackrest --stanza=main archive-push %p",
+        ] {
+            assert!(archive_partial(fine).is_ok(), "{fine}");
+        }
         assert!(command_safety(WalCommand::Archive, "/usr/local/bin/sshelper %p").is_ok());
         assert!(
             command_safety(WalCommand::Restore, "")

@@ -332,9 +332,20 @@ async fn stream(
     }
     let followed = async {
         if let (Some(h), Some(st)) = (history, o.ok()) {
-            let copied = steps::put_history(topo, x.remote, n, st, timeline, h, x.deadline).await?;
-            for path in copied {
-                info!("{}: {path} written and verified (md5)", n.label());
+            // A standby that streams fetches the history file from the
+            // primary by itself; the copy serves restores from the archive.
+            // A copy that fails (a full archive disk) is said, and the
+            // standby is waited for all the same.
+            match steps::put_history(topo, x.remote, n, st, timeline, h, x.deadline).await {
+                Ok(copied) => {
+                    for path in copied {
+                        info!("{}: {path} written and verified (md5)", n.label());
+                    }
+                }
+                Err(e) => warn!(
+                    "{}: {e}; it gets the history file from the primary when it streams, but a restore from its own archive would lack it: once there is room, copy it there from the primary's archive",
+                    n.label()
+                ),
             }
         }
         steps::wait_streaming(topo, n, primary, timeline, x.deadline).await

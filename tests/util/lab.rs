@@ -707,6 +707,13 @@ impl Lab {
         self.lab_ok(&["blackhole", &self.name, addr]);
     }
 
+    /// A lossy link to `addr` (`lab.sh syn-loss`): of the TCP SYNs sent
+    /// to it, only every `every`-th gets through; `None` removes it.
+    pub fn syn_loss(&self, addr: &str, every: Option<u32>) {
+        let every = every.map(|e| e.to_string()).unwrap_or_else(|| "off".into());
+        self.lab_ok(&["syn-loss", &self.name, addr, &every]);
+    }
+
     /// Removes the rule [`Lab::blackhole`] added.
     pub fn unblackhole(&self, addr: &str) {
         self.lab_ok(&["unblackhole", &self.name, addr]);
@@ -738,6 +745,38 @@ impl Lab {
     /// `pg_ctl start -w` on `host` (`lab.sh start-pg`).
     pub fn start_pg(&self, host: &str) {
         self.lab_ok(&["start-pg", &self.name, host]);
+    }
+
+    /// `lab.sh fill-archive`: `host`'s archive directory is full, as a
+    /// full disk is: what is there stays readable, and writing anything
+    /// new fails with ENOSPC. Undone by [`Lab::unfill_archive`] (or by
+    /// killing the host: the overlay lives in its mount namespace).
+    pub fn fill_archive(&self, host: &str) {
+        self.lab_ok(&["fill-archive", &self.name, host]);
+    }
+
+    /// `lab.sh unfill-archive`: room again in `host`'s archive directory;
+    /// complete files written while it was full are kept.
+    pub fn unfill_archive(&self, host: &str) {
+        self.lab_ok(&["unfill-archive", &self.name, host]);
+    }
+
+    /// Like [`Lab::start_pg`] for a server something may stop as soon as
+    /// it is up (the fence, every 250 ms): `pg_ctl -w` may then see it gone
+    /// before it saw it ready and fail. Passes when the server log says it
+    /// became ready after this call, whatever pg_ctl said.
+    pub fn start_pg_briefly(&self, host: &str) {
+        let before = self.pg_log(host).len();
+        let out = self.lab(&["start-pg", &self.name, host]);
+        let ready = self
+            .pg_log(host)
+            .get(before..)
+            .is_some_and(|l| l.contains("database system is ready to accept connections"));
+        assert!(
+            out.status.success() || ready,
+            "{}\n(and its log never said it was ready)",
+            describe(&format!("lab.sh start-pg {} {host}", self.name), &out)
+        );
     }
 
     /// (Re)starts pgpool on the app host (`lab.sh start-pgpool`).
