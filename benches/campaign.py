@@ -15,6 +15,8 @@ inserts through pgpool and a checker watches the invariants:
   runs         every pgha run the campaign did not kill ends with a `run`
                line in the journal, and a main phase that said it promoted
                is followed by an acknowledged write within 10 s
+  archiving    at the end, the final primary archives a switched segment
+               within 60 s (a full archive disk must not stop it for good)
 
 Between faults the campaign waits for the cluster to converge by itself.
 When it does not, it acts as the operator README describes, once no pgha
@@ -59,6 +61,16 @@ SAMPLE_EVERY = 0.05
 FRESH = 0.3  # a node's answer older than this is not counted in a sample
 PGHA_LOGIN = "pgha"  # the role pgha connects as (the lab's pgha.toml)
 QUIET = 1.0  # seconds with no pgha command running before the operator acts
+# pg_hba.conf changes take effect by a reload, when the server runs (a node
+# the fence or a failover stopped reads the file when it starts again).
+RELOAD_IF_RUNNING = f"if pg_ctl -D {PGDATA} status >/dev/null; then pg_ctl -D {PGDATA} reload >/dev/null; fi"
+# Faults that silence the primary for a while, and how long after one ends
+# pgpool may still find it dead (a health check that began during the
+# silence times out after it: health_check_timeout 2 s, plus the failover's
+# own liveness probes): the campaign holds that long before it checks that
+# the cluster is whole, so that a late failover belongs to its own fault.
+SILENCES = ("blackhole-primary", "pause-primary")
+DETECTION_WINDOW = 2.5
 
 
 def log(msg):
@@ -173,7 +185,7 @@ def fault_kill_standby(c, rng):
 
 def fault_blackhole_primary(c, rng):
     """Every packet to the primary's two addresses dropped for D seconds."""
-    p, d = c.primary(), round(rng.uniform(1, 8), 1)
+    p, d = c.primary(), round(rng.uniform(1, 5), 1)
     addrs = [c.lab.addr(p), c.lab.repl_addr(p)]
     for a in addrs:
         c.lab.lab("blackhole", c.lab.name, a)
@@ -185,7 +197,7 @@ def fault_blackhole_primary(c, rng):
 
 def fault_pause_primary(c, rng):
     """Every process of the primary's host stopped (SIGSTOP) for D seconds."""
-    p, d = c.primary(), round(rng.uniform(1, 6), 1)
+    p, d = c.primary(), round(rng.uniform(1, 5), 1)
     c.lab.lab("pause", c.lab.name, p)
     c.sleep(d)
     c.lab.lab("resume", c.lab.name, p)
@@ -197,9 +209,9 @@ def fault_lag_standby(c, rng):
     s, d = rng.choice(c.standbys()), round(rng.uniform(1, 5), 1)
     try:
         c.lab.psql(s, "select pg_wal_replay_pause()")
-    except subprocess.CalledProcessError as e:
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
         # It stopped being a standby between the choice and the pause.
-        return {"target": s, "skipped": (e.stderr or "").strip()[-200:]}
+        return {"target": s, "skipped": str(e)[-200:]}
     c.sleep(d)
     c.lab.psql(s, "select pg_wal_replay_resume()")
     return {"target": s, "seconds": d}
@@ -211,7 +223,7 @@ def fault_refuse_login(c, rng):
     n, d = rng.choice(c.live_nodes()), round(rng.uniform(1, 8), 1)
     kill = rng.random() < 0.5
     line = f"host    all    {PGHA_LOGIN}    127.0.0.0/8    reject"
-    c.lab.sh(n, f"sed -i '1i {line}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
+    c.lab.sh(n, f"sed -i '1i {line}' {PGDATA}/pg_hba.conf; {RELOAD_IF_RUNNING}")
     killed = None
     if kill:
         c.sleep(rng.uniform(0, d / 2))
@@ -219,7 +231,7 @@ def fault_refuse_login(c, rng):
         c.kill(killed)
     c.sleep(d)
     if n not in c.dead:
-        c.lab.sh(n, f"sed -i '1{{/{PGHA_LOGIN} .*reject/d}}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
+        c.lab.sh(n, f"sed -i '1{{/{PGHA_LOGIN} .*reject/d}}' {PGDATA}/pg_hba.conf; {RELOAD_IF_RUNNING}")
     else:
         c.refused_hba.add(n)  # restored when the host is restarted
     return {"target": n, "seconds": d, "killed": killed}
@@ -279,6 +291,24 @@ def fault_kill_pgpool_host(c, rng):
     return {"target": h, "seconds": d}
 
 
+def fault_fill_archive(c, rng):
+    """A node's archive directory is full (writing there fails with ENOSPC)
+    for D seconds; when that node is a standby, half the time the primary
+    dies meanwhile (the detached phase then cannot put the new timeline's
+    history file into its archive)."""
+    n, d = rng.choice(c.live_nodes()), round(rng.uniform(2, 8), 1)
+    c.lab.lab("fill-archive", c.lab.name, n)
+    killed = None
+    if n != c.primary() and rng.random() < 0.5:
+        c.sleep(rng.uniform(0, d / 2))
+        killed = c.primary()
+        c.kill(killed)
+    c.sleep(d)
+    if n not in c.dead:
+        c.lab.lab("unfill-archive", c.lab.name, n)
+    return {"target": n, "seconds": d, "killed": killed}
+
+
 FAULTS = {
     "kill-primary": (fault_kill_primary, 3),
     "kill-standby": (fault_kill_standby, 2),
@@ -290,6 +320,7 @@ FAULTS = {
     "kill-settle": (fault_kill_settle, 1),
     "switchover": (fault_switchover, 2),
     "kill-pgpool-host": (fault_kill_pgpool_host, 1),  # with --pgpools 3 only
+    "fill-archive": (fault_fill_archive, 1),
 }
 
 
@@ -327,16 +358,36 @@ class Campaign:
     def live_nodes(self):
         return [n for n in self.nodes() if n not in self.dead]
 
-    def role(self, host):
-        """(in recovery?, timeline) through the host's own socket, or None."""
+    def ask(self, host, sql):
+        """The rows of `sql` on `host` (lists of str or None): over TCP as
+        pgpool (which the lab trusts from loopback and grants pg_monitor),
+        one short connection, no process started; through the host's own
+        socket with psql when TCP fails. RuntimeError when neither answers."""
         try:
-            out = self.lab.psql(host, "select pg_is_in_recovery(), "
-                                "case when pg_is_in_recovery() then (select coalesce(received_tli, 0) from pg_stat_wal_receiver) "
-                                "else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
-                                timeout=5)
-        except (RuntimeError, subprocess.TimeoutExpired):
+            conn = Conn(self.lab.addr(host), 5432, "pgpool", "postgres", timeout=3, app="pgha-campaign")
+            try:
+                return conn.query(sql)
+            finally:
+                conn.close()
+        except (OSError, PgError):
+            pass
+        try:
+            out = self.lab.psql(host, sql, timeout=5)
+        except subprocess.TimeoutExpired as e:
+            raise RuntimeError(f"{host}: {e}") from e
+        return [ln.split("|") for ln in out.splitlines()]
+
+    def role(self, host):
+        """(in recovery?, timeline), or None."""
+        try:
+            rows = self.ask(host, "select pg_is_in_recovery(), "
+                            "case when pg_is_in_recovery() then (select coalesce(received_tli, 0) from pg_stat_wal_receiver) "
+                            "else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end")
+        except RuntimeError:
             return None
-        rec, _, tl = out.partition("|")
+        if not rows:
+            return None
+        rec, tl = rows[0][0], rows[0][1]
         return rec == "t", int(tl or 0)
 
     def primary(self):
@@ -350,6 +401,12 @@ class Campaign:
     def standbys(self):
         p = self.primary()
         return [n for n in self.live_nodes() if n != p]
+
+    def detached(self, host):
+        """Whether the leading pgpool shows `host` down (it found it dead)."""
+        view = pcp_nodes(self.lab, self.lab.leader) or []
+        k = int(self.node_id(host))
+        return len(view) > k and view[k][2] not in ("1", "2")
 
     def attached_now(self, nodes):
         """Which of `nodes` every pgpool member shows up (its last sample)."""
@@ -380,12 +437,12 @@ class Campaign:
             if n == p:
                 continue
             try:
-                out = self.lab.psql(n, "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'", timeout=5)
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                rows = self.ask(n, "select sender_host, received_tli from pg_stat_wal_receiver where status = 'streaming'")
+            except RuntimeError as e:
                 return f"{n}: {e}"
-            host, _, t = out.partition("|")
+            host, t = (rows[0][0], rows[0][1]) if rows else (None, None)
             if host not in addrs or t != str(tl):
-                return f"{n} streams from {out or 'nowhere'}, not from {p} on timeline {tl}"
+                return f"{n} streams from {'|'.join(map(str, rows[0])) if rows else 'nowhere'}, not from {p} on timeline {tl}"
         for h in self.lab.pgpool_hosts:
             if h in self.dead:
                 continue
@@ -413,7 +470,7 @@ class Campaign:
         self.lab.lab("restart-host", self.lab.name, host, timeout=120)
         self.dead.discard(host)
         if host in self.refused_hba:
-            self.lab.sh(host, f"sed -i '1{{/{PGHA_LOGIN} .*reject/d}}' {PGDATA}/pg_hba.conf && pg_ctl -D {PGDATA} reload >/dev/null")
+            self.lab.sh(host, f"sed -i '1{{/{PGHA_LOGIN} .*reject/d}}' {PGDATA}/pg_hba.conf; {RELOAD_IF_RUNNING}")
             self.refused_hba.discard(host)
 
     def leader(self):
@@ -522,8 +579,17 @@ class Campaign:
                 continue
             # "pgha-attach N", "pgha-follow N", "pgha-attach --rejoin N"
             # (also "once its host is up: ..."; dead hosts were restarted
-            # above), "pgha-follow N --discard-wal (...)".
+            # above), "pgha-follow N --discard-wal (...)", and
+            # "pcp_attach_node -n N" for a healthy primary pgpool detached.
             m = re.search(r"(pgha-(?:attach|follow)(?: --rejoin)? \d+(?: --discard-wal)?)", fix)
+            pcp = re.search(r"pcp_attach_node -n (\d+)", fix)
+            if pcp:
+                h = self.leader()
+                r = self.lab.lab("exec", self.lab.name, h, "--", "pcp_attach_node", "-h", self.lab.addr(h),
+                                 "-p", self.lab.env["PCP_PORT"], "-U", "pgpool", "-w", "-n", pcp.group(1),
+                                 timeout=60, check=False)
+                steps.append(f"pcp_attach_node -n {pcp.group(1)}: exit {r.returncode} {last_line(r.stderr or r.stdout)}")
+                continue
             if not m:
                 steps.append(f"node {n.get('id')}: no command to run for '{fix}'")
                 continue
@@ -535,9 +601,13 @@ class Campaign:
         """Wait for convergence; act as the operator when it does not come:
         once no pgha command has run for QUIET seconds and the status names
         a fix (an operator waits for the failover to finish, then reads
-        pgha-check --status), or after --converge seconds in any case."""
+        pgha-check --status), or after --converge seconds in any case.
+        After a silence that pgpool has not (yet) acted on, hold
+        DETECTION_WINDOW first: a failover may still begin."""
         start = time.time()
         steps = []
+        if entry["kind"] in SILENCES and entry.get("target") and not self.detached(entry["target"]):
+            self.sleep(DETECTION_WINDOW)
         for round_ in range(3):
             end = time.time() + self.converge_s
             missing = "not checked"
@@ -560,7 +630,14 @@ class Campaign:
             if round_ == 2:
                 self.violation("converge", f"not converged after {len(steps)} operator steps: {missing}")
                 break
-            self.operator(steps)
+            try:
+                self.operator(steps)
+            except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+                # A step README gives that cannot even be run (a restart
+                # that fails, a command that hangs) is the campaign's own
+                # finding, not a crash of the run.
+                self.violation("campaign", f"an operator step failed: {e}")
+                steps.append(f"failed: {str(e)[:200]}")
         entry["recovered_s"] = round(time.time() - start, 2)
         entry["human_steps"] = steps
 
@@ -586,6 +663,28 @@ class Campaign:
                     t = datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
                     if not any(t <= a <= t + 10 for a in acks):
                         self.violation("runs", f"pid {e['pid']} said promoted at {e['ts']}; no write acknowledged within 10 s")
+
+
+def check_archiving(c):
+    """The final primary archives: a segment switched now reaches its
+    archive directory within 60 s (a full archive disk earlier must not
+    have stopped archiving for good)."""
+    try:
+        p = c.primary()
+        c.lab.psql(p, "select txid_current()")  # WAL to switch away from
+        seg = c.lab.psql(p, "select pg_walfile_name(pg_current_wal_lsn())")
+        c.lab.psql(p, "select pg_switch_wal()")
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        c.violation("archiving", f"could not switch a segment on the final primary: {e}")
+        return
+    path = c.lab.dir / "hosts" / p / "home" / "archive" / seg
+    end = time.time() + 60
+    while time.time() < end:
+        if path.exists():
+            return
+        time.sleep(0.2)
+    stats = c.lab.psql(p, "select failed_count, last_failed_wal from pg_stat_archiver")
+    c.violation("archiving", f"{p} did not archive {seg} within 60 s (pg_stat_archiver failed_count|last_failed_wal: {stats})")
 
 
 def keep_logs(lab, logs):
@@ -655,7 +754,7 @@ def main():
         n = 0
         while (not args.faults or n < args.faults) and (not args.minutes or time.time() - started < args.minutes * 60):
             kind = rng.choices(kinds, weights=[FAULTS[k][1] for k in kinds])[0]
-            c.sleep(rng.uniform(0.2, 2))  # a random moment
+            c.sleep(rng.uniform(0.2, 0.8))  # a random moment
             c.current = n
             entry = {"n": n, "kind": kind, "at": time.time()}
             log(f"fault {n}: {kind}")
@@ -698,6 +797,7 @@ def finish(c, writer, seed, started, args):
         except Exception as e:  # noqa: BLE001
             c.violation("acked", f"could not read the final primary: {e}")
         c.check_runs(writer)
+        check_archiving(c)
     report = {
         "seed": seed,
         "args": vars(args),
