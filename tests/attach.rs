@@ -410,6 +410,40 @@ fn a_cut_off_primary_stops_itself_and_stays_down_when_the_cut_heals() {
     rejoin_after_the_fence(&lab);
 }
 
+/// A primary whose two addresses are blackholed (every packet to them
+/// dropped: pgpool and the other nodes reach it no more; from another
+/// address of its host it could still send, and the fence once did): the
+/// fence probes from the node's own address, hears nothing back, and stops
+/// it before pgpool and pgha-failover promote pg1. Found by the fault
+/// campaign (seed 500, fault 316): the old primary still writable when the
+/// blackhole lifted after pg1's promotion.
+#[test]
+fn a_blackholed_primary_is_stopped_before_a_standby_is_promoted() {
+    let lab = fenced_lab();
+    let watcher = SplitBrainWatcher::start(&lab);
+    let addrs = [lab.addr("pg0"), lab.repl_addr("pg0")];
+    for a in &addrs {
+        lab.blackhole(a);
+    }
+    assert_eq!(lab.wait_new_primary(2, T), "pg1");
+    let ran_at_promotion = pg0_runs(&lab);
+    for a in &addrs {
+        lab.unblackhole(a);
+    }
+    let log = wait_fenced(&lab);
+    assert!(
+        !ran_at_promotion,
+        "pg0 still ran when pg1 was promoted: {log}"
+    );
+    assert!(
+        log.contains("reached no other node and no pgpool for") && log.contains("FENCED: node 0"),
+        "{log}"
+    );
+    write_through_pgpool(&lab, "insert into rows values ('after-failover')");
+    watcher.assert_never_two_primaries();
+    rejoin_after_the_fence(&lab);
+}
+
 /// An old primary that runs again after a failover without its unit (an
 /// operator's pg_ctl start, so no start guard) is stopped by the fence
 /// within seconds of answering, naming the primary on the newer timeline.

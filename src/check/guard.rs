@@ -289,6 +289,7 @@ pub async fn fence(args: &CheckArgs, id: u32) -> Result<Summary> {
     let detection = pgpool_soonest_detection(&topo, me.id);
     let lease = isolation_lease(detection, topo.config.failover.liveness_timeout, interval);
     let witnesses = witnesses(&topo, &me);
+    let from = own_address(&me).await;
     info!(
         "fencing {}: every {every}, stop it when it runs as a primary and another node answers on a newer timeline, or when it has reached none of {} for {lease:.2?} (pgpool's health check may find a silent backend dead {detection:.2?} after it goes silent, and pgha-failover then probes it for {:.2?} before it promotes a standby)",
         me.label(),
@@ -305,7 +306,7 @@ pub async fn fence(args: &CheckArgs, id: u32) -> Result<Summary> {
     let mut stops = 0u32;
     loop {
         tokio::select! {
-            fenced = fence_round(&topo, &me, &data, &witnesses, lease, &mut last_reached) => stops += u32::from(fenced),
+            fenced = fence_round(&topo, &me, &data, &witnesses, from, lease, &mut last_reached) => stops += u32::from(fenced),
             _ = super::watch::stopped(&mut term) => break,
         }
         tokio::select! {
@@ -333,6 +334,7 @@ async fn fence_round(
     me: &Node,
     data: &Path,
     witnesses: &[(String, u16)],
+    from: Option<std::net::IpAddr>,
     lease: Duration,
     last_reached: &mut Instant,
 ) -> bool {
@@ -341,7 +343,7 @@ async fn fence_round(
         *last_reached = round;
         return false;
     }
-    if !witnesses.is_empty() && !reaches_any(witnesses).await {
+    if !witnesses.is_empty() && !reaches_any(witnesses, from).await {
         let silent = last_reached.elapsed();
         if silent < lease {
             return false;
@@ -521,23 +523,70 @@ fn witnesses(topo: &Topology, me: &Node) -> Vec<(String, u16)> {
 
 /// Whether any witness answers at the TCP level within [`REACH_WITHIN`]:
 /// a connection, or a refusal (a host that sends a reset is reachable).
-async fn reaches_any(witnesses: &[(String, u16)]) -> bool {
-    let probes = witnesses.iter().map(|(h, p)| async move {
-        match tokio::time::timeout(
-            REACH_WITHIN,
-            tokio::net::TcpStream::connect((h.as_str(), *p)),
-        )
-        .await
-        {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-            Err(_) => false,
-        }
-    });
+/// Sent from `from`, the node's own address when it is local: the answer
+/// must come back to the address pgpool and the other nodes reach it on.
+/// A host with several addresses would otherwise send from whichever the
+/// kernel picks, and a node whose own address nobody reaches any more
+/// (every packet to it dropped) would still count as reached.
+async fn reaches_any(witnesses: &[(String, u16)], from: Option<std::net::IpAddr>) -> bool {
+    let probes = witnesses
+        .iter()
+        .map(|(h, p)| tokio::time::timeout(REACH_WITHIN, reach(h, *p, from)));
     futures::future::join_all(probes)
         .await
         .into_iter()
-        .any(|r| r)
+        .any(|r| r.unwrap_or(false))
+}
+
+/// One TCP connect to `host:port` from `from` (when of the same family);
+/// true when it connects or is refused.
+async fn reach(host: &str, port: u16, from: Option<std::net::IpAddr>) -> bool {
+    let Ok(Some(to)) = tokio::net::lookup_host((host, port))
+        .await
+        .map(|mut a| a.next())
+    else {
+        return false;
+    };
+    let socket = match to {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    };
+    let Ok(socket) = socket else {
+        return false;
+    };
+    if let Some(ip) = from.filter(|ip| ip.is_ipv4() == to.is_ipv4()) {
+        // Not bindable (no longer a local address): send from any.
+        let _ = socket.bind(std::net::SocketAddr::new(ip, 0));
+    }
+    match socket.connect(to).await {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+    }
+}
+
+/// The node's own address to probe from: `host` resolved, when this host
+/// can bind it; `None` (any address) otherwise, and the log says so.
+async fn own_address(me: &Node) -> Option<std::net::IpAddr> {
+    let ip = tokio::net::lookup_host((me.host.as_str(), 0))
+        .await
+        .ok()?
+        .next()?
+        .ip();
+    let socket = match ip {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .ok()?;
+    match socket.bind(std::net::SocketAddr::new(ip, 0)) {
+        Ok(()) => Some(ip),
+        Err(e) => {
+            info!(
+                "{}: cannot send from {ip} ({e}): the isolation probes go from any address",
+                me.label()
+            );
+            None
+        }
+    }
 }
 
 /// `pg_ctl stop -m immediate` on the local data directory. A fenced
