@@ -6,6 +6,9 @@ other, each at a random moment and for a random duration, while a writer
 inserts through pgpool and a checker watches the invariants:
 
   acked        no acknowledged insert is missing from the final primary
+               (synchronous replication, ANY 1 of the standbys, unless
+               --async: then a killed primary's last commits may have
+               reached no standby, and their loss fails this check)
   split brain  never two servers that accept writes at one sample (every
                50 ms, each node asked on its own connection); a sample says
                whether pgpool had both attached
@@ -699,7 +702,7 @@ def keep_logs(lab, logs):
 
 def make_lab(args):
     name = f"campaign-{os.getpid()}"
-    lab = Lab(name).up(args.standbys, pgpools=args.pgpools, fence=not args.no_fence,
+    lab = Lab(name).up(args.standbys, pgpools=args.pgpools, fence=not args.no_fence, sync=not args.async_,
                        follow="@BIN@/pgha-follow %d --new-primary %m --old-primary %P" if args.follow else None)
     lab.leader = lab.watchdog_leader() if args.pgpools > 1 else "app"
     return lab
@@ -719,6 +722,11 @@ def main():
     ap.add_argument("--standbys", type=int, default=2)
     ap.add_argument("--pgpools", type=int, choices=[1, 3], default=1)
     ap.add_argument("--follow", action="store_true", help="pgha-follow as follow_primary_command")
+    ap.add_argument("--async", dest="async_", action="store_true",
+                    help="asynchronous replication; by default synchronous_standby_names = 'ANY 1 (...)': "
+                         "with asynchronous replication a killed primary's last commits, acknowledged before "
+                         "its WAL reached any standby, exist on no other node, and the 'acked' check then "
+                         "fails for a loss no failover tool can prevent")
     ap.add_argument("--no-fence", action="store_true",
                     help="without pgha-check --fence on the nodes (pgha-fence.service); the start guard runs regardless")
     ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(FAULTS))
