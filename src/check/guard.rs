@@ -547,11 +547,7 @@ async fn reach(host: &str, port: u16, from: Option<std::net::IpAddr>) -> bool {
     else {
         return false;
     };
-    let socket = match to {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    };
-    let Ok(socket) = socket else {
+    let Ok(socket) = socket_for(to.ip()) else {
         return false;
     };
     if let Some(ip) = from.filter(|ip| ip.is_ipv4() == to.is_ipv4()) {
@@ -564,6 +560,14 @@ async fn reach(host: &str, port: u16, from: Option<std::net::IpAddr>) -> bool {
     }
 }
 
+/// A TCP socket of `ip`'s family.
+fn socket_for(ip: std::net::IpAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    match ip {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+}
+
 /// The node's own address to probe from: `host` resolved, when this host
 /// can bind it; `None` (any address) otherwise, and the log says so.
 async fn own_address(me: &Node) -> Option<std::net::IpAddr> {
@@ -572,11 +576,7 @@ async fn own_address(me: &Node) -> Option<std::net::IpAddr> {
         .ok()?
         .next()?
         .ip();
-    let socket = match ip {
-        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    }
-    .ok()?;
+    let socket = socket_for(ip).ok()?;
     match socket.bind(std::net::SocketAddr::new(ip, 0)) {
         Ok(()) => Some(ip),
         Err(e) => {

@@ -97,6 +97,14 @@ pub(super) async fn while_observing(
     (own, observed, live)
 }
 
+/// How the failed node is asked with SQL: its connect bounded by
+/// `failover.liveness_timeout` too (pgpool found it unreachable already).
+pub(super) fn failed_target(topo: &Topology, failed: &Node) -> crate::postgres::PgTarget {
+    let mut t = topo.pg_target(failed);
+    t.connect_timeout = t.connect_timeout.min(topo.config.failover.liveness_timeout);
+    t
+}
+
 /// The first look again, for a failed node the fence could not stop for
 /// sure: every other node observed anew, the failed node's own answer and
 /// every probe, by the same rules. `Dead` only when none of them shows it
@@ -107,11 +115,7 @@ pub(super) async fn recheck(
     failed: &Node,
     deadline: Instant,
 ) -> Liveness {
-    let mut ft = topo.pg_target(failed);
-    ft.connect_timeout = ft
-        .connect_timeout
-        .min(topo.config.failover.liveness_timeout);
-    let own = crate::cluster::observe_with(failed, ft);
+    let own = crate::cluster::observe_with(failed, failed_target(topo, failed));
     let others = futures::future::join_all(
         topo.nodes
             .iter()

@@ -278,10 +278,7 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
 /// liveness probe may take.
 async fn observe(ctx: &Ctx<'_>, planned: bool) -> Result<(Vec<Observed>, Liveness)> {
     let (topo, failed) = (ctx.x.topo, ctx.failed);
-    let mut ft = topo.pg_target(failed);
-    ft.connect_timeout = ft
-        .connect_timeout
-        .min(topo.config.failover.liveness_timeout);
+    let ft = liveness::failed_target(topo, failed);
     let others: Vec<&Node> = topo.nodes.iter().filter(|n| n.id != failed.id).collect();
     let (x, deadline) = (&ctx.x, ctx.x.deadline);
     let claim_failed = std::cell::RefCell::new(None);
