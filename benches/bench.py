@@ -103,7 +103,8 @@ class Lab:
         self.pgpool_hosts = ["app"]
         self.leader = "app"  # the pgpool host that runs failover_command (the watchdog's leader)
 
-    def up(self, standbys, failover=None, follow=None, sync=False, pgpool=True, pgpools=1, fence=False):
+    def up(self, standbys, failover=None, follow=None, sync=False, pgpool=True, pgpools=1, fence=False,
+           wal_keep_size=None):
         args = [str(LABSH), "up", "--name", self.name, "--standbys", str(standbys), "--pgha-bin", PGHA_BIN]
         if pgpools > 1:
             args += ["--pgpools", str(pgpools)]
@@ -113,6 +114,8 @@ class Lab:
             args += ["--follow-command", follow]
         if sync:
             args.append("--sync")
+        if wal_keep_size is not None:
+            args += ["--wal-keep-size", wal_keep_size]
         if not pgpool:
             args.append("--no-pgpool")
         if fence:

@@ -80,6 +80,63 @@ def log(msg):
     print(f"campaign {datetime.now().strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
+# --- the load ----------------------------------------------------------------------
+
+
+class Churn(threading.Thread):
+    """Updates rows of a fixed table through pgpool, as an application's
+    background traffic would: about `kb_per_s` KB of WAL a second, beside
+    the writer's single-row inserts (which alone write ~30 KB/s).
+
+    Not a check (nothing it writes is counted): it is there so that WAL
+    moves on as on a real primary. With the writer alone, hundreds of
+    failovers all happen within one WAL segment number; every timeline's
+    copy of that segment and its `.partial` stay in pg_wal (a checkpoint
+    removes only older segment numbers), pg_rewind copies all of them in
+    full, and a rejoin grows from 1 s to 5 s over a run, a cost of the lab's
+    idle primary that no real one has. The table stays small (HOT updates,
+    vacuumed), so memory does not grow with the run."""
+
+    ROWS = 2000
+    PAD = 200
+
+    def __init__(self, stop, host, port, kb_per_s):
+        super().__init__(daemon=True)
+        self.stop_ev, self.host, self.port = stop, host, port
+        # One statement updates ROWS/20 rows (~300 bytes of WAL each).
+        self.every = (self.ROWS / 20) * 0.3 / max(kb_per_s, 1)
+        self.statements = 0
+
+    def setup(self):
+        c = Conn(self.host, self.port, "app", "app", timeout=5)
+        try:
+            c.query(f"create table churn(id int primary key, v int not null, pad text not null) "
+                    f"with (fillfactor = 50)")
+            c.query(f"insert into churn select g, 0, repeat('x', {self.PAD}) from generate_series(1, {self.ROWS}) g")
+        finally:
+            c.close()
+
+    def run(self):
+        conn, k = None, 0
+        while not self.stop_ev.is_set():
+            t = time.time()
+            try:
+                if conn is None:
+                    conn = Conn(self.host, self.port, "app", "app", timeout=5)
+                conn.query(f"update churn set v = v + 1 where id % 20 = {k}")
+                self.statements += 1
+                k = (k + 1) % 20
+            except (OSError, PgError):
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                self.stop_ev.wait(0.2)
+                continue
+            self.stop_ev.wait(max(0.0, self.every - (time.time() - t)))
+        if conn is not None:
+            conn.close()
+
+
 # --- the checker -----------------------------------------------------------------
 
 
@@ -345,6 +402,7 @@ class Campaign:
         self.refused_hba = set()
         self.killed_pgha = set()
         self.rerun_after_kill = None
+        self.last_status = None  # what needs_operator read, for the round that follows
         self.pcp_view = {}  # member -> (time, nodes)
         self.lock = threading.Lock()
         self.current = None  # index of the fault in progress
@@ -538,11 +596,17 @@ class Campaign:
 
     def needs_operator(self):
         """Whether an operator would act now: a host is down that the
-        campaign killed, or pgha-check --status names a fix."""
+        campaign killed, or pgha-check --status names a fix (that status
+        is kept for the operator round that follows at once, as an
+        operator acts on what they just read)."""
+        self.last_status = None
         if self.dead:
             return True
         st = self.status()
-        return bool(st and any(n.get("fix") for n in st.get("nodes", [])))
+        if st and any(n.get("fix") for n in st.get("nodes", [])):
+            self.last_status = st
+            return True
+        return False
 
     def sleep(self, seconds):
         end = time.time() + seconds
@@ -565,6 +629,7 @@ class Campaign:
     def operator(self, steps):
         """One round of what README tells an operator to do: restart what
         died, then run the fix pgha-check --status names for each node."""
+        before = len(steps)
         for h in sorted(self.dead):
             self.restart_host(h)
             steps.append(f"restarted host {h}")
@@ -572,7 +637,10 @@ class Campaign:
             r = self.pgha("pgha-failover", *self.rerun_after_kill)
             steps.append(f"pgha-failover {' '.join(self.rerun_after_kill)}: {last_line(r.stderr)}")
             self.rerun_after_kill = None
-        status = self.status()
+        # Read again unless the status that made the operator act is at
+        # hand and nothing changed since (no host restarted, no run again).
+        status = self.last_status if self.last_status is not None and len(steps) == before else self.status()
+        self.last_status = None
         if status is None:
             steps.append("pgha-check --status gave no JSON")
             return
@@ -703,6 +771,7 @@ def keep_logs(lab, logs):
 def make_lab(args):
     name = f"campaign-{os.getpid()}"
     lab = Lab(name).up(args.standbys, pgpools=args.pgpools, fence=not args.no_fence, sync=not args.async_,
+                       wal_keep_size=args.wal_keep_size,
                        follow="@BIN@/pgha-follow %d --new-primary %m --old-primary %P" if args.follow else None)
     lab.leader = lab.watchdog_leader() if args.pgpools > 1 else "app"
     return lab
@@ -730,6 +799,12 @@ def main():
     ap.add_argument("--no-fence", action="store_true",
                     help="without pgha-check --fence on the nodes (pgha-fence.service); the start guard runs regardless")
     ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(FAULTS))
+    ap.add_argument("--wal-keep-size", default="0",
+                    help="wal_keep_size on the nodes (default 0, PostgreSQL's: a standby that falls behind "
+                         "restores from its upstream's archive over scp; the tests' lab keeps 256MB)")
+    ap.add_argument("--churn", type=float, default=512,
+                    help="KB of WAL a second written by background updates through pgpool beside the writer "
+                         "(default 512; 0: none): a real primary's WAL moves on between failovers")
     ap.add_argument("--converge", type=float, default=30.0, help="seconds to wait for convergence by itself")
     ap.add_argument("--out", default=str(REPO / "target" / "campaign"))
     args = ap.parse_args()
@@ -748,15 +823,18 @@ def main():
     lab = make_lab(args)
     c = Campaign(lab, seed, args.converge, out)
     started = time.time()
-    writer = probes = checker = None
+    writer = probes = checker = churn = None
     try:
         c0 = Conn(lab.addr(lab.leader), int(lab.env.get("PGPOOL_PORT", "9999")), "app", "app", timeout=5)
         c0.query("create table w(id int primary key)")
         c0.close()
         writer = Writer(c.stop, lab.addr(lab.leader), int(lab.env.get("PGPOOL_PORT", "9999")))
+        if args.churn > 0:
+            churn = Churn(c.stop, lab.addr(lab.leader), int(lab.env.get("PGPOOL_PORT", "9999")), args.churn)
+            churn.setup()
         probes = [NodeProbe(c.stop, k, lab.addr(f"pg{k}")) for k in range(lab.standbys + 1)]
         checker = SplitBrainChecker(c.stop, probes, c)
-        for t in [writer, *probes, checker]:
+        for t in [writer, *probes, checker, *([churn] if churn else [])]:
             t.start()
         writer.ready.wait(30)
         n = 0
@@ -778,9 +856,10 @@ def main():
             n += 1
     finally:
         c.stop.set()
-        for t in [writer, checker, *(probes or [])]:
+        for t in [writer, checker, churn, *(probes or [])]:
             if t is not None:
                 t.join(10)
+        c.churn_statements = churn.statements if churn else 0
         report = finish(c, writer, seed, started, args)
         keep_logs(lab, out / "logs")
         lab.down()
@@ -802,6 +881,7 @@ def finish(c, writer, seed, started, args):
             lost = len(missing)
             if missing:
                 c.violation("acked", f"{lost} acknowledged writes missing on {p}: {missing[:20]}")
+            c.wal_bytes = int(c.ask(p, "select pg_current_wal_lsn() - '0/0'")[0][0])
         except Exception as e:  # noqa: BLE001
             c.violation("acked", f"could not read the final primary: {e}")
         c.check_runs(writer)
@@ -817,6 +897,8 @@ def finish(c, writer, seed, started, args):
         "violations": c.violations,
         "acked": len(writer.acked) if writer else 0,
         "lost": lost,
+        "churn_statements": getattr(c, "churn_statements", 0),
+        "wal_bytes": getattr(c, "wal_bytes", None),
         "machine": bench.machine(),
     }
     (c.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -37,6 +37,9 @@ usage: lab.sh COMMAND [ARGS]
                              @BIN@ stands for the lab's copy of the binaries)
      --follow-command CMD    pgpool follow_primary_command (default: none; @BIN@ as above)
      --sync                  synchronous replication (ANY 1 of the standbys)
+     --wal-keep-size SIZE    wal_keep_size on every node (default 256MB, as pgpool's
+                             examples set it; 0 is PostgreSQL's default: a standby that
+                             falls behind restores from the archive)
      --restore scp|local     how standbys fetch archived WAL (default $PGHA_LAB_RESTORE, else
                              scp): scp from the primary's archive over ssh, as pgpool's
                              follow_primary.sh.sample writes it, with PostgreSQL's default
@@ -535,6 +538,7 @@ cmd_up() {
 	NAME="" NET="" STANDBYS=2 PGHA_BIN=$REPO/target/debug
 	PG_BIN=${PGHA_PG_BIN:-/usr/lib/postgresql/15/bin} PGPOOL_BIN=${PGHA_PGPOOL_BIN:-/usr/sbin}
 	FAILOVER_COMMAND="" FOLLOW_COMMAND="" SYNC=0 PGPOOL=1 PGPOOLS=1 FENCE=0 RESTORE=${PGHA_LAB_RESTORE:-scp}
+	WAL_KEEP_SIZE=256MB
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		--name) NAME=$2; shift 2 ;;
@@ -546,6 +550,7 @@ cmd_up() {
 		--failover-command) FAILOVER_COMMAND=$2; shift 2 ;;
 		--follow-command) FOLLOW_COMMAND=$2; shift 2 ;;
 		--sync) SYNC=1; shift ;;
+		--wal-keep-size) WAL_KEEP_SIZE=$2; shift 2 ;;
 		--restore) RESTORE=$2; shift 2 ;;
 		--pgpools) PGPOOLS=$2; shift 2 ;;
 		--no-pgpool) PGPOOL=0; shift ;;
@@ -556,6 +561,7 @@ cmd_up() {
 	[[ "$STANDBYS" =~ ^[1-4]$ ]] || die "--standbys must be 1..4, not '$STANDBYS'"
 	[[ "$PGPOOLS" =~ ^[13]$ ]] || die "--pgpools must be 1 or 3 (an odd watchdog cluster), not '$PGPOOLS'"
 	case "$RESTORE" in scp | local) ;; *) die "--restore must be scp or local, not '$RESTORE'" ;; esac
+	[[ "$WAL_KEEP_SIZE" =~ ^[0-9]+(kB|MB|GB)?$ ]] || die "--wal-keep-size must be a size such as 0 or 256MB, not '$WAL_KEEP_SIZE'"
 	need_tools
 	[ "$PGHA_BIN" = system ] && PGHA_BIN=/usr/bin
 	if [ -n "$NET" ]; then
@@ -662,7 +668,7 @@ wal_level = replica
 hot_standby = on
 max_wal_senders = 10
 max_replication_slots = 10
-wal_keep_size = 256MB
+wal_keep_size = $WAL_KEEP_SIZE
 wal_log_hints = on
 archive_mode = on
 archive_command = 'test ! -f /var/lib/postgresql/archive/%f && cp %p /var/lib/postgresql/archive/%f.tmp && mv /var/lib/postgresql/archive/%f.tmp /var/lib/postgresql/archive/%f'
