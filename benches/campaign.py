@@ -3,7 +3,10 @@
 
 On one lab (lab/lab.sh), injects random faults from FAULTS, one after the
 other, each at a random moment and for a random duration, while a writer
-inserts through pgpool and a checker watches the invariants:
+inserts through pgpool (beside background updates that move WAL on, as a
+real primary's traffic does: --churn; the nodes keep PostgreSQL's default
+wal_keep_size = 0 unless --wal-keep-size) and a checker watches the
+invariants:
 
   acked        no acknowledged insert is missing from the final primary
                (synchronous replication, ANY 1 of the standbys, unless

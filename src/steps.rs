@@ -1081,6 +1081,121 @@ pub async fn execute_node(topo: &Topology, node: &Node, what: &str, sql: &str) -
         .map_err(|e| Error::Step(e.to_string()))
 }
 
+/// What [`hold_wal_for_stop`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalHold {
+    /// `wal_keep_size` (MB) keeps enough already.
+    Enough(u64),
+    /// Raised from `from` to `to` MB in the running server; the file has
+    /// the operator's value again (`file_restored`), applied at the next
+    /// reload or start.
+    Raised {
+        from: u64,
+        to: u64,
+        file_restored: bool,
+    },
+}
+
+/// Before the clean stop of a switchover: make the old primary keep the
+/// WAL its walsenders still have to send. With `archive_mode` on, the
+/// shutdown switches to a new WAL segment, then writes the shutdown
+/// checkpoint, which removes every archived segment before the new one
+/// unless `wal_keep_size` or a slot keeps it. A walsender still sending
+/// the switched segment's tail then fails ("requested WAL segment ... has
+/// already been removed") and the standbys never receive the shutdown
+/// checkpoint: the switchover must be aborted. Seen with `wal_keep_size =
+/// 0` (PostgreSQL's default) and no slot, once in two switchovers under
+/// load.
+///
+/// `behind`: bytes the candidate has yet to receive. When `wal_keep_size`
+/// is below that plus two segments, it is raised in the running server
+/// only: `ALTER SYSTEM SET`, reload, wait until a new session sees it,
+/// then the file is put back as it was, without a reload, so the next
+/// start has the operator's value.
+pub async fn hold_wal_for_stop(topo: &Topology, node: &Node, behind: u64) -> Result<WalHold> {
+    let target = topo.pg_target(node);
+    let step = format!("keep WAL for the stop on {}", node.label());
+    let err = |e: postgres::PgError| Error::Step(e.to_string());
+    let client = postgres::connect(&target)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    let q = client.query(
+        "select s.setting::bigint, coalesce(s.sourcefile, ''), \
+         (select setting::bigint from pg_settings where name = 'wal_segment_size') \
+         from pg_settings s where s.name = 'wal_keep_size'",
+        &[],
+    );
+    let rows = postgres::bounded(&client, &target, &step, target.query_timeout, q)
+        .await
+        .map_err(err)?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::Step(format!("{step}: no wal_keep_size in pg_settings")))?;
+    let (keep_mb, source, segment): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
+    let keep_mb = keep_mb.max(0) as u64;
+    let need_mb = (behind + 2 * segment.max(1) as u64).div_ceil(1024 * 1024);
+    if keep_mb >= need_mb {
+        return Ok(WalHold::Enough(keep_mb));
+    }
+    let set = format!("ALTER SYSTEM SET wal_keep_size = '{need_mb}MB'");
+    let raise = async {
+        client.batch_execute(&set).await?;
+        client.batch_execute("SELECT pg_reload_conf()").await
+    };
+    postgres::bounded(&client, &target, &step, target.query_timeout, raise)
+        .await
+        .map_err(err)?;
+    // A new session forks from the postmaster, which has read the file
+    // and signalled the checkpointer by the time it shows the new value.
+    let end = Instant::now() + Duration::from_secs(1);
+    loop {
+        let seen = query_node(
+            topo,
+            node,
+            "read wal_keep_size",
+            "select setting::bigint from pg_settings where name = 'wal_keep_size'",
+            &[],
+        )
+        .await?
+        .first()
+        .map(|r| r.get::<_, i64>(0).max(0) as u64)
+        .unwrap_or(0);
+        if seen >= need_mb {
+            break;
+        }
+        if Instant::now() >= end {
+            return Err(Error::Step(format!(
+                "{step}: wal_keep_size still {seen}MB 1s after the reload"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let back = if source.ends_with("postgresql.auto.conf") {
+        format!("ALTER SYSTEM SET wal_keep_size = '{keep_mb}MB'")
+    } else {
+        "ALTER SYSTEM RESET wal_keep_size".to_string()
+    };
+    let restored = postgres::bounded(
+        &client,
+        &target,
+        &step,
+        target.query_timeout,
+        client.batch_execute(&back),
+    )
+    .await;
+    if let Err(e) = &restored {
+        warn!(
+            "{}: {step}: putting postgresql.auto.conf back failed ({e}): it keeps wal_keep_size = '{need_mb}MB' (harmless: {need_mb}MB more WAL kept); {back} there to undo",
+            node.label()
+        );
+    }
+    Ok(WalHold::Raised {
+        from: keep_mb,
+        to: need_mb,
+        file_restored: restored.is_ok(),
+    })
+}
+
 /// Create the physical replication slot `slot` on `primary` unless it
 /// exists (`pg_create_physical_replication_slot(slot, true)`, reserving
 /// WAL at once). Returns whether it was created.

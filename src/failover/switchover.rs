@@ -193,6 +193,14 @@ pub(super) async fn run(
             warn!("{e}");
         }
     };
+    let behind = match (
+        answer_of(observed, old).ok().and_then(|o| o.current_lsn),
+        cstate.receive_lsn,
+    ) {
+        (Some(current), Some(received)) => received.bytes_behind(current),
+        _ => 0,
+    };
+    hold_wal(ctx, old, behind).await;
     if let Err(e) = stop_old(ctx, old, summary).await {
         unquiet().await;
         return Err(e);
@@ -209,6 +217,45 @@ pub(super) async fn run(
     let commits_wait = super::sync_setting(&st, &s.sync, &writes);
     follow_phase(ctx, c, &st, observed, &[], Some(&commits_wait), summary).await?;
     writes
+}
+
+/// Keep on the old primary the WAL its walsenders must still send after
+/// the shutdown checkpoint ([`steps::hold_wal_for_stop`]). Trouble here is
+/// a warning: the proof that the candidate has every record still decides.
+async fn hold_wal(ctx: &Ctx<'_>, old: &Node, behind: u64) {
+    let x = &ctx.x;
+    let t = Instant::now();
+    let did = match steps::hold_wal_for_stop(x.topo, old, behind).await {
+        Ok(steps::WalHold::Enough(mb)) => Did::skipped(format!(
+            "wal_keep_size = {mb}MB keeps what the walsenders send after the shutdown checkpoint"
+        )),
+        Ok(steps::WalHold::Raised {
+            from,
+            to,
+            file_restored,
+        }) => Did::done(format!(
+            "wal_keep_size raised from {from}MB to {to}MB in the running server, so the shutdown checkpoint keeps the WAL the walsenders still send (the candidate is {behind} bytes behind){}",
+            if file_restored {
+                "; postgresql.auto.conf is as it was: the next start has the old value"
+            } else {
+                "; postgresql.auto.conf could not be put back (see the warning)"
+            }
+        )),
+        Err(e) => {
+            warn!(
+                "{}: {e}; going on: if a walsender loses WAL at the stop, the candidate lacks the shutdown checkpoint and the switchover is aborted",
+                old.label()
+            );
+            return;
+        }
+    };
+    x.record(
+        "keep_wal",
+        Some(old),
+        &did,
+        t.elapsed(),
+        crate::state::Fields::new(),
+    );
 }
 
 /// `pg_ctl stop -m fast`, proven like a fence (no address of the node

@@ -58,6 +58,9 @@ pub struct LabOptions {
     /// Run `pgha-check --fence` on every node (`--fence`), as
     /// pgha-fence.service would.
     pub fence: bool,
+    /// `wal_keep_size` on every node (`--wal-keep-size`): `None` is the
+    /// lab's 256MB; `Some("0")` PostgreSQL's default.
+    pub wal_keep_size: Option<&'static str>,
 }
 
 impl Default for LabOptions {
@@ -72,6 +75,7 @@ impl Default for LabOptions {
             pgha_bin: None,
             restore: None,
             fence: false,
+            wal_keep_size: None,
         }
     }
 }
@@ -404,6 +408,9 @@ impl Lab {
         }
         if let Some(r) = opts.restore {
             cmd.args(["--restore", r]);
+        }
+        if let Some(k) = opts.wal_keep_size {
+            cmd.args(["--wal-keep-size", k]);
         }
         let started = Instant::now();
         let out = cmd
