@@ -122,14 +122,6 @@ fn a_standby_that_needs_archived_wal_catches_up_from_the_new_primarys_archive() 
 }
 
 /// The journal of the app host's pgha state directory.
-fn journal(lab: &Lab) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(lab.host_dir("app").join("home/pgha/journal.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
-        .collect()
-}
-
 /// A full archive disk on both standbys (writing anything there fails with
 /// ENOSPC) when the primary dies: the failover and its detached phase
 /// complete (the history file the detached phase copies into the other
@@ -152,7 +144,7 @@ fn a_full_archive_disk_neither_stops_the_failover_nor_archiving_for_good() {
     lab.wait_streams(other, &new, 2, T);
     writer.wait_more(&lab, 10, "writes through pgpool after the failover", T);
     let settle = lab.wait_until("the detached phase's run line", T, || {
-        journal(&lab)
+        lab.journal()
             .into_iter()
             .find(|e| e["step"] == "run" && e["phase"] == "settle")
     });
@@ -183,4 +175,69 @@ fn a_full_archive_disk_neither_stops_the_failover_nor_archiving_for_good() {
     let acked = writer.stop();
     watcher.assert_never_two_primaries();
     assert_none_lost(&lab, &new, &acked);
+}
+
+/// Found by the fault campaign (its final check: the last primary did not
+/// archive a fresh segment within 60 s; the archiver failed on an old
+/// segment again and again). `pgha-attach --rejoin` rewinds the old
+/// primary, and pg_rewind copies the new primary's WAL files into it with
+/// no archive status; once that node is the primary again, its
+/// checkpoints offer them to the archiver, and those its own archive holds
+/// already (it archived them as the first primary) were refused by `test
+/// ! -f` for good, every later segment waiting behind them. The lab's
+/// archive_command (README's) accepts an identical file (`|| cmp -s`).
+/// PostgreSQL's default wal_keep_size = 0 lets the checkpoint offer them
+/// at once.
+#[test]
+fn a_rejoined_old_primary_archives_again_once_it_is_the_primary_again() {
+    let lab = Lab::up(LabOptions {
+        wal_keep_size: Some("0"),
+        ..LabOptions::default()
+    });
+    let writer = Writer::start(&lab);
+    writer.wait_more(&lab, 10, "writes before the fault", T);
+    // Segments pg0 archives itself as the first primary.
+    for _ in 0..2 {
+        lab.psql("pg0", "select pg_switch_wal()");
+        writer.wait_more(&lab, 5, "writes in the next segment", T);
+    }
+    lab.wait_until("pg0 to archive its switched segments", T, || {
+        (lab.psql("pg0", "select archived_count >= 2 from pg_stat_archiver") == "t").then_some(())
+    });
+    lab.kill_host("pg0");
+    let new = lab.wait_new_primary(2, T);
+    lab.restart_host("pg0");
+    let rejoin = crate::follow::pgha(&lab, "pgha-attach", &["--rejoin", "0"]);
+    rejoin.success();
+    // Back to pg0, the primary again.
+    let to0 = crate::follow::pgha(&lab, "pgha-switchover", &["--to", "0"]);
+    to0.success();
+    lab.wait_primary("pg0", 3, T);
+    // WAL moves on; the checkpoint offers the rewound files to the archiver.
+    for _ in 0..2 {
+        writer.wait_more(&lab, 5, "writes on pg0", T);
+        lab.psql("pg0", "select pg_switch_wal()");
+    }
+    lab.psql("pg0", "checkpoint");
+    let segment = lab.psql("pg0", "select pg_walfile_name(pg_current_wal_lsn())");
+    writer.wait_more(&lab, 5, "writes in the last segment", T);
+    lab.psql("pg0", "select pg_switch_wal()");
+    let archived = lab.host_dir("pg0").join("home/archive").join(&segment);
+    lab.wait_observing(&format!("{segment} archived on pg0"), T, || {
+        if archived.exists() {
+            Ok(())
+        } else {
+            Err(lab.psql(
+                "pg0",
+                "select failed_count || ' failed, last ' || coalesce(last_failed_wal, '-') from pg_stat_archiver",
+            ))
+        }
+    });
+    assert_eq!(
+        lab.psql("pg0", "select failed_count from pg_stat_archiver"),
+        "0",
+        "pg0's archiver failed on a file offered again (new primary was {new})"
+    );
+    let acked = writer.stop();
+    assert_none_lost(&lab, "pg0", &acked);
 }

@@ -125,7 +125,7 @@ fn archive(archive_mode: &str, archive_command: &str, archive_dir: Option<&str>)
             format!(
                 "archive_mode = {archive_mode} with an empty archive_command: WAL piles up in pg_wal until the disk is full"
             ),
-            "set archive_command (e.g. 'test ! -f /ARCHIVE/%f && cp %p /ARCHIVE/%f.tmp && mv /ARCHIVE/%f.tmp /ARCHIVE/%f') and reload"
+            "set archive_command (e.g. 'test ! -f /ARCHIVE/%f && cp %p /ARCHIVE/%f.tmp && mv /ARCHIVE/%f.tmp /ARCHIVE/%f || cmp -s %p /ARCHIVE/%f') and reload"
                 .into(),
         )),
         (Some(dir), false, _) => Err((
@@ -168,7 +168,12 @@ fn archive_partial(archive_command: &str) -> Verdict {
                 .rsplit(|c: char| c.is_whitespace())
                 .next()
                 .unwrap_or("");
-            format!("{head}%f.tmp && mv {dest}%f.tmp {dest}%f{tail}")
+            let renamed = format!("{head}%f.tmp && mv {dest}%f.tmp {dest}%f{tail}");
+            if compares(cmd) {
+                renamed
+            } else {
+                format!("{renamed} || cmp -s %p {dest}%f")
+            }
         })
         .unwrap_or_else(|| cmd.to_string());
     Err((
@@ -178,6 +183,56 @@ fn archive_partial(archive_command: &str) -> Verdict {
         format!(
             "copy to a temporary name, then rename: archive_command = '{}', then reload",
             fixed.replace('\'', "''")
+        ),
+    ))
+}
+
+/// Whether `cmd` compares an archived file with the one offered
+/// (`cmp`, `diff`, or a checksum tool).
+fn compares(cmd: &str) -> bool {
+    cmd.split(|c: char| c.is_whitespace() || ";|&()`'\"{}$".contains(c))
+        .any(|w| {
+            matches!(
+                w.rsplit('/').next(),
+                Some("cmp" | "diff" | "sha256sum" | "md5sum" | "b2sum")
+            )
+        })
+}
+
+/// An `archive_command` that refuses a file already in the archive (`test
+/// ! -f DIR/%f && ...`) with no fallback for an identical one: PostgreSQL
+/// may offer a file again (a crash before it recorded the success), and
+/// after a failover it does so as a matter of course: the WAL files
+/// `pg_rewind` copies into a rejoined node carry no archive status, and
+/// once that node is promoted its checkpoints offer the ones its archive
+/// holds already. Each is refused, and archiving stops for good (`pg_wal`
+/// fills until the primary stops; seen by the fault campaign after a few
+/// dozen failovers). PostgreSQL's documentation asks for success when the
+/// archived file is identical, failure when it differs: `|| cmp -s %p
+/// DIR/%f` does both.
+fn archive_rearchive(archive_command: &str) -> Verdict {
+    let cmd = archive_command.trim();
+    let Some((_, after)) = cmd
+        .split_once("test ! -f")
+        .or_else(|| cmd.split_once("[ ! -f"))
+    else {
+        return Ok("archive_command does not refuse existing files".into());
+    };
+    if compares(cmd) {
+        return Ok("archive_command accepts a file archived before with identical contents".into());
+    }
+    let dest = after
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches("%f");
+    Err((
+        format!(
+            "archive_command = '{cmd}' refuses a file the archive holds already, even an identical one: after a failover the WAL files pg_rewind copied into a rejoined node are offered again once it is the primary, each is refused, and archiving stops for good (pg_wal fills until the primary stops)"
+        ),
+        format!(
+            "accept an identical file, as PostgreSQL's documentation asks: archive_command = '{}', then reload",
+            format!("{cmd} || cmp -s %p {dest}%f").replace('\'', "''")
         ),
     ))
 }
@@ -421,6 +476,10 @@ fn verdicts(topo: &Topology, f: &SqlFacts) -> Vec<(&'static str, Verdict)> {
         ),
         ("archive_partial", archive_partial(get("archive_command"))),
         (
+            "archive_rearchive",
+            archive_rearchive(get("archive_command")),
+        ),
+        (
             "restore_command",
             command_safety(
                 WalCommand::Restore,
@@ -624,13 +683,45 @@ mod tests {
     }
 
     #[test]
+    fn an_archive_command_that_refuses_an_identical_file_is_flagged() {
+        let cmd = "test ! -f /a/%f && cp %p /a/%f.tmp && mv /a/%f.tmp /a/%f";
+        let (problem, fix) = archive_rearchive(cmd).unwrap_err();
+        assert!(
+            problem.contains("stops for good") && problem.contains("pg_rewind"),
+            "{problem}"
+        );
+        assert!(
+            fix.contains(
+                "'test ! -f /a/%f && cp %p /a/%f.tmp && mv /a/%f.tmp /a/%f || cmp -s %p /a/%f'"
+            ),
+            "{fix}"
+        );
+        let (_, fix) = archive_rearchive("[ ! -f /b/%f ] && cp %p /b/%f").unwrap_err();
+        assert!(fix.contains("|| cmp -s %p /b/%f'"), "{fix}");
+        for fine in [
+            "test ! -f /a/%f && cp %p /a/%f.tmp && mv /a/%f.tmp /a/%f || cmp -s %p /a/%f",
+            "cp %p /a/%f",
+            "",
+            "pgbackrest --stanza=main archive-push %p",
+            "/usr/local/bin/archive.sh %p %f",
+        ] {
+            assert!(archive_rearchive(fine).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
     fn an_archive_command_that_can_leave_a_partial_file_is_flagged() {
         let (problem, fix) = archive_partial("test ! -f /a/%f && cp %p /a/%f").unwrap_err();
         assert!(problem.contains("stops for good"), "{problem}");
         assert!(
-            fix.contains("'test ! -f /a/%f && cp %p /a/%f.tmp && mv /a/%f.tmp /a/%f'"),
+            fix.contains(
+                "'test ! -f /a/%f && cp %p /a/%f.tmp && mv /a/%f.tmp /a/%f || cmp -s %p /a/%f'"
+            ),
             "{fix}"
         );
+        // The fix is one no other check flags.
+        let fixed = "test ! -f /a/%f && cp %p /a/%f.tmp && mv /a/%f.tmp /a/%f || cmp -s %p /a/%f";
+        assert!(archive_rearchive(fixed).is_ok());
         for fine in [
             "test ! -f /a/%f && cp %p /a/%f.tmp && mv /a/%f.tmp /a/%f",
             "cp %p /a/%f",
