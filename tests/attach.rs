@@ -7,8 +7,8 @@
 //! do.
 
 use crate::follow::{
-    T, assert_follows, in_recovery, journal, pgha, primary_timeline, started_at, upstream,
-    wait_row, write_through_pgpool,
+    T, assert_follows, in_recovery, pgha, primary_timeline, started_at, upstream, wait_row,
+    write_through_pgpool,
 };
 use crate::util::lab::{Lab, LabOptions};
 use crate::util::watch::SplitBrainWatcher;
@@ -144,11 +144,11 @@ fn zombie_old_primary_is_refused_and_nothing_changes() {
     assert_eq!(lab.pcp_node(1).unwrap().role, "primary");
     assert_writes_go_to_pg1_only(&lab, "while-zombie");
     assert!(
-        !journal(&lab)
+        !lab.journal()
             .iter()
             .any(|e| e["command"] == "attach" && e["outcome"] == "done" && e["step"] != "observe"),
         "pgha-attach recorded an action: {:?}",
-        journal(&lab)
+        lab.journal()
     );
 }
 
@@ -188,7 +188,7 @@ fn rejoin_makes_the_old_primary_a_standby_with_every_row() {
             && !auto.contains(&lab.repl_addr("pg0")),
         "{auto}"
     );
-    let j = journal(&lab);
+    let j = lab.journal();
     for step in ["stop", "rewind", "configure", "start", "attach"] {
         assert!(
             j.iter()
@@ -530,11 +530,11 @@ fn bad_targets_are_refused_and_left_untouched() {
     );
     wait_row(&lab, "pg2", "rows", "still-writable");
     assert!(
-        !journal(&lab).iter().any(|e| ["attach", "follow"]
+        !lab.journal().iter().any(|e| ["attach", "follow"]
             .contains(&e["command"].as_str().unwrap_or(""))
             && e["outcome"] == "done"
             && e["step"] != "observe"),
         "an action was recorded: {:?}",
-        journal(&lab)
+        lab.journal()
     );
 }

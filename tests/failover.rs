@@ -37,27 +37,8 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn journal(lab: &Lab) -> Vec<serde_json::Value> {
-    journal_in(lab, "pgha")
-}
-
-/// The journal of the state directory `/var/lib/postgresql/STATE` on the
-/// app host.
-fn journal_in(lab: &Lab, state: &str) -> Vec<serde_json::Value> {
-    let path = lab
-        .host_dir("app")
-        .join("home")
-        .join(state)
-        .join("journal.jsonl");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
-        .collect()
-}
-
 fn promotions(lab: &Lab) -> usize {
-    journal(lab)
+    lab.journal()
         .iter()
         .filter(|e| e["step"] == "promote" && e["outcome"] == "done")
         .count()
@@ -135,7 +116,7 @@ fn primary_killed_pgpool_fails_over_and_no_acknowledged_write_is_lost() {
     assert_eq!(promotions(&lab), 1);
     // The journal reads like data: the promote and repoint entries carry
     // the timeline and the upstream as fields.
-    let j = journal(&lab);
+    let j = lab.journal();
     let entry = |step: &str| {
         j.iter()
             .find(|e| e["step"] == step && e["outcome"] == "done")
@@ -173,11 +154,11 @@ fn rerun_changes_nothing_and_standby_failure_promotes_nothing() {
         "{log}"
     );
     let settle = lab.wait_until("the detached phase's run line", T, || {
-        journal(&lab)
+        lab.journal()
             .into_iter()
             .find(|e| e["step"] == "run" && e["phase"] == "settle")
     });
-    let j = journal(&lab);
+    let j = lab.journal();
     let repoint = j
         .iter()
         .find(|e| e["step"] == "repoint" && e["node"] == other_id && e["outcome"] == "done")
@@ -229,7 +210,7 @@ fn no_node_alive_does_nothing() {
     );
     assert_eq!(role(&lab, "pg0").unwrap(), (true, 1));
     assert_eq!(role(&lab, "pg1").unwrap(), (false, 1));
-    assert!(journal(&lab).is_empty());
+    assert!(lab.journal().is_empty());
 }
 
 #[test]
@@ -317,7 +298,7 @@ fn runs_from_two_hosts_promote_once() {
     let (other, _, _) = the_other(&new);
     assert!(!role(&lab, other).unwrap().0, "{other} was not promoted");
     lab.wait_streams(other, &new, 2, T);
-    let b = journal_in(&lab, "pgha-b");
+    let b = lab.journal_in("pgha-b");
     let step = |name: &str, outcome: &str| {
         b.iter()
             .any(|e| e["step"] == name && e["outcome"] == outcome)
@@ -502,7 +483,7 @@ fn killed_while_promoting_the_rerun_puts_restore_command_back() {
     let theirs = lab.psql(other, "show restore_command");
     assert_eq!(theirs, own, "{other} fetches from {new}'s archive");
     assert!(
-        journal(&lab)
+        lab.journal()
             .iter()
             .any(|l| l["step"] == "restore_command" && l["outcome"] == "done"),
         "the journal has the step"
@@ -646,7 +627,7 @@ fn bad_input_changes_nothing() {
     );
     assert_eq!(role(&lab, "pg0").unwrap(), (true, 1));
     assert_eq!(role(&lab, "pg1").unwrap(), (false, 1));
-    assert!(journal(&lab).is_empty(), "nothing recorded");
+    assert!(lab.journal().is_empty(), "nothing recorded");
 }
 
 #[test]
@@ -668,7 +649,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     );
     assert!(!role(&lab, "pg1").unwrap().0, "pg1 is still a standby");
     assert!(!role(&lab, "pg2").unwrap().0);
-    assert!(journal(&lab).is_empty(), "a dry run records nothing");
+    assert!(lab.journal().is_empty(), "a dry run records nothing");
 }
 
 #[test]

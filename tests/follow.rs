@@ -93,15 +93,6 @@ pub(crate) fn write_through_pgpool(lab: &Lab, sql: &str) -> Duration {
     t.elapsed()
 }
 
-/// The pgha journal on the app host.
-pub(crate) fn journal(lab: &Lab) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(lab.host_dir("app").join("home/pgha/journal.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
-        .collect()
-}
-
 /// Kill the primary's host, wait until a standby was promoted and pgpool
 /// accepts writes on it again; returns the new primary.
 fn failover_under_pgpool(lab: &Lab) -> String {
@@ -220,7 +211,7 @@ fn pgpool_runs_follow_after_failover_three_standbys_promote_only() {
                 .join("\n")
         );
     }
-    let j = journal(&lab);
+    let j = lab.journal();
     for k in [2, 3] {
         assert!(
             j.iter().any(|e| e["command"] == "follow"

@@ -797,6 +797,28 @@ impl Lab {
         self.lab_ok(&["start-pgpool", &self.name, host]);
     }
 
+    /// pgha's journal on the app host (state directory
+    /// `/var/lib/postgresql/pgha`), one JSON value a line; empty before
+    /// the first run.
+    pub fn journal(&self) -> Vec<serde_json::Value> {
+        self.journal_in("pgha")
+    }
+
+    /// The journal of the state directory `/var/lib/postgresql/STATE` on
+    /// the app host.
+    pub fn journal_in(&self, state: &str) -> Vec<serde_json::Value> {
+        let path = self
+            .host_dir("app")
+            .join("home")
+            .join(state)
+            .join("journal.jsonl");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+            .collect()
+    }
+
     /// pgpool's log (its stderr, including what failover_command printed).
     pub fn pgpool_log(&self) -> String {
         self.pgpool_log_on("app")
