@@ -107,6 +107,22 @@ pub fn pg_ctl_log(topo: &Topology, node: &Node) -> Result<String> {
         .to_string())
 }
 
+/// How [`fence`] stops the node first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceStop {
+    /// `-m fast`, then `-m immediate` if that fails: a switchover, whose
+    /// walsenders must send the shutdown checkpoint.
+    Clean,
+    /// `-m immediate` only: a failover. The candidate was chosen from the
+    /// positions pgha observed; a clean stop would then still send the
+    /// shutdown checkpoint (and anything unsent) to the standbys that are
+    /// connected, and a standby that got it and the candidate did not
+    /// has diverged from the new primary (seen by the fault campaign
+    /// after a frozen primary resumed: that standby then could not be
+    /// rewound, its own WAL recycled).
+    Immediate,
+}
+
 /// Stop the old primary so that it can never accept writes next to the new
 /// one, and prove it: after `pg_ctl stop` (or its "no server running"),
 /// every address of the node is probed again, and a node that still
@@ -118,6 +134,7 @@ pub async fn fence(
     remote: &Remote,
     node: &Node,
     deadline: Instant,
+    how: FenceStop,
 ) -> Result<String> {
     let end = Instant::now() + budget(deadline, topo.config.failover.promote_timeout);
     let lt = topo.config.failover.liveness_timeout;
@@ -128,7 +145,11 @@ pub async fn fence(
         }
     }
     let mut tried: Vec<String> = Vec::new();
-    for mode in ["fast", "immediate"] {
+    let modes: &[&str] = match how {
+        FenceStop::Clean => &["fast", "immediate"],
+        FenceStop::Immediate => &["immediate"],
+    };
+    for &mode in modes {
         // A fast shutdown may wait for standbys that are gone: give it half
         // the budget, then stop it without waiting.
         let left = end.saturating_duration_since(Instant::now());

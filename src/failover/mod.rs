@@ -584,7 +584,13 @@ async fn fence_step(ctx: &Ctx<'_>, node: &Node, summary: &mut Summary) -> Result
     summary.step = format!("fencing {}", node.label());
     info!("fencing {}: stopping it before promoting", node.label());
     let x = &ctx.x;
-    let fence = steps::fence(x.topo, x.remote, node, x.deadline);
+    let fence = steps::fence(
+        x.topo,
+        x.remote,
+        node,
+        x.deadline,
+        steps::FenceStop::Immediate,
+    );
     match x
         .step("fence", Some(node), fence, |how| Did::done(how.clone()))
         .await

@@ -265,7 +265,7 @@ async fn hold_wal(ctx: &Ctx<'_>, old: &Node, behind: u64) {
 async fn stop_old(ctx: &Ctx<'_>, old: &Node, summary: &mut Summary) -> Result<()> {
     summary.step = format!("stopping {} for the switchover", old.label());
     let x = &ctx.x;
-    let stop = steps::fence(x.topo, x.remote, old, x.deadline);
+    let stop = steps::fence(x.topo, x.remote, old, x.deadline, steps::FenceStop::Clean);
     x.step("stop", Some(old), stop, |how| {
         Did::done(format!("switchover: {how}"))
     })
