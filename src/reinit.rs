@@ -488,7 +488,7 @@ pub(crate) async fn configure_standby(
     primary: &Node,
     slot: Option<&str>,
     deadline: Instant,
-) -> Result<Configured> {
+) -> Result<String> {
     let step = format!(
         "configure {} as a standby of {}",
         node.label(),
@@ -513,42 +513,12 @@ pub(crate) async fn configure_standby(
     // Its restore_command, pointed at the primary's archive too.
     let restore = setting("restore_command").await?;
     let restore = retarget_restore(topo, node, primary, restore.as_deref());
-    // 14+ reads restore_command on reload: it starts with the command
-    // paused, so that its startup process streams at once instead of
-    // trying the archive first (an scp each for the history files and the
-    // segment it stands at: ~2 s in the lab), and gets it back once it
-    // streams (see the caller).
-    let paused = restore
-        .as_deref()
-        .filter(|r| version >= 140000 && !r.trim().is_empty())
-        .map(str::to_string);
-    let written = match &paused {
-        Some(r) => Some(crate::restore::paused(r)),
-        None => restore.clone(),
-    };
-    let new = standby_settings(&text, &conninfo, written.as_deref(), slot, version);
+    let new = standby_settings(&text, &conninfo, restore.as_deref(), slot, version);
     let t = budget(deadline, topo.config.ssh.command_timeout);
     write_standby(remote, node, data, file, &new, version, t)
         .await
         .map_err(|e| Error::step(&step, e))?;
-    Ok(Configured {
-        conninfo,
-        paused_restore: paused,
-        version,
-    })
-}
-
-/// What [`configure_standby`] wrote.
-#[derive(Debug, Clone)]
-pub(crate) struct Configured {
-    /// Its `primary_conninfo`.
-    pub conninfo: String,
-    /// The `restore_command` it starts without (written paused), to put
-    /// back once it streams; `None` when none was paused (before 14, or
-    /// no restore_command).
-    pub paused_restore: Option<String>,
-    /// `server_version_num` of its data directory.
-    pub version: u32,
+    Ok(conninfo)
 }
 
 /// The value of `key` in the stopped node's configuration: in `text` (its

@@ -45,10 +45,6 @@ pub(crate) struct Request {
 
 /// A node id from pgpool (`%m`, `%P`), negative meaning unknown, checked
 /// against the backends.
-/// How long a standby started with its restore_command paused may take
-/// to stream before it gets the command back (it may need the archive).
-const QUIET_START: Duration = Duration::from_secs(3);
-
 pub(crate) fn pgpool_node(topo: &Topology, id: Option<i64>) -> Result<Option<u32>> {
     match id {
         Some(i) if i >= 0 => Ok(Some(topo.node(i)?.id)),
@@ -773,95 +769,24 @@ impl Standby<'_> {
         let restore = reinit::restore_config(x.topo, x.remote, node, x.deadline);
         self.did("restore_config", restore).await?;
         self.ensure_slot().await?;
-        let configured = self.configure().await?;
+        self.configure().await?;
         self.set_aside_stale_history().await?;
         self.did("start", reinit::start(x.topo, x.remote, node, x.deadline))
             .await?;
-        match &configured.paused_restore {
-            None => {
-                self.wait_streaming().await?;
-            }
-            Some(original) => {
-                // Started with restore_command paused: it streams at once
-                // when the primary still has the WAL it needs. If it does
-                // not within QUIET_START, it may need the archive.
-                let quick = std::cmp::min(x.deadline, Instant::now() + QUIET_START);
-                let (topo, p, tl) = (x.topo, self.primary, self.pstate.timeline);
-                let streamed = steps::wait_streaming(topo, node, p, tl, quick).await;
-                self.unpause_restore(original, configured.version, streamed.is_ok())
-                    .await?;
-                match streamed {
-                    Ok(w) => self.record_streaming(w),
-                    Err(_) => {
-                        self.wait_streaming().await?;
-                    }
-                }
-            }
-        }
+        self.wait_streaming().await?;
         Ok(())
     }
 
-    /// Give a standby started with its restore_command paused the command
-    /// back (ALTER SYSTEM, reload). An error here fails the run: a standby
-    /// left paused could not fetch archived WAL when streaming breaks.
-    async fn unpause_restore(&self, original: &str, version: u32, streams: bool) -> Result<()> {
-        let (x, node) = (self.x, self.node);
-        let set = steps::set_restore_command(x.topo, node, version, original);
-        self.step("restore_command", set, |_| {
-            Did::done(format!(
-                "{}: restore_command = '{original}' again",
-                if streams {
-                    "started with restore_command paused and streams"
-                } else {
-                    "does not stream yet, it may need the archive"
-                }
-            ))
-        })
-        .await
-        .map_err(|e| {
-            Error::Step(format!(
-                "{e}; its restore_command is still paused by pgha: on {} run ALTER SYSTEM SET restore_command = '{}' and SELECT pg_reload_conf()",
-                node.label(),
-                original.replace('\'', "''")
-            ))
-        })?;
-        Ok(())
-    }
-
-    fn record_streaming(&self, w: Duration) {
-        let (tl, p) = (self.pstate.timeline, self.primary);
-        let did = Did::done(format!(
-            "streams from {} on timeline {tl} (waited {:.2}s)",
-            p.label(),
-            w.as_secs_f64()
-        ));
-        self.x.record(
-            "wait_streaming",
-            Some(self.node),
-            &did,
-            w,
-            crate::state::Fields::new(),
-        );
-    }
-
-    async fn configure(&self) -> Result<reinit::Configured> {
+    async fn configure(&self) -> Result<()> {
         let (x, p) = (self.x, self.primary);
         let slot = self.slot();
         let configure =
             reinit::configure_standby(x.topo, x.remote, self.node, p, slot.as_deref(), x.deadline);
         self.step("configure", configure, |c| {
-            Did::done(format!(
-                "standby of {}: primary_conninfo = {}{}",
-                p.label(),
-                c.conninfo,
-                if c.paused_restore.is_some() {
-                    "; restore_command paused until it streams"
-                } else {
-                    ""
-                }
-            ))
+            Did::done(format!("standby of {}: primary_conninfo = {c}", p.label()))
         })
-        .await
+        .await?;
+        Ok(())
     }
 
     async fn set_aside_stale_history(&self) -> Result<()> {
