@@ -190,13 +190,15 @@ fn archive_partial(archive_command: &str) -> Verdict {
 /// Whether `cmd` compares an archived file with the one offered
 /// (`cmp`, `diff`, or a checksum tool).
 fn compares(cmd: &str) -> bool {
+    command_words(cmd).any(|w| matches!(w, "cmp" | "diff" | "sha256sum" | "md5sum" | "b2sum"))
+}
+
+/// The words of a shell command, each as a program's base name would be
+/// (`/usr/bin/scp` as `scp`), split at blanks, operators and quotes.
+fn command_words(cmd: &str) -> impl Iterator<Item = &str> {
     cmd.split(|c: char| c.is_whitespace() || ";|&()`'\"{}$".contains(c))
-        .any(|w| {
-            matches!(
-                w.rsplit('/').next(),
-                Some("cmp" | "diff" | "sha256sum" | "md5sum" | "b2sum")
-            )
-        })
+        .filter(|w| !w.is_empty())
+        .map(|w| w.rsplit('/').next().unwrap_or(w))
 }
 
 /// An `archive_command` that refuses a file already in the archive (`test
@@ -241,13 +243,7 @@ fn archive_rearchive(archive_command: &str) -> Verdict {
 /// command word or a path ending in it.
 fn remote_tool(cmd: &str) -> Option<&'static str> {
     const TOOLS: [&str; 4] = ["ssh", "scp", "rsync", "sftp"];
-    cmd.split(|c: char| c.is_whitespace() || ";|&()`'\"{}$".contains(c))
-        .filter(|w| !w.is_empty())
-        .filter_map(|w| {
-            let base = w.rsplit('/').next().unwrap_or(w);
-            TOOLS.iter().find(|t| **t == base).copied()
-        })
-        .next()
+    command_words(cmd).find_map(|w| TOOLS.iter().find(|t| **t == w).copied())
 }
 
 /// Whether `cmd` ends in `|| exit N` (1 <= N <= 125) or `|| false`, so that
