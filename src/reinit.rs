@@ -479,16 +479,18 @@ pub(crate) async fn rewind(
 /// Configure the stopped node as a standby of `primary`: its
 /// `primary_conninfo` (the one it had, with host and port replaced; see
 /// [`steps::follow_conninfo`]) in `postgresql.auto.conf` and
-/// `standby.signal` (12+), or in `recovery.conf` (before 12). Returns the
-/// conninfo.
+/// `standby.signal` (12+), or in `recovery.conf` (before 12), with its
+/// `restore_command` pointed at the primary's archive and, when
+/// `pause_restore` (14+), written paused: see [`Unpause`].
 pub(crate) async fn configure_standby(
     topo: &Topology,
     remote: &Remote,
     node: &Node,
     primary: &Node,
     slot: Option<&str>,
+    pause_restore: bool,
     deadline: Instant,
-) -> Result<String> {
+) -> Result<Configured> {
     let step = format!(
         "configure {} as a standby of {}",
         node.label(),
@@ -511,14 +513,85 @@ pub(crate) async fn configure_standby(
         node.application_name.as_deref(),
     );
     // Its restore_command, pointed at the primary's archive too.
-    let restore = setting("restore_command").await?;
-    let restore = retarget_restore(topo, node, primary, restore.as_deref());
+    let current = setting("restore_command").await?;
+    let restore = retarget_restore(topo, node, primary, current.as_deref());
     let new = standby_settings(&text, &conninfo, restore.as_deref(), slot, version);
+    // 14+ reads restore_command on reload: the standby starts with it
+    // paused, so that its startup process streams at once instead of
+    // trying the archive first (an scp each for the history files and the
+    // segment it stands at: ~2 s in the scp layout), and gets `new` back
+    // soon after it starts (see `Unpause`).
+    let effective = restore
+        .clone()
+        .or(current)
+        .filter(|r| !r.trim().is_empty() && crate::restore::unpaused(r).is_none());
+    let unpause = match effective {
+        Some(original) if pause_restore && version >= 140000 => Some(Unpause {
+            file: data.join(file).display().to_string(),
+            text: new.clone(),
+            original,
+        }),
+        _ => None,
+    };
+    let written = match &unpause {
+        Some(u) => {
+            let paused = crate::restore::paused(&u.original);
+            standby_settings(&text, &conninfo, Some(&paused), slot, version)
+        }
+        None => new,
+    };
     let t = budget(deadline, topo.config.ssh.command_timeout);
-    write_standby(remote, node, data, file, &new, version, t)
+    write_standby(remote, node, data, file, &written, version, t)
         .await
         .map_err(|e| Error::step(&step, e))?;
-    Ok(conninfo)
+    Ok(Configured { conninfo, unpause })
+}
+
+/// What [`configure_standby`] wrote.
+#[derive(Debug, Clone)]
+pub(crate) struct Configured {
+    /// Its `primary_conninfo`.
+    pub conninfo: String,
+    /// How to give it back the `restore_command` it was written without;
+    /// `None` when none was paused (before 14, or no restore_command).
+    pub unpause: Option<Unpause>,
+}
+
+/// A standby configured with its `restore_command` paused: the settings
+/// file to write back, then reload. No SQL: a standby that is not
+/// consistent yet (it may need the archive to become so), or that runs
+/// with `hot_standby = off`, takes no connection but does take SIGHUP.
+#[derive(Debug, Clone)]
+pub(crate) struct Unpause {
+    file: String,
+    text: String,
+    /// The command it gets back.
+    pub original: String,
+}
+
+/// Give a standby started with its `restore_command` paused the command
+/// back: rewrite its settings file, `pg_ctl reload`.
+pub(crate) async fn unpause_restore(
+    topo: &Topology,
+    remote: &Remote,
+    node: &Node,
+    u: &Unpause,
+    deadline: Instant,
+) -> Result<String> {
+    let step = format!("give {} its restore_command back", node.label());
+    let t = budget(deadline, topo.config.ssh.command_timeout);
+    remote
+        .write_file(&node.ssh_host, &u.file, u.text.as_bytes(), 0o600, t)
+        .await
+        .map_err(|e| Error::step(&step, e))?;
+    let out = steps::pg_ctl(topo, remote, node, &["reload"], t).await?;
+    if !out.success() {
+        return Err(Error::Step(format!(
+            "{step}: pg_ctl reload {}",
+            exited(&out)
+        )));
+    }
+    Ok(format!("restore_command = '{}' again", u.original))
 }
 
 /// The value of `key` in the stopped node's configuration: in `text` (its

@@ -43,6 +43,11 @@ pub(crate) struct Request {
     pub(crate) command: &'static str,
 }
 
+/// How long a standby started with its restore_command paused may go
+/// without it (see [`reinit::Unpause`]): it streams within a fraction of
+/// this when the primary still has the WAL it needs.
+const QUIET_START: Duration = Duration::from_secs(3);
+
 /// A node id from pgpool (`%m`, `%P`), negative meaning unknown, checked
 /// against the backends.
 pub(crate) fn pgpool_node(topo: &Topology, id: Option<i64>) -> Result<Option<u32>> {
@@ -763,30 +768,115 @@ impl Standby<'_> {
     }
 
     /// Configure the stopped node as a standby, start it, wait until it
-    /// streams.
-    async fn start_as_standby(&self) -> Result<()> {
+    /// streams. `quiet`: start it with its restore_command paused (14+),
+    /// only when its pg_wal holds no WAL of a timeline the primary left
+    /// (not after pg_rewind rewound it).
+    async fn start_as_standby(&self, quiet: bool) -> Result<()> {
         let (x, node) = (self.x, self.node);
         let restore = reinit::restore_config(x.topo, x.remote, node, x.deadline);
         self.did("restore_config", restore).await?;
         self.ensure_slot().await?;
-        self.configure().await?;
+        let configured = self.configure(quiet).await?;
         self.set_aside_stale_history().await?;
-        self.did("start", reinit::start(x.topo, x.remote, node, x.deadline))
-            .await?;
-        self.wait_streaming().await?;
+        let start = self.did("start", reinit::start(x.topo, x.remote, node, x.deadline));
+        let Some(unpause) = configured.unpause else {
+            start.await?;
+            self.wait_streaming().await?;
+            return Ok(());
+        };
+        // Started with restore_command paused: it streams at once when the
+        // primary still has the WAL it needs. Whatever happens, it gets the
+        // command back by QUIET_START, even while pg_ctl still waits (a
+        // node that needs archived WAL to become consistent).
+        let quiet_until = std::cmp::min(x.deadline, Instant::now() + QUIET_START);
+        let mut start = std::pin::pin!(start);
+        let early = tokio::select! {
+            r = &mut start => Some(r),
+            () = tokio::time::sleep_until(quiet_until.into()) => None,
+        };
+        if early.is_none() {
+            let given = self
+                .unpause_restore(&unpause, "not consistent yet, it may need the archive")
+                .await;
+            start.await?;
+            given?;
+            self.wait_streaming().await?;
+            return Ok(());
+        }
+        early.expect("checked")?;
+        let (topo, p, tl) = (x.topo, self.primary, self.pstate.timeline);
+        let streamed = steps::wait_streaming(topo, node, p, tl, quiet_until).await;
+        let why = if streamed.is_ok() {
+            "started with restore_command paused and streams"
+        } else {
+            "does not stream yet, it may need the archive"
+        };
+        self.unpause_restore(&unpause, why).await?;
+        match streamed {
+            Ok(w) => self.record_streaming(w),
+            Err(_) => {
+                self.wait_streaming().await?;
+            }
+        }
         Ok(())
     }
 
-    async fn configure(&self) -> Result<()> {
+    /// Give a standby started with its restore_command paused the command
+    /// back. An error fails the run: a standby left paused could not fetch
+    /// archived WAL when streaming breaks.
+    async fn unpause_restore(&self, u: &reinit::Unpause, why: &str) -> Result<()> {
+        let (x, node) = (self.x, self.node);
+        let give = reinit::unpause_restore(x.topo, x.remote, node, u, x.deadline);
+        self.step("restore_command", give, |d| Did::done(format!("{why}: {d}")))
+            .await
+            .map_err(|e| {
+                Error::Step(format!(
+                    "{e}; its restore_command is still paused by pgha: run pgha-attach --rejoin {} again, or on {} run ALTER SYSTEM SET restore_command = '{}' and SELECT pg_reload_conf()",
+                    node.id,
+                    node.label(),
+                    u.original.replace('\'', "''")
+                ))
+            })?;
+        Ok(())
+    }
+
+    fn record_streaming(&self, w: Duration) {
+        let (tl, p) = (self.pstate.timeline, self.primary);
+        let did = Did::done(format!(
+            "streams from {} on timeline {tl} (waited {:.2}s)",
+            p.label(),
+            w.as_secs_f64()
+        ));
+        let fields = crate::state::Fields::new();
+        self.x
+            .record("wait_streaming", Some(self.node), &did, w, fields);
+    }
+
+    async fn configure(&self, quiet: bool) -> Result<reinit::Configured> {
         let (x, p) = (self.x, self.primary);
         let slot = self.slot();
-        let configure =
-            reinit::configure_standby(x.topo, x.remote, self.node, p, slot.as_deref(), x.deadline);
+        let configure = reinit::configure_standby(
+            x.topo,
+            x.remote,
+            self.node,
+            p,
+            slot.as_deref(),
+            quiet,
+            x.deadline,
+        );
         self.step("configure", configure, |c| {
-            Did::done(format!("standby of {}: primary_conninfo = {c}", p.label()))
+            let paused = if c.unpause.is_some() {
+                "; restore_command paused until it streams"
+            } else {
+                ""
+            };
+            Did::done(format!(
+                "standby of {}: primary_conninfo = {}{paused}",
+                p.label(),
+                c.conninfo
+            ))
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn set_aside_stale_history(&self) -> Result<()> {
@@ -812,15 +902,24 @@ impl Standby<'_> {
     async fn rewind_path(&self, stop_first: bool, rebuild_allowed: bool) -> Walk {
         self.stopped(stop_first).await?;
         self.save_config().await?;
-        let how = match self.rewind().await {
-            Ok(Rewound::Done(d)) => format!("rewound ({d})"),
-            Ok(Rewound::NotNeeded) => "restarted as a standby (no rewind was required)".into(),
-            Ok(Rewound::AlreadyDone) => {
-                "started as a standby (rewound or copied by an earlier run)".into()
-            }
+        let rewound = match self.rewind().await {
+            Ok(r) => r,
             Err(e) => return self.rewind_failed(e, rebuild_allowed).await,
         };
-        self.start_as_standby().await?;
+        let how = match &rewound {
+            Rewound::Done(d) => format!("rewound ({d})"),
+            Rewound::NotNeeded => "restarted as a standby (no rewind was required)".into(),
+            Rewound::AlreadyDone => {
+                "started as a standby (rewound or copied by an earlier run)".into()
+            }
+        };
+        // A rewound node's pg_wal may still hold the segment it diverged
+        // in, with its own records after the switch point: without its
+        // restore_command, recovery would read that segment when the new
+        // timeline's copy is not in pg_wal (found with a new primary that
+        // had recycled it: the node replayed the diverged records).
+        let quiet = matches!(rewound, Rewound::NotNeeded);
+        self.start_as_standby(quiet).await?;
         Ok(Made {
             outcome: Outcome::Rewound,
             how,
@@ -880,7 +979,8 @@ impl Standby<'_> {
             let rebuild = reinit::rebuild(x.topo, x.remote, node, self.primary, x.deadline);
             format!("rebuilt ({})", self.did("rebuild", rebuild).await?)
         };
-        self.start_as_standby().await?;
+        // A copy of the primary holds no WAL of another timeline.
+        self.start_as_standby(true).await?;
         Ok(Made {
             outcome: Outcome::Rebuilt,
             how,

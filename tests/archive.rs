@@ -241,3 +241,72 @@ fn a_rejoined_old_primary_archives_again_once_it_is_the_primary_again() {
     let acked = writer.stop();
     assert_none_lost(&lab, "pg0", &acked);
 }
+
+/// An old primary that can become consistent after pg_rewind only with WAL
+/// that nothing but the new primary's archive still holds (the new
+/// primary checkpointed it away: PostgreSQL's default wal_keep_size = 0),
+/// while its own pg_wal still holds the segment it diverged in, with its
+/// own records after the switch point. pgha starts a node with its
+/// restore_command paused (to stream at once) only when no rewind was
+/// done: paused, recovery read that local segment instead of the new
+/// timeline's (found by the fault campaign: the node replayed its
+/// diverged records, "record with incorrect prev-link", and never became
+/// consistent).
+#[test]
+fn a_rejoined_old_primary_that_needs_the_archive_to_be_consistent_starts() {
+    let lab = Lab::up(LabOptions {
+        wal_keep_size: Some("0"),
+        ..LabOptions::default()
+    });
+    lab.kill_host("pg0");
+    let new = lab.wait_new_primary(2, T);
+    // The segment of the timeline switch: pg_rewind leaves pg0 needing it.
+    let history = std::fs::read_to_string(
+        lab.host_dir(&new)
+            .join("home/15/main/pg_wal/00000002.history"),
+    )
+    .unwrap();
+    let switch = history
+        .lines()
+        .find_map(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no switch point in {new}'s history: {history}"))
+        .to_string();
+    let first = lab.psql(&new, &format!("select pg_walfile_name('{switch}')"));
+    for i in 0..4 {
+        lab.try_psql_db(
+            &new,
+            "app",
+            &format!("create table if not exists filler(x int); insert into filler select generate_series(1, 1000); select {i}"),
+        )
+        .unwrap();
+        lab.psql(&new, "select pg_switch_wal()");
+    }
+    let archive = lab.host_dir(&new).join("home/archive").join(&first);
+    lab.wait_until(&format!("{first} archived on {new}"), T, || {
+        archive.exists().then_some(())
+    });
+    lab.psql(&new, "checkpoint");
+    lab.psql(&new, "checkpoint");
+    let in_pg_wal = lab.host_dir(&new).join("home/15/main/pg_wal").join(&first);
+    assert!(
+        !in_pg_wal.exists(),
+        "{first} must be gone from {new}'s pg_wal, so that pg0 needs the archive"
+    );
+    lab.restart_host("pg0");
+    crate::follow::pgha(&lab, "pgha-attach", &["--rejoin", "0"])
+        .success()
+        .stderr_contains("rewound")
+        .stderr_contains("attached")
+        .stderr_lacks("restore_command paused");
+    lab.wait_streams("pg0", &new, 2, T);
+    let log = lab.pg_log("pg0");
+    assert!(
+        log.contains(&format!("restored log file \"{first}\"")) && !log.contains("prev-link"),
+        "pg0 must have restored {first} from {new}'s archive, and replayed no WAL of its own after the switch point: {log}"
+    );
+    let now = lab.psql("pg0", "show restore_command");
+    assert!(
+        !now.starts_with("exit 1") && now.contains(&lab.repl_addr(&new)),
+        "pg0's restore_command: {now}"
+    );
+}
