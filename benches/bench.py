@@ -966,20 +966,30 @@ def switchover_leg(lab, writer, old, to, count, peer=None, deadline=30.0):
     primary = f"pg{to}"
     stand = {}
     attached = []
+    # One session per node, kept between polls, and pcp_node_info only once
+    # every node streams: a new backend per node and a pcp process every
+    # 20 ms took a share of the lab's two cores from what is measured.
+    conns = {}
 
     def settled():
         for i in range(count):
             if i == to or i in stand:
                 continue
             try:  # one node down (restarting) must not hold up the others' polls
-                c = Conn(lab.addr(f"pg{i}"), 5432, "pgpool", "postgres", timeout=1)
-                rows = c.query(StandbyPoller.SQL)
-                c.close()
+                if i not in conns:
+                    conns[i] = Conn(lab.addr(f"pg{i}"), 5432, "pgpool", "postgres", timeout=1)
+                rows = conns[i].query(StandbyPoller.SQL)
             except (OSError, PgError):
+                c = conns.pop(i, None)
+                if c is not None:
+                    try:
+                        c.close()
+                    except (OSError, PgError):
+                        pass
                 continue
             if rows and rows[0][0] == "streaming" and int(rows[0][1]) >= tli:
                 stand[i] = time.time()
-        if not attached:
+        if not attached and len(stand) == count - 1:
             nodes = pcp_nodes(lab)
             if (nodes and len(nodes) == count and all(n[2] in ("1", "2") for n in nodes)
                     and [i for i, n in enumerate(nodes) if n[6] == "primary"] == [to]
@@ -991,6 +1001,12 @@ def switchover_leg(lab, writer, old, to, count, peer=None, deadline=30.0):
         wait_until(f"every node streaming from {primary} and attached", settled, deadline, every=0.02)
     except RuntimeError:
         pass
+    finally:
+        for c in conns.values():
+            try:
+                c.close()
+            except (OSError, PgError):
+                pass
     t_end = attached[0] if attached else time.time()
     waiter.join(max(1.0, t0 + 180 - time.time() + 5))
     rc, out, t_ret = done.get("rc"), done.get("out", ""), done.get("t", time.time())
