@@ -701,15 +701,24 @@ GRANT pg_monitor TO pgpool;
 CREATE ROLE app LOGIN;
 CREATE DATABASE app OWNER app;
 EOF
-	# The standbys, in parallel.
+	# The standbys, in parallel; one after the other with wal_keep_size = 0:
+	# pg_basebackup's stream takes its temporary slot only after the backup
+	# started, and the fast checkpoint of a clone running beside it may
+	# remove the segment it starts at ("requested WAL segment ... has
+	# already been removed").
+	local parallel=1
+	[[ "$WAL_KEEP_SIZE" =~ ^0+(kB|MB|GB)?$ ]] && parallel=0
+	local rc=0
 	for i in $(seq 1 "$STANDBYS"); do
 		(
 			on_host "pg$i" postgres timeout 120 pg_basebackup -h "$(repl_addr pg0)" -U repl -D "$pd" -R -X stream -c fast -w
 			pg_ctl_start "pg$i"
 		) &
+		if [ "$parallel" = 0 ]; then wait $! || rc=$?; fi
 	done
-	local rc=0
-	for i in $(seq 1 "$STANDBYS"); do wait -n || rc=$?; done
+	if [ "$parallel" = 1 ]; then
+		for i in $(seq 1 "$STANDBYS"); do wait -n || rc=$?; done
+	fi
 	[ "$rc" = 0 ] || die "a standby failed to start (logs under $LAB_DIR/hosts/pg*/home/15/)"
 	wait_for 30 "$STANDBYS standbys streaming from pg0" on_host pg0 postgres sh -c \
 		"[ \$(psql -Atc \"select count(*) from pg_stat_replication where state = 'streaming'\") = $STANDBYS ]"

@@ -201,6 +201,9 @@ struct HostSlot {
 #[derive(Default)]
 struct SlotState {
     session: Option<Arc<Session>>,
+    /// `session` is another process's master ([`Remote::adopt`]): never
+    /// closed here.
+    borrowed: bool,
     /// The last failed connect, handed to the callers that were waiting for
     /// it instead of making each of them wait for its own timeout.
     failure: Option<(Instant, RemoteError)>,
@@ -316,6 +319,42 @@ impl Remote {
         self.session(host).await.map(|_| ())
     }
 
+    /// The control socket of the master to `host`, opened first when
+    /// needed, for another pgha process of this user to [`Remote::adopt`]
+    /// while this `Remote` keeps it open: pgha-switchover lends its master
+    /// to the old primary to the pgha-failover that pgpool starts, which
+    /// then stops that node without an ssh handshake of its own.
+    pub async fn lend(&self, host: &str) -> Result<PathBuf, RemoteError> {
+        let session = self.session(host).await?;
+        Ok(session.control_socket().to_path_buf())
+    }
+
+    /// Use for `host` the master another pgha process lent ([`Remote::lend`],
+    /// control socket `ctl`), when the socket belongs to this user in a
+    /// directory only this user may write, and the master answers `ssh -O
+    /// check` within `bound`. The master stays its owner's: this `Remote`
+    /// never closes it, and opens its own once it is gone. Returns whether
+    /// it is in use.
+    pub async fn adopt(&self, host: &str, ctl: &Path, bound: Duration) -> bool {
+        if !lendable(ctl) {
+            return false;
+        }
+        let slot = self.slot(host);
+        let mut state = slot.state.lock().await;
+        if state.session.is_some() {
+            return false;
+        }
+        let session = Session::resume(ctl.into(), None);
+        match tokio::time::timeout(bound, session.check()).await {
+            Ok(Ok(())) => {
+                state.session = Some(Arc::new(session));
+                state.borrowed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Close every master (`ssh -O exit`) and remove the control directory
     /// if this `Remote` created it. Commands still running on a master are
     /// cut off. The `Remote` stays usable: later commands reconnect. Dropping
@@ -324,9 +363,15 @@ impl Remote {
         let slots: Vec<Arc<HostSlot>> = lock(&self.hosts).drain().map(|(_, s)| s).collect();
         let bound = Duration::from_secs(whole_secs(self.opts.connect_timeout));
         for slot in slots {
-            let Some(session) = slot.state.lock().await.session.take() else {
+            let mut state = slot.state.lock().await;
+            let Some(session) = state.session.take() else {
                 continue;
             };
+            if std::mem::take(&mut state.borrowed) {
+                // Its owner closes it; a resumed session does nothing on drop.
+                continue;
+            }
+            drop(state);
             cleanup::remove(session.control_socket());
             match Arc::try_unwrap(session) {
                 Ok(session) => {
@@ -520,6 +565,7 @@ impl Remote {
             // The master exited (idle, or its host went away) and removed its
             // socket: replace it.
             state.session = None;
+            state.borrowed = false;
         }
         if let Some((at, error)) = &state.failure
             && *at >= asked
@@ -551,6 +597,7 @@ impl Remote {
             .is_some_and(|s| Arc::ptr_eq(s, session))
         {
             state.session = None;
+            state.borrowed = false;
         }
     }
 
@@ -981,6 +1028,28 @@ async fn exit_master(socket: &Path) {
         .kill_on_drop(true)
         .status()
         .await;
+}
+
+/// Whether `ctl` may be a master lent by this user: a socket owned by the
+/// effective user, in a directory that is this user's and that nobody else
+/// may write (ssh's client does not check who runs the master it talks to).
+fn lendable(ctl: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    let me = crate::files::euid();
+    let Ok(socket) = std::fs::symlink_metadata(ctl) else {
+        return false;
+    };
+    let Some(dir) = ctl.parent() else {
+        return false;
+    };
+    let Ok(dir) = std::fs::symlink_metadata(dir) else {
+        return false;
+    };
+    socket.file_type().is_socket()
+        && socket.uid() == me
+        && dir.is_dir()
+        && dir.uid() == me
+        && dir.mode() & 0o022 == 0
 }
 
 /// Where the control sockets go when `ssh.control_dir` is not set, best
@@ -1636,6 +1705,38 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("not a file path"), "{e}");
+    }
+
+    #[test]
+    fn only_this_users_socket_in_a_private_directory_is_lendable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = dir.path().join("master");
+        assert!(!lendable(&ctl), "missing");
+        std::fs::write(&ctl, b"").unwrap();
+        assert!(!lendable(&ctl), "a regular file");
+        std::fs::remove_file(&ctl).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(&ctl).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(lendable(&ctl));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(!lendable(&ctl), "a directory others may write");
+    }
+
+    #[tokio::test]
+    async fn an_unanswering_lent_master_is_not_adopted() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let ctl = dir.path().join("master");
+        // A socket nobody accepts on: `ssh -O check` fails.
+        drop(std::os::unix::net::UnixListener::bind(&ctl).unwrap());
+        let remote = remote();
+        assert!(
+            !remote
+                .adopt("127.0.0.1", &ctl, Duration::from_secs(3))
+                .await
+        );
     }
 
     #[tokio::test]

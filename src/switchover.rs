@@ -226,8 +226,8 @@ async fn request_and_wait(
     target: &Node,
     asked: Instant,
 ) -> Result<u32> {
-    checkpoint(x, from).await;
-    crate::failover::write_marker(&x.topo.config.state_dir, from.id, target.id)?;
+    let (_, master) = tokio::join!(checkpoint(x, from), lend_master(x, from));
+    crate::failover::write_marker(&x.topo.config.state_dir, from.id, target.id, master)?;
     let request = ops::promote_switchover(x.topo, target, x.deadline);
     x.step("request", Some(target), request, |()| {
         Did::done(format!(
@@ -263,6 +263,23 @@ async fn request_and_wait(
     })
     .await?;
     Ok(timeline)
+}
+
+/// The ssh master to the old primary, opened now and lent to the
+/// pgha-failover pgpool starts (through the marker): its clean stop then
+/// waits for no ssh handshake while writes through pgpool are held. `None`
+/// (it opens its own) when ssh does not answer within the connect timeout.
+async fn lend_master(x: &Exec<'_>, from: &Node) -> Option<std::path::PathBuf> {
+    match x.remote.lend(&from.ssh_host).await {
+        Ok(ctl) => Some(ctl),
+        Err(e) => {
+            warn!(
+                "{}: {e}; pgha-failover will open its own ssh connection",
+                from.label()
+            );
+            None
+        }
+    }
 }
 
 /// `CHECKPOINT` on the primary before pgpool is asked: the shutdown

@@ -167,6 +167,13 @@ fn pgha_switchover_moves_the_primary_and_back() {
     );
     // The checkpoint before the request, so the clean stop writes little.
     assert!(err.contains(": checkpoint: checkpoint done"), "{err}");
+    // pgha-failover stopped the old primary through the ssh master
+    // pgha-switchover lent it (same user): no handshake while writes wait.
+    let log = lab.pgpool_log();
+    assert!(
+        log.contains("node 0 (") && log.contains("ssh through pgha-switchover's connection"),
+        "pgha-failover opened its own ssh connection: {log}"
+    );
     eprintln!(
         "pgha-switchover --to 2: done in {:.2}s; longest gap between acknowledged writes {:.2}s",
         took.as_secs_f64(),

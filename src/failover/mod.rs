@@ -195,10 +195,13 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
     summary.step = "observing the nodes".into();
     // The node pgha-switchover asked pgpool to promote, when its marker
     // names the failed node: a planned switchover.
-    let switchover_to = read_marker(&topo.config.state_dir, topo.config.failover.deadline)
-        .filter(|m| i64::from(m.from) == args.failed_node)
-        .map(|m| m.to);
-    let (observed, live) = observe(ctx, switchover_to.is_some()).await?;
+    let marker = read_marker(&topo.config.state_dir, topo.config.failover.deadline)
+        .filter(|m| i64::from(m.from) == args.failed_node);
+    let switchover_to = marker.as_ref().map(|m| m.to);
+    let planned = marker.map(|m| Planned {
+        ssh_master: m.ssh_master,
+    });
+    let (observed, live) = observe(ctx, planned.as_ref()).await?;
     record_claim_wait(ctx);
     let views: Vec<plan::NodeView> = observed.iter().map(|o| o.view(topo)).collect();
     let input = failover_input(topo, args, live, switchover_to);
@@ -276,7 +279,13 @@ async fn act(ctx: &Ctx<'_>, args: &FailoverArgs, summary: &mut Summary) -> Resul
 /// is pending: a silent primary costs one timeout, not two or three in a
 /// row. pgpool found it unreachable already: it is asked only as long as a
 /// liveness probe may take.
-async fn observe(ctx: &Ctx<'_>, planned: bool) -> Result<(Vec<Observed>, Liveness)> {
+/// What pgha-switchover's marker says of the switchover it asked for.
+struct Planned {
+    /// Its ssh master to the failed node, lent for the stop.
+    ssh_master: Option<std::path::PathBuf>,
+}
+
+async fn observe(ctx: &Ctx<'_>, planned: Option<&Planned>) -> Result<(Vec<Observed>, Liveness)> {
     let (topo, failed) = (ctx.x.topo, ctx.failed);
     let ft = liveness::failed_target(topo, failed);
     let others: Vec<&Node> = topo.nodes.iter().filter(|n| n.id != failed.id).collect();
@@ -302,11 +311,18 @@ async fn observe(ctx: &Ctx<'_>, planned: bool) -> Result<(Vec<Observed>, Livenes
     // failed node over ssh next: its master opens while the nodes are
     // observed, within the liveness bound (a node that died meanwhile costs
     // no more).
+    // It uses pgha-switchover's master when lent one.
     let lt = topo.config.failover.liveness_timeout;
     let warm = async {
-        if planned {
-            let _ = tokio::time::timeout(lt, x.remote.warm(&failed.ssh_host)).await;
+        let Some(planned) = planned else { return };
+        let host = &failed.ssh_host;
+        if let Some(ctl) = &planned.ssh_master
+            && x.remote.adopt(host, ctl, lt).await
+        {
+            info!("{}: ssh through pgha-switchover's connection", failed.label());
+            return;
         }
+        let _ = tokio::time::timeout(lt, x.remote.warm(host)).await;
     };
     let own = async { tokio::join!(cluster::observe_with(failed, ft), warm).0 };
     let (failed_obs, mut observed, live) =

@@ -42,6 +42,10 @@ pub struct Marker {
     /// When it was written (ms since the Unix epoch): older than
     /// `failover.deadline`, it is stale and ignored.
     pub at_ms: u64,
+    /// The control socket of pgha-switchover's ssh master to the old
+    /// primary, lent for the stop (see [`crate::remote::Remote::adopt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_master: Option<std::path::PathBuf>,
 }
 
 const MARKER: &str = "switchover.json";
@@ -54,7 +58,12 @@ fn now_ms() -> u64 {
 }
 
 /// Write the marker (replacing any), mode 0600.
-pub fn write_marker(dir: &std::path::Path, from: u32, to: u32) -> Result<()> {
+pub fn write_marker(
+    dir: &std::path::Path,
+    from: u32,
+    to: u32,
+    ssh_master: Option<std::path::PathBuf>,
+) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
     crate::state::ensure_dir(dir)?;
@@ -63,6 +72,7 @@ pub fn write_marker(dir: &std::path::Path, from: u32, to: u32) -> Result<()> {
         from,
         to,
         at_ms: now_ms(),
+        ssh_master,
     };
     let tmp = dir.join(format!(".{MARKER}.{}", std::process::id()));
     let err = |e: std::io::Error| Error::State {
@@ -502,9 +512,10 @@ Latest checkpoint's PrevTimeLineID:   1
         let dir = std::env::temp_dir().join(format!("pgha-marker-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(read_marker(&dir, Duration::from_secs(60)), None);
-        write_marker(&dir, 0, 2).unwrap();
+        write_marker(&dir, 0, 2, Some("/run/x/master".into())).unwrap();
         let m = read_marker(&dir, Duration::from_secs(60)).unwrap();
         assert_eq!((m.from, m.to), (0, 2));
+        assert_eq!(m.ssh_master, Some("/run/x/master".into()));
         std::fs::write(dir.join(MARKER), r#"{"from":0,"to":2,"at_ms":1}"#).unwrap();
         assert_eq!(read_marker(&dir, Duration::from_secs(60)), None, "stale");
         remove_marker(&dir);
