@@ -271,7 +271,12 @@ fn a_rejoined_old_primary_that_needs_the_archive_to_be_consistent_starts() {
         .find_map(|l| l.split_whitespace().nth(1))
         .unwrap_or_else(|| panic!("no switch point in {new}'s history: {history}"))
         .to_string();
-    let first = lab.psql(&new, &format!("select pg_walfile_name('{switch}')"));
+    // + 1: pg_walfile_name names the segment a record ending at a segment
+    // boundary is in, and the new timeline may begin at one.
+    let first = lab.psql(
+        &new,
+        &format!("select pg_walfile_name('{switch}'::pg_lsn + 1)"),
+    );
     for i in 0..4 {
         lab.try_psql_db(
             &new,

@@ -319,7 +319,10 @@ async fn observe(ctx: &Ctx<'_>, planned: Option<&Planned>) -> Result<(Vec<Observ
         if let Some(ctl) = &planned.ssh_master
             && x.remote.adopt(host, ctl, lt).await
         {
-            info!("{}: ssh through pgha-switchover's connection", failed.label());
+            info!(
+                "{}: ssh through pgha-switchover's connection",
+                failed.label()
+            );
             return;
         }
         let _ = tokio::time::timeout(lt, x.remote.warm(host)).await;
