@@ -795,11 +795,15 @@ impl Standby<'_> {
             () = tokio::time::sleep_until(quiet_until.into()) => None,
         };
         if early.is_none() {
-            let given = self
-                .unpause_restore(&unpause, "not consistent yet, it may need the archive")
-                .await;
+            let why = "not consistent yet, it may need the archive";
+            let given = self.unpause_restore(&unpause, why).await;
             start.await?;
-            given?;
+            if let Err(e) = given {
+                // Too early for pg_ctl reload (no postmaster.pid yet, say):
+                // once more now that it runs.
+                warn!("{}: {e}; trying again", node.label());
+                self.unpause_restore(&unpause, "started").await?;
+            }
             self.wait_streaming().await?;
             return Ok(());
         }
