@@ -19,6 +19,33 @@ fn promote_seconds(log: &str) -> Option<f64> {
     })
 }
 
+/// Write four segments on the primary `new`, wait until `first` is in its
+/// archive, and checkpoint twice so that its pg_wal no longer has it (the
+/// lab runs with wal_keep_size = 0 here): `who` can get it only from the
+/// archive.
+fn archive_away(lab: &Lab, new: &str, first: &str, who: &str) {
+    for i in 0..4 {
+        lab.try_psql_db(
+            new,
+            "app",
+            &format!("create table if not exists filler(x int); insert into filler select generate_series(1, 1000); select {i}"),
+        )
+        .unwrap();
+        lab.psql(new, "select pg_switch_wal()");
+    }
+    let archive = lab.host_dir(new).join("home/archive").join(first);
+    lab.wait_until(&format!("{first} archived on {new}"), T, || {
+        archive.exists().then_some(())
+    });
+    lab.psql(new, "checkpoint");
+    lab.psql(new, "checkpoint");
+    let in_pg_wal = lab.host_dir(new).join("home/15/main/pg_wal").join(first);
+    assert!(
+        !in_pg_wal.exists(),
+        "{first} must be gone from {new}'s pg_wal, so that {who} needs the archive"
+    );
+}
+
 #[test]
 fn a_silent_primary_fails_over_and_every_restore_command_follows_the_new_primary() {
     let lab = Lab::up(LabOptions::default());
@@ -83,26 +110,7 @@ fn a_standby_that_needs_archived_wal_catches_up_from_the_new_primarys_archive() 
     lab.psql(&new, "alter system set wal_keep_size = 0");
     lab.psql(&new, "select pg_reload_conf()");
     let first = lab.psql(&new, "select pg_walfile_name(pg_current_wal_lsn())");
-    for i in 0..4 {
-        lab.try_psql_db(
-            &new,
-            "app",
-            &format!("create table if not exists filler(x int); insert into filler select generate_series(1, 1000); select {i}"),
-        )
-        .unwrap();
-        lab.psql(&new, "select pg_switch_wal()");
-    }
-    let archive = lab.host_dir(&new).join("home/archive").join(&first);
-    lab.wait_until(&format!("{first} archived on {new}"), T, || {
-        archive.exists().then_some(())
-    });
-    lab.psql(&new, "checkpoint");
-    lab.psql(&new, "checkpoint");
-    let in_pg_wal = lab.host_dir(&new).join("home/15/main/pg_wal").join(&first);
-    assert!(
-        !in_pg_wal.exists(),
-        "{first} must be gone from {new}'s pg_wal, so that {other} needs the archive"
-    );
+    archive_away(&lab, &new, &first, other);
     let target = lab.psql(&new, "select pg_current_wal_lsn()");
     lab.start_pg(other);
     lab.wait_until(&format!("{other} to replay up to {target}"), T, || {
@@ -277,26 +285,7 @@ fn a_rejoined_old_primary_that_needs_the_archive_to_be_consistent_starts() {
         &new,
         &format!("select pg_walfile_name('{switch}'::pg_lsn + 1)"),
     );
-    for i in 0..4 {
-        lab.try_psql_db(
-            &new,
-            "app",
-            &format!("create table if not exists filler(x int); insert into filler select generate_series(1, 1000); select {i}"),
-        )
-        .unwrap();
-        lab.psql(&new, "select pg_switch_wal()");
-    }
-    let archive = lab.host_dir(&new).join("home/archive").join(&first);
-    lab.wait_until(&format!("{first} archived on {new}"), T, || {
-        archive.exists().then_some(())
-    });
-    lab.psql(&new, "checkpoint");
-    lab.psql(&new, "checkpoint");
-    let in_pg_wal = lab.host_dir(&new).join("home/15/main/pg_wal").join(&first);
-    assert!(
-        !in_pg_wal.exists(),
-        "{first} must be gone from {new}'s pg_wal, so that pg0 needs the archive"
-    );
+    archive_away(&lab, &new, &first, "pg0");
     lab.restart_host("pg0");
     crate::follow::pgha(&lab, "pgha-attach", &["--rejoin", "0"])
         .success()
